@@ -1,0 +1,1 @@
+"""Video files: encoding, decoding, probing, normalisation and sidecar annotations."""
