@@ -1,0 +1,57 @@
+# viva-pipelines: `make demo` and `make test` work on a fresh machine with Python 3.10+.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# A persistent local Dagster instance, so `make dev` shows what `make demo` materialized.
+export DAGSTER_HOME := $(CURDIR)/.dagster
+# Nothing may download weights or data at run time.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test dev mlflow lint format clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip setuptools wheel
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,sam2-runtime]'
+	# SAM 2 ships as an sdist that compiles CUDA code and pulls torchvision (DESIGN §7):
+	# build it without either, against the torch already installed.
+	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation --no-deps sam2==1.1.0
+	touch $@
+
+install: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+
+$(DAGSTER_HOME)/dagster.yaml: deploy/dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp deploy/dagster.yaml $@
+
+demo: install
+	@start=$$(date +%s); \
+	$(BIN)/viva demo-data && \
+	$(BIN)/viva ingest && \
+	echo "demo materialized in $$(( $$(date +%s) - start ))s" && \
+	echo "" && \
+	echo "Dagster UI:  make dev     (then open http://127.0.0.1:3000)" && \
+	echo "MLflow UI:   make mlflow  (then open http://127.0.0.1:5000)"
+
+test: install
+	$(BIN)/pytest
+
+dev: install
+	$(BIN)/dagster dev -w workspace.yaml
+
+mlflow: install
+	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/python -c 'from viva_pipelines.settings import get_settings; print(get_settings().mlflow_tracking_uri)')"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf data .dagster

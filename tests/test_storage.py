@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from viva_pipelines.storage import PathEscapeError, Storage, normalise_key
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request, tmp_path: Path) -> Storage:
+    if request.param == "local":
+        return Storage(str(tmp_path / "root"))
+    bucket = request.getfixturevalue("s3_bucket")
+    return Storage(f"s3://{bucket}/prefix", endpoint_url=request.getfixturevalue("s3_endpoint"))
+
+
+def test_bytes_json_parquet_round_trip(storage: Storage):
+    storage.write_bytes("a/b.bin", b"\x00\x01")
+    storage.write_json("a/c.json", {"x": [1, 2]})
+    frame = pd.DataFrame({"video_id": ["a", "b"], "frames": [17, 9]})
+    storage.write_parquet("m/manifest.parquet", frame)
+    assert storage.read_bytes("a/b.bin") == b"\x00\x01"
+    assert storage.read_json("a/c.json") == {"x": [1, 2]}
+    pd.testing.assert_frame_equal(storage.read_parquet("m/manifest.parquet"), frame)
+    assert storage.list() == ["a/b.bin", "a/c.json", "m/manifest.parquet"]
+    assert storage.list("a") == ["a/b.bin", "a/c.json"]
+    assert storage.list("nothing/here") == []
+    sizes = {row["key"]: row["size"] for row in storage.list(detail=True)}
+    assert sizes["a/b.bin"] == 2
+
+
+def test_overwrite_replaces_content(storage: Storage):
+    storage.write_bytes("k.txt", b"old content")
+    storage.write_bytes("k.txt", b"new")
+    assert storage.read_bytes("k.txt") == b"new"
+
+
+def test_staged_publishes_on_success_only(storage: Storage):
+    with storage.staged("v/clip.mp4") as path:
+        path.write_bytes(b"video bytes")
+    assert storage.read_bytes("v/clip.mp4") == b"video bytes"
+    with pytest.raises(RuntimeError), storage.staged("v/clip.mp4") as path:
+        path.write_bytes(b"half a vid")
+        raise RuntimeError("encoder died")
+    assert storage.read_bytes("v/clip.mp4") == b"video bytes"
+    with pytest.raises(RuntimeError), storage.staged("v/other.mp4") as path:
+        path.write_bytes(b"partial")
+        raise RuntimeError("encoder died")
+    assert not storage.exists("v/other.mp4")
+    assert storage.list("v") == ["v/clip.mp4"]
+
+
+def test_local_path_and_put_file(storage: Storage, tmp_path: Path):
+    src = tmp_path / "payload.bin"
+    src.write_bytes(b"x" * 1000)
+    uri = storage.put_file(src, "in/payload.bin")
+    assert uri == storage.uri("in/payload.bin")
+    with storage.local_path("in/payload.bin") as local:
+        assert local.read_bytes() == b"x" * 1000
+    with pytest.raises(FileNotFoundError), storage.local_path("in/missing.bin"):
+        pass
+
+
+def test_delete_file_and_prefix(storage: Storage):
+    for key in ("d/1", "d/2", "d/sub/3", "keep"):
+        storage.write_bytes(key, b"1")
+    storage.delete("d/1")
+    assert storage.list() == ["d/2", "d/sub/3", "keep"]
+    storage.delete("d")
+    storage.delete("never/existed")
+    assert storage.list() == ["keep"]
+
+
+@pytest.mark.parametrize(
+    "key", ["../x", "a/../../x", "/etc/passwd", "", ".", "s3://other/k", "\\x"]
+)
+def test_keys_cannot_escape_the_root(storage: Storage, key: str):
+    with pytest.raises(PathEscapeError):
+        storage.write_bytes(key, b"no")
+    with pytest.raises(PathEscapeError):
+        storage.read_bytes(key)
+
+
+def test_key_normalisation():
+    assert normalise_key("a/./b//c") == "a/b/c"
+    assert normalise_key("a/x/../b") == "a/b"
+
+
+def test_symlink_out_of_a_local_root_is_refused(tmp_path: Path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_text("s")
+    os.symlink(outside, root / "link")
+    storage = Storage(str(root))
+    with pytest.raises(PathEscapeError, match="symlink"):
+        storage.read_bytes("link/secret")
+
+
+def test_interrupted_local_write_leaves_no_partial_file(tmp_path: Path, monkeypatch):
+    storage = Storage(str(tmp_path / "root"))
+    storage.write_bytes("m.parquet", b"complete")
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        storage.write_bytes("m.parquet", b"half")
+    assert storage.read_bytes("m.parquet") == b"complete"
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["m.parquet"]

@@ -1,0 +1,100 @@
+"""``viva``: the command line of viva-pipelines.
+
+- ``viva demo-data``: render the synthetic demo world's source videos;
+- ``viva ingest``: register new source videos into shards and materialize ``raw_videos`` for
+  every shard that is new or grew (what the sensor does, in the foreground);
+- ``viva config``: print the resolved configuration of ``VIVA_ENV``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import yaml
+
+from viva_pipelines.config import ConfigError
+from viva_pipelines.settings import get_settings
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from viva_pipelines.definitions import build_definitions
+    from viva_pipelines.defs.ingest import INGEST_JOB
+    from viva_pipelines.defs.partitions import video_shards
+    from viva_pipelines.ingest.raw_videos import manifest_key, shard_is_current
+    from viva_pipelines.ingest.shards import scan_and_register, shard_members
+
+    settings = get_settings()
+    defs = build_definitions(settings)
+    storage = defs.resources["storage"].get()
+    source = defs.resources["video_source"].get()
+    s3_client = defs.resources["s3"].get_client() if source.is_remote else None
+    registry, new = scan_and_register(
+        storage, source, settings.sources.raw_videos.extensions, settings.ingest.shard_size,
+        s3_client=s3_client,
+    )  # fmt: skip
+    print(
+        f"source {source.root_uri}: {len(registry)} videos in {registry['shard'].nunique()} "
+        f"shards ({len(new)} new)"
+    )
+    if registry.empty:
+        print("nothing to ingest; put videos in the source or run `viva demo-data`")
+        return 0
+
+    instance = dg.DagsterInstance.get()
+    known = set(instance.get_dynamic_partitions(video_shards.name))
+    shards = sorted(registry["shard"].unique())
+    instance.add_dynamic_partitions(video_shards.name, [s for s in shards if s not in known])
+    pending = [
+        s
+        for s in shards
+        if args.all or not shard_is_current(storage, s, shard_members(registry, s))
+    ]
+    job = defs.resolve_job_def(INGEST_JOB)
+    failed = []
+    for shard in pending:
+        started = time.perf_counter()
+        result = job.execute_in_process(
+            partition_key=shard, instance=instance, raise_on_error=False
+        )
+        if not result.success:
+            failed.append(shard)
+            print(f"{shard}: FAILED (see `make dev`, run {result.run_id})")
+            continue
+        manifest = storage.read_parquet(manifest_key(shard))
+        ok = int((manifest["status"] == "ok").sum())
+        print(
+            f"{shard}: {ok} ok, {len(manifest) - ok} rejected "
+            f"in {time.perf_counter() - started:.1f}s"
+        )
+    print(f"{len(pending)} shards materialized, {len(shards) - len(pending)} already current")
+    return 1 if failed else 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    print(yaml.safe_dump(get_settings().model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="viva", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    ingest = commands.add_parser("ingest", help="register new videos and materialize raw_videos")
+    ingest.add_argument("--all", action="store_true", help="re-ingest shards already current")
+    ingest.set_defaults(handler=_ingest)
+    commands.add_parser("config", help="print the resolved configuration").set_defaults(
+        handler=_config
+    )
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"viva: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

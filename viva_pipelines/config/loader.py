@@ -1,0 +1,193 @@
+"""Read ``conf/`` layers, merge them key by key, validate, and explain failures precisely.
+
+Layers, later wins: ``conf/base/*.yaml`` → ``conf/<env>/*.yaml`` → ``conf/local/*.yaml`` →
+explicit overrides. Every leaf remembers the file it came from, so a validation error names the
+file and the dotted key to fix. Values may use OmegaConf interpolation, e.g.
+``${oc.env:VIVA_BUCKET,viva-demo}``: that is how deployments inject values without editing
+files (secrets are never put in conf at all; clients read them from their own env vars).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import ValidationError
+
+from viva_pipelines.config.schema import Settings
+
+BASE_ENV = "base"
+LOCAL_ENV = "local"
+OVERRIDES = "<overrides>"
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot be used; the message names the file and key of each problem."""
+
+
+def load_settings(
+    conf_dir: str | Path,
+    env: str | None = None,
+    *,
+    include_local: bool = True,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge and validate the configuration layers under ``conf_dir``.
+
+    ``env`` names an overlay directory (``prod``…); ``None`` or ``"base"`` uses base alone.
+    Relative local paths are resolved against ``conf_dir``'s parent (the project directory).
+    """
+    conf_dir = Path(conf_dir).resolve()
+    if not (conf_dir / BASE_ENV).is_dir():
+        raise ConfigError(f"{conf_dir}: no '{BASE_ENV}' directory; is this a conf/ folder?")
+    project_dir = conf_dir.parent
+    layers = [conf_dir / BASE_ENV]
+    if env and env != BASE_ENV:
+        if not (conf_dir / env).is_dir():
+            available = sorted(p.name for p in conf_dir.iterdir() if p.is_dir())
+            raise ConfigError(
+                f"environment '{env}' has no directory {conf_dir / env}; "
+                f"available: {', '.join(available)}"
+            )
+        layers.append(conf_dir / env)
+    if include_local and env != LOCAL_ENV and (conf_dir / LOCAL_ENV).is_dir():
+        layers.append(conf_dir / LOCAL_ENV)
+
+    merged: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for layer in layers:
+        layer_keys: dict[tuple[str, ...], str] = {}
+        for file in sorted([*layer.glob("*.yaml"), *layer.glob("*.yml")]):
+            name = _display(file, project_dir)
+            doc = _read_yaml(file, name)
+            for key in _leaf_keys(doc):
+                if key in layer_keys:
+                    raise ConfigError(
+                        f"{name}: {'.'.join(key)}: also set in {layer_keys[key]} "
+                        "of the same layer; set it in one file"
+                    )
+                layer_keys[key] = name
+            _merge_into(merged, doc, origin, name, ())
+    if overrides:
+        _merge_into(merged, _expand_dotted(overrides), origin, OVERRIDES, ())
+    merged["env"] = env or BASE_ENV
+
+    resolved = _resolve_interpolations(merged, origin)
+    try:
+        return Settings.model_validate(resolved, context={"base_dir": project_dir})
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origin, layers, project_dir)) from None
+
+
+def _display(path: Path, project_dir: Path) -> str:
+    try:
+        return str(path.relative_to(project_dir))
+    except ValueError:
+        return str(path)
+
+
+def _read_yaml(file: Path, name: str) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"{name}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(
+            f"{name}: top level must be a mapping of sections, got {type(doc).__name__}"
+        )
+    return doc
+
+
+def _leaf_keys(doc: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterable[tuple[str, ...]]:
+    for key, value in doc.items():
+        path = (*prefix, str(key))
+        if isinstance(value, Mapping) and value:
+            yield from _leaf_keys(value, path)
+        else:
+            yield path
+
+
+def _merge_into(
+    target: dict[str, Any],
+    doc: Mapping[str, Any],
+    origin: dict[tuple[str, ...], str],
+    name: str,
+    prefix: tuple[str, ...],
+) -> None:
+    """Deep-merge ``doc`` into ``target``; mappings merge key by key, anything else replaces."""
+    for key, value in doc.items():
+        path = (*prefix, str(key))
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            origin.setdefault(path, name)
+            _merge_into(target[key], value, origin, name, path)
+        else:
+            target[key] = dict(value) if isinstance(value, Mapping) else value
+            for stale in [k for k in origin if k[: len(path)] == path]:
+                del origin[stale]
+            origin[path] = name
+            if isinstance(value, Mapping):
+                for leaf in _leaf_keys(value, path):
+                    origin[leaf] = name
+
+
+def _expand_dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"ingest.shard_size": 4}`` → ``{"ingest": {"shard_size": 4}}``."""
+    expanded: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = expanded
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return expanded
+
+
+def _resolve_interpolations(merged: dict[str, Any], origin: dict[tuple[str, ...], str]) -> Any:
+    try:
+        return OmegaConf.to_container(OmegaConf.create(merged), resolve=True)
+    except OmegaConfBaseException as exc:
+        key = tuple(str(getattr(exc, "full_key", "") or "").split("."))
+        raise ConfigError(f"{_origin_of(key, origin)}: {'.'.join(key)}: {exc.msg}") from None
+
+
+def _origin_of(loc: tuple[str, ...], origin: Mapping[tuple[str, ...], str]) -> str | None:
+    """The file that set ``loc`` or, failing that, its nearest configured parent."""
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in origin:
+            return origin[loc[:end]]
+    return None
+
+
+def _explain(
+    exc: ValidationError,
+    origin: Mapping[tuple[str, ...], str],
+    layers: list[Path],
+    project_dir: Path,
+) -> str:
+    searched = ", ".join(_display(layer, project_dir) + "/" for layer in layers)
+    lines = []
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        key = ".".join(loc) or "<root>"
+        file = _origin_of(loc, origin)
+        if error["type"] == "missing":
+            where = f"{file}" if file else f"none of {searched}"
+            lines.append(f"{where}: {key}: required value is missing")
+        elif error["type"] == "extra_forbidden":
+            lines.append(f"{file}: {key}: unknown key")
+        else:
+            got = error.get("input")
+            shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+            where = f"{file or searched}: {key}" if loc else f"{searched}"
+            lines.append(f"{where}: {error['msg'].removeprefix('Value error, ')}{shown}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

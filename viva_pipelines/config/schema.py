@@ -1,0 +1,171 @@
+"""The validated shape of ``conf/``. Every section forbids unknown keys so a typo fails loudly.
+
+Relative local paths are resolved against the project directory (the parent of ``conf/``), so a
+setting means the same thing whatever the working directory of the process that reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    model_validator,
+)
+
+
+def is_remote(uri: str) -> bool:
+    """True for URIs that name an object store (``s3://…``) rather than a local path."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _resolve_location(value: str, info: ValidationInfo) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if is_remote(value):
+        return value.rstrip("/")
+    value = value.removeprefix("file://")
+    base = Path((info.context or {}).get("base_dir", "."))
+    return str((base / Path(value).expanduser()).resolve())
+
+
+#: A local path (relative to the project directory) or an object-store URI such as ``s3://b/p``.
+Location = Annotated[str, AfterValidator(_resolve_location)]
+
+
+def _even(value: int) -> int:
+    if value % 2:
+        raise ValueError("must be even (H.264 with 4:2:0 chroma needs even frame sizes)")
+    return value
+
+
+EvenSize = Annotated[PositiveInt, AfterValidator(_even)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class S3Settings(Section):
+    """Connection to S3 or an S3-compatible server. Credentials are never configured here:
+    boto3 and s3fs read them from the standard AWS environment variables or instance roles."""
+
+    endpoint_url: str | None = None
+    region_name: str | None = None
+
+
+class StorageSettings(Section):
+    root: Location
+    s3: S3Settings = S3Settings()
+
+
+class MlflowSettings(Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow server URL; default: sqlite:///<storage.root>/mlflow.db"
+    )
+    experiment: str = "viva-pipelines"
+    artifact_location: str | None = Field(
+        None, description="Where new experiments keep artifacts; default <storage.root>/mlflow"
+    )
+
+
+class VideoSourceSettings(Section):
+    uri: Location
+    extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+
+
+class SourcesSettings(Section):
+    raw_videos: VideoSourceSettings
+
+
+class LimitsSettings(Section):
+    max_file_mb: PositiveFloat = 2048
+    max_pixels: PositiveInt = 3840 * 2160 * 2
+    max_duration_s: PositiveFloat = 600
+    min_frames: PositiveInt = 2
+
+
+class IngestSettings(Section):
+    shard_size: PositiveInt = 64
+    width: EvenSize = 128
+    height: EvenSize = 128
+    fps: PositiveFloat = 8
+    max_frames: PositiveInt = 17
+    resize: Literal["crop", "pad"] = "crop"
+    crf: Annotated[int, Field(ge=0, le=51)] = 12
+    limits: LimitsSettings = LimitsSettings()
+
+
+class SensorSettings(Section):
+    interval_s: PositiveInt = 30
+    max_runs_per_tick: PositiveInt = 16
+
+
+class DemoSettings(Section):
+    videos: PositiveInt = 24
+    seed: int = 0
+    width: EvenSize = 320
+    height: EvenSize = 240
+    frames: PositiveInt = 48
+    fps: PositiveFloat = 24
+
+
+class ExecutionSettings(Section):
+    executor: Literal["in_process", "multiprocess"] = "multiprocess"
+    max_concurrent: PositiveInt = 2
+    asset_tags: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-asset op tags, e.g. dagster-k8s/config requesting nvidia.com/gpu",
+    )
+
+
+class ModelSettings(Section):
+    """Pretrained weights by local path or hub id; ``None`` selects the tiny demo models."""
+
+    instructor: str | None = None
+    transformer: str | None = None
+    vae: str | None = None
+    text_pooler: str | None = None
+    grounding_dino: str | None = None
+    sam2: str | None = None
+    clip: str | None = None
+    pickscore: str | None = None
+
+
+class Settings(Section):
+    env: str = "base"
+    storage: StorageSettings
+    mlflow: MlflowSettings = MlflowSettings()
+    sources: SourcesSettings
+    ingest: IngestSettings = IngestSettings()
+    sensor: SensorSettings = SensorSettings()
+    demo: DemoSettings = DemoSettings()
+    execution: ExecutionSettings = ExecutionSettings()
+    models: ModelSettings = ModelSettings()
+
+    @model_validator(mode="after")
+    def _mlflow_needs_server_for_remote_root(self) -> Settings:
+        if self.mlflow.tracking_uri is None and is_remote(self.storage.root):
+            raise ValueError(
+                "mlflow.tracking_uri is required when storage.root is an object store "
+                "(the sqlite default only works on a local root)"
+            )
+        return self
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.storage.root}/mlflow.db"
+
+    @property
+    def mlflow_artifact_location(self) -> str:
+        if self.mlflow.artifact_location:
+            return self.mlflow.artifact_location
+        root = self.storage.root
+        return f"{root}/mlflow" if is_remote(root) else Path(root, "mlflow").as_uri()

@@ -1,0 +1,28 @@
+"""The Dagster code location: ``dagster dev -w workspace.yaml`` loads ``defs`` from here."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from viva_pipelines.config import Settings
+from viva_pipelines.defs.ingest import build_ingest_defs
+from viva_pipelines.defs.resources import build_resources
+from viva_pipelines.settings import get_settings
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """All assets, sensors, jobs and resources, configured from ``settings``."""
+    executor = (
+        dg.in_process_executor
+        if settings.execution.executor == "in_process"
+        else dg.multiprocess_executor.configured(
+            {"max_concurrent": settings.execution.max_concurrent}
+        )
+    )
+    return dg.Definitions.merge(
+        build_ingest_defs(settings),
+        dg.Definitions(resources=build_resources(settings), executor=executor),
+    )
+
+
+defs = build_definitions(get_settings())

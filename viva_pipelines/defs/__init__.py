@@ -1,0 +1,1 @@
+"""Dagster orchestration: thin assets, resources, sensors and jobs over the library."""

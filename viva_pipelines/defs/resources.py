@@ -1,0 +1,92 @@
+"""Resources built from ``conf/``: storage roots, S3 client, MLflow tracking."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from mlflow.entities import Run
+
+from viva_pipelines.config import Settings
+from viva_pipelines.storage import Storage
+from viva_pipelines.tracking import lineage_tags, tracked_run
+
+
+class StorageResource(dg.ConfigurableResource):
+    """A storage root (local folder or ``s3://bucket/prefix``) with atomic, confined writes."""
+
+    root: str
+    endpoint_url: str | None = None
+    region_name: str | None = None
+
+    def get(self) -> Storage:
+        return Storage(self.root, endpoint_url=self.endpoint_url, region_name=self.region_name)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """Opens MLflow runs tagged with the Dagster materialization that owns them (DESIGN §4)."""
+
+    tracking_uri: str
+    experiment: str = "viva-pipelines"
+    artifact_location: str | None = None
+
+    @contextmanager
+    def start_run(
+        self,
+        context: dg.AssetExecutionContext,
+        *,
+        run_name: str | None = None,
+        upstream_data_versions: Mapping[str, str] | None = None,
+    ) -> Iterator[Run]:
+        """An active MLflow run for this materialization; its id and URL go into the asset's
+        metadata so the Dagster UI links to it."""
+        asset_key = context.asset_key
+        partition = context.partition_key if context.has_partition_key else None
+        code_version = context.assets_def.code_versions_by_key.get(asset_key)
+        tags = lineage_tags(
+            dagster_run_id=context.run_id,
+            asset_key=asset_key.to_user_string(),
+            partition=partition,
+            code_version=code_version,
+            upstream_data_versions=upstream_data_versions,
+        )
+        name = run_name or "-".join(filter(None, [asset_key.to_user_string(), partition]))
+        with tracked_run(
+            self.tracking_uri,
+            self.experiment,
+            artifact_location=self.artifact_location,
+            run_name=name,
+            tags=tags,
+        ) as run:
+            context.add_output_metadata(
+                {
+                    "mlflow_run_id": run.info.run_id,
+                    "mlflow_experiment_id": run.info.experiment_id,
+                    "mlflow_tracking_uri": self.tracking_uri,
+                }
+            )
+            yield run
+
+
+def _s3_kwargs(settings: Settings) -> dict[str, str | None]:
+    return {
+        "endpoint_url": settings.storage.s3.endpoint_url,
+        "region_name": settings.storage.s3.region_name,
+    }
+
+
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """Every resource of the code location, configured from ``settings``."""
+    s3 = _s3_kwargs(settings)
+    return {
+        "storage": StorageResource(root=settings.storage.root, **s3),
+        "video_source": StorageResource(root=settings.sources.raw_videos.uri, **s3),
+        "s3": S3Resource(**{k: v for k, v in s3.items() if v is not None}),
+        "mlflow": MlflowResource(
+            tracking_uri=settings.mlflow_tracking_uri,
+            experiment=settings.mlflow.experiment,
+            artifact_location=settings.mlflow_artifact_location,
+        ),
+    }

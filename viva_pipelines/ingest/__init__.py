@@ -1,0 +1,1 @@
+"""Raw-video ingestion: find source files, assign them to shards, normalise them into storage."""

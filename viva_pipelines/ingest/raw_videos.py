@@ -1,0 +1,236 @@
+"""Ingest one shard of raw videos: probe, checksum, normalise, copy annotations, write manifest.
+
+Every input file ends as one manifest row, ``ok`` or ``rejected`` with a reason; one bad file
+never stops the shard. Outputs land under ``raw_videos/{shard}/`` in storage:
+``{video_id}.mp4`` (normalised), ``{video_id}.json`` / ``{video_id}.masks.npz`` (annotations,
+aligned with the normalised frames), ``manifest.parquet`` and ``preview.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from viva_pipelines.storage import Storage
+from viva_pipelines.video.annotations import AnnotationError, Annotations, sidecar_keys
+from viva_pipelines.video.io import write_video
+from viva_pipelines.video.normalise import NormaliseSpec, decode_normalised, normalise_masks
+from viva_pipelines.video.probe import VideoLimits, VideoRejected
+
+log = logging.getLogger(__name__)
+
+ASSET = "raw_videos"
+OK, REJECTED = "ok", "rejected"
+#: Bumped whenever the bytes this module writes for the same input change.
+CODE_VERSION = "raw_videos-1"
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    spec: NormaliseSpec
+    limits: VideoLimits
+    crf: int = 12
+    preview_videos: int = 8
+
+
+@dataclass
+class ShardIngestResult:
+    shard: str
+    manifest: pd.DataFrame
+    manifest_uri: str
+    data_version: str
+    preview_png: bytes | None
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.manifest[self.manifest["status"] == OK]
+
+    @property
+    def rejected(self) -> pd.DataFrame:
+        return self.manifest[self.manifest["status"] == REJECTED]
+
+
+def shard_prefix(shard: str) -> str:
+    return f"{ASSET}/{shard}"
+
+
+def manifest_key(shard: str) -> str:
+    return f"{shard_prefix(shard)}/manifest.parquet"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_data_version(manifest: pd.DataFrame) -> str:
+    """Content hash of a manifest: same rows (in any order) → same version. Where the source
+    lives is left out, so moving the source folder does not invalidate downstream assets."""
+    rows = manifest.drop(columns="source_uri").sort_values("video_id").to_dict(orient="records")
+    canonical = json.dumps(rows, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def ingest_shard(
+    storage: Storage,
+    source: Storage,
+    shard: str,
+    members: pd.DataFrame,
+    options: IngestOptions,
+    on_progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+) -> ShardIngestResult:
+    """Ingest the ``members`` (rows of the shard registry) of ``shard`` from ``source``.
+
+    ``on_progress(done, total, row)`` is called after each file, for orchestration logs.
+    """
+    rows: list[dict[str, Any]] = []
+    thumbnails: list[np.ndarray] = []
+    total = len(members)
+    for done, member in enumerate(tqdm(members.itertuples(), total=total, desc=shard), 1):
+        row = _ingest_one(storage, source, shard, member.key, member.video_id, options)
+        if row["status"] == OK and len(thumbnails) < options.preview_videos:
+            thumbnails.append(row.pop("_first_frame"))
+        row.pop("_first_frame", None)
+        rows.append(row)
+        if on_progress:
+            on_progress(done, total, row)
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    uri = storage.write_parquet(manifest_key(shard), manifest)
+    preview = _preview_strip(thumbnails) if thumbnails else None
+    if preview:
+        storage.write_bytes(f"{shard_prefix(shard)}/preview.png", preview)
+    return ShardIngestResult(shard, manifest, uri, manifest_data_version(manifest), preview)
+
+
+MANIFEST_COLUMNS = [
+    "video_id", "source_key", "source_uri", "status", "reason",
+    "source_bytes", "source_sha256", "source_container", "source_codec",
+    "source_width", "source_height", "source_fps", "source_frames", "source_duration_s",
+    "source_rotation", "source_has_audio", "source_variable_frame_rate",
+    "video_key", "width", "height", "fps", "frames", "duration_s",
+    "annotations_key", "masks_key", "caption", "labels", "annotation_error",
+]  # fmt: skip
+
+
+def _ingest_one(
+    storage: Storage, source: Storage, shard: str, key: str, video_id: str, options: IngestOptions
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"video_id": video_id, "source_key": key, "source_uri": None}
+    video_key = f"{shard_prefix(shard)}/{video_id}.mp4"
+    json_key, masks_key = sidecar_keys(video_key)
+    try:
+        row["source_uri"] = source.uri(key)
+        with source.local_path(key) as local:
+            row["source_bytes"] = local.stat().st_size
+            row["source_sha256"] = sha256_file(local)
+            video = decode_normalised(local, options.spec, options.limits)
+        row.update({f"source_{k}": v for k, v in _probe_columns(video.probe).items()})
+        with storage.staged(video_key) as staged:
+            write_video(staged, video.frames, video.fps, crf=options.crf)
+        t, h, w, _ = video.frames.shape
+        row.update(
+            status=OK, reason=None, video_key=video_key, width=w, height=h, fps=video.fps,
+            frames=t, duration_s=t / video.fps, _first_frame=video.frames[0],
+        )  # fmt: skip
+        row.update(
+            _copy_annotations(storage, source, key, video, options.spec, json_key, masks_key)
+        )
+    except VideoRejected as exc:
+        row.update(status=REJECTED, reason=exc.reason)
+    except FileNotFoundError:
+        row.update(status=REJECTED, reason="source file is missing (deleted after registration?)")
+    except Exception as exc:  # one bad file must never stop the shard; the reason is kept
+        log.exception("unexpected failure ingesting %s", key)
+        row.update(status=REJECTED, reason=f"unexpected error: {type(exc).__name__}: {exc}")
+    if row["status"] == REJECTED:
+        for stale in (video_key, json_key, masks_key):
+            storage.delete(stale)
+    return row
+
+
+def _probe_columns(probe: Any) -> dict[str, Any]:
+    values = probe.to_dict()
+    return {
+        "container": values.get("container"),
+        "codec": values.get("codec"),
+        "width": values.get("width"),
+        "height": values.get("height"),
+        "fps": values.get("fps"),
+        "frames": values.get("frame_count"),
+        "duration_s": values.get("duration_s"),
+        "rotation": values.get("rotation"),
+        "has_audio": values.get("has_audio"),
+        "variable_frame_rate": values.get("variable_frame_rate"),
+    }
+
+
+def _copy_annotations(
+    storage: Storage,
+    source: Storage,
+    key: str,
+    video: Any,
+    spec: NormaliseSpec,
+    json_key: str,
+    masks_key: str,
+) -> dict[str, Any]:
+    """Bring the video's sidecars along, re-timed and re-sized like its frames.
+
+    A broken sidecar does not reject the video (the frames are fine); the problem is recorded
+    in ``annotation_error`` and later steps fall back to tracking.
+    """
+    src_json, src_masks = sidecar_keys(key)
+    if not (source.exists(src_json) and source.exists(src_masks)):
+        for stale in (json_key, masks_key):
+            storage.delete(stale)
+        return {"annotations_key": None, "masks_key": None}
+    try:
+        ann = Annotations.from_bytes(source.read_bytes(src_json), source.read_bytes(src_masks))
+        masks = normalise_masks(ann.masks, video.source_indices, spec)
+        normalised = Annotations(ann.caption, ann.objects, masks, ann.extra)
+    except (AnnotationError, ValueError) as exc:
+        return {"annotations_key": None, "masks_key": None, "annotation_error": str(exc)}
+    json_bytes, npz_bytes = normalised.to_bytes()
+    storage.write_bytes(json_key, json_bytes)
+    storage.write_bytes(masks_key, npz_bytes)
+    labels = [str(obj.get("label", "")) for obj in ann.objects]
+    return {
+        "annotations_key": json_key,
+        "masks_key": masks_key,
+        "caption": ann.caption,
+        "labels": json.dumps(labels),
+        "annotation_error": None,
+    }
+
+
+def _preview_strip(frames: list[np.ndarray], height: int = 96) -> bytes:
+    """First frames side by side, as a PNG, for the Dagster UI and quick eyeballing."""
+    tiles = []
+    for frame in frames:
+        image = Image.fromarray(frame)
+        width = max(1, round(image.width * height / image.height))
+        tiles.append(np.asarray(image.resize((width, height), Image.Resampling.BILINEAR)))
+    buffer = io.BytesIO()
+    Image.fromarray(np.concatenate(tiles, axis=1)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def shard_is_current(storage: Storage, shard: str, members: pd.DataFrame) -> bool:
+    """True when the shard's manifest already covers exactly its registered videos."""
+    if not storage.exists(manifest_key(shard)):
+        return False
+    done = storage.read_parquet(manifest_key(shard))
+    return set(done["video_id"]) == set(members["video_id"])

@@ -1,0 +1,201 @@
+"""One storage root (a local folder or ``s3://bucket/prefix``) addressed by relative keys.
+
+Every asset writes under ``{root}/{asset}/{partition}/…`` through this class, so that:
+
+- writes are atomic: a local file is written under a temporary name and renamed; an object
+  store PUT (single or multipart) only becomes visible once complete. A reader therefore never
+  sees half a file, even when a writer dies part-way;
+- keys cannot escape the root (``..``, absolute paths, symlinks pointing outside are refused);
+- the same code runs on a laptop and against S3, with only the root URI changed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+from upath import UPath
+
+from viva_pipelines.config.schema import is_remote
+
+
+class PathEscapeError(ValueError):
+    """A key that would resolve outside the storage root."""
+
+
+def normalise_key(key: str | PurePosixPath) -> str:
+    """Clean a relative key (``a/./b`` → ``a/b``) and refuse anything that leaves the root."""
+    text = str(key)
+    if not text or text.startswith(("/", "\\")) or "\\" in text or "://" in text or ":" in text[:2]:
+        raise PathEscapeError(f"{text!r} is not a relative storage key")
+    parts: list[str] = []
+    for part in text.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise PathEscapeError(f"{text!r} escapes its root")
+            parts.pop()
+        else:
+            parts.append(part)
+    if not parts:
+        raise PathEscapeError(f"{text!r} names the root itself, not a file under it")
+    return "/".join(parts)
+
+
+class Storage:
+    """Key-addressed file operations under one root URI."""
+
+    def __init__(
+        self, root: str, *, endpoint_url: str | None = None, region_name: str | None = None
+    ) -> None:
+        self.root_uri = root.rstrip("/")
+        self.is_remote = is_remote(root)
+        options: dict[str, Any] = {}
+        if endpoint_url:
+            options["endpoint_url"] = endpoint_url
+        if region_name:
+            options["client_kwargs"] = {"region_name": region_name}
+        self.root = UPath(self.root_uri, **options) if self.is_remote else UPath(self.root_uri)
+        self.fs = self.root.fs
+
+    def __repr__(self) -> str:
+        return f"Storage({self.root_uri!r})"
+
+    # -- addressing ------------------------------------------------------------------------
+    def uri(self, key: str) -> str:
+        """Full URI (or absolute local path) of ``key``."""
+        clean = normalise_key(key)
+        if not self.is_remote:
+            path = Path(self.root_uri, clean)
+            real_root = os.path.realpath(self.root_uri)
+            real = os.path.realpath(path)
+            if real != real_root and not real.startswith(real_root + os.sep):
+                raise PathEscapeError(f"{key!r} resolves outside {self.root_uri} (via a symlink)")
+            return str(path)
+        return f"{self.root_uri}/{clean}"
+
+    def _fs_path(self, key: str) -> str:
+        return self.uri(key) if not self.is_remote else self.fs._strip_protocol(self.uri(key))
+
+    # -- reading ---------------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self._fs_path(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.fs.cat_file(self._fs_path(key))
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    def read_parquet(self, key: str) -> pd.DataFrame:
+        return pd.read_parquet(io.BytesIO(self.read_bytes(key)))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self._fs_path(key)))
+
+    def list(self, prefix: str = "", *, detail: bool = False) -> list[Any]:
+        """Keys of all files under ``prefix`` (recursive, sorted). With ``detail``, dicts with
+        ``key``, ``size`` and ``version`` (mtime locally, ETag on S3) — enough to notice change."""
+        base = self._fs_path(prefix) if prefix else self.fs._strip_protocol(self.root_uri)
+        if not self.fs.exists(base):
+            return []
+        base_strip = self.fs._strip_protocol(self.root_uri).rstrip("/") + "/"
+        found = self.fs.find(base, detail=True)
+        rows = []
+        for path, info in sorted(found.items()):
+            key = path[len(base_strip) :] if path.startswith(base_strip) else path
+            if _is_temporary(key):
+                continue
+            version = info.get("ETag") or info.get("mtime") or info.get("LastModified")
+            rows.append({"key": key, "size": int(info.get("size") or 0), "version": str(version)})
+        return rows if detail else [row["key"] for row in rows]
+
+    @contextmanager
+    def local_path(self, key: str) -> Iterator[Path]:
+        """A local file holding ``key``: the file itself on a local root, else a temp copy."""
+        if not self.is_remote:
+            path = Path(self.uri(key))
+            if not path.is_file():
+                raise FileNotFoundError(f"{self.uri(key)}: no such file in storage")
+            yield path
+            return
+        with tempfile.TemporaryDirectory(prefix="viva-get-") as tmp:
+            local = Path(tmp, PurePosixPath(key).name)
+            self.fs.get_file(self._fs_path(key), str(local))
+            yield local
+
+    # -- writing (atomic) ------------------------------------------------------------------
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Write ``data`` to ``key`` atomically; returns the URI."""
+        if self.is_remote:
+            self.fs.pipe_file(self._fs_path(key), data)
+            return self.uri(key)
+        with self._local_temp(key) as tmp:
+            tmp.write_bytes(data)
+        return self.uri(key)
+
+    def write_json(self, key: str, obj: Any) -> str:
+        return self.write_bytes(
+            key, json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
+        )
+
+    def write_parquet(self, key: str, frame: pd.DataFrame) -> str:
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        return self.write_bytes(key, buffer.getvalue())
+
+    def put_file(self, local: str | os.PathLike, key: str) -> str:
+        """Copy a local file into storage atomically; returns the URI."""
+        if self.is_remote:
+            self.fs.put_file(os.fspath(local), self._fs_path(key))
+            return self.uri(key)
+        with self._local_temp(key) as tmp:
+            shutil.copyfile(local, tmp)
+        return self.uri(key)
+
+    @contextmanager
+    def staged(self, key: str) -> Iterator[Path]:
+        """Yield a local scratch path to write ``key``'s content into; it is published
+        atomically when the block exits normally and discarded when it raises."""
+        suffix = "".join(PurePosixPath(key).suffixes[-1:])
+        with tempfile.TemporaryDirectory(prefix="viva-put-") as tmp:
+            path = Path(tmp, f"staged{suffix}")
+            yield path
+            self.put_file(path, key)
+
+    def delete(self, key: str) -> None:
+        """Remove a file or everything under a prefix; missing keys are not an error."""
+        path = self._fs_path(key)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    @contextmanager
+    def _local_temp(self, key: str) -> Iterator[Path]:
+        final = Path(self.uri(key))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+        try:
+            yield tmp
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _is_temporary(key: str) -> bool:
+    name = PurePosixPath(key).name
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)

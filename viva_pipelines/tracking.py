@@ -1,0 +1,85 @@
+"""MLflow runs that carry the lineage of what produced them (DESIGN §4).
+
+Each run is tagged with the Dagster run id, asset key, partition, code version, git commit and the
+data versions of its upstream assets, so a benchmark number can be traced back to raw files.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Run
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@cache
+def git_commit() -> str:
+    """Commit of the checkout the code runs from, ``unknown`` for an installed wheel."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def lineage_tags(
+    *,
+    dagster_run_id: str,
+    asset_key: str,
+    partition: str | None = None,
+    code_version: str | None = None,
+    upstream_data_versions: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """MLflow tags linking a run to the Dagster materialization and data that produced it."""
+    commit = git_commit()
+    tags = {
+        "dagster.run_id": dagster_run_id,
+        "dagster.asset_key": asset_key,
+        "viva.git_commit": commit,
+        "mlflow.source.git.commit": commit,
+    }
+    if partition is not None:
+        tags["dagster.partition"] = partition
+    if code_version is not None:
+        tags["viva.code_version"] = code_version
+    for upstream, version in sorted((upstream_data_versions or {}).items()):
+        tags[f"viva.upstream.{upstream}.data_version"] = version
+    return tags
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> str:
+    """Id of experiment ``name`` on ``tracking_uri``, created with ``artifact_location`` if new."""
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+@contextmanager
+def tracked_run(
+    tracking_uri: str,
+    experiment: str,
+    *,
+    artifact_location: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[Run]:
+    """Open an MLflow run on ``tracking_uri`` for this process's fluent ``mlflow.log_*`` calls.
+
+    The run ends FAILED when the block raises, FINISHED otherwise.
+    """
+    experiment_id = ensure_experiment(tracking_uri, experiment, artifact_location)
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})):
+        yield mlflow.active_run()
