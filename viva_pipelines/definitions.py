@@ -1,7 +1,5 @@
 """The Dagster code location: ``dagster dev -w workspace.yaml`` loads ``defs`` from here."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from viva_pipelines.config import Settings

@@ -1,7 +1,5 @@
 """``raw_videos``: per-shard ingestion, the sensor that finds new uploads, and its job."""
 
-from __future__ import annotations
-
 import base64
 import json
 

@@ -1,7 +1,5 @@
 """Resources built from ``conf/``: storage roots, S3 client, MLflow tracking."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
