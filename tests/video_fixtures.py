@@ -28,15 +28,15 @@ BLUE = (0, 0, 255)
 
 
 def index_level(index: int) -> int:
-    """Grey level of source frame ``index``: 8 levels apart, so H.264 noise cannot blur two."""
-    if not 0 <= index < 28:
-        raise ValueError(f"frame index {index} has no distinct grey level (0..27)")
-    return 16 + 8 * index
+    """Grey level of source frame ``index``: 6 apart, far more than H.264's error on flat grey."""
+    if not 0 <= index < 38:
+        raise ValueError(f"frame index {index} has no distinct grey level (0..37)")
+    return 16 + 6 * index
 
 
 def level_index(level: float) -> int:
     """Inverse of :func:`index_level` for a decoded (slightly noisy) grey level."""
-    return round((float(level) - 16) / 8)
+    return round((float(level) - 16) / 6)
 
 
 def indexed_frames(count: int, size: tuple[int, int]) -> np.ndarray:
@@ -144,33 +144,17 @@ def audio_only(directory: Path) -> Path:
     with av.open(str(path), mode="w", format="mp4") as out:
         stream = out.add_stream("aac", rate=rate)
         stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(tone.astype(np.float32)[None], format="fltp")
+        frame = av.AudioFrame.from_ndarray(
+            tone.astype(np.float32)[None], format="fltp", layout="mono"
+        )
         frame.sample_rate, frame.pts = rate, 0
         out.mux(stream.encode(frame))
         out.mux(stream.encode())
     return path
 
 
-def zero_fps(directory: Path) -> Path:
-    """An MP4 whose sample table gives every frame a duration of 0 (a broken muxer's output).
-
-    All frames then share timestamp 0, so libavformat can derive no frame rate at all:
-    ``average_rate`` and ``base_rate`` are ``None``. (A raw ``.h264`` stream is no use here: the
-    raw demuxer assumes 25 fps.)
-    """
-    path = good_video(directory / "zero_fps.mp4", frames=6)
-    data = bytearray(path.read_bytes())
-    stts = data.index(b"stts")  # box type; then version/flags, entry count, (count, delta) pairs
-    (entries,) = struct.unpack_from(">I", data, stts + 8)
-    for k in range(entries):
-        struct.pack_into(">I", data, stts + 16 + 8 * k, 0)
-    path.write_bytes(bytes(data))
-    return path
-
-
-def variable_frame_rate(directory: Path, times_ms: Sequence[int]) -> Path:
-    """An MP4 of :func:`indexed_frames` shown at the irregular times ``times_ms`` (milliseconds)."""
-    path = directory / "variable_frame_rate.mp4"
+def _timed_video(path: Path, times_ms: Sequence[int]) -> Path:
+    """An MP4 of :func:`indexed_frames` shown at the times ``times_ms`` (milliseconds)."""
     frames = indexed_frames(len(times_ms), (32, 32))
     with av.open(str(path), mode="w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=30)
@@ -186,24 +170,103 @@ def variable_frame_rate(directory: Path, times_ms: Sequence[int]) -> Path:
     return path
 
 
-def rotated(directory: Path, degrees: int = 90, frames: int = 4) -> Path:
-    """A wide 64x32 stored video of :func:`halves_frame` with a display matrix of ``degrees``.
+def variable_frame_rate(directory: Path, times_ms: Sequence[int]) -> Path:
+    """An MP4 of :func:`indexed_frames` shown at the irregular times ``times_ms`` (milliseconds)."""
+    return _timed_video(directory / "variable_frame_rate.mp4", times_ms)
+
+
+def zero_fps(directory: Path) -> Path:
+    """An MP4 whose sample table gives every frame a duration of 0 (a broken muxer's output).
+
+    All frames then share timestamp 0 and libavformat derives no frame rate: ``average_rate``
+    is ``None``. Two easier routes do not get there: a raw ``.h264`` stream (the raw demuxer
+    assumes 25 fps), and the same patch on a :func:`good_video` file (libavformat still reports
+    10 fps there, apparently from the rate x264 writes into the H.264 headers; written with a
+    1 ms encoder time base, as here, that fallback does not kick in).
+    """
+    path = _timed_video(directory / "zero_fps.mp4", [0, 100, 200, 300, 400, 500])
+    data = bytearray(path.read_bytes())
+    stts = data.index(b"stts")  # box type; then version/flags, entry count, (count, delta) pairs
+    (entries,) = struct.unpack_from(">I", data, stts + 8)
+    for k in range(entries):
+        struct.pack_into(">I", data, stts + 16 + 8 * k, 0)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def rotated(
+    directory: Path, degrees: int = 90, image: np.ndarray | None = None, frames: int = 4
+) -> Path:
+    """A video of ``image`` (default: a wide 64x32 :func:`halves_frame`) with a display matrix.
 
     ``degrees`` is counter-clockwise, as PyAV's ``set_display_rotation`` and
     ``VideoFrame.rotation`` count it; the MP4 muxer writes it into the track header matrix, the
     same place phones put it.
     """
     path = directory / f"rotated_{degrees}.mp4"
-    image = halves_frame((64, 32))
+    image = halves_frame((64, 32)) if image is None else image
+    height, width = image.shape[:2]
     with av.open(str(path), mode="w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.thread_count = 1
         stream.options = {"crf": "12"}
         stream.set_display_rotation(degrees)
         for _ in range(frames):
             out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         out.mux(stream.encode())
+    return path
+
+
+def repeated_timestamps(directory: Path) -> Path:
+    """A Matroska file declaring 30 fps whose four frames all carry timestamp 0."""
+    path = directory / "repeated_timestamps.mkv"
+    with av.open(str(path), mode="w", format="matroska") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.thread_count = 1
+        packets = []
+        for image in indexed_frames(4, (32, 32)):
+            packets += stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24"))
+        packets += stream.encode()
+        for packet in packets:
+            packet.pts = packet.dts = 0
+            out.mux(packet)
+    return path
+
+
+def raw_h264(directory: Path, frames: int = 10) -> Path:
+    """A bare H.264 elementary stream (``.h264``): no container, no timestamps, no duration."""
+    path = directory / "raw.h264"
+    with av.open(str(path), mode="w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.thread_count = 1
+        for image in indexed_frames(frames, (32, 32)):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+def with_audio(directory: Path) -> Path:
+    """A 10 fps video of :func:`indexed_frames` with an AAC soundtrack, like a phone clip."""
+    path = directory / "with_audio.mp4"
+    rate = 16000
+    with av.open(str(path), mode="w", format="mp4") as out:
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        video.thread_count = 1
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = "mono"
+        for image in indexed_frames(10, (32, 32)):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(video.encode())
+        silence = av.AudioFrame.from_ndarray(
+            np.zeros((1, rate), dtype=np.float32), format="fltp", layout="mono"
+        )
+        silence.sample_rate, silence.pts = rate, 0
+        out.mux(audio.encode(silence))
+        out.mux(audio.encode())
     return path
 
 
@@ -309,6 +372,7 @@ def huge_declared_size(directory: Path) -> Path:
                 continue
             packet.stream = out_stream
             packet.pts = packet.dts = index
+            packet.duration = 1
             packet.time_base = Fraction(1, 10)
             out.mux(packet)
     return path

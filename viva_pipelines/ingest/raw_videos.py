@@ -80,8 +80,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def manifest_data_version(manifest: pd.DataFrame) -> str:
     """Content hash of a manifest: same rows (in any order) → same version. Where the source
     lives is left out, so moving the source folder does not invalidate downstream assets."""
-    rows = manifest.drop(columns="source_uri").sort_values("video_id").to_dict(orient="records")
-    canonical = json.dumps(rows, sort_keys=True, default=str, separators=(",", ":"))
+    typed = manifest.astype(MANIFEST_SCHEMA).drop(columns="source_uri")
+    rows = typed.sort_values("video_id", ignore_index=True)
+    canonical = rows.to_json(orient="records", double_precision=12)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -108,7 +109,7 @@ def ingest_shard(
         rows.append(row)
         if on_progress:
             on_progress(done, total, row)
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest = pd.DataFrame(rows, columns=list(MANIFEST_SCHEMA)).astype(MANIFEST_SCHEMA)
     uri = storage.write_parquet(manifest_key(shard), manifest)
     preview = _preview_strip(thumbnails) if thumbnails else None
     if preview:
@@ -116,14 +117,21 @@ def ingest_shard(
     return ShardIngestResult(shard, manifest, uri, manifest_data_version(manifest), preview)
 
 
-MANIFEST_COLUMNS = [
-    "video_id", "source_key", "source_uri", "status", "reason",
-    "source_bytes", "source_sha256", "source_container", "source_codec",
-    "source_width", "source_height", "source_fps", "source_frames", "source_duration_s",
-    "source_rotation", "source_has_audio", "source_variable_frame_rate",
-    "video_key", "width", "height", "fps", "frames", "duration_s",
-    "annotations_key", "masks_key", "caption", "labels", "annotation_error",
-]  # fmt: skip
+#: Column → pandas dtype. Nullable dtypes keep a manifest identical after a Parquet round trip,
+#: which its content hash (the data version) relies on.
+MANIFEST_SCHEMA = {
+    "video_id": "string", "source_key": "string", "source_uri": "string",
+    "status": "string", "reason": "string",
+    "source_bytes": "Int64", "source_sha256": "string", "source_container": "string",
+    "source_codec": "string", "source_width": "Int64", "source_height": "Int64",
+    "source_fps": "Float64", "source_frames": "Int64", "source_duration_s": "Float64",
+    "source_rotation": "Int64", "source_has_audio": "boolean",
+    "source_variable_frame_rate": "boolean",
+    "video_key": "string", "width": "Int64", "height": "Int64", "fps": "Float64",
+    "frames": "Int64", "duration_s": "Float64",
+    "annotations_key": "string", "masks_key": "string", "caption": "string",
+    "labels": "string", "annotation_error": "string",
+}  # fmt: skip
 
 
 def _ingest_one(
@@ -199,7 +207,7 @@ def _copy_annotations(
         return {"annotations_key": None, "masks_key": None}
     try:
         ann = Annotations.from_bytes(source.read_bytes(src_json), source.read_bytes(src_masks))
-        masks = normalise_masks(ann.masks, video.source_indices, spec)
+        masks = normalise_masks(ann.masks, video.source_indices, spec, video.probe)
         normalised = Annotations(ann.caption, ann.objects, masks, ann.extra)
     except (AnnotationError, ValueError) as exc:
         return {"annotations_key": None, "masks_key": None, "annotation_error": str(exc)}
