@@ -9,17 +9,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import yaml
 
 from viva_pipelines.config import ConfigError
-from viva_pipelines.settings import get_settings
+from viva_pipelines.settings import PACKAGE_DIR, get_settings
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    import dagster as dg
 
     from viva_pipelines.definitions import build_definitions
     from viva_pipelines.defs.ingest import INGEST_JOB
@@ -44,7 +44,7 @@ def _ingest(args: argparse.Namespace) -> int:
         print("nothing to ingest; put videos in the source or run `viva demo-data`")
         return 0
 
-    instance = dg.DagsterInstance.get()
+    instance = _dagster_instance()
     known = set(instance.get_dynamic_partitions(video_shards.name))
     shards = sorted(registry["shard"].unique())
     instance.add_dynamic_partitions(video_shards.name, [s for s in shards if s not in known])
@@ -72,6 +72,19 @@ def _ingest(args: argparse.Namespace) -> int:
         )
     print(f"{len(pending)} shards materialized, {len(shards) - len(pending)} already current")
     return 1 if failed else 0
+
+
+def _dagster_instance():
+    """The instance under ``$DAGSTER_HOME``, else the project's ``.dagster/`` (what ``make dev``
+    uses), so runs started here show up in the UI."""
+    import dagster as dg
+
+    if not os.environ.get("DAGSTER_HOME"):
+        home = PACKAGE_DIR.parent / ".dagster"
+        home.mkdir(exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(home)
+        print(f"DAGSTER_HOME not set; using {home}")
+    return dg.DagsterInstance.get()
 
 
 def _config(args: argparse.Namespace) -> int:
