@@ -19,6 +19,36 @@ from viva_pipelines.config import ConfigError
 from viva_pipelines.settings import PACKAGE_DIR, get_settings
 
 
+def _demo_data(args: argparse.Namespace) -> int:
+    from viva_pipelines.config.schema import is_remote
+    from viva_pipelines.demo_world import generate_demo_videos
+
+    settings = get_settings()
+    demo = settings.demo
+    out = args.out or settings.sources.raw_videos.uri
+    if is_remote(out):
+        print(
+            f"viva: demo-data writes to a local folder; {out} is remote, pass --out",
+            file=sys.stderr,
+        )
+        return 2
+    started = time.perf_counter()
+    paths = generate_demo_videos(
+        out,
+        demo.videos if args.videos is None else args.videos,
+        demo.seed if args.seed is None else args.seed,
+        width=args.width or demo.width,
+        height=args.height or demo.height,
+        num_frames=args.frames or demo.frames,
+        fps=args.fps or demo.fps,
+    )
+    print(
+        f"wrote {len(paths)} demo videos with annotations to {out} "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
+    return 0
+
+
 def _ingest(args: argparse.Namespace) -> int:
 
     from viva_pipelines.definitions import build_definitions
@@ -95,6 +125,15 @@ def _config(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="viva", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo-data", help="render the synthetic demo world's videos")
+    demo.add_argument("--out", help="folder to write into (default: sources.raw_videos.uri)")
+    demo.add_argument("--videos", type=int, help="how many (default: demo.videos)")
+    demo.add_argument("--seed", type=int, help="world seed (default: demo.seed)")
+    demo.add_argument("--width", type=int, help="frame width (default: demo.width)")
+    demo.add_argument("--height", type=int, help="frame height (default: demo.height)")
+    demo.add_argument("--frames", type=int, help="frames per video (default: demo.frames)")
+    demo.add_argument("--fps", type=float, help="frame rate (default: demo.fps)")
+    demo.set_defaults(handler=_demo_data)
     ingest = commands.add_parser("ingest", help="register new videos and materialize raw_videos")
     ingest.add_argument("--all", action="store_true", help="re-ingest shards already current")
     ingest.set_defaults(handler=_ingest)

@@ -1,0 +1,70 @@
+"""Write demo-world videos with their sidecar annotations into a folder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from viva_pipelines.demo_world.render import render
+from viva_pipelines.demo_world.sample import random_scene
+from viva_pipelines.demo_world.scene import SceneSpec
+from viva_pipelines.storage import Storage
+from viva_pipelines.video.annotations import Annotations, sidecar_keys
+from viva_pipelines.video.io import write_video
+
+
+def scene_seed(seed: int, index: int) -> int:
+    """Seed of video ``index`` of a dataset: independent streams, stable across versions."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def scene_annotations(scene: SceneSpec, masks: np.ndarray) -> Annotations:
+    objects = [
+        {"id": o.id, "label": o.label, "kind": o.entry.kind, "colour": o.entry.colour}
+        for o in sorted(scene.objects, key=lambda o: o.id)
+    ]
+    return Annotations(scene.caption(), objects, masks, {"scene": scene.to_dict()})
+
+
+def write_scene(scene: SceneSpec, out_dir: str | os.PathLike, name: str) -> Path:
+    """Render ``scene`` to ``{out_dir}/{name}.mp4`` plus its sidecars; returns the video path.
+
+    Sidecars are written before the video and every file appears atomically, so a sensor that
+    lists the folder meanwhile never sees a video without its annotations, or half a file.
+    """
+    frames, masks = render(scene)
+    folder = Storage(str(out_dir))
+    json_key, masks_key = sidecar_keys(f"{name}.mp4")
+    json_bytes, npz_bytes = scene_annotations(scene, masks).to_bytes()
+    folder.write_bytes(json_key, json_bytes)
+    folder.write_bytes(masks_key, npz_bytes)
+    with tempfile.TemporaryDirectory() as tmp:
+        video = Path(tmp, f"{name}.mp4")
+        write_video(video, frames, scene.fps)
+        folder.put_file(video, f"{name}.mp4")
+    return Path(folder.uri(f"{name}.mp4"))
+
+
+def generate_demo_videos(
+    out_dir: str | os.PathLike,
+    num_videos: int,
+    seed: int,
+    *,
+    width: int = 320,
+    height: int = 240,
+    num_frames: int = 48,
+    fps: float = 24,
+) -> list[Path]:
+    """Render ``num_videos`` random scenes as ``scene_0000.mp4``… with sidecars."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in tqdm(range(num_videos), desc="demo videos"):
+        scene = random_scene(
+            scene_seed(seed, index), width=width, height=height, num_frames=num_frames, fps=fps
+        )
+        paths.append(write_scene(scene, out_dir, f"scene_{index:04d}"))
+    return paths

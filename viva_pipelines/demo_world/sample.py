@@ -1,0 +1,94 @@
+"""Random scenes, fully determined by a seed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from viva_pipelines.demo_world.scene import (
+    BACKGROUNDS,
+    BankEntry,
+    Camera,
+    ObjectSpec,
+    SceneSpec,
+    Trajectory,
+    object_bank,
+)
+
+
+def random_scene(
+    seed: int,
+    *,
+    width: int = 320,
+    height: int = 240,
+    num_frames: int = 48,
+    fps: float = 24,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    sprite_probability: float = 0.2,
+) -> SceneSpec:
+    """A scene with ``min_objects``..``max_objects`` objects of distinct shapes and colours.
+
+    Centres stay inside the central 70 % of the frame, so every object starts (and stays)
+    mostly in view; the front-most object is always visible in the first frame.
+    """
+    rng = np.random.default_rng(seed)
+    image = str(rng.choice(sorted(BACKGROUNDS)))
+    start = (rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65), rng.uniform(1.0, 1.5))
+    end = (
+        float(np.clip(start[0] + rng.uniform(-0.2, 0.2), 0.2, 0.8)),
+        float(np.clip(start[1] + rng.uniform(-0.1, 0.1), 0.2, 0.8)),
+        float(np.clip(start[2] * rng.uniform(0.85, 1.2), 1.0, 1.8)),
+    )
+    camera = Camera(image, tuple(float(v) for v in start), end)
+
+    count = int(rng.integers(min_objects, max_objects + 1))
+    entries = _distinct_entries(rng, count, sprite_probability)
+    z_order = rng.permutation(count)
+    objects = []
+    for index, entry in enumerate(entries):
+        x0, y0 = rng.uniform(0.2, 0.8, size=2)
+        angle, distance = rng.uniform(0, 2 * math.pi), rng.uniform(0.15, 0.4)
+        x1 = float(np.clip(x0 + distance * math.cos(angle), 0.15, 0.85))
+        y1 = float(np.clip(y0 + distance * math.sin(angle), 0.15, 0.85))
+        objects.append(
+            ObjectSpec(
+                id=index + 1,
+                entry=entry,
+                size=float(rng.uniform(0.22, 0.4)),
+                z=int(z_order[index]),
+                trajectory=Trajectory(
+                    start=(float(x0), float(y0)),
+                    end=(x1, y1),
+                    wobble=float(rng.uniform(0, 0.05)),
+                    wobble_periods=float(rng.uniform(0.5, 2)),
+                ),
+                spin=float(rng.uniform(-90, 90)) if entry.kind != "sprite" else 0.0,
+            )
+        )
+    return SceneSpec(width, height, num_frames, fps, camera, tuple(objects), seed=seed)
+
+
+def _distinct_entries(
+    rng: np.random.Generator, count: int, sprite_probability: float
+) -> list[BankEntry]:
+    """Objects no two of which share a shape, a colour or a sprite."""
+    bank = object_bank()
+    shapes = [e for e in bank if e.kind != "sprite"]
+    sprites = [e for e in bank if e.kind == "sprite"]
+    chosen: list[BankEntry] = []
+    while len(chosen) < count:
+        pool = sprites if rng.random() < sprite_probability else shapes
+        candidate = pool[int(rng.integers(len(pool)))]
+        clash = any(
+            candidate == other
+            or (
+                candidate.kind != "sprite"
+                and (candidate.kind == other.kind or candidate.colour == other.colour)
+            )
+            for other in chosen
+        )
+        if not clash:
+            chosen.append(candidate)
+    return chosen
