@@ -18,6 +18,9 @@ import yaml
 from viva_pipelines.config import ConfigError
 from viva_pipelines.settings import PACKAGE_DIR, get_settings
 
+#: Run logs stay in the Dagster instance (the UI shows them); the terminal gets our summary.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
 
 def _demo_data(args: argparse.Namespace) -> int:
     from viva_pipelines.config.schema import is_remote
@@ -88,7 +91,7 @@ def _ingest(args: argparse.Namespace) -> int:
     for shard in pending:
         started = time.perf_counter()
         result = job.execute_in_process(
-            partition_key=shard, instance=instance, raise_on_error=False
+            partition_key=shard, instance=instance, raise_on_error=False, run_config=QUIET
         )
         if not result.success:
             failed.append(shard)
