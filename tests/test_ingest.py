@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import boto3
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -248,3 +249,43 @@ def test_sensor_registers_shards_requests_runs_and_respects_its_cursor(make_sett
         fourth = tick(second.cursor)
         assert [r.run_key for r in fourth.run_requests] == ["shard-000002@2"]
         assert len(load_registry(Storage(settings.storage.root))) == 6
+
+
+def test_s3_source_and_s3_root_by_configuration_alone(
+    make_settings, s3_endpoint: str, s3_bucket: str, tmp_path: Path
+):
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    local = tmp_path / "upload"
+    local.mkdir()
+    vf.good_video(local / "a.mp4", frames=12)
+    _annotated_video(local / "b.mp4")
+    (local / "broken.mp4").write_bytes(b"")
+    for path in local.iterdir():
+        client.upload_file(str(path), s3_bucket, f"incoming/{path.name}")
+    settings = make_settings(
+        **SPEC,
+        **{
+            "storage.root": f"s3://{s3_bucket}/pipeline",
+            "storage.s3.endpoint_url": s3_endpoint,
+            "sources.raw_videos.uri": f"s3://{s3_bucket}/incoming",
+            "mlflow.tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        },
+    )
+    defs = build_definitions(settings)
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources=defs.resources)
+        tick = defs.resolve_sensor_def("raw_video_sensor")(context)
+        assert [r.partition_key for r in tick.run_requests] == ["shard-000000"]
+        instance.add_dynamic_partitions("video_shards", ["shard-000000"])
+        result = defs.resolve_job_def(INGEST_JOB).execute_in_process(
+            partition_key="shard-000000", instance=instance
+        )
+        assert result.success
+    stored = Storage(settings.storage.root, endpoint_url=s3_endpoint)
+    manifest = stored.read_parquet(manifest_key("shard-000000")).set_index("source_key")
+    assert list(manifest["status"].sort_index()) == [OK, OK, REJECTED]
+    assert manifest.loc["a.mp4", "source_uri"] == f"s3://{s3_bucket}/incoming/a.mp4"
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    for column in ("video_key", "annotations_key", "masks_key"):
+        assert f"pipeline/{manifest.loc['b.mp4', column]}" in keys
+    assert "pipeline/video_shards/registry.parquet" in keys
