@@ -1,0 +1,1 @@
+"""Tracked object masks: from sidecar annotations or Grounding-DINO + SAM 2."""
