@@ -117,6 +117,63 @@ class DemoSettings(Section):
     fps: PositiveFloat = 24
 
 
+class TrackRulesSettings(Section):
+    """Tracks outside these bounds are dropped with the reason (see masks/tracks.py)."""
+
+    min_area_fraction: Annotated[float, Field(ge=0, le=1)] = 0.002
+    max_area_fraction: Annotated[float, Field(ge=0, le=1)] = 0.6
+    min_visible_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
+    min_stability: Annotated[float, Field(ge=0, le=1)] = 0.3
+
+
+class Sam2Settings(Section):
+    """Grounding-DINO + SAM 2 tracking; weights come from ``models.grounding_dino/sam2``."""
+
+    config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"
+    image_size: PositiveInt = 1024
+    box_threshold: Annotated[float, Field(ge=0, le=1)] = 0.35
+    text_threshold: Annotated[float, Field(ge=0, le=1)] = 0.25
+    max_objects: PositiveInt = 5
+    device: str = "cpu"
+
+
+class MasksSettings(Section):
+    backend: Literal["annotations", "sam2"] = "annotations"
+    phrases: tuple[str, ...] = Field((), description="objects to track; empty: from captions")
+    rules: TrackRulesSettings = TrackRulesSettings()
+    sam2: Sam2Settings = Sam2Settings()
+
+
+EditType = Literal[
+    "remove", "add", "color", "swap", "style", "tone", "hybrid", "ref_add", "ref_swap"
+]
+
+
+class PairsSettings(Section):
+    backend: Literal["opencv", "diffusers"] = "opencv"
+    edit_types: tuple[EditType, ...] = (
+        "remove", "add", "color", "swap", "style", "tone", "hybrid", "ref_add", "ref_swap",
+    )  # fmt: skip
+    per_type: PositiveInt = 1
+    seed: int = 0
+    dilation: Annotated[int, Field(ge=0)] = 4
+
+
+class QcThresholdsSettings(Section):
+    min_mask_fraction: Annotated[float, Field(ge=0, le=1)] = 0.002
+    max_mask_fraction: Annotated[float, Field(ge=0, le=1)] = 0.7
+    min_mask_stability: Annotated[float, Field(ge=0, le=1)] = 0.3
+    max_outside_change: Annotated[float, Field(ge=0)] = 3.0
+    min_inside_change: Annotated[float, Field(ge=0)] = 6.0
+    min_total_change: Annotated[float, Field(ge=0)] = 0.5
+
+
+class QcSettings(Section):
+    thresholds: QcThresholdsSettings = QcThresholdsSettings()
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    split_seed: int = 0
+
+
 class ExecutionSettings(Section):
     executor: Literal["in_process", "multiprocess"] = "multiprocess"
     max_concurrent: PositiveInt = 2
@@ -146,6 +203,9 @@ class Settings(Section):
     sources: SourcesSettings
     ingest: IngestSettings = IngestSettings()
     sensor: SensorSettings = SensorSettings()
+    masks: MasksSettings = MasksSettings()
+    pairs: PairsSettings = PairsSettings()
+    qc: QcSettings = QcSettings()
     demo: DemoSettings = DemoSettings()
     execution: ExecutionSettings = ExecutionSettings()
     models: ModelSettings = ModelSettings()

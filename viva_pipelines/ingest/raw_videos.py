@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from viva_pipelines.manifests import content_hash, typed_frame
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.annotations import AnnotationError, Annotations, sidecar_keys
 from viva_pipelines.video.io import write_video
@@ -80,10 +81,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def manifest_data_version(manifest: pd.DataFrame) -> str:
     """Content hash of a manifest: same rows (in any order) → same version. Where the source
     lives is left out, so moving the source folder does not invalidate downstream assets."""
-    typed = manifest.astype(MANIFEST_SCHEMA).drop(columns="source_uri")
-    rows = typed.sort_values("video_id", ignore_index=True)
-    canonical = rows.to_json(orient="records", double_precision=12)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return content_hash(
+        manifest.astype(MANIFEST_SCHEMA), sort_by="video_id", exclude=["source_uri"]
+    )
 
 
 def ingest_shard(
@@ -109,7 +109,7 @@ def ingest_shard(
         rows.append(row)
         if on_progress:
             on_progress(done, total, row)
-    manifest = pd.DataFrame(rows, columns=list(MANIFEST_SCHEMA)).astype(MANIFEST_SCHEMA)
+    manifest = typed_frame(rows, MANIFEST_SCHEMA)
     uri = storage.write_parquet(manifest_key(shard), manifest)
     preview = _preview_strip(thumbnails) if thumbnails else None
     if preview:

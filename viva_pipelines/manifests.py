@@ -1,0 +1,34 @@
+"""Manifests: one Parquet table per shard and asset, versioned by content hash."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+
+
+def typed_frame(rows: Iterable[Mapping[str, Any]], schema: Mapping[str, str]) -> pd.DataFrame:
+    """Rows as a DataFrame with exactly ``schema``'s columns and nullable dtypes, so that it
+    is identical after a Parquet round trip (and so is its content hash)."""
+    return pd.DataFrame(list(rows), columns=list(schema)).astype(dict(schema))
+
+
+def content_hash(
+    frame: pd.DataFrame, *, sort_by: str | list[str], exclude: Iterable[str] = ()
+) -> str:
+    """Hash of a manifest's rows (order-independent), for Dagster ``DataVersion``s."""
+    kept = frame.drop(columns=[c for c in exclude if c in frame.columns])
+    rows = kept.sort_values(sort_by, ignore_index=True)
+    canonical = rows.to_json(orient="records", double_precision=12)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def markdown_table(frame: pd.DataFrame, *, index: bool = True) -> str:
+    """A small DataFrame as a Markdown table, for Dagster metadata."""
+    table = frame.reset_index() if index else frame
+    header = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in table.columns) + " |"
+    body = ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body])

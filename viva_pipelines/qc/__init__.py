@@ -1,0 +1,1 @@
+"""Quality control of edit pairs: cheap rule metrics, an optional VLM review, the dataset."""

@@ -1,0 +1,168 @@
+"""``qc_dataset``: every shard's pairs filtered by rules (and optionally a VLM), split by
+source video, with image-editing pairs cut from accepted video pairs.
+
+Reads shard manifests only; videos are never loaded here, except the few sampled frames a VLM
+review looks at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from viva_pipelines.manifests import content_hash, typed_frame
+from viva_pipelines.qc.rules import QcThresholds, qc_rejection
+from viva_pipelines.storage import Storage
+
+log = logging.getLogger(__name__)
+
+ASSET = "qc_dataset"
+CODE_VERSION = "qc_dataset-1"
+MANIFEST_KEY = f"{ASSET}/manifest.parquet"
+ACCEPTED, REJECTED = "accepted", "rejected"
+TRAIN, VAL = "train", "val"
+
+MANIFEST_SCHEMA = {
+    "sample_id": "string", "pair_id": "string", "modality": "string", "split": "string",
+    "status": "string", "reason": "string", "edit_type": "string", "video_id": "string",
+    "shard": "string", "instruction": "string", "original_instruction": "string",
+    "source_caption": "string", "target_caption": "string", "source_key": "string",
+    "target_key": "string", "mask_key": "string", "reference_key": "string",
+    "fps": "Float64", "mask_fraction": "Float64", "outside_change": "Float64",
+    "inside_change": "Float64", "total_change": "Float64", "vlm_score": "Float64",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a reviewer says of one pair (see :mod:`viva_pipelines.vlm.review`)."""
+
+    keep: bool
+    score: float
+    instruction: str
+    reason: str
+
+
+#: Reviews a manifest row; raises to mark the pair as failed review (the run goes on).
+Reviewer = Callable[[Any], Verdict]
+
+
+@dataclass(frozen=True)
+class QcConfig:
+    thresholds: QcThresholds = field(default_factory=QcThresholds)
+    edit_types: Sequence[str] = ()
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    reviewer: dict[str, Any] = field(default_factory=dict)  # the VLM settings, for the version
+
+    def fingerprint(self) -> str:
+        doc = json.dumps(asdict(self), sort_keys=True, default=list)
+        return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def split_of(video_id: str, val_fraction: float, seed: int) -> str:
+    """Deterministic split by source video, so no video lands on both sides."""
+    digest = hashlib.sha256(f"{seed}:{video_id}".encode()).digest()
+    return VAL if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else TRAIN
+
+
+@dataclass
+class QcResult:
+    manifest: pd.DataFrame
+    manifest_uri: str
+    data_version: str
+
+    @property
+    def accepted(self) -> pd.DataFrame:
+        return self.manifest[self.manifest["status"] == ACCEPTED]
+
+    def summary(self) -> pd.DataFrame:
+        """Accepted samples per edit type, by modality and split."""
+        accepted = self.accepted
+        if accepted.empty:
+            return pd.DataFrame()
+        return (
+            accepted.assign(column=accepted["modality"] + "/" + accepted["split"])
+            .pivot_table(index="edit_type", columns="column", values="sample_id", aggfunc="count")
+            .fillna(0)
+            .astype(int)
+        )
+
+    def rejection_reasons(self) -> pd.Series:
+        """How many pairs each rule rejected (the rule's name, without its numbers)."""
+        rejected = self.manifest[self.manifest["status"] == REJECTED]
+        return rejected["reason"].str.replace(r"\s*\(.*\)$", "", regex=True).value_counts()
+
+
+def build_qc_dataset(
+    storage: Storage,
+    pair_manifests: Iterable[pd.DataFrame],
+    config: QcConfig,
+    reviewer: Reviewer | None = None,
+) -> QcResult:
+    """Filter, review, split; write ``qc_dataset/manifest.parquet`` (video and image rows)."""
+    pairs = pd.concat(list(pair_manifests), ignore_index=True)
+    rows: list[dict[str, Any]] = []
+    for pair in tqdm(pairs.itertuples(), total=len(pairs), desc="qc"):
+        row = _video_row(pair, config)
+        reason = _rejection(pair, config, reviewer, row)
+        row.update(status=REJECTED if reason else ACCEPTED, reason=reason)
+        rows.append(row)
+        if not reason:
+            rows.append(_image_row(pair, row))
+    manifest = typed_frame(rows, MANIFEST_SCHEMA)
+    uri = storage.write_parquet(MANIFEST_KEY, manifest)
+    version = content_hash(manifest, sort_by="sample_id")
+    combined = hashlib.sha256(f"{version}:{config.fingerprint()}".encode()).hexdigest()[:16]
+    return QcResult(manifest, uri, combined)
+
+
+def _video_row(pair: Any, config: QcConfig) -> dict[str, Any]:
+    names = [c for c in MANIFEST_SCHEMA if hasattr(pair, c)]
+    row = {name: getattr(pair, name) for name in names}
+    row.update(
+        sample_id=pair.pair_id,
+        modality="video",
+        split=split_of(pair.video_id, config.val_fraction, config.split_seed),
+        original_instruction=pair.instruction,
+    )
+    return row
+
+
+def _image_row(pair: Any, video_row: dict[str, Any]) -> dict[str, Any]:
+    """The pair's key frame as a single-frame image-editing pair (same split as its video)."""
+    return {
+        **video_row,
+        "sample_id": f"{pair.pair_id}-image",
+        "modality": "image",
+        "source_key": pair.key_source,
+        "target_key": pair.key_target,
+        "mask_key": pair.key_mask,
+    }
+
+
+def _rejection(
+    pair: Any, config: QcConfig, reviewer: Reviewer | None, row: dict[str, Any]
+) -> str | None:
+    if pair.status != "ok":
+        return f"generation failed: {pair.reason}"
+    metrics = {k: getattr(pair, k) for k in (
+        "frames_source", "frames_target", "mask_fraction", "mask_stability", "inside_change",
+        "outside_change", "total_change")}  # fmt: skip
+    reason = qc_rejection(metrics, pair.edit_type, config.thresholds)
+    if reason or reviewer is None:
+        return reason
+    try:
+        verdict = reviewer(pair)
+    except Exception as exc:  # an unreachable or confused VLM marks this pair, not the run
+        log.warning("VLM review failed for %s: %s", pair.pair_id, exc)
+        return f"vlm review failed: {exc}"
+    row.update(vlm_score=verdict.score, instruction=verdict.instruction or pair.instruction)
+    return None if verdict.keep else f"vlm rejected: {verdict.reason}"
