@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from viva_pipelines.qc.dataset import ACCEPTED
+from viva_pipelines.qc.dataset import ACCEPTED, TRAIN
 from viva_pipelines.storage import Storage
 
 KEY_COLUMNS = ("source_key", "target_key", "mask_key", "reference_key")
@@ -17,7 +17,8 @@ def _accepted(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def train_split_non_empty(manifest: pd.DataFrame) -> tuple[bool, str]:
-    train = _accepted(manifest).query("split == @TRAIN")
+    accepted = _accepted(manifest)
+    train = accepted[accepted["split"] == TRAIN]
     return not train.empty, f"{len(train)} accepted training samples"
 
 
