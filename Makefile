@@ -31,6 +31,7 @@ demo: install
 	@start=$$(date +%s); \
 	$(BIN)/viva demo-data && \
 	$(BIN)/viva ingest && \
+	$(BIN)/viva materialize qc_dataset && \
 	echo "demo materialized in $$(( $$(date +%s) - start ))s" && \
 	echo "" && \
 	echo "Dagster UI:  make dev     (then open http://127.0.0.1:3000)" && \

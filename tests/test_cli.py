@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import write_conf
 from viva_pipelines.ingest.raw_videos import manifest_key
+from viva_pipelines.pairs.shard import manifest_key as pairs_manifest_key
+from viva_pipelines.pairs.types import EDIT_TYPES
 from viva_pipelines.storage import Storage
 
 VIVA = str(Path(sys.executable).parent / "viva")
@@ -35,9 +37,25 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     first = run(["ingest"], project, home)
     assert first.returncode == 0, first.stderr
     assert "5 videos in 1 shards (5 new)" in first.stdout
-    assert "shard-000000: 5 ok, 0 rejected" in first.stdout
-    manifest = Storage(str(project / "data")).read_parquet(manifest_key("shard-000000"))
+    assert "shard-000000: 5 videos ok, 0 rejected, " in first.stdout
+    storage = Storage(str(project / "data"))
+    manifest = storage.read_parquet(manifest_key("shard-000000"))
     assert (manifest["status"] == "ok").all() and manifest["annotations_key"].notna().all()
+    pairs = storage.read_parquet(pairs_manifest_key("shard-000000"))
+    assert set(pairs["edit_type"]) == set(EDIT_TYPES)
+
+    built = run(["materialize", "qc_dataset"], project, home)
+    assert built.returncode == 0, built.stdout + built.stderr
+    for check in (
+        "train_split_non_empty",
+        "every_edit_type_present",
+        "no_video_in_two_splits",
+        "referenced_files_exist",
+    ):
+        assert f"check {check}: passed" in built.stdout
+    dataset = storage.read_parquet("qc_dataset/manifest.parquet")
+    accepted = dataset[dataset["status"] == "accepted"]
+    assert set(accepted["modality"]) == {"video", "image"}
 
     second = run(["ingest"], project, home)
     assert second.returncode == 0, second.stderr
@@ -47,8 +65,10 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     try:
         with dg.DagsterInstance.get() as instance:
             assert instance.get_dynamic_partitions("video_shards") == ["shard-000000"]
-            event = instance.get_latest_materialization_event(dg.AssetKey("raw_videos"))
-            assert event.asset_materialization.partition == "shard-000000"
+            for asset in ("raw_videos", "tracked_masks", "synthetic_pairs"):
+                event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+                assert event.asset_materialization.partition == "shard-000000"
+            assert instance.get_latest_materialization_event(dg.AssetKey("qc_dataset"))
     finally:
         if previous is None:
             os.environ.pop("DAGSTER_HOME")

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO
 from viva_pipelines.definitions import build_definitions
-from viva_pipelines.defs.ingest import INGEST_JOB
+from viva_pipelines.defs.jobs import SHARD_ASSETS, SHARD_JOB
 
 
 def test_definitions_load_with_the_asset_graph_job_sensor_and_resources(make_settings):
@@ -23,8 +23,18 @@ def test_definitions_load_with_the_asset_graph_job_sensor_and_resources(make_set
     raw = defs.resolve_assets_def("raw_videos")
     assert raw.partitions_def.name == "video_shards"
     assert raw.code_versions_by_key[dg.AssetKey("raw_videos")]
-    assert defs.resolve_job_def(INGEST_JOB).partitions_def.name == "video_shards"
-    assert defs.resolve_sensor_def("raw_video_sensor").job_name == INGEST_JOB
+    assert {"tracked_masks", "synthetic_pairs", "qc_dataset"} <= keys
+    job = defs.resolve_job_def(SHARD_JOB)
+    assert job.partitions_def.name == "video_shards"
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == set(SHARD_ASSETS)
+    assert defs.resolve_sensor_def("raw_video_sensor").job_name == SHARD_JOB
+    checks = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
+    assert {
+        "train_split_non_empty",
+        "every_edit_type_present",
+        "no_video_in_two_splits",
+        "referenced_files_exist",
+    } <= checks
     assert set(defs.resources) >= {"storage", "video_source", "s3", "mlflow"}
 
 

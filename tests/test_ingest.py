@@ -12,7 +12,8 @@ import pytest
 
 from tests import video_fixtures as vf
 from viva_pipelines.definitions import build_definitions
-from viva_pipelines.defs.ingest import INGEST_JOB, ingest_options
+from viva_pipelines.defs.ingest import ingest_options
+from viva_pipelines.defs.jobs import SHARD_JOB
 from viva_pipelines.ingest.raw_videos import (
     OK,
     REJECTED,
@@ -26,6 +27,7 @@ from viva_pipelines.storage import Storage
 from viva_pipelines.video.annotations import Annotations, sidecar_keys
 from viva_pipelines.video.io import read_video
 
+RAW_ONLY = [dg.AssetKey("raw_videos")]
 SPEC = {"ingest.width": 32, "ingest.height": 32, "ingest.fps": 5, "ingest.max_frames": 9}
 
 #: file name in the source → the words its rejection reason must contain (None: must be ok)
@@ -199,8 +201,8 @@ def test_materialize_through_dagster_reports_counts_and_data_version(settings):
     )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("video_shards", ["shard-000000"])
-        result = defs.resolve_job_def(INGEST_JOB).execute_in_process(
-            partition_key="shard-000000", instance=instance
+        result = defs.resolve_job_def(SHARD_JOB).execute_in_process(
+            partition_key="shard-000000", instance=instance, asset_selection=RAW_ONLY
         )
         assert result.success
         event = result.asset_materializations_for_node("raw_videos")[0]
@@ -277,8 +279,8 @@ def test_s3_source_and_s3_root_by_configuration_alone(
         tick = defs.resolve_sensor_def("raw_video_sensor")(context)
         assert [r.partition_key for r in tick.run_requests] == ["shard-000000"]
         instance.add_dynamic_partitions("video_shards", ["shard-000000"])
-        result = defs.resolve_job_def(INGEST_JOB).execute_in_process(
-            partition_key="shard-000000", instance=instance
+        result = defs.resolve_job_def(SHARD_JOB).execute_in_process(
+            partition_key="shard-000000", instance=instance, asset_selection=RAW_ONLY
         )
         assert result.success
     stored = Storage(settings.storage.root, endpoint_url=s3_endpoint)

@@ -7,12 +7,12 @@ from viva_pipelines.qc.dataset import (
     ACCEPTED,
     REJECTED,
     QcConfig,
-    Verdict,
     build_qc_dataset,
     split_of,
 )
 from viva_pipelines.qc.rules import QcThresholds, dilate, pair_metrics, qc_rejection
 from viva_pipelines.storage import Storage
+from viva_pipelines.vlm.review import PairVerdict
 
 
 def clip(t=4, h=20, w=20, value=100) -> np.ndarray:
@@ -75,9 +75,10 @@ def test_a_clean_local_edit_passes_and_global_edits_skip_mask_rules():
     everywhere = np.ones_like(mask)
     styled = (source * 0.5).astype(np.uint8)
     assert qc_rejection(_metrics(source, styled, everywhere), "style", QcThresholds()) is None
-    assert "too large" in qc_rejection(
-        _metrics(source, styled, everywhere), "color", QcThresholds()
-    )
+    assert qc_rejection(_metrics(source, styled, everywhere), "hybrid", QcThresholds()) is None
+    most = everywhere.copy()
+    most[:, :2] = False  # 90 % of the frame: still a local edit, and far too large for one
+    assert "too large" in qc_rejection(_metrics(source, styled, most), "color", QcThresholds())
 
 
 def test_frame_count_mismatch_is_rejected():
@@ -151,22 +152,28 @@ def test_reviewer_can_rewrite_reject_or_fail_without_stopping_the_run(tmp_path):
 
     def reviewer(pair):
         if pair.video_id == "va":
-            return Verdict(keep=True, score=0.9, instruction="Erase the square.", reason="fine")
+            return PairVerdict(keep=True, score=9, instruction="Erase the square.", reason="fine")
         raise TimeoutError("endpoint timed out twice")
 
     result = build_qc_dataset(storage, [pair_rows(storage)], QcConfig(), reviewer=reviewer)
     m = result.manifest.set_index("sample_id")
     assert m.loc["va-remove-0", "instruction"] == "Erase the square."
     assert m.loc["va-remove-0", "original_instruction"] == "remove it"
-    assert m.loc["va-remove-0", "vlm_score"] == 0.9
+    assert m.loc["va-remove-0", "vlm_score"] == 9
     assert m.loc["vb-remove-0", "status"] == REJECTED
     assert m.loc["vb-remove-0", "reason"] == "vlm review failed: endpoint timed out twice"
 
     def strict(pair):
-        return Verdict(keep=False, score=0.1, instruction="", reason="blurry target")
+        keep = pair.video_id == "va"
+        return PairVerdict(keep=keep, score=4, instruction="Remove it.", reason="blurry target")
 
     rejected = build_qc_dataset(storage, [pair_rows(storage)], QcConfig(), reviewer=strict)
     assert set(rejected.manifest["reason"].dropna()) >= {"vlm rejected: blurry target"}
+    picky = build_qc_dataset(
+        storage, [pair_rows(storage)], QcConfig(min_vlm_score=5), reviewer=strict
+    )
+    reasons = picky.manifest.set_index("sample_id")["reason"]
+    assert reasons["va-remove-0"] == "vlm score too low (4 < 5): blurry target"
 
 
 def test_checks_pass_on_a_good_dataset_and_fail_on_planted_faults(tmp_path):

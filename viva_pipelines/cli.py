@@ -1,8 +1,11 @@
 """``viva``: the command line of viva-pipelines.
 
 - ``viva demo-data``: render the synthetic demo world's source videos;
-- ``viva ingest``: register new source videos into shards and materialize ``raw_videos`` for
-  every shard that is new or grew (what the sensor does, in the foreground);
+- ``viva ingest``: register new source videos into shards and materialize the per-shard assets
+  (``raw_videos`` → ``tracked_masks`` → ``synthetic_pairs``) of every shard that is new or
+  grew (what the sensor does, in the foreground);
+- ``viva materialize ASSET…``: materialize unpartitioned assets (e.g. ``qc_dataset``) and run
+  their checks;
 - ``viva config``: print the resolved configuration of ``VIVA_ENV``.
 """
 
@@ -10,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -53,15 +58,13 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-
-    from viva_pipelines.definitions import build_definitions
-    from viva_pipelines.defs.ingest import INGEST_JOB
+    from viva_pipelines.defs.jobs import SHARD_JOB
     from viva_pipelines.defs.partitions import video_shards
     from viva_pipelines.ingest.raw_videos import manifest_key, shard_is_current
     from viva_pipelines.ingest.shards import scan_and_register, shard_members
+    from viva_pipelines.pairs.shard import manifest_key as pairs_manifest_key
 
-    settings = get_settings()
-    defs = build_definitions(settings)
+    settings, defs = _definitions()
     storage = defs.resources["storage"].get()
     source = defs.resources["video_source"].get()
     s3_client = defs.resources["s3"].get_client() if source.is_remote else None
@@ -82,11 +85,12 @@ def _ingest(args: argparse.Namespace) -> int:
     shards = sorted(registry["shard"].unique())
     instance.add_dynamic_partitions(video_shards.name, [s for s in shards if s not in known])
     pending = [
-        s
-        for s in shards
-        if args.all or not shard_is_current(storage, s, shard_members(registry, s))
-    ]
-    job = defs.resolve_job_def(INGEST_JOB)
+        s for s in shards
+        if args.all
+        or not shard_is_current(storage, s, shard_members(registry, s))
+        or not storage.exists(pairs_manifest_key(s))
+    ]  # fmt: skip
+    job = defs.resolve_job_def(SHARD_JOB)
     failed = []
     for shard in pending:
         started = time.perf_counter()
@@ -99,24 +103,56 @@ def _ingest(args: argparse.Namespace) -> int:
             continue
         manifest = storage.read_parquet(manifest_key(shard))
         ok = int((manifest["status"] == "ok").sum())
+        pairs = len(storage.read_parquet(pairs_manifest_key(shard)))
         print(
-            f"{shard}: {ok} ok, {len(manifest) - ok} rejected "
+            f"{shard}: {ok} videos ok, {len(manifest) - ok} rejected, {pairs} edit pairs "
             f"in {time.perf_counter() - started:.1f}s"
         )
     print(f"{len(pending)} shards materialized, {len(shards) - len(pending)} already current")
     return 1 if failed else 0
 
 
+def _materialize(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    _, defs = _definitions()
+    instance = _dagster_instance()
+    selection = [dg.AssetKey(name) for name in args.assets]
+    started = time.perf_counter()
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        asset_selection=selection, instance=instance, raise_on_error=False, run_config=QUIET
+    )
+    for check in result.get_asset_check_evaluations():
+        status = "passed" if check.passed else "FAILED"
+        print(f"check {check.asset_check_key.name}: {status} ({check.metadata['result'].value})")
+    outcome = "materialized" if result.success else "FAILED"
+    print(
+        f"{', '.join(args.assets)} {outcome} in {time.perf_counter() - started:.1f}s "
+        f"(run {result.run_id})"
+    )
+    return 0 if result.success else 1
+
+
+def _definitions():
+    from viva_pipelines.definitions import build_definitions
+
+    settings = get_settings()
+    return settings, build_definitions(settings)
+
+
 def _dagster_instance():
     """The instance under ``$DAGSTER_HOME``, else the project's ``.dagster/`` (what ``make dev``
-    uses), so runs started here show up in the UI."""
+    uses), so runs started here show up in the UI. A new home gets ``deploy/dagster.yaml``."""
     import dagster as dg
 
     if not os.environ.get("DAGSTER_HOME"):
-        home = PACKAGE_DIR.parent / ".dagster"
-        home.mkdir(exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(home)
-        print(f"DAGSTER_HOME not set; using {home}")
+        os.environ["DAGSTER_HOME"] = str(PACKAGE_DIR.parent / ".dagster")
+        print(f"DAGSTER_HOME not set; using {os.environ['DAGSTER_HOME']}")
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    template = PACKAGE_DIR.parent / "deploy" / "dagster.yaml"
+    if not (home / "dagster.yaml").exists() and template.exists():
+        shutil.copyfile(template, home / "dagster.yaml")
     return dg.DagsterInstance.get()
 
 
@@ -140,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ingest = commands.add_parser("ingest", help="register new videos and materialize raw_videos")
     ingest.add_argument("--all", action="store_true", help="re-ingest shards already current")
     ingest.set_defaults(handler=_ingest)
+    materialize = commands.add_parser("materialize", help="materialize unpartitioned assets")
+    materialize.add_argument("assets", nargs="+", help="asset names, e.g. qc_dataset")
+    materialize.set_defaults(handler=_materialize)
     commands.add_parser("config", help="print the resolved configuration").set_defaults(
         handler=_config
     )

@@ -3,7 +3,9 @@
 import dagster as dg
 
 from viva_pipelines.config import Settings
+from viva_pipelines.defs.data import build_data_defs
 from viva_pipelines.defs.ingest import build_ingest_defs
+from viva_pipelines.defs.jobs import shard_job
 from viva_pipelines.defs.resources import build_resources
 from viva_pipelines.settings import get_settings
 
@@ -19,7 +21,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
     return dg.Definitions.merge(
         build_ingest_defs(settings),
-        dg.Definitions(resources=build_resources(settings), executor=executor),
+        build_data_defs(settings),
+        dg.Definitions(jobs=[shard_job], resources=build_resources(settings), executor=executor),
     )
 
 

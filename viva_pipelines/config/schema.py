@@ -149,6 +149,18 @@ EditType = Literal[
 ]
 
 
+class DiffusersSettings(Section):
+    """The diffusers backend; weights: ``models.inpainting`` (and ``models.img2img``)."""
+
+    device: str = "cuda"
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    num_inference_steps: PositiveInt = 30
+    guidance_scale: Annotated[float, Field(ge=0)] = 7.5
+    strength: Annotated[float, Field(gt=0, le=1)] = 0.6
+    batch_size: PositiveInt = 4
+    resolution: PositiveInt = 512
+
+
 class PairsSettings(Section):
     backend: Literal["opencv", "diffusers"] = "opencv"
     edit_types: tuple[EditType, ...] = (
@@ -157,6 +169,7 @@ class PairsSettings(Section):
     per_type: PositiveInt = 1
     seed: int = 0
     dilation: Annotated[int, Field(ge=0)] = 4
+    diffusers: DiffusersSettings = DiffusersSettings()
 
 
 class QcThresholdsSettings(Section):
@@ -168,10 +181,40 @@ class QcThresholdsSettings(Section):
     min_total_change: Annotated[float, Field(ge=0)] = 0.5
 
 
+class VlmSettings(Section):
+    """VLM review of pairs: an OpenAI-compatible endpoint or a local transformers LLaVA.
+    The API key is read from the environment variable named by ``api_key_env``."""
+
+    enabled: bool = False
+    backend: Literal["openai", "local"] = "openai"
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    timeout_s: PositiveFloat = 120
+    max_attempts: PositiveInt = 5
+    backoff_s: Annotated[float, Field(ge=0)] = 1.0
+    max_backoff_s: PositiveFloat = 60
+    rate_limit_per_s: PositiveFloat | None = None
+    max_frames: PositiveInt = 4
+    local_model: str | None = None
+    max_new_tokens: PositiveInt = 512
+    device: str = "cpu"
+    min_score: Annotated[float, Field(ge=0, le=10)] = 0
+
+    @model_validator(mode="after")
+    def _backend_needs_its_model(self) -> VlmSettings:
+        if self.enabled and self.backend == "openai" and not (self.base_url and self.model):
+            raise ValueError("qc.vlm with backend openai needs base_url and model")
+        if self.enabled and self.backend == "local" and not self.local_model:
+            raise ValueError("qc.vlm with backend local needs local_model")
+        return self
+
+
 class QcSettings(Section):
     thresholds: QcThresholdsSettings = QcThresholdsSettings()
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
     split_seed: int = 0
+    vlm: VlmSettings = VlmSettings()
 
 
 class ExecutionSettings(Section):
@@ -190,6 +233,8 @@ class ModelSettings(Section):
     transformer: str | None = None
     vae: str | None = None
     text_pooler: str | None = None
+    inpainting: str | None = None
+    img2img: str | None = None
     grounding_dino: str | None = None
     sam2: str | None = None
     clip: str | None = None

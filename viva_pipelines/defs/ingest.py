@@ -8,6 +8,7 @@ import pandas as pd
 from dagster_aws.s3 import S3Resource
 
 from viva_pipelines.config import Settings
+from viva_pipelines.defs.jobs import SHARD_JOB
 from viva_pipelines.defs.partitions import video_shards
 from viva_pipelines.defs.resources import StorageResource
 from viva_pipelines.ingest.raw_videos import CODE_VERSION, IngestOptions, ingest_shard
@@ -17,10 +18,9 @@ from viva_pipelines.ingest.shards import (
     scan_and_register,
     shard_members,
 )
+from viva_pipelines.manifests import markdown_table
 from viva_pipelines.video.normalise import NormaliseSpec
 from viva_pipelines.video.probe import VideoLimits
-
-INGEST_JOB = "ingest_raw_videos"
 
 
 def ingest_options(settings: Settings) -> IngestOptions:
@@ -75,7 +75,7 @@ def build_ingest_defs(settings: Settings) -> dg.Definitions:
         )
 
     @dg.sensor(
-        job_name=INGEST_JOB,
+        job_name=SHARD_JOB,
         minimum_interval_seconds=settings.sensor.interval_s,
         default_status=dg.DefaultSensorStatus.STOPPED,
     )
@@ -110,8 +110,7 @@ def build_ingest_defs(settings: Settings) -> dg.Definitions:
             cursor=json.dumps(cursor, sort_keys=True),
         )
 
-    job = dg.define_asset_job(INGEST_JOB, selection=[raw_videos], partitions_def=video_shards)
-    return dg.Definitions(assets=[raw_videos], sensors=[raw_video_sensor], jobs=[job])
+    return dg.Definitions(assets=[raw_videos], sensors=[raw_video_sensor])
 
 
 def _shard_metadata(manifest: pd.DataFrame, manifest_uri: str, preview: bytes | None) -> dict:
@@ -126,9 +125,8 @@ def _shard_metadata(manifest: pd.DataFrame, manifest_uri: str, preview: bytes | 
         "manifest": dg.MetadataValue.path(manifest_uri),
     }
     if len(rejected):
-        lines = ["| file | reason |", "| --- | --- |"]
-        lines += [f"| {r.source_key} | {r.reason} |" for r in rejected.itertuples()]
-        metadata["rejected_reasons"] = dg.MetadataValue.md("\n".join(lines))
+        table = markdown_table(rejected[["source_key", "reason"]], index=False)
+        metadata["rejected_reasons"] = dg.MetadataValue.md(table)
     if preview:
         encoded = base64.b64encode(preview).decode()
         metadata["preview"] = dg.MetadataValue.md(

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from viva_pipelines.manifests import content_hash, typed_frame
 from viva_pipelines.masks.tracks import TrackRules, track_rejection, track_stats
-from viva_pipelines.masks.types import TrackedObject
+from viva_pipelines.masks.types import MaskBackend, NoObjects, TrackedObject
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.annotations import Annotations
 from viva_pipelines.video.io import read_video
@@ -37,22 +37,6 @@ MANIFEST_SCHEMA = {
     "video_key": "string", "caption": "string", "frames": "Int64", "area_fraction": "Float64",
     "visible_fraction": "Float64", "stability": "Float64", "areas": "string", "bboxes": "string",
 }  # fmt: skip
-
-
-class MaskBackend(Protocol):
-    """Finds and tracks the objects of one video."""
-
-    name: str
-
-    def track(
-        self, frames: np.ndarray, annotations: Annotations | None, caption: str | None
-    ) -> list[TrackedObject]:
-        """``frames``: ``uint8 [T, H, W, 3]``; returns objects with ``bool [T, H, W]`` masks."""
-        ...
-
-
-class NoObjects(Exception):
-    """A video the backend cannot find objects in (e.g. no annotations); the reason is kept."""
 
 
 class AnnotationsBackend:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from viva_pipelines.video.annotations import Annotations
 
 
 @dataclass
@@ -19,3 +23,20 @@ class TrackedObject:
     label: str
     masks: np.ndarray
     score: float = 1.0
+
+
+class NoObjects(Exception):
+    """A video the backend cannot find objects in (e.g. no annotations); the reason is kept."""
+
+
+class MaskBackend(Protocol):
+    """Finds and tracks the objects of one video."""
+
+    name: str
+
+    def track(
+        self, frames: np.ndarray, annotations: Annotations | None, caption: str | None
+    ) -> list[TrackedObject]:
+        """``frames``: ``uint8 [T, H, W, 3]``; returns objects with ``bool [T, H, W]`` masks.
+        Raises :class:`NoObjects` with the reason when it cannot look for any."""
+        ...

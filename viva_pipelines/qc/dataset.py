@@ -20,6 +20,7 @@ from tqdm import tqdm
 from viva_pipelines.manifests import content_hash, typed_frame
 from viva_pipelines.qc.rules import QcThresholds, qc_rejection
 from viva_pipelines.storage import Storage
+from viva_pipelines.vlm.review import PairVerdict
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,8 @@ MANIFEST_SCHEMA = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """What a reviewer says of one pair (see :mod:`viva_pipelines.vlm.review`)."""
-
-    keep: bool
-    score: float
-    instruction: str
-    reason: str
-
-
 #: Reviews a manifest row; raises to mark the pair as failed review (the run goes on).
-Reviewer = Callable[[Any], Verdict]
+Reviewer = Callable[[Any], PairVerdict]
 
 
 @dataclass(frozen=True)
@@ -60,6 +51,7 @@ class QcConfig:
     edit_types: Sequence[str] = ()
     val_fraction: float = 0.2
     split_seed: int = 0
+    min_vlm_score: float = 0.0
     reviewer: dict[str, Any] = field(default_factory=dict)  # the VLM settings, for the version
 
     def fingerprint(self) -> str:
@@ -165,4 +157,8 @@ def _rejection(
         log.warning("VLM review failed for %s: %s", pair.pair_id, exc)
         return f"vlm review failed: {exc}"
     row.update(vlm_score=verdict.score, instruction=verdict.instruction or pair.instruction)
-    return None if verdict.keep else f"vlm rejected: {verdict.reason}"
+    if not verdict.keep:
+        return f"vlm rejected: {verdict.reason}"
+    if verdict.score < config.min_vlm_score:
+        return f"vlm score too low ({verdict.score:g} < {config.min_vlm_score:g}): {verdict.reason}"
+    return None

@@ -51,6 +51,10 @@ def pair_metrics(
     }
 
 
+#: An edit region covering this much of every frame is a global edit, whatever its type.
+FULL_FRAME = 0.999
+
+
 @dataclass(frozen=True)
 class QcThresholds:
     min_mask_fraction: float = 0.002
@@ -68,8 +72,8 @@ def qc_rejection(metrics: dict[str, Any], edit_type: str, thresholds: QcThreshol
         return f"frame counts differ (source {metrics['frames_source']}, target {metrics['frames_target']})"
     if metrics["total_change"] < t.min_total_change:
         return f"target is (nearly) identical to source (mean change {metrics['total_change']:.2f})"
-    if edit_type in GLOBAL_EDITS:
-        return None
+    if edit_type in GLOBAL_EDITS or metrics["mask_fraction"] >= FULL_FRAME:
+        return None  # a global edit (or a hybrid with a global part): no region to check
     if metrics["mask_fraction"] < t.min_mask_fraction:
         return f"edit mask (nearly) empty ({metrics['mask_fraction']:.2%} of the frame)"
     if metrics["mask_fraction"] > t.max_mask_fraction:

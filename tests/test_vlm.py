@@ -1,0 +1,614 @@
+"""The VLM review client against a scripted chat-completions server on 127.0.0.1, and the local
+``transformers`` backend with a tiny random LLaVA built here (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from viva_pipelines.storage import Storage
+from viva_pipelines.vlm import (
+    ChatCompletionsClient,
+    DirectoryStore,
+    PairVerdict,
+    RateLimiter,
+    RetryPolicy,
+    VlmError,
+    parse_json_reply,
+    parse_verdict,
+    review_pair,
+    sample_frames,
+)
+from viva_pipelines.vlm.base import cache_key
+from viva_pipelines.vlm.client import parse_retry_after
+from viva_pipelines.vlm.messages import decode_image_url, image_part
+
+API_KEY = "sk-test-5ecret-d0-not-leak"
+KEY_ENV = "VIVA_TEST_VLM_KEY"
+GOOD = {"keep": True, "score": 8, "instruction": "Remove the red ball", "reason": "Clean removal."}
+
+
+# -- a scripted chat-completions server ----------------------------------------------------------
+@dataclass
+class Reply:
+    """One scripted answer: an assistant ``content`` in a 200 envelope, or a raw status/body."""
+
+    content: str | None = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str | None = None
+    delay_s: float = 0.0
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+def _protocol_problem(body: Any) -> str | None:
+    """Why ``body`` is not a chat-completions request (``None`` if it is one)."""
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        return "body must be a JSON object with a model"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages must be a non-empty list"
+    for message in messages:
+        if message.get("role") not in ("system", "user", "assistant"):
+            return f"bad role {message.get('role')!r}"
+        content = message.get("content")
+        parts = [] if isinstance(content, str) else content
+        for part in parts:
+            if part.get("type") == "image_url":
+                if not part["image_url"]["url"].startswith("data:image/png;base64,"):
+                    return "images must be PNG data URLs"
+            elif part.get("type") != "text" or not isinstance(part.get("text"), str):
+                return f"bad content part {part!r}"
+    return None
+
+
+class ChatServer(ThreadingHTTPServer):
+    """Speaks enough of ``POST /v1/chat/completions`` to test a client: checks the route, the
+    bearer key and the request shape, then plays ``script`` in order (the last reply repeats)."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.script: list[Reply] = [Reply(json.dumps(GOOD))]
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def next_reply(self) -> Reply:
+        with self._lock:
+            return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out has hung up; writing to it fails, which is expected here."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ChatServer
+
+    def log_message(self, *args: Any) -> None:
+        """Keep the test output clean."""
+
+    def _send(self, status: int, body: str, headers: dict[str, str] | None = None) -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self.server.requests.append(Recorded(self.path, dict(self.headers), body))
+        if self.path != "/v1/chat/completions":
+            return self._send(404, '{"error": {"message": "no such route"}}')
+        auth = self.headers.get("Authorization", "")
+        if auth != f"Bearer {API_KEY}":  # like some servers, echo the credential it rejected
+            return self._send(401, json.dumps({"error": {"message": f"bad key {auth}"}}))
+        problem = _protocol_problem(body)
+        if problem:
+            return self._send(400, json.dumps({"error": {"message": problem}}))
+        reply = self.server.next_reply()
+        time.sleep(reply.delay_s)
+        if reply.body is None:
+            envelope = {
+                "id": "chatcmpl-test",
+                "object": "chat.completion",
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": reply.content},
+                    }
+                ],
+            }
+            return self._send(reply.status, json.dumps(envelope), reply.headers)
+        return self._send(reply.status, reply.body, reply.headers)
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # loopback must never go via a proxy
+    chat = ChatServer()
+    thread = threading.Thread(target=chat.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield chat
+    chat.shutdown()
+    chat.server_close()
+
+
+@pytest.fixture
+def make_client(
+    server: ChatServer, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., ChatCompletionsClient]:
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+
+    def make(**overrides: Any) -> ChatCompletionsClient:
+        options: dict[str, Any] = {
+            "api_key_env": KEY_ENV,
+            "retry": RetryPolicy(max_attempts=3, backoff_s=0.01, max_backoff_s=2.0),
+            "timeout_s": 5.0,
+        }
+        options.update(overrides)
+        return ChatCompletionsClient(server.base_url, "test-vlm", **options)
+
+    return make
+
+
+def clip(seed: int, frames: int = 6) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (frames, 16, 16, 3), dtype=np.uint8)
+
+
+def review(client: Any, source: np.ndarray | None = None, **kwargs: Any) -> PairVerdict:
+    source = clip(0) if source is None else source
+    return review_pair(client, source, clip(1), "Remove the ball", "remove", **kwargs)
+
+
+def ask(client: ChatCompletionsClient, text: str = "hello") -> dict[str, Any]:
+    return client.complete_json([{"role": "user", "content": text}], lambda data: data)
+
+
+# -- protocol and answers ------------------------------------------------------------------------
+def test_review_pair_sends_sampled_frames_and_returns_the_verdict(server, make_client):
+    source, target = clip(0), clip(1)
+    verdict = review_pair(make_client(), source, target, "Remove the ball", "remove", max_frames=4)
+    assert verdict == PairVerdict(True, 8.0, "Remove the red ball", "Clean removal.")
+
+    (request,) = server.requests
+    assert request.path == "/v1/chat/completions"
+    assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+    body = request.body
+    assert body["model"] == "test-vlm"
+    assert body["response_format"] == {"type": "json_object"}
+    assert body["temperature"] == 0.0
+    parts = body["messages"][0]["content"]
+    images = [decode_image_url(p["image_url"]["url"]) for p in parts if p["type"] == "image_url"]
+    expected = [*sample_frames(source, 4), *sample_frames(target, 4)]
+    assert len(images) == 8
+    for image, frame in zip(images, expected, strict=True):
+        np.testing.assert_array_equal(np.asarray(image), frame)  # PNG is lossless
+    text = " ".join(p["text"] for p in parts if p["type"] == "text")
+    assert '"Remove the ball"' in text and "Edit type: remove" in text
+    assert "$" not in text and "<!--" not in text
+
+
+def test_malformed_json_then_valid_answer_uses_one_corrective_retry(server, make_client):
+    server.script = [
+        Reply('{"keep": true, "score": 8,'),
+        Reply(f"```json\n{json.dumps(GOOD)}\n```"),
+    ]
+    assert review(make_client()).instruction == "Remove the red ball"
+    first, second = server.requests
+    followup = second.body["messages"]
+    assert followup[:-2] == first.body["messages"]
+    assert followup[-2] == {"role": "assistant", "content": '{"keep": true, "score": 8,'}
+    assert followup[-1]["role"] == "user" and "not valid JSON" in followup[-1]["content"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ({**GOOD, "score": 11}, "score must be between 0 and 10"),
+        ({k: v for k, v in GOOD.items() if k != "reason"}, "missing: reason"),
+        ({**GOOD, "keep": "yes"}, "keep must be true or false"),
+        ({**GOOD, "confidence": 0.9}, "unexpected: confidence"),
+    ],
+)
+def test_invalid_answer_twice_is_a_clear_error(server, make_client, answer, reason):
+    server.script = [Reply(json.dumps(answer))]
+    with pytest.raises(VlmError, match="after one corrective retry") as error:
+        review(make_client())
+    assert reason in str(error.value) and server.base_url in str(error.value)
+    assert len(server.requests) == 2
+    assert reason in server.requests[1].body["messages"][-1]["content"]  # the model was told
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ({**GOOD, "score": -0.5}, "between 0 and 10"),
+        ({**GOOD, "score": True}, "score must be a number"),
+        ({**GOOD, "score": float("nan")}, "between 0 and 10"),
+        ({**GOOD, "instruction": "  "}, "must not be empty when keep is true"),
+        ({**GOOD, "instruction": None}, "instruction must be a string"),
+        ({**GOOD, "reason": ""}, "reason must be a non-empty string"),
+        ({}, "missing: keep, score, instruction, reason"),
+    ],
+)
+def test_verdict_validation_is_strict(answer, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_verdict(answer)
+
+
+def test_verdict_may_reject_without_instruction():
+    verdict = parse_verdict({"keep": False, "score": 1.5, "instruction": "", "reason": " Ghost. "})
+    assert verdict == PairVerdict(False, 1.5, "", "Ghost.")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"a": 1}', {"a": 1}),
+        ('  ```json\n{"a": 1}\n```  ', {"a": 1}),
+        ('```\n{"a": 1}```', {"a": 1}),
+    ],
+)
+def test_json_replies_may_be_fenced(text, expected):
+    assert parse_json_reply(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("", "empty"), ("[1, 2]", "JSON object"), ("Sure! {}", "not valid JSON")],
+)
+def test_unusable_replies_are_explained(text, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_json_reply(text)
+
+
+# -- transport robustness ------------------------------------------------------------------------
+def test_429_waits_for_retry_after_then_succeeds(server, make_client):
+    server.script = [
+        Reply(status=429, body="{}", headers={"Retry-After": "1"}),
+        Reply(json.dumps(GOOD)),
+    ]
+    started = time.monotonic()
+    assert review(make_client()).keep
+    assert 0.95 <= time.monotonic() - started < 3
+    assert len(server.requests) == 2
+
+
+def test_retry_after_forms():
+    assert parse_retry_after({"retry-after-ms": "250"}) == 0.25
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    later = datetime.now(timezone.utc) + timedelta(seconds=30)
+    assert 25 < parse_retry_after({"retry-after": format_datetime(later, usegmt=True)}) <= 30
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
+
+
+def test_backoff_grows_is_jittered_and_capped():
+    policy = RetryPolicy(backoff_s=1.0, max_backoff_s=5.0, jitter=0.5)
+    delays = [policy.delay(attempt) for attempt in (1, 2, 3, 4, 5)]
+    assert 0.5 <= delays[0] <= 1 and 1 <= delays[1] <= 2 and 2 <= delays[2] <= 4
+    assert all(d <= 5 for d in delays)
+    assert policy.delay(1, retry_after=3.0) == 3.0
+    assert policy.delay(1, retry_after=60.0) == 5.0
+
+
+def test_5xx_forever_fails_after_bounded_attempts(server, make_client):
+    server.script = [Reply(status=500, body='{"error": "overloaded"}')]
+    started = time.monotonic()
+    with pytest.raises(VlmError) as error:
+        review(make_client())
+    assert time.monotonic() - started < 2
+    assert len(server.requests) == 3
+    message = str(error.value)
+    assert f"{server.base_url}/chat/completions" in message
+    assert "after 3 attempt(s)" in message and "HTTP 500" in message and "overloaded" in message
+
+
+def test_other_4xx_is_not_retried(server, make_client):
+    server.script = [Reply(status=400, body='{"error": {"message": "model not found"}}')]
+    with pytest.raises(VlmError, match=r"rejected \(not retried\): HTTP 400.*model not found"):
+        review(make_client())
+    assert len(server.requests) == 1
+
+
+def test_timeouts_are_retried(server, make_client):
+    server.script = [Reply(json.dumps(GOOD), delay_s=1.0), Reply(json.dumps(GOOD))]
+    assert review(make_client(timeout_s=0.2)).keep
+    assert len(server.requests) == 2
+
+
+def test_connection_errors_are_retried_then_reported(monkeypatch):
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    client = ChatCompletionsClient(
+        f"http://127.0.0.1:{port}/v1",
+        "test-vlm",
+        api_key_env=None,
+        retry=RetryPolicy(max_attempts=2, backoff_s=0.01),
+    )
+    with pytest.raises(VlmError, match=rf"127.0.0.1:{port}/v1/chat/completions failed after 2"):
+        ask(client)
+
+
+def test_rate_limit_spaces_requests(server, make_client):
+    client = make_client(rate_limit_per_s=20.0)
+    started = time.monotonic()
+    for index in range(5):
+        ask(client, f"call {index}")
+    assert time.monotonic() - started >= 4 / 20 - 0.005  # float slack, not scheduling slack
+    assert len(server.requests) == 5
+
+
+def test_rate_limiter_is_shared_fairly_across_threads():
+    limiter = RateLimiter(rate_per_s=30.0)
+    started = time.monotonic()
+    workers = [
+        threading.Thread(target=lambda: [limiter.acquire() for _ in range(3)]) for _ in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert time.monotonic() - started >= 8 / 30 - 0.005
+
+
+# -- the answer cache ----------------------------------------------------------------------------
+def test_identical_calls_hit_the_cache_and_new_images_do_not(server, make_client, tmp_path):
+    store = DirectoryStore(tmp_path / "cache")
+    client = make_client(cache=store)
+    assert review(client).keep
+    assert review(client).keep
+    assert len(server.requests) == 1
+    changed = clip(0)
+    changed[-1, 0, 0, 0] ^= 1  # one pixel of the last (always sampled) frame
+    assert review(client, changed).keep
+    assert len(server.requests) == 2
+    entries = sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert len(entries) == 2 and all(json.loads(p.read_bytes()) == GOOD for p in entries)
+
+
+def test_only_validated_answers_are_cached(server, make_client, tmp_path):
+    server.script = [Reply('{"keep": 1}')]
+    client = make_client(cache=tmp_path / "cache")
+    with pytest.raises(VlmError):
+        review(client)
+    assert not (tmp_path / "cache").exists()
+    server.script = [Reply("not json"), Reply(json.dumps(GOOD))]
+    assert review(client).keep
+    assert review(client).keep  # the corrected answer was cached under the original request
+    assert len(server.requests) == 4
+
+
+def test_storage_is_a_cache_and_stale_entries_are_asked_again(server, make_client, tmp_path):
+    storage = Storage(str(tmp_path / "root"))
+    assert review(make_client(cache=storage)).keep
+    (key,) = storage.list("vlm_cache")
+    assert review(make_client(cache=storage)).keep  # a new client, the same storage
+    assert len(server.requests) == 1
+    storage.write_bytes(key, b'{"keep": true}')  # e.g. written before the validator got stricter
+    assert review(make_client(cache=storage)).keep
+    assert len(server.requests) == 2
+    assert json.loads(storage.read_bytes(key)) == GOOD
+
+
+def test_cache_key_covers_model_params_and_image_bytes():
+    frame = clip(0)[0]
+    messages = [{"role": "user", "content": [image_part(frame)]}]
+    base = cache_key("m", messages, {"t": 0})
+    assert base == cache_key(
+        "m", [{"role": "user", "content": [image_part(frame.copy())]}], {"t": 0}
+    )
+    assert base != cache_key("other", messages, {"t": 0})
+    assert base != cache_key("m", messages, {"t": 1})
+    frame[0, 0, 0] ^= 1
+    assert base != cache_key("m", [{"role": "user", "content": [image_part(frame)]}], {"t": 0})
+
+
+# -- the API key ---------------------------------------------------------------------------------
+def test_api_key_is_sent_but_never_logged_or_raised(server, make_client, monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG)
+    client = make_client()
+    server.script = [Reply(status=503, body=json.dumps({"echo": f"Bearer {API_KEY}"}))]
+    with pytest.raises(VlmError) as unavailable:
+        review(client)
+    assert server.requests[0].headers["Authorization"] == f"Bearer {API_KEY}"
+
+    monkeypatch.setenv("OTHER_KEY", API_KEY + "-revoked")
+    with pytest.raises(VlmError, match="HTTP 401") as unauthorised:
+        review(make_client(api_key_env="OTHER_KEY"))
+
+    assert "retrying" in caplog.text  # the retries were logged…
+    for text in (str(unavailable.value), str(unauthorised.value), caplog.text, repr(client)):
+        assert API_KEY not in text  # …without the key
+
+
+def test_missing_api_key_fails_at_construction_naming_the_variable(monkeypatch):
+    monkeypatch.delenv("VIVA_ABSENT_KEY", raising=False)
+    with pytest.raises(VlmError, match="VIVA_ABSENT_KEY"):
+        ChatCompletionsClient("http://127.0.0.1:9/v1", "m", api_key_env="VIVA_ABSENT_KEY")
+
+
+# -- review helpers ------------------------------------------------------------------------------
+def test_sample_frames_is_evenly_spaced_and_keeps_the_ends():
+    frames = np.arange(17)[:, None, None, None] * np.ones((1, 2, 2, 3), dtype=np.uint8)
+    assert sample_frames(frames, 5)[:, 0, 0, 0].tolist() == [0, 4, 8, 12, 16]
+    assert sample_frames(frames, 1)[:, 0, 0, 0].tolist() == [0]
+    assert len(sample_frames(frames[:3], 8)) == 3
+    with pytest.raises(ValueError):
+        sample_frames(frames, 0)
+
+
+def test_review_pair_refuses_bad_inputs(make_client):
+    client = make_client()
+    with pytest.raises(ValueError, match="unknown edit type"):
+        review_pair(client, clip(0), clip(1), "x", "explode")
+    with pytest.raises(ValueError, match="same shape"):
+        review_pair(client, clip(0), clip(1, frames=5), "x", "remove")
+    with pytest.raises(ValueError, match="uint8"):
+        review_pair(client, clip(0).astype(np.float32), clip(1), "x", "remove")
+
+
+# -- the local transformers backend --------------------------------------------------------------
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% else %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}\n{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random LLaVA (tiny CLIP tower, tiny Llama, byte-level tokenizer) saved like a real
+    checkpoint, so the backend goes through ``from_pretrained`` exactly as in production."""
+    import torch
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({token: len(vocab) + i for i, token in enumerate(specials)})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=8192,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=3,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-llava"
+    LlavaForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def _count_generate(backend: Any, monkeypatch: pytest.MonkeyPatch, answer: str | None = None):
+    """Spy on ``model.generate``; with ``answer``, replace its output by that text's tokens."""
+    import torch
+
+    calls: list[dict[str, Any]] = []
+    real = backend.model.generate
+
+    def generate(**inputs: Any) -> torch.Tensor:
+        calls.append(inputs)
+        if answer is None:
+            return real(**inputs)
+        ids = backend.processor.tokenizer(answer, add_special_tokens=False, return_tensors="pt")
+        return torch.cat([inputs["input_ids"], ids["input_ids"]], dim=1)
+
+    monkeypatch.setattr(backend.model, "generate", generate)
+    return calls
+
+
+def test_local_backend_garbage_fails_after_exactly_one_corrective_retry(tiny_llava, monkeypatch):
+    from viva_pipelines.vlm.local import LocalLlavaBackend
+
+    backend = LocalLlavaBackend(tiny_llava, max_new_tokens=8)
+    calls = _count_generate(backend, monkeypatch)
+    with pytest.raises(VlmError, match=r"local LLaVA model tiny-llava .* one corrective retry"):
+        review(backend, max_frames=3)
+    assert len(calls) == 2
+    assert calls[0]["pixel_values"].shape == (6, 3, 32, 32)  # 3 source + 3 target frames
+    assert calls[0]["max_new_tokens"] == 8 and calls[0]["do_sample"] is False
+    assert calls[1]["input_ids"].shape[1] > calls[0]["input_ids"].shape[1]  # the follow-up turn
+
+
+def test_local_backend_success_is_validated_and_cached(tiny_llava, monkeypatch, tmp_path):
+    from viva_pipelines.vlm.local import LocalLlavaBackend
+
+    backend = LocalLlavaBackend(tiny_llava, max_new_tokens=8, cache=tmp_path / "cache")
+    calls = _count_generate(backend, monkeypatch, answer=json.dumps(GOOD))
+    assert review(backend, max_frames=2) == PairVerdict(**{**GOOD, "score": 8.0})
+    assert review(backend, max_frames=2).keep
+    assert len(calls) == 1
+
+
+def test_local_backend_refuses_remote_images(tiny_llava):
+    from viva_pipelines.vlm.local import LocalLlavaBackend
+
+    backend = LocalLlavaBackend(tiny_llava, max_new_tokens=4)
+    remote = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    with pytest.raises(VlmError, match="only base64 data: image URLs"):
+        backend.complete_json([{"role": "user", "content": [remote]}], lambda data: data)

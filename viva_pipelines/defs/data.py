@@ -1,0 +1,242 @@
+"""Edit-pair data construction: ``tracked_masks`` → ``synthetic_pairs`` (per shard) →
+``qc_dataset`` (all shards) with its blocking checks."""
+
+import dagster as dg
+
+from viva_pipelines.config import Settings
+from viva_pipelines.defs.partitions import video_shards
+from viva_pipelines.defs.resources import StorageResource
+from viva_pipelines.ingest import raw_videos as ingest
+from viva_pipelines.manifests import markdown_table
+from viva_pipelines.masks import shard as masks
+from viva_pipelines.masks.tracks import TrackRules
+from viva_pipelines.masks.types import MaskBackend
+from viva_pipelines.pairs import shard as pairs
+from viva_pipelines.pairs.opencv_backend import OpenCVBackend
+from viva_pipelines.pairs.types import EditBackend
+from viva_pipelines.qc import checks
+from viva_pipelines.qc import dataset as qc
+from viva_pipelines.qc.review import make_pair_reviewer
+from viva_pipelines.qc.rules import QcThresholds
+from viva_pipelines.storage import Storage
+from viva_pipelines.vlm.client import ChatCompletionsClient, RetryPolicy
+
+
+def mask_backend(settings: Settings) -> MaskBackend:
+    if settings.masks.backend == "annotations":
+        return masks.AnnotationsBackend()
+    if not settings.models.grounding_dino:
+        raise dg.Failure("masks.backend sam2 needs models.grounding_dino (a path or hub id)")
+    from viva_pipelines.masks.sam2_backend import Sam2MaskBackend, Sam2Tracker, Sam2TrackingConfig
+
+    cfg = settings.masks.sam2
+    config = Sam2TrackingConfig(
+        detector=settings.models.grounding_dino, sam2_config=cfg.config,
+        sam2_checkpoint=settings.models.sam2, image_size=cfg.image_size,
+        box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold,
+        max_objects=cfg.max_objects, device=cfg.device,
+    )  # fmt: skip
+    return Sam2MaskBackend(Sam2Tracker(config), settings.masks.phrases)
+
+
+def edit_backend(settings: Settings) -> EditBackend:
+    if settings.pairs.backend == "opencv":
+        return OpenCVBackend()
+    if not settings.models.inpainting:
+        raise dg.Failure("pairs.backend diffusers needs models.inpainting (a path or hub id)")
+    from viva_pipelines.pairs.diffusers_backend import DiffusersBackend, DiffusersBackendConfig
+
+    cfg = settings.pairs.diffusers
+    config = DiffusersBackendConfig(
+        inpaint_model=settings.models.inpainting, img2img_model=settings.models.img2img,
+        device=cfg.device, dtype=cfg.dtype, num_inference_steps=cfg.num_inference_steps,
+        guidance_scale=cfg.guidance_scale, strength=cfg.strength, seed=settings.pairs.seed,
+        batch_size=cfg.batch_size, resolution=cfg.resolution,
+    )  # fmt: skip
+    return DiffusersBackend(config)
+
+
+def pair_reviewer(settings: Settings, storage: Storage) -> qc.Reviewer | None:
+    """The VLM reviewer from ``qc.vlm``, answers cached in storage; ``None`` when disabled."""
+    vlm = settings.qc.vlm
+    if not vlm.enabled:
+        return None
+    if vlm.backend == "local":
+        from viva_pipelines.vlm.local import LocalLlavaBackend
+
+        backend = LocalLlavaBackend(
+            vlm.local_model, max_new_tokens=vlm.max_new_tokens, device=vlm.device, cache=storage
+        )
+    else:
+        backend = ChatCompletionsClient(
+            vlm.base_url, vlm.model, api_key_env=vlm.api_key_env, timeout_s=vlm.timeout_s,
+            retry=RetryPolicy(vlm.max_attempts, vlm.backoff_s, vlm.max_backoff_s),
+            rate_limit_per_s=vlm.rate_limit_per_s, cache=storage,
+        )  # fmt: skip
+    return make_pair_reviewer(backend, storage, vlm.max_frames)
+
+
+def _progress(context: dg.AssetExecutionContext):
+    def log(done: int, total: int, item: str) -> None:
+        context.log.info(f"[{done}/{total}] {item}")
+
+    return log
+
+
+def _read_upstream(storage, key: str, what: str, shard: str):
+    if not storage.exists(key):
+        raise dg.Failure(f"{what} of {shard} is missing ({key}); materialize it first")
+    return storage.read_parquet(key)
+
+
+def build_data_defs(settings: Settings) -> dg.Definitions:
+    tags = settings.execution.asset_tags
+    retry = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+
+    @dg.asset(
+        partitions_def=video_shards,
+        deps=["raw_videos"],
+        code_version=masks.CODE_VERSION,
+        group_name="data",
+        kinds={"numpy", "parquet"},
+        op_tags=tags.get("tracked_masks", {}),
+        retry_policy=retry,
+    )
+    def tracked_masks(
+        context: dg.AssetExecutionContext, storage: StorageResource
+    ) -> dg.MaterializeResult:
+        """Objects of every ingested video, tracked through time (backend from conf), with
+        per-object area, bbox and stability; lost or degenerate tracks dropped with a reason."""
+        store, shard = storage.get(), context.partition_key
+        raw = _read_upstream(store, ingest.manifest_key(shard), "raw_videos", shard)
+        rules = TrackRules(**settings.masks.rules.model_dump())
+        result = masks.track_shard(
+            store, shard, raw, mask_backend(settings), rules, _progress(context)
+        )
+        m = result.manifest
+        kept = m[m["status"] == masks.KEPT]
+        return dg.MaterializeResult(
+            metadata={
+                "objects_kept": len(kept),
+                "objects_dropped": int(m["object_id"].notna().sum()) - len(kept),
+                "videos_without_objects": int(m["object_id"].isna().sum()),
+                "mean_stability": float(kept["stability"].mean()) if len(kept) else 0.0,
+                "drop_reasons": dg.MetadataValue.json(
+                    m.loc[m["status"] != masks.KEPT, "reason"].value_counts().to_dict()
+                ),
+                "manifest": dg.MetadataValue.path(result.manifest_uri),
+            },
+            data_version=dg.DataVersion(result.data_version),
+        )
+
+    @dg.asset(
+        partitions_def=video_shards,
+        deps=["raw_videos", tracked_masks],
+        code_version=pairs.CODE_VERSION,
+        group_name="data",
+        kinds={"video", "parquet"},
+        op_tags=tags.get("synthetic_pairs", {}),
+        retry_policy=retry,
+    )
+    def synthetic_pairs(
+        context: dg.AssetExecutionContext, storage: StorageResource
+    ) -> dg.MaterializeResult:
+        """Source/target video pairs with edit mask, instruction and captions for every
+        configured edit type, and their rule-QC metrics."""
+        store, shard = storage.get(), context.partition_key
+        raw = _read_upstream(store, ingest.manifest_key(shard), "raw_videos", shard)
+        tracks = _read_upstream(store, masks.manifest_key(shard), "tracked_masks", shard)
+        options = pairs.PairOptions(
+            edit_types=settings.pairs.edit_types, per_type=settings.pairs.per_type,
+            seed=settings.pairs.seed, dilation=settings.pairs.dilation, crf=settings.ingest.crf,
+        )  # fmt: skip
+        result = pairs.pair_shard(
+            store, shard, raw, tracks, edit_backend(settings), options, _progress(context)
+        )
+        m = result.manifest
+        return dg.MaterializeResult(
+            metadata={
+                "pairs": int((m["status"] == "ok").sum()),
+                "failed_videos": int((m["status"] != "ok").sum()),
+                "pairs_by_type": dg.MetadataValue.json(m["edit_type"].value_counts().to_dict()),
+                "manifest": dg.MetadataValue.path(result.manifest_uri),
+            },
+            data_version=dg.DataVersion(result.data_version),
+        )
+
+    qc_config = qc.QcConfig(
+        thresholds=QcThresholds(**settings.qc.thresholds.model_dump()),
+        edit_types=tuple(settings.pairs.edit_types),
+        val_fraction=settings.qc.val_fraction,
+        split_seed=settings.qc.split_seed,
+        min_vlm_score=settings.qc.vlm.min_score,
+        reviewer=settings.qc.vlm.model_dump(),
+    )
+
+    @dg.asset(
+        deps=[dg.AssetDep(synthetic_pairs, partition_mapping=dg.AllPartitionMapping())],
+        code_version=qc.CODE_VERSION,
+        group_name="data",
+        kinds={"parquet"},
+        op_tags=tags.get("qc_dataset", {}),
+    )
+    def qc_dataset(
+        context: dg.AssetExecutionContext, storage: StorageResource
+    ) -> dg.MaterializeResult:
+        """Every shard's pairs through rule QC (and the VLM review when enabled), split
+        train/val by source video, plus image-editing pairs from accepted video pairs."""
+        store = storage.get()
+        shards = sorted(context.instance.get_dynamic_partitions(video_shards.name))
+        present = [s for s in shards if store.exists(pairs.manifest_key(s))]
+        if len(present) < len(shards):
+            context.log.warning(f"{len(shards) - len(present)} shards have no synthetic_pairs yet")
+        if not present:
+            raise dg.Failure("no shard has synthetic_pairs yet; materialize the shards first")
+        result = qc.build_qc_dataset(
+            store,
+            (store.read_parquet(pairs.manifest_key(s)) for s in present),
+            qc_config,
+            pair_reviewer(settings, store),
+        )
+        accepted = result.accepted
+        return dg.MaterializeResult(
+            metadata={
+                "shards": len(present),
+                "accepted_video_pairs": int((accepted["modality"] == "video").sum()),
+                "accepted_image_pairs": int((accepted["modality"] == "image").sum()),
+                "rejected_pairs": int((result.manifest["status"] == qc.REJECTED).sum()),
+                "by_edit_type": dg.MetadataValue.md(markdown_table(result.summary())),
+                "rejection_reasons": dg.MetadataValue.json(result.rejection_reasons().to_dict()),
+                "manifest": dg.MetadataValue.path(result.manifest_uri),
+            },
+            data_version=dg.DataVersion(result.data_version),
+        )
+
+    def _check(passed_and_text: tuple[bool, str]) -> dg.AssetCheckResult:
+        passed, text = passed_and_text
+        return dg.AssetCheckResult(passed=passed, metadata={"result": text})
+
+    def _manifest(storage: StorageResource):
+        return storage.get().read_parquet(qc.MANIFEST_KEY)
+
+    @dg.asset_check(asset=qc_dataset, blocking=True)
+    def train_split_non_empty(storage: StorageResource) -> dg.AssetCheckResult:
+        return _check(checks.train_split_non_empty(_manifest(storage)))
+
+    @dg.asset_check(asset=qc_dataset, blocking=True)
+    def every_edit_type_present(storage: StorageResource) -> dg.AssetCheckResult:
+        return _check(checks.edit_types_present(_manifest(storage), settings.pairs.edit_types))
+
+    @dg.asset_check(asset=qc_dataset, blocking=True)
+    def no_video_in_two_splits(storage: StorageResource) -> dg.AssetCheckResult:
+        return _check(checks.no_video_in_two_splits(_manifest(storage)))
+
+    @dg.asset_check(asset=qc_dataset, blocking=True)
+    def referenced_files_exist(storage: StorageResource) -> dg.AssetCheckResult:
+        return _check(checks.referenced_files_exist(storage.get(), _manifest(storage)))
+
+    return dg.Definitions(
+        assets=[tracked_masks, synthetic_pairs, qc_dataset],
+        asset_checks=[train_split_non_empty, every_edit_type_present, no_video_in_two_splits,
+                      referenced_files_exist],
+    )  # fmt: skip

@@ -1,0 +1,172 @@
+"""``synthetic_pairs`` for one shard: edit pairs from every video's tracked objects.
+
+Per pair, under ``synthetic_pairs/{shard}/{pair_id}/``: ``target.mp4``, ``source.mp4`` (only
+when the source is not the ingested video itself, e.g. for ``add``), ``mask.npz`` (edit
+region, ``bool [T, H, W]``), ``reference.png`` for ``ref_*`` edits, and a key frame
+(``key_source.png``, ``key_target.png``, ``key_mask.png``) used as an image-editing pair.
+``manifest.parquet`` has one row per pair with its rule metrics (:mod:`viva_pipelines.qc.rules`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from viva_pipelines.manifests import content_hash, typed_frame
+from viva_pipelines.masks.shard import KEPT, load_frames, load_mask, save_mask
+from viva_pipelines.masks.types import TrackedObject
+from viva_pipelines.pairs.generators import generate_pairs
+from viva_pipelines.pairs.types import EditBackend, EditPair
+from viva_pipelines.qc.rules import pair_metrics
+from viva_pipelines.storage import Storage
+from viva_pipelines.video.io import write_video
+
+log = logging.getLogger(__name__)
+
+ASSET = "synthetic_pairs"
+CODE_VERSION = "synthetic_pairs-1"
+
+MANIFEST_SCHEMA = {
+    "pair_id": "string", "video_id": "string", "shard": "string", "edit_type": "string",
+    "status": "string", "reason": "string", "instruction": "string",
+    "source_caption": "string", "target_caption": "string", "source_key": "string",
+    "target_key": "string", "mask_key": "string", "reference_key": "string",
+    "key_source": "string", "key_target": "string", "key_mask": "string", "key_frame": "Int64",
+    "fps": "Float64", "backend": "string", "params": "string",
+    "frames_source": "Int64", "frames_target": "Int64", "mask_fraction": "Float64",
+    "mask_stability": "Float64", "inside_change": "Float64", "outside_change": "Float64",
+    "total_change": "Float64",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PairOptions:
+    edit_types: Sequence[str]
+    per_type: int = 1
+    seed: int = 0
+    dilation: int = 4
+    crf: int = 12
+
+
+@dataclass
+class PairShardResult:
+    manifest: pd.DataFrame
+    manifest_uri: str
+    data_version: str
+
+
+def manifest_key(shard: str) -> str:
+    return f"{ASSET}/{shard}/manifest.parquet"
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _video_seed(seed: int, video_id: str) -> int:
+    """Per-video seed: stable whatever else the shard holds."""
+    return int(hashlib.sha256(f"{seed}:{video_id}".encode()).hexdigest()[:8], 16)
+
+
+def pair_shard(
+    storage: Storage,
+    shard: str,
+    raw_manifest: pd.DataFrame,
+    tracks: pd.DataFrame,
+    backend: EditBackend,
+    options: PairOptions,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> PairShardResult:
+    """Generate, store and measure the pairs of every ``ok`` video of the shard."""
+    videos = raw_manifest[raw_manifest["status"] == "ok"]
+    kept = tracks[tracks["status"] == KEPT]
+    rows: list[dict[str, Any]] = []
+    for done, video in enumerate(tqdm(videos.itertuples(), total=len(videos), desc=shard), 1):
+        caption = "" if pd.isna(video.caption) else str(video.caption)
+        try:
+            frames = load_frames(storage, video.video_key)
+            objects = [
+                TrackedObject(int(t.object_id), str(t.label), load_mask(storage, t.mask_key),
+                              float(t.score))
+                for t in kept[kept["video_id"] == video.video_id].itertuples()
+            ]  # fmt: skip
+            pairs = generate_pairs(
+                frames, objects, caption, list(options.edit_types), backend,
+                seed=_video_seed(options.seed, video.video_id), per_type=options.per_type,
+            )  # fmt: skip
+        except Exception as exc:  # one bad video must not stop the shard
+            log.exception("pair generation failed for %s", video.video_id)
+            rows.append({"pair_id": f"{video.video_id}-failed", "video_id": video.video_id,
+                         "shard": shard, "status": "failed", "backend": backend.name,
+                         "reason": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+            continue
+        counts: dict[str, int] = {}
+        for pair in pairs:
+            index = counts[pair.edit_type] = counts.get(pair.edit_type, -1) + 1
+            pair_id = f"{video.video_id}-{pair.edit_type}-{index}"
+            rows.append(
+                _store_pair(storage, shard, pair_id, video, frames, pair, backend.name, options)
+            )
+        if on_progress:
+            on_progress(done, len(videos), video.video_id)
+    manifest = typed_frame(rows, MANIFEST_SCHEMA)
+    uri = storage.write_parquet(manifest_key(shard), manifest)
+    return PairShardResult(manifest, uri, content_hash(manifest, sort_by="pair_id"))
+
+
+def _store_pair(
+    storage: Storage,
+    shard: str,
+    pair_id: str,
+    video: Any,
+    frames: np.ndarray,
+    pair: EditPair,
+    backend: str,
+    options: PairOptions,
+) -> dict[str, Any]:
+    prefix = f"{ASSET}/{shard}/{pair_id}"
+    fps = float(video.fps)
+    if np.array_equal(pair.source, frames):
+        source_key = video.video_key  # the ingested video itself: no copy
+    else:
+        source_key = f"{prefix}/source.mp4"
+        with storage.staged(source_key) as path:
+            write_video(path, pair.source, fps, crf=options.crf)
+    target_key = f"{prefix}/target.mp4"
+    with storage.staged(target_key) as path:
+        write_video(path, pair.target, fps, crf=options.crf)
+    save_mask(storage, f"{prefix}/mask.npz", pair.mask)
+    reference_key = None
+    if pair.reference is not None:
+        reference_key = f"{prefix}/reference.png"
+        storage.write_bytes(reference_key, _png(pair.reference))
+    key = len(pair.source) // 2
+    keys = {
+        "key_source": (f"{prefix}/key_source.png", pair.source[key]),
+        "key_target": (f"{prefix}/key_target.png", pair.target[key]),
+        "key_mask": (f"{prefix}/key_mask.png", pair.mask[key].astype(np.uint8) * 255),
+    }
+    for name, image in keys.values():
+        storage.write_bytes(name, _png(image))
+    return {
+        "pair_id": pair_id, "video_id": video.video_id, "shard": shard,
+        "edit_type": pair.edit_type, "status": "ok", "reason": None,
+        "instruction": pair.instruction, "source_caption": pair.source_caption,
+        "target_caption": pair.target_caption, "source_key": source_key,
+        "target_key": target_key, "mask_key": f"{prefix}/mask.npz",
+        "reference_key": reference_key, **{k: v[0] for k, v in keys.items()}, "key_frame": key,
+        "fps": fps, "backend": backend, "params": json.dumps(pair.params, sort_keys=True, default=str),
+        **pair_metrics(pair.source, pair.target, pair.mask, dilation=options.dilation),
+    }  # fmt: skip

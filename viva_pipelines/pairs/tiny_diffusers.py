@@ -1,0 +1,117 @@
+"""A tiny, randomly initialised Stable Diffusion inpainting pipeline saved to disk.
+
+Tests and the CPU demo need a folder that loads through the same ``from_pretrained`` path as a
+real checkpoint, but nothing may be downloaded: every component (UNet, VAE, CLIP text encoder,
+tokenizer, scheduler) is built here from a config with seeded random weights. The outputs are
+noise-like pictures; only shapes, plumbing and determinism are meaningful.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionInpaintPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+#: Token budget of the tiny text encoder (Stable Diffusion pads every prompt to this length).
+MAX_TOKENS = 77
+_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def _byte_level_alphabet() -> list[str]:
+    """The 256 printable stand-ins GPT-2/CLIP byte-level BPE uses for raw bytes."""
+    keep = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    shifted = [b for b in range(256) if b not in keep]
+    return [chr(b) for b in keep] + [chr(256 + i) for i in range(len(shifted))]
+
+
+def _tiny_clip_tokenizer() -> CLIPTokenizer:
+    """The real ``CLIPTokenizer`` over a character-level vocabulary with no merges: any text
+    tokenizes (one token per character), and no vocabulary file has to be downloaded."""
+    alphabet = _byte_level_alphabet()
+    tokens = [*alphabet, *(ch + "</w>" for ch in alphabet), _BOS, _EOS]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
+
+
+def save_tiny_inpaint_pipeline(
+    directory: Path, *, unet_in_channels: int = 9, seed: int = 0
+) -> Path:
+    """Build a tiny ``StableDiffusionInpaintPipeline`` and ``save_pretrained`` it to ``directory``.
+
+    ``unet_in_channels=9`` is the layout of dedicated inpainting checkpoints (noisy latents +
+    mask + masked-image latents); ``4`` is a plain text-to-image UNet, which the inpainting
+    pipeline also accepts and which can be shared with an image-to-image pipeline. The VAE
+    downsamples by 2 and the UNet once more, so image sides must be multiples of 4 (any
+    multiple of 8 works). Returns ``directory``.
+    """
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=unet_in_channels,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+    )
+    vae = AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+    )
+    tokenizer = _tiny_clip_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=MAX_TOKENS,
+            projection_dim=16,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionInpaintPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    directory = Path(directory)
+    pipe.save_pretrained(directory)
+    return directory

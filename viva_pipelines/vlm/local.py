@@ -1,0 +1,114 @@
+"""A LLaVA-family model run in-process with ``transformers``, behind the same interface as the
+HTTP client, so the QC step and the judges can run air-gapped or on the training cluster's own
+GPUs without an inference server.
+
+Only the turn itself differs from the HTTP client: the messages (same OpenAI shape, images as
+PNG data URLs) are turned into the processor's chat template plus a list of images, and
+generation is greedy, so answers are reproducible and safe to cache.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from viva_pipelines.vlm.base import VlmBackend, VlmError
+from viva_pipelines.vlm.cache import ByteStore, StorageLike
+from viva_pipelines.vlm.messages import Message, decode_image_url
+
+
+def to_chat_template(messages: Sequence[Message]) -> tuple[list[dict[str, Any]], list[Image.Image]]:
+    """OpenAI-shaped messages → (``transformers`` chat conversation, images in prompt order).
+
+    The conversation uses ``{"type": "image"}`` placeholders; the processor replaces each with
+    the image tokens of the next image in the list, so the order must match."""
+    conversation: list[dict[str, Any]] = []
+    images: list[Image.Image] = []
+    for message in messages:
+        content = message["content"]
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        converted: list[dict[str, Any]] = []
+        for part in parts:
+            if part["type"] == "text":
+                converted.append({"type": "text", "text": part["text"]})
+            elif part["type"] == "image_url":
+                try:
+                    images.append(decode_image_url(part["image_url"]["url"]))
+                except ValueError as exc:
+                    raise VlmError(f"cannot give this image to a local model: {exc}") from exc
+                converted.append({"type": "image"})
+            else:
+                raise VlmError(f"unsupported message content part type {part['type']!r}")
+        conversation.append({"role": message["role"], "content": converted})
+    return conversation, images
+
+
+class LocalLlavaBackend(VlmBackend):
+    """A ``LlavaForConditionalGeneration`` and its processor, loaded from a local directory
+    (never the hub: ``local_files_only``). The processor must carry a chat template, which is how
+    each checkpoint says where images and roles go in its prompt.
+
+    ``model_name`` is the model's identity in cache keys; it defaults to the directory name so
+    that the same checkpoint copied to another machine still hits the cache."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        max_new_tokens: int = 512,
+        device: str = "cpu",
+        dtype: str | None = None,
+        model_name: str | None = None,
+        cache: ByteStore | StorageLike | str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(cache=cache)
+        self.model_path = Path(model_path)
+        self.max_new_tokens = max_new_tokens
+        self.device = torch.device(device)
+        self.model_name = model_name or self.model_path.name
+        self.processor = AutoProcessor.from_pretrained(self.model_path, local_files_only=True)
+        if not getattr(self.processor, "chat_template", None):
+            raise VlmError(f"the processor in {self.model_path} has no chat template")
+        load_kwargs: dict[str, Any] = {"local_files_only": True}
+        if dtype is not None:
+            load_kwargs["dtype"] = getattr(torch, dtype)
+        self.model = LlavaForConditionalGeneration.from_pretrained(self.model_path, **load_kwargs)
+        self.model.to(self.device).eval()
+        # One generate at a time: concurrent calls would only contend for the same device.
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalLlavaBackend({str(self.model_path)!r}, device={str(self.device)!r})"
+
+    @property
+    def model_id(self) -> str:
+        return self.model_name
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"decoding": "greedy", "max_new_tokens": self.max_new_tokens}
+
+    def describe(self) -> str:
+        return f"local LLaVA model {self.model_name} ({self.model_path})"
+
+    def _complete(self, messages: Sequence[Message]) -> str:
+        conversation, images = to_chat_template(messages)
+        prompt = self.processor.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False
+        )
+        inputs = self.processor(images=images or None, text=prompt, return_tensors="pt")
+        # Pixel values follow the weights' dtype (bf16/fp16 checkpoints); token ids stay integers.
+        inputs = inputs.to(self.device, dtype=self.model.dtype)
+        with self._lock, torch.inference_mode():
+            output = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False
+            )
+        new_tokens = output[0, inputs["input_ids"].shape[1] :]
+        return self.processor.decode(new_tokens, skip_special_tokens=True)
