@@ -25,7 +25,7 @@ from viva_pipelines.ingest.raw_videos import (
 from viva_pipelines.ingest.shards import load_registry, scan_and_register, shard_members
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.annotations import Annotations, sidecar_keys
-from viva_pipelines.video.io import read_video
+from viva_pipelines.video.io import read_video, write_video
 
 RAW_ONLY = [dg.AssetKey("raw_videos")]
 SPEC = {"ingest.width": 32, "ingest.height": 32, "ingest.fps": 5, "ingest.max_frames": 9}
@@ -59,7 +59,6 @@ def _annotated_video(path: Path) -> Annotations:
     for t in range(20):
         frames[t, 16:32, 2 * t : 2 * t + 16] = 255
         masks[t, 16:32, 2 * t : 2 * t + 16] = 1
-    from viva_pipelines.video.io import write_video
 
     write_video(path, frames, 10)
     ann = Annotations("a white square on black", [{"id": 1, "label": "white square"}], masks)
@@ -291,3 +290,40 @@ def test_s3_source_and_s3_root_by_configuration_alone(
     for column in ("video_key", "annotations_key", "masks_key"):
         assert f"pipeline/{manifest.loc['b.mp4', column]}" in keys
     assert "pipeline/video_shards/registry.parquet" in keys
+
+
+def test_davis_style_png_masks_are_carried_like_sidecars(make_settings, tmp_path: Path):
+    from PIL import Image
+
+    src = tmp_path / "davis"
+    (src / "bear.masks").mkdir(parents=True)
+    frames = np.zeros((10, 48, 64, 3), np.uint8)
+    for t in range(10):
+        frames[t, 10:30, 4 * t : 4 * t + 16] = (200, 120, 40)  # object 1, moving right
+        frames[t, 36:46, 40:60] = (40, 200, 90)  # object 2, still
+        index = np.zeros((48, 64), np.uint8)
+        index[10:30, 4 * t : 4 * t + 16] = 1
+        index[36:46, 40:60] = 2
+        index[0:2, :] = 255  # void border, as DAVIS marks unlabeled pixels
+        png = Image.fromarray(index, mode="P")
+        png.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+        png.save(src / "bear.masks" / f"{t:05d}.png")
+    write_video(src / "bear.mp4", frames, 10)
+    (src / "bear.json").write_text(
+        json.dumps({"caption": "a bear", "objects": [{"id": 1, "label": "bear"}]})
+    )
+    settings = make_settings(**SPEC, **{"storage.root": str(tmp_path / "root"),
+                                        "sources.raw_videos.uri": str(src)})  # fmt: skip
+    storage, manifest = _ingest(settings)
+    row = manifest.iloc[0]
+    assert row.status == OK and pd.isna(row.annotation_error)
+    assert json.loads(row.labels) == ["bear", "object 2"]
+    ann = Annotations.from_bytes(
+        storage.read_bytes(row.annotations_key), storage.read_bytes(row.masks_key)
+    )
+    assert ann.masks.shape == (row.frames, 32, 32)
+    assert set(np.unique(ann.masks)) == {0, 1, 2}  # the void border became background
+    with storage.local_path(row.video_key) as local:
+        decoded, _ = read_video(local)
+    orange = (decoded[..., 0] > 150) & (decoded[..., 2] < 100)
+    assert (orange == (ann.masks == 1)).mean() > 0.97

@@ -24,7 +24,13 @@ from tqdm import tqdm
 
 from viva_pipelines.manifests import content_hash, typed_frame
 from viva_pipelines.storage import Storage
-from viva_pipelines.video.annotations import AnnotationError, Annotations, sidecar_keys
+from viva_pipelines.video.annotations import (
+    AnnotationError,
+    Annotations,
+    annotations_from_pngs,
+    png_dir_key,
+    sidecar_keys,
+)
 from viva_pipelines.video.io import write_video
 from viva_pipelines.video.normalise import NormaliseSpec, decode_normalised, normalise_masks
 from viva_pipelines.video.probe import VideoLimits, VideoRejected
@@ -186,6 +192,20 @@ def _probe_columns(probe: Any) -> dict[str, Any]:
     }
 
 
+def load_source_annotations(source: Storage, key: str) -> Annotations | None:
+    """The annotations that came with a source video: ``.json`` + ``.masks.npz`` sidecars, or
+    a DAVIS-style ``.masks/`` folder of index PNGs; ``None`` when there are none."""
+    json_key, npz_key = sidecar_keys(key)
+    if source.exists(npz_key):
+        json_bytes = source.read_bytes(json_key) if source.exists(json_key) else b"{}"
+        return Annotations.from_bytes(json_bytes, source.read_bytes(npz_key))
+    pngs = [k for k in source.list(png_dir_key(key)) if k.lower().endswith(".png")]
+    if not pngs:
+        return None
+    json_bytes = source.read_bytes(json_key) if source.exists(json_key) else None
+    return annotations_from_pngs([source.read_bytes(k) for k in pngs], json_bytes)
+
+
 def _copy_annotations(
     storage: Storage,
     source: Storage,
@@ -200,13 +220,12 @@ def _copy_annotations(
     A broken sidecar does not reject the video (the frames are fine); the problem is recorded
     in ``annotation_error`` and later steps fall back to tracking.
     """
-    src_json, src_masks = sidecar_keys(key)
-    if not (source.exists(src_json) and source.exists(src_masks)):
-        for stale in (json_key, masks_key):
-            storage.delete(stale)
-        return {"annotations_key": None, "masks_key": None}
     try:
-        ann = Annotations.from_bytes(source.read_bytes(src_json), source.read_bytes(src_masks))
+        ann = load_source_annotations(source, key)
+        if ann is None:
+            for stale in (json_key, masks_key):
+                storage.delete(stale)
+            return {"annotations_key": None, "masks_key": None}
         masks = normalise_masks(ann.masks, video.source_indices, spec, video.probe)
         normalised = Annotations(ann.caption, ann.objects, masks, ann.extra)
     except (AnnotationError, ValueError) as exc:
