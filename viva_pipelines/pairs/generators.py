@@ -50,7 +50,7 @@ HYBRID_RECIPES: tuple[tuple[str, str], ...] = (
     ("style", "tone"),
 )
 
-#: A new object for add / swap: a demo-world bank entry or just a label.
+#: A new object for swaps: a demo-world bank entry or just a label.
 NewObject = BankEntry | str
 
 _TEMPLATE_FIELDS = {
@@ -94,7 +94,9 @@ def load_templates(path: str | os.PathLike | None = None) -> Templates:
     doc = yaml.safe_load(path.read_text())
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping with instructions, tones and styles")
-    instructions = doc.get("instructions") or {}
+    instructions = doc.get("instructions")
+    if not isinstance(instructions, dict):
+        raise ValueError(f"{path}: instructions: expected a mapping of edit types to wordings")
     for edit_type in EDIT_TYPES:
         options = instructions.get(edit_type)
         if not options or not all(isinstance(o, str) for o in options):
@@ -107,7 +109,9 @@ def load_templates(path: str | os.PathLike | None = None) -> Templates:
     vocabularies = {}
     for key in ("tones", "styles"):
         vocabulary = doc.get(key)
-        if not vocabulary or not all(isinstance(v, str) for v in vocabulary.values()):
+        if not isinstance(vocabulary, dict) or not vocabulary:
+            raise ValueError(f"{path}: {key}: expected a mapping of names to phrases")
+        if not all(isinstance(v, str) for v in vocabulary.values()):
             raise ValueError(f"{path}: {key}: expected a mapping of names to phrases")
         vocabularies[key] = dict(vocabulary)
     return Templates(
@@ -172,6 +176,7 @@ def _without(
 def _object_params(
     obj: TrackedObject, backend: str, options: LocalOptions, template: int
 ) -> dict[str, Any]:
+    """What every local pair records to be reproducible."""
     return {
         "object_id": obj.object_id,
         "label": obj.label,
@@ -203,7 +208,7 @@ def object_crop(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 def reference_image(backend: EditBackend, prompt: str, size: int = REFERENCE_SIZE) -> np.ndarray:
     """``uint8 [size, size, 3]``: the backend's own rendering of ``prompt`` on a plain canvas
-    (white, black for white objects), so the reference shows exactly what it would paste."""
+    (white, black for white objects), so the reference and the swapped-in object agree."""
     background = 0 if "white" in prompt.lower() else 255
     canvas = np.full((1, size, size, 3), background, np.uint8)
     box = np.zeros((1, size, size), bool)
@@ -286,12 +291,12 @@ def _pick_colour(frames: np.ndarray, obj: TrackedObject, rng: np.random.Generato
     """A palette colour other than the one the label names and not close to the object's own
     (so "make the cat orange" is never drawn for an orange cat)."""
     named = captions.label_colour(obj.label)
-    options = [c for c in PALETTE if c != named]
+    choices = [c for c in PALETTE if c != named]
     own = rgb_to_lab(np.median(frames[obj.masks], axis=0).astype(np.uint8))[0]
-    palette = rgb_to_lab(np.array([PALETTE[c] for c in options], np.uint8))
+    palette = rgb_to_lab(np.array([PALETTE[c] for c in choices], np.uint8))
     distinct = np.linalg.norm(palette - own, axis=1) >= MIN_COLOUR_CHANGE
-    options = [c for c, keep in zip(options, distinct, strict=True) if keep] or options
-    return options[int(rng.integers(len(options)))]
+    choices = [c for c, keep in zip(choices, distinct, strict=True) if keep] or choices
+    return choices[int(rng.integers(len(choices)))]
 
 
 def color(
@@ -487,7 +492,9 @@ def hybrid(
 ) -> EditPair:
     """Two edits in one (a recipe from :data:`HYBRID_RECIPES` that ``objects`` allow, local
     steps on distinct objects): the second is applied to the first's result and caption, the
-    mask is their union and one instruction names both."""
+    mask is their union and one instruction names both. Without ``options``, ``objects`` are
+    the objects kept out of each other's edits."""
+    options = options or LocalOptions(others=tuple(objects))
     feasible = [
         recipe
         for recipe in HYBRID_RECIPES

@@ -44,9 +44,11 @@ _FIT_FRAMES = 0.8
 #: Camera motion is estimated on frames shrunk to this many pixels on their longer side.
 _MOTION_SIDE = 64
 #: ECC refinement stops after this many iterations or when the update is this small.
-_ECC_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 10, 1e-4)
+_ECC_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 6, 1e-4)
 #: Largest frame-to-frame change of the camera's linear part (zoom, rotation, shear).
 _MAX_LINEAR_CHANGE = 0.1
+#: Most channels OpenCV's filters take in one image.
+_MAX_CHANNELS = 128
 #: Rec. 601 luma weights (RGB).
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -71,10 +73,13 @@ def dilate_masks(masks: np.ndarray, radius: int) -> np.ndarray:
     if radius <= 0:
         return masks.copy()
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    # Frames as channels of one [H, W, T] image: one call for the whole clip.
-    stacked = np.ascontiguousarray(masks.transpose(1, 2, 0), dtype=np.uint8)
-    grown = cv2.dilate(stacked, kernel).reshape(stacked.shape)
-    return grown.transpose(2, 0, 1).astype(bool)
+    grown = np.empty(masks.shape, bool)
+    # Frames as the channels of [H, W, T] images: one call per _MAX_CHANNELS frames.
+    for start in range(0, len(masks), _MAX_CHANNELS):
+        chunk = slice(start, start + _MAX_CHANNELS)
+        stacked = np.ascontiguousarray(masks[chunk].transpose(1, 2, 0), dtype=np.uint8)
+        grown[chunk] = cv2.dilate(stacked, kernel).reshape(stacked.shape).transpose(2, 0, 1)
+    return grown
 
 
 # -- inpainting ---------------------------------------------------------------------------------
@@ -154,9 +159,9 @@ def temporal_fill(
 
     Frames are warped by ``motion`` (``[T, 3, 3]``, see :func:`estimate_motion`) onto one
     canvas in the middle frame's coordinates, where a background point has the same position
-    in every frame; the fill is O(T) vectorised passes over that stack, then each frame's fill
-    is warped back. With a static camera the warps are identities and filled pixels are exact
-    copies of other frames' pixels.
+    in every frame; the search for the nearest frame is vectorised over the hole pixels (at
+    most T passes), then each frame's fill is warped back. With a static camera the warps are
+    identities and filled pixels are exact copies of other frames' pixels.
     """
     t_count, h, w = holes.shape
     corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], float).T
@@ -189,7 +194,9 @@ def temporal_fill(
             pick[pick] = known[candidate[pick], y_idx[searching[pick]], x_idx[searching[pick]]]
             source[searching[pick]] = candidate[pick]
             searching = searching[~pick]
-    canvas[..., 3] = 0
+    # Alpha now: 255 where the canvas holds background (the frame's own or copied), else 0;
+    # after warping back, 255 means a hole pixel is wholly filled.
+    canvas[..., 3] = np.where(known, 255, 0)
     done = source >= 0
     t_idx, y_idx, x_idx, source = t_idx[done], y_idx[done], x_idx[done], source[done]
     canvas[t_idx, y_idx, x_idx, :3] = canvas[source, y_idx, x_idx, :3]
@@ -223,13 +230,18 @@ def parse_object(prompt: str) -> BankEntry:
 @cache
 def entry_rgba(entry: BankEntry) -> np.ndarray:
     """``uint8 [h, w, 4]`` picture of a bank object, trimmed to its opaque pixels, drawn by the
-    demo world's own renderer so swapped-in objects look like the world's objects."""
+    demo world's own renderer so swapped-in objects look like the world's objects. Cached, so
+    read-only."""
     if entry.kind == "sprite":
-        return _trim(sprite_rgba(entry.sprite))
-    centre = Trajectory((0.5, 0.5), (0.5, 0.5))
-    spec = ObjectSpec(id=1, entry=entry, size=1.0, z=0, trajectory=centre)
-    coverage, colours = object_layer(spec, 0.0, _SHAPE_CANVAS, _SHAPE_CANVAS)
-    return _trim(np.dstack([colours, coverage.astype(np.uint8) * 255]))
+        rgba = sprite_rgba(entry.sprite)
+    else:
+        centre = Trajectory((0.5, 0.5), (0.5, 0.5))
+        spec = ObjectSpec(id=1, entry=entry, size=1.0, z=0, trajectory=centre)
+        coverage, colours = object_layer(spec, 0.0, _SHAPE_CANVAS, _SHAPE_CANVAS)
+        rgba = np.dstack([colours, coverage.astype(np.uint8) * 255])
+    picture = _trim(rgba).copy()
+    picture.setflags(write=False)
+    return picture
 
 
 def keyed_rgba(reference: np.ndarray) -> np.ndarray:
@@ -297,7 +309,7 @@ def _fitting_scale(rgba: np.ndarray, masks: np.ndarray) -> float:
     return _FIT_SCALES[-1]
 
 
-def paste_into_boxes(frames: np.ndarray, masks: np.ndarray, rgba: np.ndarray) -> np.ndarray:
+def paste_into_masks(frames: np.ndarray, masks: np.ndarray, rgba: np.ndarray) -> np.ndarray:
     """Paint the opaque pixels of ``rgba`` that fall inside each frame's mask, the picture
     scaled to fit the mask (see :func:`_fitting_scale`) and centred on its bounding box.
     Pixels outside ``masks`` are untouched."""
@@ -386,7 +398,7 @@ def _hsv(frames: np.ndarray, code: int) -> np.ndarray:
 def _night(frames: np.ndarray) -> np.ndarray:
     f = _desaturate(frames.astype(np.float32), 0.4)
     f = 255 * (f / 255) ** 1.4 * 0.5
-    return _to_uint8(f * np.array([0.7, 0.85, 1.15], np.float32) + np.array([0, 5, 25]))
+    return _to_uint8(f * np.array([0.7, 0.85, 1.15], np.float32) + np.float32([0, 5, 25]))
 
 
 def _sepia(frames: np.ndarray) -> np.ndarray:
@@ -428,7 +440,7 @@ def _autumn(frames: np.ndarray) -> np.ndarray:
     hsv[..., 0] = np.where(foliage, 8 + (hue - 25) * (12 / 70), hue)
     hsv[..., 1] = np.minimum(hsv[..., 1] * 1.3 + 20, 255)
     f = _hsv(_to_uint8(hsv), cv2.COLOR_HSV2RGB).astype(np.float32)
-    return _to_uint8(f * np.array([1.1, 0.95, 0.75], np.float32) + np.array([15, 5, 0]))
+    return _to_uint8(f * np.array([1.1, 0.95, 0.75], np.float32) + np.float32([15, 5, 0]))
 
 
 def _foggy(frames: np.ndarray) -> np.ndarray:
@@ -546,14 +558,16 @@ class OpenCVBackend:
     """:class:`~viva_pipelines.pairs.types.EditBackend` on the CPU with OpenCV.
 
     ``dilation``: pixels by which :meth:`inpaint` grows the hole, so the object's rim goes too
-    and no fill is copied from next to an object in another frame. ``align``: compensate global
-    camera translation (phase correlation) before the temporal fill, for slow pans.
-    ``inpaint_radius``: neighbourhood of the Telea fill for pixels hidden in every frame.
+    and no fill is copied from next to an object in another frame. ``align``: follow the
+    camera (pans, zooms; see :func:`estimate_motion`) in the temporal fill; off, the fill
+    assumes a still camera. ``inpaint_radius``: neighbourhood of the Telea fill for pixels
+    hidden in every frame (1: as good as larger radii on the demo world's photos, and 2-3x
+    faster).
     """
 
     name = "opencv"
 
-    def __init__(self, *, dilation: int = 1, align: bool = True, inpaint_radius: int = 3) -> None:
+    def __init__(self, *, dilation: int = 1, align: bool = True, inpaint_radius: int = 1) -> None:
         self.dilation = dilation
         self.align = align
         self.inpaint_radius = inpaint_radius
@@ -574,7 +588,7 @@ class OpenCVBackend:
             filled[t] = cv2.inpaint(
                 filled[t], missing[t].astype(np.uint8), self.inpaint_radius, cv2.INPAINT_TELEA
             )
-        return np.where(holes[..., None], filled, frames)
+        return filled
 
     def render_object(
         self,
@@ -583,12 +597,12 @@ class OpenCVBackend:
         prompt: str,
         reference: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The object fitted into each frame's mask box and clipped to the mask: the
-        ``reference`` image (its plain background keyed out) when given, else the demo-world
-        object the prompt names (see :func:`parse_object`)."""
+        """The object fitted into each frame's mask and clipped to it (see
+        :func:`paste_into_masks`): the ``reference`` image, its plain background keyed out, when
+        given, else the demo-world object the prompt names (see :func:`parse_object`)."""
         check_clip(frames, masks)
         rgba = keyed_rgba(reference) if reference is not None else entry_rgba(parse_object(prompt))
-        return paste_into_boxes(frames, masks, rgba)
+        return paste_into_masks(frames, masks, rgba)
 
     def restyle(self, frames: np.ndarray, prompt: str) -> np.ndarray:
         """Every look named in ``prompt`` (see :data:`LOOKS`), applied in turn."""

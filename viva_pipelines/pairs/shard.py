@@ -105,6 +105,7 @@ def pair_shard(
             pairs = generate_pairs(
                 frames, objects, caption, list(options.edit_types), backend,
                 seed=_video_seed(options.seed, video.video_id), per_type=options.per_type,
+                dilation=options.dilation,
             )  # fmt: skip
         except Exception as exc:  # one bad video must not stop the shard
             log.exception("pair generation failed for %s", video.video_id)
