@@ -11,7 +11,6 @@ Every asset writes under ``{root}/{asset}/{partition}/…`` through this class, 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -23,6 +22,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from upath import UPath
 
 from viva_pipelines.config.schema import is_remote
@@ -98,7 +99,9 @@ class Storage:
         return json.loads(self.read_bytes(key))
 
     def read_parquet(self, key: str) -> pd.DataFrame:
-        return pd.read_parquet(io.BytesIO(self.read_bytes(key)))
+        # Arrow-owned buffers, never a Python file object: Arrow's reader threads may drop the
+        # last reference to a Python file during interpreter shutdown and abort the process.
+        return pq.read_table(pa.BufferReader(self.read_bytes(key))).to_pandas()
 
     def size(self, key: str) -> int:
         return int(self.fs.size(self._fs_path(key)))
@@ -150,9 +153,9 @@ class Storage:
         )
 
     def write_parquet(self, key: str, frame: pd.DataFrame) -> str:
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        return self.write_bytes(key, buffer.getvalue())
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+        return self.write_bytes(key, sink.getvalue().to_pybytes())
 
     def put_file(self, local: str | os.PathLike, key: str) -> str:
         """Copy a local file into storage atomically; returns the URI."""
