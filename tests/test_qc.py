@@ -194,3 +194,40 @@ def test_checks_pass_on_a_good_dataset_and_fail_on_planted_faults(tmp_path):
     assert not ok and "va-remove-0/target.mp4" in text
     all_val = build_qc_dataset(storage, [pair_rows(storage)], QcConfig(val_fraction=0.9999))
     assert not checks.train_split_non_empty(all_val.manifest)[0]
+
+
+def test_external_image_pairs_are_validated_copied_and_split(tmp_path):
+    import json
+
+    from viva_pipelines.qc.checks import referenced_files_exist
+    from viva_pipelines.qc.external import external_image_rows
+
+    folder = tmp_path / "external"
+    (folder / "img").mkdir(parents=True)
+    for name in ("a_src.png", "a_tgt.png", "b_src.png", "b_tgt.png"):
+        (folder / "img" / name).write_bytes(name.encode())
+    (tmp_path / "secret.png").write_bytes(b"outside")
+    lines = [
+        {"id": "a", "source": "img/a_src.png", "target": "img/a_tgt.png", "instruction": "Make it red."},
+        {"id": "b/1", "source": "img/b_src.png", "target": "img/b_tgt.png", "instruction": "Add a hat.",
+         "edit_type": "add"},
+        {"id": "c", "source": "img/missing.png", "target": "img/a_tgt.png", "instruction": "x"},
+        {"id": "d", "source": "../secret.png", "target": "img/a_tgt.png", "instruction": "x"},
+        {"id": "e", "source": "img/a_src.png", "instruction": "no target"},
+    ]  # fmt: skip
+    text = "\n".join(json.dumps(line) for line in lines) + "\n{not json\n"
+    (folder / "pairs.jsonl").write_text(text)
+    storage = Storage(str(tmp_path / "root"))
+    rows = external_image_rows(storage, str(folder / "pairs.jsonl"), val_fraction=0.2, split_seed=0)
+    by_id = {row["sample_id"]: row for row in rows}
+    assert by_id["external-a"]["status"] == ACCEPTED
+    assert storage.read_bytes(by_id["external-a"]["source_key"]) == b"a_src.png"
+    assert by_id["external-b_1"]["edit_type"] == "add"
+    assert "missing" in by_id["external-c"]["reason"]
+    assert "leaves the manifest's folder" in by_id["external-d"]["reason"]
+    assert "line 5: missing target" in by_id["external-line-5"]["reason"]
+    assert "line 6: not valid JSON" in by_id["external-line-6"]["reason"]
+    result = build_qc_dataset(storage, [pair_rows(storage)], QcConfig(), extra_rows=rows)
+    external = result.manifest[result.manifest["sample_id"].str.startswith("external-")]
+    assert (external["modality"] == "image").all() and len(external) == 6
+    assert referenced_files_exist(storage, result.manifest)[0]

@@ -214,6 +214,9 @@ class QcSettings(Section):
     thresholds: QcThresholdsSettings = QcThresholdsSettings()
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
     split_seed: int = 0
+    image_manifest: Location | None = Field(
+        None, description="JSONL of external image-editing pairs (local path or s3:// URI)"
+    )
     vlm: VlmSettings = VlmSettings()
 
 

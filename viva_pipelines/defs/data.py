@@ -16,6 +16,7 @@ from viva_pipelines.pairs.opencv_backend import OpenCVBackend
 from viva_pipelines.pairs.types import EditBackend
 from viva_pipelines.qc import checks
 from viva_pipelines.qc import dataset as qc
+from viva_pipelines.qc.external import external_image_rows
 from viva_pipelines.qc.review import make_pair_reviewer
 from viva_pipelines.qc.rules import QcThresholds
 from viva_pipelines.storage import Storage
@@ -197,6 +198,7 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
             (store.read_parquet(pairs.manifest_key(s)) for s in present),
             qc_config,
             pair_reviewer(settings, store),
+            _external_rows(store),
         )
         accepted = result.accepted
         return dg.MaterializeResult(
@@ -211,6 +213,14 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
             },
             data_version=dg.DataVersion(result.data_version),
         )
+
+    def _external_rows(store: Storage) -> list[dict]:
+        if not settings.qc.image_manifest:
+            return []
+        return external_image_rows(
+            store, settings.qc.image_manifest, val_fraction=settings.qc.val_fraction,
+            split_seed=settings.qc.split_seed, endpoint_url=settings.storage.s3.endpoint_url,
+        )  # fmt: skip
 
     def _check(passed_and_text: tuple[bool, str]) -> dg.AssetCheckResult:
         passed, text = passed_and_text

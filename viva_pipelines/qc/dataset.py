@@ -98,8 +98,10 @@ def build_qc_dataset(
     pair_manifests: Iterable[pd.DataFrame],
     config: QcConfig,
     reviewer: Reviewer | None = None,
+    extra_rows: Iterable[dict[str, Any]] = (),
 ) -> QcResult:
-    """Filter, review, split; write ``qc_dataset/manifest.parquet`` (video and image rows)."""
+    """Filter, review, split; write ``qc_dataset/manifest.parquet`` (video and image rows).
+    ``extra_rows`` are samples from elsewhere (e.g. an external image-pair manifest)."""
     pairs = pd.concat(list(pair_manifests), ignore_index=True)
     rows: list[dict[str, Any]] = []
     for pair in tqdm(pairs.itertuples(), total=len(pairs), desc="qc"):
@@ -109,6 +111,7 @@ def build_qc_dataset(
         rows.append(row)
         if not reason:
             rows.append(_image_row(pair, row))
+    rows.extend(extra_rows)
     manifest = typed_frame(rows, MANIFEST_SCHEMA)
     uri = storage.write_parquet(MANIFEST_KEY, manifest)
     version = content_hash(manifest, sort_by="sample_id")
