@@ -1,16 +1,20 @@
 """The commands a user runs, as subprocesses with their own conf/ and Dagster home."""
 
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import write_conf
 from viva_pipelines.ingest.raw_videos import manifest_key
 from viva_pipelines.pairs.shard import manifest_key as pairs_manifest_key
+from viva_pipelines.pairs.shard import preview_key
 from viva_pipelines.pairs.types import EDIT_TYPES
 from viva_pipelines.storage import Storage
 
@@ -43,6 +47,8 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     assert (manifest["status"] == "ok").all() and manifest["annotations_key"].notna().all()
     pairs = storage.read_parquet(pairs_manifest_key("shard-000000"))
     assert set(pairs["edit_type"]) == set(EDIT_TYPES)
+    preview = np.asarray(Image.open(io.BytesIO(storage.read_bytes(preview_key("shard-000000")))))
+    assert preview.shape[0] == 96 * len(EDIT_TYPES)  # one row of key frames per edit type
 
     built = run(["materialize", "qc_dataset"], project, home)
     assert built.returncode == 0, built.stdout + built.stderr

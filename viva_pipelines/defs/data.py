@@ -14,6 +14,7 @@ from viva_pipelines.masks.types import MaskBackend
 from viva_pipelines.pairs import shard as pairs
 from viva_pipelines.pairs.opencv_backend import OpenCVBackend
 from viva_pipelines.pairs.types import EditBackend
+from viva_pipelines.previews import markdown_image
 from viva_pipelines.qc import checks
 from viva_pipelines.qc import dataset as qc
 from viva_pipelines.qc.external import external_image_rows
@@ -155,8 +156,12 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
             store, shard, raw, tracks, edit_backend(settings), options, _progress(context)
         )
         m = result.manifest
+        preview = pairs.write_preview(store, shard, m)
         return dg.MaterializeResult(
             metadata={
+                "preview": dg.MetadataValue.md(markdown_image(preview, "source | target | mask"))
+                if preview
+                else "no pairs",
                 "pairs": int((m["status"] == "ok").sum()),
                 "failed_videos": int((m["status"] != "ok").sum()),
                 "pairs_by_type": dg.MetadataValue.json(m["edit_type"].value_counts().to_dict()),

@@ -1,6 +1,5 @@
 """``raw_videos``: per-shard ingestion, the sensor that finds new uploads, and its job."""
 
-import base64
 import json
 
 import dagster as dg
@@ -19,6 +18,7 @@ from viva_pipelines.ingest.shards import (
     shard_members,
 )
 from viva_pipelines.manifests import markdown_table
+from viva_pipelines.previews import markdown_image
 from viva_pipelines.video.normalise import NormaliseSpec
 from viva_pipelines.video.probe import VideoLimits
 
@@ -128,8 +128,5 @@ def _shard_metadata(manifest: pd.DataFrame, manifest_uri: str, preview: bytes | 
         table = markdown_table(rejected[["source_key", "reason"]], index=False)
         metadata["rejected_reasons"] = dg.MetadataValue.md(table)
     if preview:
-        encoded = base64.b64encode(preview).decode()
-        metadata["preview"] = dg.MetadataValue.md(
-            f"![first frames](data:image/png;base64,{encoded})"
-        )
+        metadata["preview"] = dg.MetadataValue.md(markdown_image(preview, "first frames"))
     return metadata

@@ -54,11 +54,13 @@ class SpriteSource:
 SPRITES: dict[str, SpriteSource] = {
     "cat": SpriteSource("chelsea", 10, 250, 120, 330, "cat"),
     "coffee cup": SpriteSource("coffee", 20, 330, 90, 490, "coffee cup"),
-    "rocket": SpriteSource("rocket", 40, 360, 260, 370, "rocket"),
-    "astronaut helmet": SpriteSource("astronaut", 0, 240, 120, 330, "astronaut helmet"),
+    "rocket": SpriteSource("rocket", 115, 410, 296, 346, "rocket"),
+    "astronaut helmet": SpriteSource("astronaut", 345, 512, 280, 508, "astronaut helmet"),
 }
 
 TONES = ("normal", "night", "sepia", "snow", "sunset")
+#: How a caption says the tone, so an edited scene's caption describes its look.
+TONE_PHRASES = {"night": "at night", "sepia": "in sepia", "snow": "in the snow", "sunset": "at sunset"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,16 @@ class BankEntry:
     kind: str  # a name in SHAPES, or "sprite"
     colour: str | None = None
     sprite: str | None = None
+
+    def __post_init__(self) -> None:
+        # Checked here rather than at render time so that a bad "swap"/"add" edit fails where
+        # it is made, not deep inside a renderer or a backend.
+        if self.kind == "sprite":
+            valid = self.sprite in SPRITES and self.colour is None
+        else:
+            valid = self.kind in SHAPES and self.colour in PALETTE and self.sprite is None
+        if not valid:
+            raise ValueError(f"not an object of the bank: {self}")
 
     @property
     def label(self) -> str:
@@ -166,7 +178,7 @@ class SceneSpec:
             things = names[0]
         else:
             things = ", ".join(names[:-1]) + " and " + names[-1]
-        tone = "" if self.tone == "normal" else f", in a {self.tone} look"
+        tone = f" {TONE_PHRASES[self.tone]}" if self.tone in TONE_PHRASES else ""
         return f"{things} moving over a photo of {BACKGROUNDS[self.camera.image]}{tone}"
 
     # -- edits (each returns a new scene) ----------------------------------------------------

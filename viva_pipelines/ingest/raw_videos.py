@@ -9,7 +9,6 @@ aligned with the normalised frames), ``manifest.parquet`` and ``preview.png``.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Callable
@@ -19,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from viva_pipelines.manifests import content_hash, typed_frame
+from viva_pipelines.previews import grid, to_png
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.annotations import (
     AnnotationError,
@@ -117,7 +116,7 @@ def ingest_shard(
             on_progress(done, total, row)
     manifest = typed_frame(rows, MANIFEST_SCHEMA)
     uri = storage.write_parquet(manifest_key(shard), manifest)
-    preview = _preview_strip(thumbnails) if thumbnails else None
+    preview = to_png(grid([thumbnails])) if thumbnails else None
     if preview:
         storage.write_bytes(f"{shard_prefix(shard)}/preview.png", preview)
     return ShardIngestResult(shard, manifest, uri, manifest_data_version(manifest), preview)
@@ -241,18 +240,6 @@ def _copy_annotations(
         "labels": json.dumps(labels),
         "annotation_error": None,
     }
-
-
-def _preview_strip(frames: list[np.ndarray], height: int = 96) -> bytes:
-    """First frames side by side, as a PNG, for the Dagster UI and quick eyeballing."""
-    tiles = []
-    for frame in frames:
-        image = Image.fromarray(frame)
-        width = max(1, round(image.width * height / image.height))
-        tiles.append(np.asarray(image.resize((width, height), Image.Resampling.BILINEAR)))
-    buffer = io.BytesIO()
-    Image.fromarray(np.concatenate(tiles, axis=1)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def shard_is_current(storage: Storage, shard: str, members: pd.DataFrame) -> bool:

@@ -27,6 +27,7 @@ from viva_pipelines.masks.shard import KEPT, load_frames, load_mask, save_mask
 from viva_pipelines.masks.types import TrackedObject
 from viva_pipelines.pairs.generators import generate_pairs
 from viva_pipelines.pairs.types import EditBackend, EditPair
+from viva_pipelines.previews import grid, to_png
 from viva_pipelines.qc.rules import pair_metrics
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.io import write_video
@@ -69,10 +70,28 @@ def manifest_key(shard: str) -> str:
     return f"{ASSET}/{shard}/manifest.parquet"
 
 
-def _png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
+def preview_key(shard: str) -> str:
+    return f"{ASSET}/{shard}/preview.png"
+
+
+def write_preview(storage: Storage, shard: str, manifest: pd.DataFrame) -> bytes | None:
+    """One pair of each edit type as key frames: source | target | edit mask."""
+    ok = manifest[manifest["status"] == "ok"]
+    if ok.empty:
+        return None
+    rows = []
+    for _, pairs_of_type in ok.groupby("edit_type", sort=True):
+        pair = pairs_of_type.iloc[0]
+        rows.append(
+            [_read_png(storage, pair[key]) for key in ("key_source", "key_target", "key_mask")]
+        )
+    png = to_png(grid(rows))
+    storage.write_bytes(preview_key(shard), png)
+    return png
+
+
+def _read_png(storage: Storage, key: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(storage.read_bytes(key))).convert("RGB"))
 
 
 def _video_seed(seed: int, video_id: str) -> int:
@@ -152,7 +171,7 @@ def _store_pair(
     reference_key = None
     if pair.reference is not None:
         reference_key = f"{prefix}/reference.png"
-        storage.write_bytes(reference_key, _png(pair.reference))
+        storage.write_bytes(reference_key, to_png(pair.reference))
     key = len(pair.source) // 2
     keys = {
         "key_source": (f"{prefix}/key_source.png", pair.source[key]),
@@ -160,7 +179,7 @@ def _store_pair(
         "key_mask": (f"{prefix}/key_mask.png", pair.mask[key].astype(np.uint8) * 255),
     }
     for name, image in keys.values():
-        storage.write_bytes(name, _png(image))
+        storage.write_bytes(name, to_png(image))
     return {
         "pair_id": pair_id, "video_id": video.video_id, "shard": shard,
         "edit_type": pair.edit_type, "status": "ok", "reason": None,
