@@ -60,7 +60,12 @@ SPRITES: dict[str, SpriteSource] = {
 
 TONES = ("normal", "night", "sepia", "snow", "sunset")
 #: How a caption says the tone, so an edited scene's caption describes its look.
-TONE_PHRASES = {"night": "at night", "sepia": "in sepia", "snow": "in the snow", "sunset": "at sunset"}
+TONE_PHRASES = {
+    "night": "at night",
+    "sepia": "in sepia",
+    "snow": "in the snow",
+    "sunset": "at sunset",
+}
 
 
 @dataclass(frozen=True)
