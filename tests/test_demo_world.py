@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -6,6 +7,9 @@ import pytest
 
 from viva_pipelines.demo_world import (
     PALETTE,
+    SHAPES,
+    SPRITES,
+    TONES,
     BankEntry,
     Camera,
     ObjectSpec,
@@ -87,12 +91,35 @@ def test_removing_an_object_reveals_what_was_behind_and_touches_nothing_else():
     scene = overlapping_scene()
     frames, masks = render(scene)
     frames_rm, masks_rm = render(scene.without_object(2))
+    empty = render(scene.without_object(1).without_object(2))[0]
     assert 2 not in masks_rm
     was_circle = masks == 2
     unchanged = ~was_circle
     assert np.array_equal(frames[unchanged], frames_rm[unchanged])
-    assert (masks_rm[was_circle & (render(scene.without_object(2))[1] == 1)] == 1).all()
-    assert not np.array_equal(frames[was_circle], frames_rm[was_circle])
+    assert np.array_equal(masks[unchanged], masks_rm[unchanged])
+    revealed_square = was_circle & (masks_rm == 1)
+    revealed_photo = was_circle & (masks_rm == 0)
+    assert revealed_square.sum() > 20 and revealed_photo.sum() > 20
+    assert (frames_rm[revealed_square] == PALETTE["red"]).all()
+    assert np.array_equal(frames_rm[revealed_photo], empty[revealed_photo])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mask_ids_are_exactly_the_objects_not_hidden_behind_others(seed: int):
+    """Each object rendered alone gives its full silhouette; the scene's id map must show it
+    exactly where no object of higher z covers it."""
+    scene = random_scene(seed, **SMALL, min_objects=3, max_objects=3)
+    masks = render(scene)[1]
+    solo = {
+        o.id: render(dataclasses.replace(scene, objects=(o,)))[1] == o.id for o in scene.objects
+    }
+    expected = np.zeros_like(masks)
+    for obj in sorted(scene.objects, key=lambda o: (o.z, o.id)):
+        expected[solo[obj.id]] = obj.id
+    assert np.array_equal(masks, expected)
+    for t in range(scene.num_frames):
+        visible = {o.id for o in scene.objects if (expected[t] == o.id).any()}
+        assert set(np.unique(masks[t]).tolist()) - {0} == visible
 
 
 def test_recolour_changes_exactly_that_object():
@@ -142,3 +169,35 @@ def test_generated_videos_decode_close_to_the_render_with_matching_sidecars(tmp_
         tmp_path / "again", 3, seed=5, width=128, height=96, num_frames=8, fps=8
     )
     assert [p.read_bytes() for p in again] == [p.read_bytes() for p in paths]
+
+
+def test_sampled_sprites_are_never_cut_from_the_background_photo():
+    for seed in range(150):
+        scene = random_scene(seed, **SMALL, sprite_probability=0.9)
+        for obj in scene.objects:
+            if obj.entry.kind == "sprite":
+                assert SPRITES[obj.entry.sprite].image != scene.camera.image, seed
+
+
+def test_sampler_and_bank_reject_impossible_requests():
+    with pytest.raises(ValueError):
+        random_scene(0, **SMALL, min_objects=3, max_objects=2)
+    with pytest.raises(ValueError):
+        random_scene(0, **SMALL, max_objects=len(SHAPES) + 1)
+    with pytest.raises(ValueError):
+        random_scene(0, **SMALL, sprite_probability=1.0)
+    bad_entries = [("circle", "mauve"), ("blob", "red"), ("circle",), ("sprite", None, "unicorn")]
+    for bad in [*bad_entries, ("sprite", "red", "cat")]:
+        with pytest.raises(ValueError, match="bank"):
+            BankEntry(*bad)
+    assert len(set(object_bank())) == len(SHAPES) * len(PALETTE) + len(SPRITES)
+
+
+def test_sprites_render_their_photo_and_tones_are_captioned():
+    scene = overlapping_scene().with_object_replaced(2, BankEntry("sprite", sprite="coffee cup"))
+    frames, masks = render(scene)
+    cup = masks == 2
+    assert cup.sum() > 100 and len(np.unique(frames[cup], axis=0)) > 50  # textured, not flat
+    assert scene.caption() == "a red square and a coffee cup moving over a photo of an astronaut"
+    for tone in TONES[1:]:
+        assert scene.with_tone(tone).caption().startswith(scene.caption() + " ")

@@ -8,6 +8,8 @@ import numpy as np
 
 from viva_pipelines.demo_world.scene import (
     BACKGROUNDS,
+    SHAPES,
+    SPRITES,
     BankEntry,
     Camera,
     ObjectSpec,
@@ -31,8 +33,16 @@ def random_scene(
     """A scene with ``min_objects``..``max_objects`` objects of distinct shapes and colours.
 
     Centres stay inside the central 70 % of the frame, so every object starts (and stays)
-    mostly in view; the front-most object is always visible in the first frame.
+    mostly in view; the front-most object is always visible in the first frame. No sprite is
+    cut from the background's own photo: a cat over a photo of a cat would make "the cat"
+    ambiguous to a detector and to an edit instruction.
     """
+    # Objects differ in shape and colour, so at most len(SHAPES) of them fit; a sprite
+    # probability of 1 could never fill a scene larger than the sprite list.
+    if not 1 <= min_objects <= max_objects <= len(SHAPES):
+        raise ValueError(f"need 1 <= min_objects <= max_objects <= {len(SHAPES)}")
+    if not 0 <= sprite_probability < 1:
+        raise ValueError("sprite_probability must be in [0, 1)")
     rng = np.random.default_rng(seed)
     image = str(rng.choice(sorted(BACKGROUNDS)))
     start = (rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65), rng.uniform(1.0, 1.5))
@@ -44,7 +54,7 @@ def random_scene(
     camera = Camera(image, tuple(float(v) for v in start), end)
 
     count = int(rng.integers(min_objects, max_objects + 1))
-    entries = _distinct_entries(rng, count, sprite_probability)
+    entries = _distinct_entries(rng, count, sprite_probability, image)
     z_order = rng.permutation(count)
     objects = []
     for index, entry in enumerate(entries):
@@ -71,9 +81,10 @@ def random_scene(
 
 
 def _distinct_entries(
-    rng: np.random.Generator, count: int, sprite_probability: float
+    rng: np.random.Generator, count: int, sprite_probability: float, background: str
 ) -> list[BankEntry]:
-    """Objects no two of which share a shape, a colour or a sprite."""
+    """Objects no two of which share a shape, a colour or a sprite, and no sprite cut from the
+    ``background`` photo."""
     bank = object_bank()
     shapes = [e for e in bank if e.kind != "sprite"]
     sprites = [e for e in bank if e.kind == "sprite"]
@@ -81,7 +92,8 @@ def _distinct_entries(
     while len(chosen) < count:
         pool = sprites if rng.random() < sprite_probability else shapes
         candidate = pool[int(rng.integers(len(pool)))]
-        clash = any(
+        own_photo = candidate.kind == "sprite" and SPRITES[candidate.sprite].image == background
+        clash = own_photo or any(
             candidate == other
             or (
                 candidate.kind != "sprite"
