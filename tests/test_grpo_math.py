@@ -1,0 +1,89 @@
+"""Edit-GRPO's pure functions pinned against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from viva_pipelines.model.sde import sde_step_with_logprob
+from viva_pipelines.train.grpo_math import group_advantages, kl_to_reference, ppo_clipped_loss
+
+
+def test_sde_step_mean_and_std_by_hand():
+    x, v = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 1.0]])
+    sigma, sigma_next, a = 0.5, 0.4, 0.7
+    dt = sigma_next - sigma
+    std_t = a * math.sqrt(sigma / (1 - sigma))
+    _, _, mean, std = sde_step_with_logprob(v, sigma, sigma_next, x, a)
+    expected = (
+        x * (1 + std_t**2 / (2 * sigma) * dt) + v * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
+    )
+    assert torch.allclose(mean, expected)
+    assert std.item() == pytest.approx(std_t * math.sqrt(-dt))
+
+
+def test_at_sigma_one_the_next_sigma_is_in_the_denominator():
+    x, v = torch.zeros(1, 3), torch.ones(1, 3)
+    _, _, _, std = sde_step_with_logprob(v, 1.0, 0.9, x, 0.7)
+    assert std.item() == pytest.approx(0.7 * math.sqrt(1.0 / (1 - 0.9)) * math.sqrt(0.1))
+    assert torch.isfinite(std).all()
+
+
+def test_log_prob_at_the_mean_is_minus_log_scale_minus_half_log_two_pi():
+    x, v = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    _, _, mean, std = sde_step_with_logprob(v, 0.6, 0.5, x)
+    _, log_prob, _, _ = sde_step_with_logprob(v, 0.6, 0.5, x, prev_sample=mean)
+    expected = -math.log(std.flatten()[0].item()) - 0.5 * math.log(2 * math.pi)
+    assert torch.allclose(log_prob, torch.full((2,), expected), atol=1e-6)
+
+
+def test_mean_log_prob_of_own_samples_matches_the_gaussian_entropy():
+    torch.manual_seed(0)
+    x, v = torch.zeros(1, 20000), torch.zeros(1, 20000)
+    sample, log_prob, _, std = sde_step_with_logprob(
+        v, 0.8, 0.7, x, generator=torch.Generator().manual_seed(1)
+    )
+    expected = -math.log(std.flatten()[0].item()) - 0.5 * math.log(2 * math.pi) - 0.5
+    assert log_prob.item() == pytest.approx(expected, abs=0.02)
+    assert sample.std().item() == pytest.approx(std.flatten()[0].item(), rel=0.03)
+
+
+def test_sde_step_refuses_to_step_backwards():
+    with pytest.raises(ValueError, match="smaller"):
+        sde_step_with_logprob(torch.zeros(1, 2), 0.4, 0.5, torch.zeros(1, 2))
+
+
+def test_group_advantages_by_hand_with_population_std():
+    rewards = torch.tensor([1.0, 3.0, 5.0, 7.0, 7.0, 2.0])
+    groups = ["a", "a", "b", "b", "c", "d"]
+    adv = group_advantages(rewards, groups)
+    assert adv[:2].tolist() == pytest.approx(
+        [-1 / 1.0001, 1 / 1.0001]
+    )  # population std of {1,3} = 1
+    assert adv[2:4].tolist() == pytest.approx([-1 / 1.0001, 1 / 1.0001])
+    assert adv[4].item() == 0.0 and adv[5].item() == 0.0  # singletons: 0, not NaN
+
+
+def test_constant_groups_give_zero_and_extremes_are_clipped():
+    assert group_advantages(torch.tensor([2.0, 2.0, 2.0]), [0, 0, 0]).tolist() == [0, 0, 0]
+    rewards = torch.tensor([0.0] * 99 + [1.0])  # one outlier: z = 9.95 before clipping
+    adv = group_advantages(rewards, [0] * 100)
+    assert adv.max().item() == 5.0 and torch.isfinite(adv).all()
+
+
+def test_ppo_loss_and_clip_fraction_by_hand():
+    old = torch.zeros(4)
+    new = torch.log(torch.tensor([1.0, 1.5, 0.5, 1.05]))
+    adv = torch.tensor([1.0, 1.0, -1.0, 2.0])
+    loss, clip_fraction = ppo_clipped_loss(new, old, adv, clip_range=0.1)
+    # per sample max(-A*r, -A*clip(r)): -1, -1.1 (clipped at 1.1), 0.9 (clipped at 0.9), -2.1
+    assert loss.item() == pytest.approx((-1 - 1.1 + 0.9 - 2.1) / 4)
+    assert clip_fraction.item() == 0.5
+
+
+def test_kl_to_reference_by_hand():
+    mean = torch.tensor([[1.0, 3.0], [0.0, 0.0]])
+    ref = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    std = torch.full((2, 1), 0.5)
+    kl = kl_to_reference(mean, ref, std)
+    assert kl.tolist() == pytest.approx([((1 + 4) / 2) / (2 * 0.25), 0.0])

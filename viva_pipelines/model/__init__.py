@@ -1,0 +1,1 @@
+"""The VIVA editing model: instructor, editing DiT, codecs, flow-matching and SDE sampling."""

@@ -1,0 +1,64 @@
+"""The stochastic sampler of Edit-GRPO: one Flow-GRPO SDE step with its log-probability.
+
+Deterministic flow-matching sampling (an ODE) gives a policy with no log-probability, so GRPO
+samples with the SDE that has the same marginals. For a step from ``sigma`` to ``sigma_next``
+(``dt = sigma_next - sigma < 0``) with noise level ``a``::
+
+    std_t = a * sqrt(sigma / (1 - sigma))      (at sigma = 1: 1 - sigma_next below)
+    mean  = x * (1 + std_t^2 / (2 sigma) * dt) + v * (1 + std_t^2 * (1 - sigma) / (2 sigma)) * dt
+    x'    = mean + std_t * sqrt(-dt) * eps
+
+and ``log p(x')`` is the Gaussian log-density with that mean and scale ``std_t * sqrt(-dt)``,
+averaged over all non-batch dimensions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def sde_step_with_logprob(
+    v: torch.Tensor,
+    sigma: float | torch.Tensor,
+    sigma_next: float | torch.Tensor,
+    x: torch.Tensor,
+    noise_level: float = 0.7,
+    generator: torch.Generator | None = None,
+    prev_sample: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One SDE step from ``x`` at ``sigma`` to ``sigma_next`` given the predicted velocity ``v``.
+
+    ``v``, ``x``: ``[B, ...]``; ``sigma``/``sigma_next``: scalars or ``[B]``. When
+    ``prev_sample`` is given (re-scoring a stored rollout) it is used instead of drawing noise.
+    Returns ``(prev_sample [B, ...], log_prob [B], mean [B, ...], std)`` where ``std`` is the
+    step's Gaussian scale ``std_t * sqrt(-dt)`` broadcastable to ``x``.
+    """
+    sigma_t = _per_sample(sigma, x)
+    sigma_n = _per_sample(sigma_next, x)
+    dt = sigma_n - sigma_t
+    if torch.any(dt >= 0):
+        raise ValueError("sigma_next must be smaller than sigma (sampling runs from noise to data)")
+    denominator = 1 - torch.where(sigma_t >= 1, sigma_n, sigma_t)
+    std_t = noise_level * torch.sqrt(sigma_t / denominator)
+    mean = (
+        x * (1 + std_t**2 / (2 * sigma_t) * dt)
+        + v * (1 + std_t**2 * (1 - sigma_t) / (2 * sigma_t)) * dt
+    )
+    std = std_t * torch.sqrt(-dt)
+    if prev_sample is None:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        prev_sample = mean + std * noise
+    log_prob = -((prev_sample.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - _HALF_LOG_2PI
+    return prev_sample, log_prob.mean(dim=tuple(range(1, x.ndim))), mean, std
+
+
+def _per_sample(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A scalar or ``[B]`` sigma as ``[B, 1, …, 1]`` in ``like``'s dtype and device."""
+    tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if tensor.ndim == 0:
+        tensor = tensor.expand(like.shape[0])
+    return tensor.reshape(-1, *([1] * (like.ndim - 1)))
