@@ -25,7 +25,7 @@ from tqdm import tqdm
 from viva_pipelines.manifests import content_hash, typed_frame
 from viva_pipelines.masks.shard import KEPT, load_frames, load_mask, save_mask
 from viva_pipelines.masks.types import TrackedObject
-from viva_pipelines.pairs.generators import generate_pairs
+from viva_pipelines.pairs.generators import generate_pairs, load_templates
 from viva_pipelines.pairs.types import EditBackend, EditPair
 from viva_pipelines.previews import grid, to_png
 from viva_pipelines.qc.rules import pair_metrics
@@ -111,6 +111,7 @@ def pair_shard(
     """Generate, store and measure the pairs of every ``ok`` video of the shard."""
     videos = raw_manifest[raw_manifest["status"] == "ok"]
     kept = tracks[tracks["status"] == KEPT]
+    templates = load_templates()  # once per shard: a bad templates file fails before any video
     rows: list[dict[str, Any]] = []
     for done, video in enumerate(tqdm(videos.itertuples(), total=len(videos), desc=shard), 1):
         caption = "" if pd.isna(video.caption) else str(video.caption)
@@ -124,7 +125,7 @@ def pair_shard(
             pairs = generate_pairs(
                 frames, objects, caption, list(options.edit_types), backend,
                 seed=_video_seed(options.seed, video.video_id), per_type=options.per_type,
-                dilation=options.dilation,
+                dilation=options.dilation, templates=templates,
             )  # fmt: skip
         except Exception as exc:  # one bad video must not stop the shard
             log.exception("pair generation failed for %s", video.video_id)
