@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from viva_pipelines.storage import Storage
+
+
+@dataclass
+class ManifestResult:
+    """A manifest as written: its rows, where it lives and its content hash."""
+
+    manifest: pd.DataFrame
+    manifest_uri: str
+    data_version: str
 
 
 def typed_frame(rows: Iterable[Mapping[str, Any]], schema: Mapping[str, str]) -> pd.DataFrame:
@@ -23,6 +36,21 @@ def content_hash(
     rows = kept.sort_values(sort_by, ignore_index=True)
     canonical = rows.to_json(orient="records", double_precision=12)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def write_manifest(
+    storage: Storage,
+    key: str,
+    rows: Iterable[Mapping[str, Any]],
+    schema: Mapping[str, str],
+    *,
+    sort_by: str | list[str],
+    exclude: Iterable[str] = (),
+) -> ManifestResult:
+    """Type ``rows`` by ``schema``, write them to ``key`` as Parquet and hash their content."""
+    manifest = typed_frame(rows, schema)
+    uri = storage.write_parquet(key, manifest)
+    return ManifestResult(manifest, uri, content_hash(manifest, sort_by=sort_by, exclude=exclude))
 
 
 def markdown_table(frame: pd.DataFrame, *, index: bool = True) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from viva_pipelines.manifests import content_hash, typed_frame
+from viva_pipelines.manifests import content_hash, write_manifest
 from viva_pipelines.previews import grid, to_png
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.annotations import (
@@ -83,11 +83,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+#: Where the source lives is left out of the data version, so moving the source folder does
+#: not invalidate downstream assets.
+VERSION_EXCLUDES = ("source_uri",)
+
+
 def manifest_data_version(manifest: pd.DataFrame) -> str:
-    """Content hash of a manifest: same rows (in any order) → same version. Where the source
-    lives is left out, so moving the source folder does not invalidate downstream assets."""
+    """Content hash of a (stored) manifest: same rows in any order → same version; the
+    same value :func:`ingest_shard` records."""
     return content_hash(
-        manifest.astype(MANIFEST_SCHEMA), sort_by="video_id", exclude=["source_uri"]
+        manifest.astype(MANIFEST_SCHEMA), sort_by="video_id", exclude=VERSION_EXCLUDES
     )
 
 
@@ -114,12 +119,16 @@ def ingest_shard(
         rows.append(row)
         if on_progress:
             on_progress(done, total, row)
-    manifest = typed_frame(rows, MANIFEST_SCHEMA)
-    uri = storage.write_parquet(manifest_key(shard), manifest)
+    written = write_manifest(
+        storage, manifest_key(shard), rows, MANIFEST_SCHEMA,
+        sort_by="video_id", exclude=VERSION_EXCLUDES,
+    )  # fmt: skip
     preview = to_png(grid([thumbnails])) if thumbnails else None
     if preview:
         storage.write_bytes(f"{shard_prefix(shard)}/preview.png", preview)
-    return ShardIngestResult(shard, manifest, uri, manifest_data_version(manifest), preview)
+    return ShardIngestResult(
+        shard, written.manifest, written.manifest_uri, written.data_version, preview
+    )
 
 
 #: Column → pandas dtype. Nullable dtypes keep a manifest identical after a Parquet round trip,

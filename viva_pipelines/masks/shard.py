@@ -11,14 +11,13 @@ import io
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from viva_pipelines.manifests import content_hash, typed_frame
+from viva_pipelines.manifests import ManifestResult, write_manifest
 from viva_pipelines.masks.tracks import TrackRules, track_rejection, track_stats
 from viva_pipelines.masks.types import MaskBackend, NoObjects, TrackedObject
 from viva_pipelines.storage import Storage
@@ -58,13 +57,6 @@ class AnnotationsBackend:
                           annotations.object_mask(int(obj["id"])))
             for obj in annotations.objects
         ]  # fmt: skip
-
-
-@dataclass
-class TrackShardResult:
-    manifest: pd.DataFrame
-    manifest_uri: str
-    data_version: str
 
 
 def shard_prefix(shard: str) -> str:
@@ -108,7 +100,7 @@ def track_shard(
     backend: MaskBackend,
     rules: TrackRules,
     on_progress: Callable[[int, int, str], None] | None = None,
-) -> TrackShardResult:
+) -> ManifestResult:
     """Track the objects of every ``ok`` video in ``raw_manifest`` (the shard's ``raw_videos``
     manifest). A video that fails is recorded and the shard goes on."""
     videos = raw_manifest[raw_manifest["status"] == "ok"]
@@ -132,10 +124,9 @@ def track_shard(
             rows.append({**base, **_object_row(storage, shard, video.video_id, obj, rules)})
         if on_progress:
             on_progress(done, len(videos), video.video_id)
-    manifest = typed_frame(rows, MANIFEST_SCHEMA)
-    uri = storage.write_parquet(manifest_key(shard), manifest)
-    version = content_hash(manifest, sort_by=["video_id", "object_id"])
-    return TrackShardResult(manifest, uri, version)
+    return write_manifest(
+        storage, manifest_key(shard), rows, MANIFEST_SCHEMA, sort_by=["video_id", "object_id"]
+    )
 
 
 def _object_row(

@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from viva_pipelines.manifests import content_hash, typed_frame
+from viva_pipelines.manifests import ManifestResult, write_manifest
 from viva_pipelines.masks.shard import KEPT, load_frames, load_mask, save_mask
 from viva_pipelines.masks.types import TrackedObject
 from viva_pipelines.pairs.generators import generate_pairs, load_templates
@@ -57,13 +57,6 @@ class PairOptions:
     seed: int = 0
     dilation: int = 4
     crf: int = 12
-
-
-@dataclass
-class PairShardResult:
-    manifest: pd.DataFrame
-    manifest_uri: str
-    data_version: str
 
 
 def manifest_key(shard: str) -> str:
@@ -107,7 +100,7 @@ def pair_shard(
     backend: EditBackend,
     options: PairOptions,
     on_progress: Callable[[int, int, str], None] | None = None,
-) -> PairShardResult:
+) -> ManifestResult:
     """Generate, store and measure the pairs of every ``ok`` video of the shard."""
     videos = raw_manifest[raw_manifest["status"] == "ok"]
     kept = tracks[tracks["status"] == KEPT]
@@ -142,9 +135,7 @@ def pair_shard(
             )
         if on_progress:
             on_progress(done, len(videos), video.video_id)
-    manifest = typed_frame(rows, MANIFEST_SCHEMA)
-    uri = storage.write_parquet(manifest_key(shard), manifest)
-    return PairShardResult(manifest, uri, content_hash(manifest, sort_by="pair_id"))
+    return write_manifest(storage, manifest_key(shard), rows, MANIFEST_SCHEMA, sort_by="pair_id")
 
 
 def _store_pair(

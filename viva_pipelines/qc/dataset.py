@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from viva_pipelines.manifests import content_hash, typed_frame
+from viva_pipelines.manifests import ManifestResult, write_manifest
 from viva_pipelines.qc.rules import QcThresholds, qc_rejection
 from viva_pipelines.storage import Storage
 from viva_pipelines.vlm.review import PairVerdict
@@ -65,11 +65,8 @@ def split_of(video_id: str, val_fraction: float, seed: int) -> str:
     return VAL if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else TRAIN
 
 
-@dataclass
-class QcResult:
-    manifest: pd.DataFrame
-    manifest_uri: str
-    data_version: str
+class QcResult(ManifestResult):
+    """The dataset manifest; its data version covers the rows and the QC config."""
 
     @property
     def accepted(self) -> pd.DataFrame:
@@ -112,11 +109,10 @@ def build_qc_dataset(
         if not reason:
             rows.append(_image_row(pair, row))
     rows.extend(extra_rows)
-    manifest = typed_frame(rows, MANIFEST_SCHEMA)
-    uri = storage.write_parquet(MANIFEST_KEY, manifest)
-    version = content_hash(manifest, sort_by="sample_id")
-    combined = hashlib.sha256(f"{version}:{config.fingerprint()}".encode()).hexdigest()[:16]
-    return QcResult(manifest, uri, combined)
+    written = write_manifest(storage, MANIFEST_KEY, rows, MANIFEST_SCHEMA, sort_by="sample_id")
+    rows_and_config = f"{written.data_version}:{config.fingerprint()}"
+    version = hashlib.sha256(rows_and_config.encode()).hexdigest()[:16]
+    return QcResult(written.manifest, written.manifest_uri, version)
 
 
 def _video_row(pair: Any, config: QcConfig) -> dict[str, Any]:
