@@ -133,6 +133,22 @@ def _materialize(args: argparse.Namespace) -> int:
     return 0 if result.success else 1
 
 
+def _edit(args: argparse.Namespace) -> int:
+    from viva_pipelines.model.pipeline import edit_video, resolve_model
+
+    try:
+        model_dir = resolve_model(args.model, tracking_uri=get_settings().mlflow_tracking_uri)
+        out = edit_video(
+            model_dir, args.video, args.instruction, args.out, reference=args.reference,
+            num_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"viva edit: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
 def _definitions():
     from viva_pipelines.definitions import build_definitions
 
@@ -179,6 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     materialize = commands.add_parser("materialize", help="materialize unpartitioned assets")
     materialize.add_argument("assets", nargs="+", help="asset names, e.g. qc_dataset")
     materialize.set_defaults(handler=_materialize)
+    edit = commands.add_parser("edit", help="edit a video with a trained model")
+    edit.add_argument(
+        "--model", required=True, help="model directory or MLflow URI (models:/viva-sft/1)"
+    )
+    edit.add_argument("--video", required=True, help="input video file")
+    edit.add_argument("--instruction", required=True, help='e.g. "Remove the red ball."')
+    edit.add_argument("--reference", help="reference image for ref_add / ref_swap edits")
+    edit.add_argument("--out", required=True, help="output MP4")
+    edit.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    edit.add_argument("--guidance", type=float, help="instruction guidance scale")
+    edit.add_argument("--seed", type=int, default=0)
+    edit.set_defaults(handler=_edit)
     commands.add_parser("config", help="print the resolved configuration").set_defaults(
         handler=_config
     )

@@ -137,6 +137,20 @@ class Storage:
             self.fs.get_file(self._fs_path(key), str(local))
             yield local
 
+    def get_dir(self, prefix: str, local_dir: str | os.PathLike) -> Path:
+        """Copy every file under ``prefix`` into ``local_dir``, keeping relative paths."""
+        prefix = normalise_key(prefix)
+        local_dir = Path(local_dir)
+        keys = self.list(prefix)
+        if not keys:
+            raise FileNotFoundError(f"{self.uri(prefix)}: nothing stored under this prefix")
+        for key in keys:
+            target = local_dir / PurePosixPath(key).relative_to(prefix)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self.local_path(key) as source:
+                shutil.copyfile(source, target)
+        return local_dir
+
     # -- writing (atomic) ------------------------------------------------------------------
     def write_bytes(self, key: str, data: bytes) -> str:
         """Write ``data`` to ``key`` atomically; returns the URI."""

@@ -13,6 +13,8 @@ from functools import cache
 from pathlib import Path
 
 import mlflow
+import mlflow.data
+import pandas as pd
 from mlflow.entities import Run
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -83,3 +85,33 @@ def tracked_run(
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})):
         yield mlflow.active_run()
+
+
+#: MLflow's limit on a param value's length.
+_PARAM_MAX = 6000
+
+
+def log_params(params: Mapping[str, object]) -> None:
+    """Log params into the active run (long values cut to MLflow's limit)."""
+    mlflow.log_params({k: str(v)[:_PARAM_MAX] for k, v in params.items()})
+
+
+def log_dataset_input(frame: pd.DataFrame, source: str, digest: str, name: str) -> None:
+    """``mlflow.log_input`` of a dataset manifest with our data version as its digest, so the
+    run's Datasets tab names exactly the data it trained on."""
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36])
+    mlflow.log_input(dataset, context="training")
+
+
+def register_model_dir(local_dir: str | Path, run_id: str, name: str) -> str:
+    """Log a model directory as the run's ``model`` artifacts and register it as a new version
+    of ``name``; returns the version."""
+    client = mlflow.MlflowClient()
+    client.log_artifacts(run_id, str(local_dir), "model")
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name)
+    source = f"{client.get_run(run_id).info.artifact_uri}/model"
+    version = client.create_model_version(name, source, run_id=run_id)
+    return version.version

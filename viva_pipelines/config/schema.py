@@ -20,6 +20,15 @@ from pydantic import (
     model_validator,
 )
 
+from viva_pipelines.train.config import (
+    EvalConfig,
+    LossConfig,
+    ModelOptions,
+    OptimConfig,
+    RuntimeConfig,
+    SampleOptions,
+)
+
 
 def is_remote(uri: str) -> bool:
     """True for URIs that name an object store (``s3://…``) rather than a local path."""
@@ -229,6 +238,26 @@ class ExecutionSettings(Section):
     )
 
 
+class SftSettings(Section):
+    """``sft_checkpoint``: how the training process is launched and what it trains with.
+
+    ``data``/``model``/``optim``/``loss``/``eval``/``runtime`` are the sections of the
+    training config (``viva_pipelines.train.config``); the asset adds the storage, the dataset
+    version, the weights from ``models.*`` and the MLflow run.
+    """
+
+    nproc_per_node: PositiveInt = 1  # torchrun processes (one per GPU in production)
+    threads_per_process: PositiveInt | None = None  # torch intra-op threads per process
+    timeout_s: PositiveInt = 6 * 3600
+    register_model: str = "viva-sft"  # MLflow registered model name
+    data: SampleOptions = SampleOptions()
+    model: ModelOptions = ModelOptions()
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
 class ModelSettings(Section):
     """Pretrained weights by local path or hub id; ``None`` selects the tiny demo models."""
 
@@ -257,6 +286,7 @@ class Settings(Section):
     demo: DemoSettings = DemoSettings()
     execution: ExecutionSettings = ExecutionSettings()
     models: ModelSettings = ModelSettings()
+    sft: SftSettings = SftSettings()
 
     @model_validator(mode="after")
     def _mlflow_needs_server_for_remote_root(self) -> Settings:

@@ -1,0 +1,205 @@
+"""Context-aware SFT: config, batch plan, cache, loop, checkpoint/resume, model directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+from tests.sft_fixtures import tiny_sft_config, write_tiny_dataset
+from viva_pipelines.model.pipeline import VivaEditPipeline, edit_video
+from viva_pipelines.storage import Storage
+from viva_pipelines.train import sft
+from viva_pipelines.train.checkpoint import completed_checkpoints
+from viva_pipelines.train.config import ConfigFileError, SftConfig
+from viva_pipelines.train.distributed import DistContext
+from viva_pipelines.train.reporting import Reporter
+from viva_pipelines.train.sft_data import collate, pad_tokens, plan_step
+from viva_pipelines.video.io import read_video
+
+CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+def run_sft(config: SftConfig) -> dict:
+    with Reporter(enabled=True, tracking_uri=None, run_id=None) as report:
+        return sft.train(config, CPU, report)
+
+
+@pytest.fixture
+def dataset_root(tmp_path):
+    storage = Storage(str(tmp_path / "root"))
+    write_tiny_dataset(storage)
+    return tmp_path / "root"
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigFileError, match=r"optim\.batch_sise: Extra inputs"):
+        tiny_sft_config(tmp_path, optim={"batch_sise": 4})
+    with pytest.raises(ConfigFileError, match=r"loss\.instruction_dropout"):
+        tiny_sft_config(tmp_path, loss={"instruction_dropout": 2})
+    path = tmp_path / "bad.yaml"
+    path.write_text("output_prefix: [unclosed")
+    with pytest.raises(ConfigFileError, match=r"bad\.yaml"):
+        SftConfig.from_yaml(path)
+
+
+def test_config_round_trips_and_fingerprints_what_changes_weights(tmp_path):
+    config = tiny_sft_config(tmp_path)
+    config.to_yaml(tmp_path / "c.yaml")
+    assert SftConfig.from_yaml(tmp_path / "c.yaml") == config
+    tracked = config.model_copy(
+        update={"tracking": config.tracking.model_copy(update={"run_id": "r"})}
+    )
+    assert tracked.fingerprint() == config.fingerprint()  # where it logs is not what it trains
+    assert (
+        tiny_sft_config(tmp_path, loss={"mask_lambda": 0.0}).fingerprint() != config.fingerprint()
+    )
+    assert config.flat_params()["optim.batch_size"] == 4
+
+
+def test_step_plan_is_a_pure_function_of_seed_and_step():
+    pools = {"video": np.arange(0, 10), "image": np.arange(10, 30)}
+    kwargs = dict(seed=3, pools=pools, video_fraction=0.4, batch_size=8,
+                  instruction_dropout=0.5, source_dropout=0.5)  # fmt: skip
+    a, b = plan_step(5, **kwargs), plan_step(5, **kwargs)
+    assert a.modality == b.modality and torch.equal(a.positions, b.positions)
+    assert torch.equal(a.sigmas, b.sigmas) and torch.equal(a.drop_instruction, b.drop_instruction)
+    assert torch.equal(torch.randn(3, generator=a.generator), torch.randn(3, generator=b.generator))
+    modalities = [plan_step(s, **kwargs).modality for s in range(400)]
+    assert 0.3 < modalities.count("video") / 400 < 0.5  # the 0.4 : 0.6 mix
+    for step in range(20):
+        plan = plan_step(step, **kwargs)
+        assert set(plan.positions.tolist()) <= set(pools[plan.modality].tolist())
+    only_video = plan_step(
+        0, **{**kwargs, "video_fraction": 0.0, "pools": {"video": pools["video"]}}
+    )
+    assert only_video.modality == "video"  # no image pool: falls back to what exists
+    halves = [a.positions[a.share(rank, 2)] for rank in range(2)]
+    assert torch.equal(torch.cat(halves), a.positions)
+
+
+def test_collate_pads_tokens_and_applies_condition_dropout():
+    tokens, mask = pad_tokens([torch.ones(2, 3), torch.ones(4, 3)])
+    assert tokens.shape == (2, 4, 3) and mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert tokens[0, 2:].abs().sum() == 0
+
+    def item(value: float) -> dict:
+        latent = torch.full((2, 1, 2, 2), value)
+        return {"source": latent, "target": latent, "mask": latent[:1], "reference": latent,
+                "tokens": torch.full((3, 4), value)}  # fmt: skip
+
+    uncond = torch.zeros(1, 4)
+    batch = collate([item(1.0), item(2.0)], uncond, torch.tensor([True, False]),
+                    torch.tensor([False, True]))  # fmt: skip
+    assert batch.token_mask.tolist() == [[1, 0, 0], [1, 1, 1]]  # dropped -> unconditional
+    assert batch.reference[0].abs().sum() == 0 and batch.reference[1].eq(2).all()
+    assert batch.source[0].eq(1).all() and batch.source[1].abs().sum() == 0
+
+
+def test_training_learns_caches_and_writes_a_loadable_model(dataset_root, monkeypatch):
+    config = tiny_sft_config(dataset_root, optim={"max_steps": 30, "lr": 2e-3},
+                             eval={"every": 30}, runtime={"checkpoint_every": 30})  # fmt: skip
+    summary = run_sft(config)
+    assert summary["val_loss_last"] < 0.6 * summary["val_loss_first"]
+    storage = Storage(str(dataset_root))
+    cache = summary["cache_uri"]
+    sample = load_safetensors(storage.read_bytes(
+        f"{cache.removeprefix(str(dataset_root) + '/')}/samples/v0-remove.safetensors"))  # fmt: skip
+    assert sample["source"].shape == (12, 2, 8, 8)  # pixel codec x2: 3*4 channels, 16/2 px
+    assert sample["mask"].shape == (1, 2, 8, 8) and 0 < sample["mask"].mean() < 1
+    assert sample["tokens"].shape[-1] == 64 and not bool(sample["has_reference"])
+    assert storage.exists(f"{config.output_prefix}/previews/step-00000030.mp4")
+
+    # A second run over the same data reads the cache only: the VLM is never loaded.
+    def no_vlm(*args, **kwargs):
+        raise AssertionError("the instructor was loaded although the cache is complete")
+
+    monkeypatch.setattr(sft, "Instructor", no_vlm)
+    again = run_sft(config.model_copy(update={"output_prefix": "sft_again"}))
+    assert again["cache_uri"] == cache
+
+    model_dir = dataset_root / config.output_prefix / "model"
+    pipeline = VivaEditPipeline.from_pretrained(model_dir)
+    frames, _ = read_video(dataset_root / "raw_videos/shard-000000/v0.mp4")
+    edited = pipeline.edit(frames, "Remove the red square.", num_steps=3)
+    assert edited.shape == (2, 16, 16, 3) and edited.dtype == np.uint8
+    again_edit = pipeline.edit(frames, "Remove the red square.", num_steps=3)
+    assert np.array_equal(edited, again_edit)  # seeded
+    out = edit_video(model_dir, dataset_root / "raw_videos/shard-000000/v0.mp4",
+                     "Make the red square blue.", dataset_root / "out.mp4", num_steps=2,
+                     progress=False)  # fmt: skip
+    assert read_video(out)[0].shape == (2, 16, 16, 3)
+
+
+def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(dataset_root):
+    straight = tiny_sft_config(dataset_root, "straight")
+    run_sft(straight)
+    storage = Storage(str(dataset_root))
+    assert completed_checkpoints(storage, "straight") == [3, 6]
+
+    interrupted = tiny_sft_config(dataset_root, "interrupted")
+    run_sft(interrupted)
+    # Lose everything after step 3, as if the process died right after that checkpoint.
+    storage.delete("interrupted/checkpoints/step-00000006")
+    storage.delete("interrupted/model")
+    summary = run_sft(interrupted)
+    assert summary["resumed_from"] == 3
+    weights = [
+        load_safetensors(
+            storage.read_bytes(f"{prefix}/checkpoints/step-00000006/model.safetensors")
+        )
+        for prefix in ("straight", "interrupted")
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+
+
+def test_ablation_switches_change_what_is_trained(dataset_root):
+    storage = Storage(str(dataset_root))
+    base = tiny_sft_config(dataset_root, "full")
+    text_only = tiny_sft_config(dataset_root, "text", model={"text_only": True})
+    video_only = tiny_sft_config(dataset_root, "video", data={"use_images": False})
+    rows = sft.training_rows(storage, video_only)
+    assert set(rows["modality"]) == {"video"}
+    with Reporter(enabled=False, tracking_uri=None, run_id=None) as report:
+        codec = sft.load_codec(base.model.codec)
+        full_cache = sft.prepare_cache(storage, base, CPU, codec, report)
+        text_cache = sft.prepare_cache(storage, text_only, CPU, codec, report)
+    assert full_cache[2] != text_cache[2]  # a text-only instructor is another cache
+    full_tokens = full_cache[0][0]["tokens"]
+    text_tokens = text_cache[0][0]["tokens"]
+    assert text_tokens.shape[0] < full_tokens.shape[0]  # no image tokens
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_follow_the_single_process_loss_trajectory(dataset_root, tmp_path):
+    """DDP over 2 CPU processes with the same global batch as 1 process: same data, same noise,
+    averaged gradients. With mask_lambda 0 the loss is a plain mean, so only float summation
+    order differs."""
+    summaries = {}
+    for nproc in (1, 2):
+        config = tiny_sft_config(
+            dataset_root, f"ddp{nproc}", optim={"max_steps": 20, "lr": 1e-3},
+            loss={"mask_lambda": 0.0}, eval={"every": 10, "sample_count": 1},
+            runtime={"checkpoint_every": 20},
+        )  # fmt: skip
+        path = tmp_path / f"ddp{nproc}.yaml"
+        config.to_yaml(path)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone",
+             f"--nproc_per_node={nproc}", "-m", "viva_pipelines.train.sft", "--config", str(path)],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        summaries[nproc] = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in ("train_loss_first", "train_loss_last", "val_loss_last"):
+        assert summaries[2][key] == pytest.approx(summaries[1][key], rel=1e-4), key
+    assert summaries[1]["val_loss_last"] < summaries[1]["val_loss_first"]

@@ -1,0 +1,147 @@
+"""``sft_checkpoint``: the context-aware SFT, launched as ``torchrun`` through Dagster Pipes."""
+
+import sys
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+
+from viva_pipelines.config import Settings
+from viva_pipelines.defs.resources import MlflowResource, StorageResource
+from viva_pipelines.previews import markdown_image
+from viva_pipelines.qc import dataset as qc
+from viva_pipelines.tracking import log_dataset_input, log_params, register_model_dir
+from viva_pipelines.train.config import SftConfig
+
+SFT_CODE_VERSION = "sft-1"
+SFT_PREFIX = "sft_checkpoint"
+QC_DATASET = dg.AssetKey("qc_dataset")
+
+
+def sft_config(settings: Settings, dataset_version: str) -> SftConfig:
+    """The training config of this code location: ``conf/``'s ``sft`` section plus storage,
+    dataset version and weights. Its fingerprint names the output prefix, so re-materializing
+    with the same config and data resumes (or finds finished) the same run."""
+    sft = settings.sft
+    codec = dict(sft.model.codec)
+    if codec.get("kind") == "hunyuan_vae" and not codec.get("model") and settings.models.vae:
+        codec["model"] = settings.models.vae
+    doc = {
+        "output_prefix": SFT_PREFIX,
+        "data": {
+            **sft.data.model_dump(),
+            "storage_root": settings.storage.root,
+            "manifest_key": qc.MANIFEST_KEY,
+            "dataset_version": dataset_version,
+            "endpoint_url": settings.storage.s3.endpoint_url,
+            "region_name": settings.storage.s3.region_name,
+        },
+        "model": {
+            **sft.model.model_dump(),
+            "codec": codec,
+            "instructor": settings.models.instructor or "tiny",
+            "transformer": settings.models.transformer,
+        },
+        "optim": sft.optim.model_dump(),
+        "loss": sft.loss.model_dump(),
+        "eval": sft.eval.model_dump(),
+        "runtime": {**sft.runtime.model_dump(), "threads": sft.threads_per_process},
+    }
+    config = SftConfig.from_mapping(doc, origin="conf: sft")
+    return config.model_copy(update={"output_prefix": f"{SFT_PREFIX}/{config.fingerprint()}"})
+
+
+def latest_data_version(context: dg.AssetExecutionContext, key: dg.AssetKey) -> str:
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
+    return event.asset_materialization.tags.get("dagster/data_version", "")
+
+
+def torchrun_command(nproc: int, config_path: str) -> list[str]:
+    """``torchrun`` on this node (``--standalone`` picks a free rendezvous port)."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc}", "-m", "viva_pipelines.train.sft", "--config", config_path,
+    ]  # fmt: skip
+
+
+def build_training_defs(settings: Settings) -> dg.Definitions:
+    sft = settings.sft
+
+    @dg.asset(
+        deps=[QC_DATASET],
+        code_version=SFT_CODE_VERSION,
+        group_name="training",
+        kinds={"pytorch", "mlflow"},
+        pool="gpu",
+        op_tags=settings.execution.asset_tags.get("sft_checkpoint", {}),
+        retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+    )
+    def sft_checkpoint(
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        mlflow: MlflowResource,
+        pipes_subprocess_client: dg.PipesSubprocessClient,
+    ) -> dg.MaterializeResult:
+        """The VIVA editing model after context-aware SFT on ``qc_dataset``: training runs as
+        ``torchrun`` (``sft.nproc_per_node`` processes) and resumes from its last checkpoint on
+        a retry or re-run; the model directory is registered in MLflow as ``viva-sft``."""
+        store = storage.get()
+        dataset_version = latest_data_version(context, QC_DATASET)
+        manifest = store.read_parquet(qc.MANIFEST_KEY)
+        with mlflow.start_run(
+            context, upstream_data_versions={"qc_dataset": dataset_version}
+        ) as run:
+            config = sft_config(settings, dataset_version)
+            config = config.model_copy(
+                update={
+                    "tracking": config.tracking.model_copy(
+                        update={"tracking_uri": mlflow.tracking_uri, "run_id": run.info.run_id}
+                    )
+                }
+            )
+            log_params(config.flat_params())
+            log_dataset_input(manifest, store.uri(qc.MANIFEST_KEY), dataset_version, "qc_dataset")
+            context.log.info(f"training into {store.uri(config.output_prefix)}")
+            with tempfile.TemporaryDirectory(prefix="viva-sft-") as tmp:
+                config_path = Path(tmp, "sft.yaml")
+                config.to_yaml(config_path)
+                result = pipes_subprocess_client.run(
+                    command=torchrun_command(sft.nproc_per_node, str(config_path)),
+                    context=context,
+                ).get_materialize_result()
+                model_dir = Path(tmp, "model")
+                store.get_dir(f"{config.output_prefix}/model", model_dir)
+                version = register_model_dir(model_dir, run.info.run_id, sft.register_model)
+            summary = store.read_json(f"{config.output_prefix}/summary.json")
+            preview = _last_preview(store, config.output_prefix)
+        metadata = {
+            **result.metadata,
+            "model_uri": dg.MetadataValue.path(store.uri(f"{config.output_prefix}/model")),
+            "registered_model": f"{sft.register_model}/{version}",
+            "dataset_version": dataset_version,
+            "config_fingerprint": config.fingerprint(),
+        }
+        if preview is not None:
+            metadata["preview"] = dg.MetadataValue.md(
+                "source | target | edit\n\n" + markdown_image(preview, "validation edits")
+            )
+        context.log.info(
+            f"val loss {summary.get('val_loss_first', float('nan')):.4f} -> "
+            f"{summary.get('val_loss_last', float('nan')):.4f}; registered "
+            f"{sft.register_model} version {version}"
+        )
+        return dg.MaterializeResult(
+            metadata=metadata, data_version=dg.DataVersion(f"{config.fingerprint()}")
+        )
+
+    return dg.Definitions(
+        assets=[sft_checkpoint],
+        resources={"pipes_subprocess_client": dg.PipesSubprocessClient()},
+    )
+
+
+def _last_preview(store, prefix: str) -> bytes | None:
+    pngs = sorted(k for k in store.list(f"{prefix}/previews") if k.endswith(".png"))
+    return store.read_bytes(pngs[-1]) if pngs else None

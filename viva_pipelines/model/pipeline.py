@@ -1,0 +1,326 @@
+"""The VIVA editing pipeline: instructor + codec + editing DiT, saved and loaded as one directory.
+
+Layout of a model directory (``save_pretrained`` / ``from_pretrained``)::
+
+    viva_model.json      what the parts are and how clips are cut (geometry, sampling defaults)
+    transformer/         diffusers HunyuanVideoTransformer3DModel (safetensors)
+    codec/               codec.json (+ vae/ for the HunyuanVideo VAE)
+    instructor/          the instructor, when it is small and local (the demo); large ones
+                         (LLaVA-LLaMA-3-8B) are referenced by path or hub id instead
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import HunyuanVideoTransformer3DModel
+from tqdm.auto import tqdm
+
+from viva_pipelines.model.clips import ClipGeometry, to_model_pixels, to_uint8_frames
+from viva_pipelines.model.codecs import VideoCodec, load_codec
+from viva_pipelines.model.flow_matching import euler_step, guided_velocity, inference_sigmas
+from viva_pipelines.model.instructor import Instructor, InstructorConfig
+from viva_pipelines.model.transformer import pooled_vector, predict_velocity
+
+MODEL_FILE = "viva_model.json"
+FORMAT = "viva-edit-model/1"
+#: Local instructors up to this size are copied into the model directory.
+EMBED_INSTRUCTOR_MAX_BYTES = 200 * 2**20
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    num_steps: int = 20
+    guidance_scale: float = 1.5
+    source_guidance_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The non-weight half of a model directory (``viva_model.json``)."""
+
+    instructor: dict[str, Any]  # InstructorConfig fields; "model" may be "instructor" (embedded)
+    pooled: str = "instructor_mean"
+    embedded_guidance: float | None = None
+    frames: int = 4
+    frame_stride: int = 4
+    height: int = 32
+    width: int = 32
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Conditions:
+    """Condition tokens ``[B, L, D]`` with their right-padded mask ``[B, L]`` and pooled ``[B, P]``."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+    @classmethod
+    def from_tokens(
+        cls, tokens: torch.Tensor, mask: torch.Tensor, pooled_source: str
+    ) -> Conditions:
+        return cls(tokens, mask, pooled_vector(tokens, mask, pooled_source))
+
+
+@torch.no_grad()
+def sample_edit(
+    transformer: torch.nn.Module,
+    source: torch.Tensor,
+    reference: torch.Tensor | None,
+    cond: Conditions,
+    uncond: Conditions,
+    *,
+    num_steps: int,
+    guidance_scale: float,
+    source_guidance_scale: float | None = None,
+    shift: float = 1.0,
+    embedded_guidance: float | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Edited latents ``[B, C, t, h, w]`` for source latents of the same shape.
+
+    Classifier-free guidance in one batched model call per step: the unconditional branch has
+    the empty instruction and no reference; with ``source_guidance_scale`` a third branch
+    drops the source latents as well (see :func:`guided_velocity`). Starts from noise drawn
+    from ``generator`` and follows the :func:`inference_sigmas` schedule.
+    """
+    noise = torch.randn(source.shape, generator=generator, dtype=torch.float32)
+    x = noise.to(source.device, source.dtype)
+    zeros = torch.zeros_like(source)
+    no_reference = torch.zeros_like(reference) if reference is not None else None
+    if source_guidance_scale is None:
+        branches = [(source, no_reference, uncond), (source, reference, cond)]
+    else:
+        branches = [(zeros, no_reference, uncond), (source, no_reference, uncond)]
+        branches.append((source, reference, cond))
+    sources = torch.cat([b[0] for b in branches])
+    references = None if reference is None else torch.cat([b[1] for b in branches])
+    tokens, mask = _pad_together([b[2] for b in branches])
+    pooled = torch.cat([b[2].pooled for b in branches])
+    sigmas = inference_sigmas(num_steps, shift).to(source.device)
+    for i in tqdm(range(num_steps), disable=not progress, desc="editing"):
+        v = predict_velocity(
+            transformer,
+            x.repeat(len(branches), 1, 1, 1, 1),
+            sigmas[i],
+            sources,
+            references,
+            tokens,
+            mask,
+            pooled,
+            embedded_guidance=embedded_guidance,
+        ).chunk(len(branches))
+        if source_guidance_scale is None:
+            velocity = guided_velocity(v[0], v[1], guidance_scale)
+        else:
+            velocity = guided_velocity(
+                v[0], v[2], guidance_scale, v_source=v[1], source_scale=source_guidance_scale
+            )
+        x = euler_step(x, velocity, sigmas[i], sigmas[i + 1])
+    return x
+
+
+def _pad_together(conditions: list[Conditions]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate conditions of different token lengths along the batch, right-padded."""
+    length = max(c.tokens.shape[1] for c in conditions)
+    tokens, masks = [], []
+    for c in conditions:
+        extra = length - c.tokens.shape[1]
+        tokens.append(torch.nn.functional.pad(c.tokens, (0, 0, 0, extra)))
+        masks.append(torch.nn.functional.pad(c.mask, (0, extra)))
+    return torch.cat(tokens), torch.cat(masks)
+
+
+class VivaEditPipeline:
+    """Edits videos from an instruction (and optionally a reference image)."""
+
+    def __init__(
+        self,
+        transformer: HunyuanVideoTransformer3DModel,
+        codec: VideoCodec,
+        spec: ModelSpec,
+        instructor: Instructor | None = None,
+        *,
+        instructor_root: Path | None = None,
+    ):
+        self.transformer = transformer.eval()
+        self.codec = codec
+        self.spec = spec
+        self._instructor = instructor
+        self._instructor_root = instructor_root
+
+    @property
+    def instructor(self) -> Instructor:
+        """Loaded on first use: cached training never needs it."""
+        if self._instructor is None:
+            fields = dict(self.spec.instructor)
+            if fields["model"] == "instructor" and self._instructor_root is not None:
+                fields["model"] = str(self._instructor_root / "instructor")
+            fields["device"] = str(self.device)
+            self._instructor = Instructor(InstructorConfig(**fields))
+        return self._instructor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    # -- persistence -----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(directory / "transformer")
+        self.codec.save_pretrained(directory / "codec")
+        instructor = dict(self.spec.instructor)
+        source = Path(instructor["model"])
+        if instructor["model"] == "instructor" and self._instructor_root is not None:
+            source = self._instructor_root / "instructor"
+        if source.is_dir() and _dir_size(source) <= EMBED_INSTRUCTOR_MAX_BYTES:
+            if source.resolve() != (directory / "instructor").resolve():
+                shutil.copytree(source, directory / "instructor", dirs_exist_ok=True)
+            instructor["model"] = "instructor"
+        doc = {"format": FORMAT, **asdict(self.spec), "instructor": instructor}
+        (directory / MODEL_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True))
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, *, device: str | torch.device = "cpu"
+    ) -> VivaEditPipeline:
+        directory = Path(directory)
+        model_file = directory / MODEL_FILE
+        if not model_file.is_file():
+            raise FileNotFoundError(f"{directory}: not a VIVA model directory (no {MODEL_FILE})")
+        doc = json.loads(model_file.read_text())
+        if doc.pop("format", None) != FORMAT:
+            raise ValueError(f"{model_file}: unsupported model format (expected {FORMAT})")
+        doc["sampling"] = SamplingDefaults(**doc.get("sampling", {}))
+        spec = ModelSpec(**doc)
+        transformer = HunyuanVideoTransformer3DModel.from_pretrained(directory / "transformer")
+        codec = load_codec(directory / "codec")
+        return cls(transformer.to(device), codec, spec, instructor_root=directory)
+
+    # -- editing ---------------------------------------------------------------------------
+    def conditions(
+        self, instructions: list[str], first_frames: list[np.ndarray], references: list[Any]
+    ) -> tuple[Conditions, Conditions]:
+        """Conditional and unconditional instructor encodings for a batch."""
+        out = self.instructor.encode(instructions, first_frames, references)
+        empty = self.instructor.encode_unconditional(len(instructions))
+        return (
+            Conditions.from_tokens(out.tokens, out.attention_mask, self.spec.pooled),
+            Conditions.from_tokens(empty.tokens, empty.attention_mask, self.spec.pooled),
+        )
+
+    @torch.no_grad()
+    def edit(
+        self,
+        frames: np.ndarray,
+        instruction: str,
+        *,
+        reference: np.ndarray | None = None,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        source_guidance_scale: float | None = None,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Edit ``frames`` (``uint8 [T, H, W, 3]``, the whole clip; the model's frame count is
+        taken every ``frame_stride`` frames) and return ``uint8 [t, height, width, 3]``."""
+        spec = self.spec
+        geometry = ClipGeometry(spec.frames, spec.frame_stride, spec.height, spec.width)
+        clip = to_model_pixels(geometry.cut(frames))
+        source = self.codec.encode(clip[None].to(self.device))
+        ref_latent = None
+        if reference is not None:
+            ref_pixels = to_model_pixels(geometry.fit(reference)[None])[None].to(self.device)
+            ref_latent = self.codec.encode(ref_pixels)
+        cond, uncond = self.conditions([instruction], [frames[0]], [reference])
+        sampling = spec.sampling
+        latents = sample_edit(
+            self.transformer,
+            source,
+            ref_latent,
+            cond,
+            uncond,
+            num_steps=num_steps or sampling.num_steps,
+            guidance_scale=sampling.guidance_scale if guidance_scale is None else guidance_scale,
+            source_guidance_scale=source_guidance_scale or sampling.source_guidance_scale,
+            embedded_guidance=spec.embedded_guidance,
+            generator=torch.Generator().manual_seed(seed),
+            progress=progress,
+        )
+        return to_uint8_frames(self.codec.decode(latents)[0])
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def resolve_model(model: str | Path, *, tracking_uri: str | None = None) -> Path:
+    """A local model directory for ``model``: a directory as is, or an MLflow URI
+    (``models:/viva-sft/3``, ``runs:/<id>/model``) downloaded from ``tracking_uri``."""
+    text = str(model)
+    if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
+        import mlflow
+
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=text, tracking_uri=tracking_uri
+            )
+        except mlflow.exceptions.MlflowException as exc:
+            raise FileNotFoundError(f"{text}: cannot fetch the model from MLflow: {exc}") from None
+        return Path(local)
+    path = Path(text)
+    if not (path / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"{path}: not a VIVA model directory (no {MODEL_FILE})")
+    return path
+
+
+def edit_video(
+    model: str | Path | VivaEditPipeline,
+    video: str | Path,
+    instruction: str,
+    out: str | Path,
+    *,
+    reference: str | Path | None = None,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Edit a video file with a model directory (or a loaded pipeline) and write ``out`` (MP4)."""
+    from PIL import Image
+
+    from viva_pipelines.video.io import read_video, write_video
+
+    pipeline = (
+        model if isinstance(model, VivaEditPipeline) else VivaEditPipeline.from_pretrained(model)
+    )
+    frames, fps = read_video(video)
+    ref = None
+    if reference is not None:
+        with Image.open(reference) as image:
+            ref = np.asarray(image.convert("RGB"))
+    edited = pipeline.edit(
+        frames,
+        instruction,
+        reference=ref,
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        progress=progress,
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_video(out, edited, fps / pipeline.spec.frame_stride)
+    return out

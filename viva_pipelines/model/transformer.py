@@ -1,0 +1,173 @@
+"""The editing DiT: ``diffusers.HunyuanVideoTransformer3DModel`` with context-aware noise tokens.
+
+VIVA conditions the video DiT in two ways (DESIGN §2):
+
+- the VLM instructor's hidden states go through the model's trainable token refiner
+  (``context_embedder``) as the text tokens, with a pooled vector beside them;
+- the source video latents and the reference image latent (repeated over latent frames, zeros
+  when there is none) are concatenated with the noisy latents on the channel axis, so the patch
+  embedding sees ``3 * C`` input channels and the model still predicts ``C``.
+
+A pretrained text-to-video checkpoint is converted with :func:`widen_patch_embedding`: the new
+input channels start at zero, so at step 0 the editing model is exactly the base model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers import HunyuanVideoTransformer3DModel
+
+#: Noisy, source and reference latents are stacked on channels, in this order.
+CONDITION_STREAMS = 3
+
+#: Where the pooled vector beside the tokens comes from (HunyuanVideo: CLIP-L text, 768-d).
+POOLED_SOURCES = ("instructor_mean", "none")
+
+
+def tiny_transformer_config(
+    latent_channels: int, text_embed_dim: int, *, pooled_dim: int | None = None
+) -> dict[str, Any]:
+    """A ~2 M-parameter HunyuanVideo config that trains on a CPU in minutes (DESIGN §7):
+    2 dual-stream + 2 single-stream blocks, 4 heads of 32, patch 2, no guidance embedding
+    (VIVA uses real classifier-free guidance, not a distilled guidance input)."""
+    return {
+        "in_channels": CONDITION_STREAMS * latent_channels,
+        "out_channels": latent_channels,
+        "num_attention_heads": 4,
+        "attention_head_dim": 32,
+        "num_layers": 2,
+        "num_single_layers": 2,
+        "num_refiner_layers": 1,
+        "mlp_ratio": 4.0,
+        "patch_size": 2,
+        "patch_size_t": 1,
+        "qk_norm": "rms_norm",
+        "guidance_embeds": False,
+        "text_embed_dim": text_embed_dim,
+        "pooled_projection_dim": pooled_dim or text_embed_dim,
+        "rope_theta": 256.0,
+        "rope_axes_dim": (8, 12, 12),
+    }
+
+
+def build_transformer(
+    config: Mapping[str, Any], *, seed: int | None = None
+) -> HunyuanVideoTransformer3DModel:
+    """A freshly initialised editing DiT from a diffusers config dict (seeded when asked)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = HunyuanVideoTransformer3DModel(**config)
+    check_editing_channels(model)
+    return model
+
+
+def check_editing_channels(model: HunyuanVideoTransformer3DModel) -> None:
+    """An editing DiT reads noisy + source + reference latents and predicts the noisy ones."""
+    expected = CONDITION_STREAMS * model.config.out_channels
+    if model.config.in_channels != expected:
+        raise ValueError(
+            f"the editing transformer needs in_channels = {CONDITION_STREAMS} x out_channels "
+            f"= {expected} (noisy, source, reference latents), got {model.config.in_channels}; "
+            "convert a text-to-video checkpoint with widen_patch_embedding()"
+        )
+
+
+@torch.no_grad()
+def widen_patch_embedding(
+    model: HunyuanVideoTransformer3DModel, extra_channels: int
+) -> HunyuanVideoTransformer3DModel:
+    """Give the patch embedding ``extra_channels`` more input channels, appended after the
+    existing ones and zero-initialised (the InstructPix2Pix trick), in place.
+
+    The output on the same noisy input is unchanged whatever the new channels hold, so a
+    text-to-video checkpoint becomes an editing model that starts as the base model.
+    """
+    if extra_channels < 1:
+        raise ValueError(f"extra_channels must be >= 1, got {extra_channels}")
+    old = model.x_embedder.proj
+    new = torch.nn.Conv3d(
+        old.in_channels + extra_channels,
+        old.out_channels,
+        kernel_size=old.kernel_size,
+        stride=old.stride,
+        bias=old.bias is not None,
+        device=old.weight.device,
+        dtype=old.weight.dtype,
+    )
+    new.weight.zero_()
+    new.weight[:, : old.in_channels] = old.weight
+    if old.bias is not None:
+        new.bias.copy_(old.bias)
+    model.x_embedder.proj = new
+    model.register_to_config(in_channels=new.in_channels)
+    return model
+
+
+def editing_input(
+    noisy: torch.Tensor, source: torch.Tensor, reference: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Channel-concatenate the context (DESIGN §2): ``[B, 3C, t, h, w]``.
+
+    ``noisy``, ``source``: ``[B, C, t, h, w]``; ``reference``: ``[B, C, 1, h, w]`` (one image
+    latent, repeated over the ``t`` latent frames) or ``None`` (zeros: no reference).
+    """
+    if source.shape != noisy.shape:
+        raise ValueError(f"source {tuple(source.shape)} != noisy {tuple(noisy.shape)}")
+    if reference is None:
+        reference = torch.zeros_like(noisy)
+    else:
+        reference = reference.to(noisy.dtype).expand(-1, -1, noisy.shape[2], -1, -1)
+    return torch.cat([noisy, source.to(noisy.dtype), reference], dim=1)
+
+
+def pooled_vector(tokens: torch.Tensor, attention_mask: torch.Tensor, source: str) -> torch.Tensor:
+    """The pooled condition vector ``[B, D]`` from condition tokens ``[B, L, D]``.
+
+    ``instructor_mean``: the mean over real tokens (a stand-in for HunyuanVideo's CLIP-L text
+    vector that needs no second text model); ``none``: zeros, leaving the tokens as the only
+    condition.
+    """
+    if source == "none":
+        return tokens.new_zeros(tokens.shape[0], tokens.shape[-1])
+    if source != "instructor_mean":
+        raise ValueError(f"unknown pooled source {source!r}; known: {', '.join(POOLED_SOURCES)}")
+    weights = attention_mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def predict_velocity(
+    transformer: torch.nn.Module,
+    noisy: torch.Tensor,
+    sigma: torch.Tensor,
+    source: torch.Tensor,
+    reference: torch.Tensor | None,
+    tokens: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pooled: torch.Tensor,
+    *,
+    embedded_guidance: float | None = None,
+) -> torch.Tensor:
+    """The model velocity ``[B, C, t, h, w]`` for noisy latents at noise levels ``sigma``.
+
+    ``sigma``: ``[B]`` or 0-dim in [0, 1] (the model's timestep is ``1000 * sigma``, diffusers'
+    convention); ``tokens`` ``[B, L, D]`` with its right-padded ``attention_mask`` ``[B, L]``;
+    ``pooled`` ``[B, P]``. ``transformer`` may be wrapped (DDP, FSDP, peft).
+    ``embedded_guidance`` feeds guidance-distilled checkpoints (``guidance_embeds=True``).
+    """
+    batch = noisy.shape[0]
+    timestep = (sigma.to(noisy.device, torch.float32) * 1000).expand(batch)
+    guidance = None
+    if embedded_guidance is not None:
+        guidance = torch.full((batch,), embedded_guidance * 1000, device=noisy.device)
+    return transformer(
+        hidden_states=editing_input(noisy, source, reference),
+        timestep=timestep,
+        encoder_hidden_states=tokens.to(noisy.dtype),
+        encoder_attention_mask=attention_mask,
+        pooled_projections=pooled.to(noisy.dtype),
+        guidance=guidance,
+        return_dict=False,
+    )[0]

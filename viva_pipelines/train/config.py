@@ -1,0 +1,171 @@
+"""The SFT run's configuration: one YAML file that fully describes a training process.
+
+The ``sft_checkpoint`` asset writes it from ``conf/`` and launches
+``torchrun -m viva_pipelines.train.sft --config <file>``; the same file reproduces the run by
+hand. Unknown keys and bad values are errors that name the key, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+#: The tiny demo instructor, built by the training process itself (deterministically).
+TINY = "tiny"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SampleOptions(_Section):
+    """How samples are cut from the dataset and mixed (the ``sft.data`` section of ``conf/``)."""
+
+    frames: int = Field(4, ge=1)  # frames per video sample (4k+1 for the HunyuanVideo VAE)
+    frame_stride: int = Field(4, ge=1)  # take every n-th frame of the stored clip
+    height: int = Field(32, ge=8)
+    width: int = Field(32, ge=8)
+    video_fraction: float = Field(0.4, ge=0, le=1)  # share of all-video batches; rest are images
+    use_images: bool = True  # ablation: image pairs off
+    cache_prefix: str = "sft_cache"
+
+
+class DataConfig(SampleOptions):
+    """What to train on: the dataset manifest in a storage root."""
+
+    storage_root: str
+    manifest_key: str = "qc_dataset/manifest.parquet"
+    dataset_version: str = ""  # the manifest's data version: part of the cache key
+    endpoint_url: str | None = None
+    region_name: str | None = None
+
+
+class ModelOptions(_Section):
+    """How the editing model is put together (the ``sft.model`` section of ``conf/``)."""
+
+    instructor_prompt: str = "instructor.md"
+    instructor_layer: int = -1
+    text_only: bool = False  # ablation: the vanilla text-encoder baseline
+    crop_template: bool = True
+    codec: dict[str, Any] = Field(default_factory=lambda: {"kind": "pixel", "factor": 2})
+    transformer_subfolder: str | None = None
+    pooled: Literal["instructor_mean", "none"] = "instructor_mean"
+    embedded_guidance: float = 1.0  # only for guidance-distilled checkpoints
+
+
+class ModelConfig(ModelOptions):
+    """The editing model's weights: the instructor and (optionally) a pretrained DiT."""
+
+    instructor: str = TINY  # a LlavaForConditionalGeneration dir or hub id; "tiny" = the demo's
+    transformer: str | None = None  # pretrained DiT dir/hub id; None = tiny config, from scratch
+
+
+class OptimConfig(_Section):
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decay floor
+    grad_clip: float = Field(1.0, gt=0)
+    batch_size: int = Field(16, ge=1)  # global: split over the ranks
+    max_steps: int = Field(1000, ge=0)
+
+
+class LossConfig(_Section):
+    mask_lambda: float = Field(2.0, ge=0)  # w = 1 + lambda * M; 0 = plain flow matching
+    sigma_mean: float = 0.0
+    sigma_std: float = Field(1.0, gt=0)
+    sigma_shift: float = Field(1.0, gt=0)
+    instruction_dropout: float = Field(0.1, ge=0, le=1)  # empty instruction + black image
+    source_dropout: float = Field(0.05, ge=0, le=1)  # zero source latents (source guidance)
+
+
+class EvalConfig(_Section):
+    every: int = Field(200, ge=1)  # validation loss every n steps (and at the first and last)
+    val_samples: int = Field(32, ge=1)
+    sigmas: tuple[float, ...] = (0.25, 0.5, 0.75)
+    sample_every: int = Field(0, ge=0)  # sampled previews + PSNR every n steps; 0 = start/end
+    sample_count: int = Field(8, ge=1)
+    sample_steps: int = Field(20, ge=1)
+    guidance_scale: float = 1.5
+    source_guidance_scale: float | None = None
+
+
+class RuntimeConfig(_Section):
+    seed: int = 0
+    device: str = "auto"  # auto = cuda when available
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto = bf16 on GPU
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"  # auto = on GPU
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    checkpoint_every: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    threads: int | None = None  # torch intra-op threads per rank
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str | None = None
+    run_id: str | None = None  # log metrics into this (already created) MLflow run
+
+
+class SftConfig(_Section):
+    output_prefix: str  # storage key prefix of this run: checkpoints/, model/, previews/
+    data: DataConfig
+    model: ModelConfig
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _images_need_share(self) -> SftConfig:
+        if not self.data.use_images and self.data.video_fraction == 0:
+            raise ValueError("data.video_fraction is 0 and data.use_images is false: no samples")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SftConfig:
+        path = Path(path)
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigFileError(f"{path}: cannot read the training config: {exc}") from exc
+        return cls.from_mapping(doc, origin=str(path))
+
+    @classmethod
+    def from_mapping(cls, doc: Any, *, origin: str = "config") -> SftConfig:
+        try:
+            return cls.model_validate(doc)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigFileError(f"{origin}: {problems}") from None
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+    def fingerprint(self, *, exclude: tuple[str, ...] = ("tracking",)) -> str:
+        """A short hash of everything that changes the trained weights."""
+        doc = self.model_dump(mode="json", exclude=set(exclude))
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+    def flat_params(self) -> dict[str, Any]:
+        """``section.key -> value`` for MLflow params."""
+        doc = self.model_dump(mode="json", exclude={"tracking"})
+        return {
+            f"{section}.{key}": json.dumps(value) if isinstance(value, (dict, list)) else value
+            for section, values in doc.items()
+            if isinstance(values, dict)
+            for key, value in values.items()
+        }
+
+
+class ConfigFileError(ValueError):
+    """A training config that cannot be used; the message names the file and key."""

@@ -1,0 +1,99 @@
+"""Process-group setup for ``torchrun`` and the two ways we wrap a model (DDP, FSDP2).
+
+A plain ``python -m ...`` run is a world of one and needs no process group; under ``torchrun``
+the group uses NCCL on GPUs and gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a scalar tensor over ranks (a copy; the input is untouched)."""
+        value = value.detach().clone()
+        if self.active:
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            value /= self.world_size
+        return value
+
+
+def pick_device(preference: str, local_rank: int) -> torch.device:
+    """``auto`` takes this rank's GPU when there is one; ``cpu``/``cuda``/``cuda:N`` as given."""
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    device = torch.device(preference)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
+
+
+@contextmanager
+def distributed(device_preference: str = "auto") -> Iterator[DistContext]:
+    """Join the ``torchrun`` process group if there is one; leave it on exit."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_preference, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    started = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        started = True
+    try:
+        yield DistContext(rank, world_size, local_rank, device)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def wrap_model(model: torch.nn.Module, ctx: DistContext, parallel: str) -> torch.nn.Module:
+    """DDP (replicated weights; small and mid-size models) or FSDP2 ``fully_shard`` per
+    transformer block (sharded weights, gradients and optimizer state; large models).
+    A world of one gets the bare model."""
+    if not ctx.active:
+        return model
+    if parallel == "ddp":
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for name in ("transformer_blocks", "single_transformer_blocks"):
+            for block in getattr(model, name, []):
+                fully_shard(block)
+        fully_shard(model)
+        return model
+    raise ValueError(f"unknown parallel mode {parallel!r}; known: ddp, fsdp")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

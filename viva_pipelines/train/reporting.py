@@ -1,0 +1,68 @@
+"""Where a training process reports: its log, Dagster (through Pipes) and MLflow.
+
+Only rank 0 reports. Under Dagster Pipes (the ``sft_checkpoint`` asset) log lines and the
+final materialization go back to Dagster; with an MLflow run id in the config, metrics and
+artifacts go into that run, which the asset opened with its lineage tags. Run by hand, the
+process just logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("viva_pipelines.train")
+
+_PIPES_CONTEXT_ENV = "DAGSTER_PIPES_CONTEXT"
+
+
+class Reporter:
+    def __init__(self, *, enabled: bool, tracking_uri: str | None, run_id: str | None):
+        self.enabled = enabled
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id if enabled else None
+        self._stack = ExitStack()
+        self.pipes: Any = None
+        self._mlflow: Any = None
+
+    def __enter__(self) -> Reporter:
+        if self.enabled and os.environ.get(_PIPES_CONTEXT_ENV):
+            from dagster_pipes import open_dagster_pipes
+
+            self.pipes = self._stack.enter_context(open_dagster_pipes())
+        if self.run_id:
+            from mlflow.tracking import MlflowClient
+
+            self._mlflow = MlflowClient(self.tracking_uri)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.__exit__(*exc)
+
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        log.info(message)
+        if self.pipes is not None:
+            self.pipes.log.info(message)
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        if self._mlflow is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in values.items()]
+        self._mlflow.log_batch(self.run_id, metrics=batch)
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._mlflow is not None:
+            self._mlflow.log_artifact(self.run_id, str(path), artifact_path)
+
+    def materialization(self, metadata: dict[str, Any]) -> None:
+        if self.pipes is not None:
+            self.pipes.report_asset_materialization(metadata=metadata)

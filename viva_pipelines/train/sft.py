@@ -1,0 +1,576 @@
+"""Context-aware SFT of the VIVA editing model (DESIGN §2), one readable loop.
+
+    torchrun --nproc_per_node N -m viva_pipelines.train.sft --config sft.yaml
+
+Steps: cache the instructor tokens and latents (once per dataset version), build or load the
+DiT, resume from the newest checkpoint, then per step: the global batch plan -> this rank's
+share -> noise -> velocity -> mask-weighted flow-matching loss -> AdamW. Validation loss,
+sampled previews and PSNR at intervals; checkpoints every ``runtime.checkpoint_every`` steps;
+the final model directory under ``{output_prefix}/model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from diffusers import HunyuanVideoTransformer3DModel
+
+from viva_pipelines.model.clips import ClipGeometry, to_uint8_frames
+from viva_pipelines.model.codecs import VideoCodec, load_codec
+from viva_pipelines.model.flow_matching import add_noise, masked_flow_matching_loss, velocity_target
+from viva_pipelines.model.instructor import Instructor, InstructorConfig
+from viva_pipelines.model.pipeline import (
+    Conditions,
+    ModelSpec,
+    SamplingDefaults,
+    VivaEditPipeline,
+    sample_edit,
+)
+from viva_pipelines.model.tiny_instructor import ensure_tiny_instructor
+from viva_pipelines.model.transformer import (
+    CONDITION_STREAMS,
+    build_transformer,
+    pooled_vector,
+    predict_velocity,
+    tiny_transformer_config,
+    widen_patch_embedding,
+)
+from viva_pipelines.previews import grid, to_png
+from viva_pipelines.storage import Storage
+from viva_pipelines.train.checkpoint import load_latest_checkpoint, save_checkpoint
+from viva_pipelines.train.config import TINY, SftConfig
+from viva_pipelines.train.distributed import DistContext, distributed, unwrap, wrap_model
+from viva_pipelines.train.reporting import Reporter
+from viva_pipelines.train.sft_data import (
+    IMAGE,
+    VIDEO,
+    Batch,
+    CachedSamples,
+    PixelSample,
+    build_cache,
+    cache_is_complete,
+    cache_version,
+    collate,
+    load_unconditional,
+    mask_to_latents,
+    pad_tokens,
+    plan_step,
+)
+from viva_pipelines.video.io import write_video
+
+log = logging.getLogger("viva_pipelines.train")
+
+ACCEPTED = "accepted"
+
+
+def instructor_config(config: SftConfig, device: torch.device) -> InstructorConfig:
+    """The instructor to load; ``tiny`` is built locally (see :func:`ensure_tiny_instructor`)."""
+    model = config.model
+    return InstructorConfig(
+        model=str(ensure_tiny_instructor()) if model.instructor == TINY else model.instructor,
+        prompt_template=model.instructor_prompt,
+        hidden_layer=model.instructor_layer,
+        text_only=model.text_only,
+        crop_template=model.crop_template,
+        device=str(device),
+    )
+
+
+def training_rows(storage: Storage, config: SftConfig) -> pd.DataFrame:
+    """The accepted samples of the dataset manifest (image rows dropped when images are off)."""
+    manifest = storage.read_parquet(config.data.manifest_key)
+    rows = manifest[manifest["status"] == ACCEPTED]
+    if not config.data.use_images:
+        rows = rows[rows["modality"] == VIDEO]
+    if rows.empty:
+        raise ValueError(f"{config.data.manifest_key}: no accepted samples to train on")
+    return rows.sort_values("sample_id").reset_index(drop=True)
+
+
+def make_encoder(codec: VideoCodec, instructor: Instructor, device: torch.device):
+    """The cache encoder: a chunk of same-modality pixel samples -> latents and tokens."""
+
+    @torch.no_grad()
+    def encode(samples: list[PixelSample]) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        source = codec.encode(torch.stack([s.source for s in samples]).to(device))
+        target = codec.encode(torch.stack([s.target for s in samples]).to(device))
+        first = samples[0].source
+        blank = torch.zeros(first.shape[0], 1, *first.shape[2:])
+        references = torch.stack([blank if s.reference is None else s.reference for s in samples])
+        reference = codec.encode(references.to(device))
+        has_reference = torch.tensor([s.reference is not None for s in samples], device=device)
+        reference = reference * has_reference.reshape(-1, 1, 1, 1, 1)
+        mask = mask_to_latents(torch.stack([s.mask for s in samples]), source.shape[2:])
+        out = instructor.encode(
+            [s.instruction for s in samples],
+            [s.first_frame for s in samples],
+            [s.reference_image for s in samples],
+        )
+        tokens = [t[m.bool()].cpu() for t, m in zip(out.tokens, out.attention_mask, strict=True)]
+        latents = {"source": source, "target": target, "reference": reference, "mask": mask}
+        return {name: value.float().cpu() for name, value in latents.items()}, tokens
+
+    return encode
+
+
+def prepare_cache(
+    storage: Storage, config: SftConfig, ctx: DistContext, codec: VideoCodec, report: Reporter
+) -> tuple[CachedSamples, torch.Tensor, str]:
+    """The cached dataset, its unconditional tokens and its prefix; encodes what is missing."""
+    geometry = geometry_of(config)
+    rows = training_rows(storage, config)
+    instructor_cfg = instructor_config(config, ctx.device)
+    identity = {**instructor_cfg.__dict__, "model": config.model.instructor, "device": None}
+    version = cache_version(config.data.dataset_version, identity, codec.config, geometry)
+    prefix = f"{config.data.cache_prefix}/{version}"
+    if cache_is_complete(storage, prefix):
+        report.info(f"cache hit: {storage.uri(prefix)} (the instructor is not loaded)")
+        index = storage.read_parquet(f"{prefix}/index.parquet")
+    else:
+        report.info(f"caching {len(rows)} samples into {storage.uri(prefix)}")
+        started = time.perf_counter()
+        instructor = Instructor(instructor_cfg)
+        empty = instructor.encode_unconditional(1)
+        unconditional = empty.tokens[0][empty.attention_mask[0].bool()].cpu()
+        index = build_cache(
+            storage,
+            prefix,
+            rows,
+            geometry,
+            make_encoder(codec, instructor, ctx.device),
+            unconditional,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            barrier=ctx.barrier,
+        )
+        del instructor
+        report.info(f"cached in {time.perf_counter() - started:.1f}s")
+    wanted = set(rows["sample_id"])
+    index = index[index["sample_id"].isin(wanted)].reset_index(drop=True)
+    return CachedSamples(storage, index), load_unconditional(storage, prefix), prefix
+
+
+def geometry_of(config: SftConfig) -> ClipGeometry:
+    data = config.data
+    return ClipGeometry(data.frames, data.frame_stride, data.height, data.width)
+
+
+def build_model(
+    config: SftConfig, latent_channels: int, token_dim: int
+) -> HunyuanVideoTransformer3DModel:
+    """The tiny DiT from scratch, or a pretrained one (a text-to-video checkpoint is widened)."""
+    if config.model.transformer is None:
+        return build_transformer(
+            tiny_transformer_config(latent_channels, token_dim), seed=config.runtime.seed
+        )
+    model = HunyuanVideoTransformer3DModel.from_pretrained(
+        config.model.transformer, subfolder=config.model.transformer_subfolder
+    )
+    if model.config.in_channels == model.config.out_channels:
+        widen_patch_embedding(model, (CONDITION_STREAMS - 1) * model.config.out_channels)
+    return model
+
+
+@dataclass
+class Evaluation:
+    """Fixed validation samples with fixed noise, so curves compare across steps and runs."""
+
+    loss_items: list[dict[str, torch.Tensor]]
+    sample_items: list[dict[str, torch.Tensor]]
+    sample_rows: pd.DataFrame
+    sigmas: tuple[float, ...]
+    seed: int
+
+
+def make_evaluation(dataset: CachedSamples, config: SftConfig) -> Evaluation:
+    index = dataset.index
+    val = index[index["split"] == "val"]
+    if val.empty:
+        val = index  # no held-out split (tiny datasets): evaluate on what there is
+    loss_positions = val.index[: config.eval.val_samples]
+    videos = val[val["modality"] == VIDEO]
+    sample_rows = (videos if not videos.empty else val).iloc[: config.eval.sample_count]
+    return Evaluation(
+        loss_items=[dataset[p] for p in loss_positions],
+        sample_items=[dataset[p] for p in sample_rows.index],
+        sample_rows=sample_rows,
+        sigmas=config.eval.sigmas,
+        seed=config.runtime.seed + 7919,
+    )
+
+
+def forward_loss(
+    model: torch.nn.Module,
+    batch: Batch,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    config: SftConfig,
+    autocast: contextlib.AbstractContextManager,
+) -> torch.Tensor:
+    """The mask-weighted flow-matching loss of one batch (DESIGN §2)."""
+    noisy = add_noise(batch.target, noise, sigmas)
+    with autocast:
+        velocity = predict_velocity(
+            model,
+            noisy,
+            sigmas,
+            batch.source,
+            batch.reference,
+            batch.tokens,
+            batch.token_mask,
+            pooled_vector(batch.tokens, batch.token_mask, config.model.pooled),
+            embedded_guidance=_embedded_guidance(model, config),
+        )
+    target = velocity_target(batch.target, noise)
+    return masked_flow_matching_loss(velocity, target, batch.mask, config.loss.mask_lambda)
+
+
+def _embedded_guidance(model: torch.nn.Module, config: SftConfig) -> float | None:
+    return config.model.embedded_guidance if unwrap(model).config.guidance_embeds else None
+
+
+@torch.no_grad()
+def validation_loss(
+    model: torch.nn.Module,
+    evaluation: Evaluation,
+    unconditional: torch.Tensor,
+    config: SftConfig,
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager,
+) -> float:
+    """Mean loss over the validation items at each of the fixed sigmas (no dropout)."""
+    generator = torch.Generator().manual_seed(evaluation.seed)
+    losses = []
+    for is_image in (False, True):  # a batch is all-video or all-image (equal shapes)
+        group = [i for i in evaluation.loss_items if (i["source"].shape[1] == 1) == is_image]
+        for start in range(0, len(group), config.optim.batch_size):
+            chunk = group[start : start + config.optim.batch_size]
+            keep = torch.zeros(len(chunk), dtype=torch.bool)
+            batch = collate(chunk, unconditional, keep, keep).to(device)
+            for sigma in evaluation.sigmas:
+                noise = torch.randn(batch.target.shape, generator=generator).to(device)
+                sigmas = torch.full((len(chunk),), sigma, device=device)
+                loss = forward_loss(model, batch, noise, sigmas, config, autocast)
+                losses.append((loss.item(), len(chunk)))
+    total = sum(n for _, n in losses)
+    return sum(loss * n for loss, n in losses) / total
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 arrays (identical arrays give 100 rather than infinity)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+@torch.no_grad()
+def sample_previews(
+    model: torch.nn.Module,
+    evaluation: Evaluation,
+    unconditional: torch.Tensor,
+    codec: VideoCodec,
+    config: SftConfig,
+    device: torch.device,
+) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Edit the fixed validation clips; PSNR against the ground-truth target for the model and
+    for the identity baseline (source returned unchanged), overall and per edit type.
+    Returns the metrics and, per clip, a ``uint8 [T, H, 3W, 3]`` source|target|edit strip."""
+    items = evaluation.sample_items
+    keep = torch.zeros(len(items), dtype=torch.bool)
+    batch = collate(items, unconditional, keep, keep).to(device)
+    cond = Conditions.from_tokens(batch.tokens, batch.token_mask, config.model.pooled)
+    empty, empty_mask = pad_tokens([unconditional] * len(items))
+    uncond = Conditions.from_tokens(empty.to(device), empty_mask.to(device), config.model.pooled)
+    has_reference = any(bool(i["has_reference"]) for i in items)
+    latents = sample_edit(
+        unwrap(model),
+        batch.source,
+        batch.reference if has_reference else None,
+        cond,
+        uncond,
+        num_steps=config.eval.sample_steps,
+        guidance_scale=config.eval.guidance_scale,
+        source_guidance_scale=config.eval.source_guidance_scale,
+        embedded_guidance=_embedded_guidance(model, config),
+        generator=torch.Generator().manual_seed(evaluation.seed),
+    )
+    edits = codec.decode(latents)
+    sources, targets = codec.decode(batch.source), codec.decode(batch.target)
+    scores: dict[str, list[tuple[float, float]]] = {}
+    strips = []
+    for i, edit_type in enumerate(evaluation.sample_rows["edit_type"]):
+        src, tgt, out = (to_uint8_frames(x[i]) for x in (sources, targets, edits))
+        scores.setdefault(edit_type, []).append((psnr(out, tgt), psnr(src, tgt)))
+        strips.append(np.concatenate([src, tgt, out], axis=2))
+    metrics = {
+        "val_psnr": float(np.mean([m for pairs in scores.values() for m, _ in pairs])),
+        "val_psnr_identity": float(np.mean([b for pairs in scores.values() for _, b in pairs])),
+    }
+    for edit_type, pairs in scores.items():
+        metrics[f"val_psnr/{edit_type}"] = float(np.mean([m for m, _ in pairs]))
+    return metrics, strips
+
+
+def write_previews(
+    storage: Storage, prefix: str, step: int, strips: list[np.ndarray], report: Reporter
+) -> str:
+    """A side-by-side MP4 (source | target | edit, one row per clip) and a PNG of its middle
+    frame, in storage and in the MLflow run."""
+    video = np.concatenate(strips, axis=1)  # [T, rows*H, 3W, 3]
+    scale = max(1, 256 // video.shape[2] * 2)
+    video = video.repeat(scale, axis=1).repeat(scale, axis=2)
+    video = video[:, : video.shape[1] // 2 * 2, : video.shape[2] // 2 * 2]
+    key = f"{prefix}/previews/step-{step:08d}.mp4"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp, Path(key).name)
+        write_video(local, video, fps=2)
+        storage.put_file(local, key)
+        report.artifact(local, "previews")
+        png = Path(tmp, f"step-{step:08d}.png")
+        png.write_bytes(to_png(grid([[video[len(video) // 2]]], height=video.shape[1])))
+        storage.put_file(png, key.replace(".mp4", ".png"))
+        report.artifact(png, "previews")
+    return storage.uri(key)
+
+
+def lr_lambda(config: SftConfig):
+    warmup, total, floor = (
+        config.optim.warmup_steps,
+        config.optim.max_steps,
+        config.optim.min_lr_ratio,
+    )
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, Any]:
+    """Run (or resume) the SFT and return a summary; rank 0 writes the model directory."""
+    runtime = config.runtime
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    torch.manual_seed(runtime.seed)
+    storage = Storage(
+        config.data.storage_root,
+        endpoint_url=config.data.endpoint_url,
+        region_name=config.data.region_name,
+    )
+    codec = load_codec(config.model.codec)
+    dataset, unconditional, cache_prefix = prepare_cache(storage, config, ctx, codec, report)
+    index = dataset.index
+    train_index = index[index["split"] == "train"]
+    pools = {m: train_index.index[train_index["modality"] == m].to_numpy() for m in (VIDEO, IMAGE)}
+    if config.optim.batch_size % ctx.world_size:
+        raise ValueError(
+            f"optim.batch_size {config.optim.batch_size} is not divisible by {ctx.world_size} ranks"
+        )
+    evaluation = make_evaluation(dataset, config)
+    first = dataset[0]
+    bare = build_model(config, first["source"].shape[0], first["tokens"].shape[-1]).to(ctx.device)
+    on_gpu = ctx.device.type == "cuda"
+    if runtime.gradient_checkpointing == "on" or (
+        runtime.gradient_checkpointing == "auto" and on_gpu
+    ):
+        bare.enable_gradient_checkpointing()
+    use_bf16 = runtime.mixed_precision == "bf16" or (runtime.mixed_precision == "auto" and on_gpu)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if not use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(ctx.device.type, dtype=torch.bfloat16)
+
+    model = wrap_model(bare, ctx, runtime.parallel)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.optim.lr,
+        betas=config.optim.betas,
+        weight_decay=config.optim.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    resumed = load_latest_checkpoint(storage, config.output_prefix, model, optimizer, scheduler)
+    start = resumed["step"] if resumed else 0
+    history: dict[str, list] = dict(resumed.get("history", {})) if resumed else {}
+    report.info(
+        f"SFT: {len(train_index)} train samples ({len(pools[VIDEO])} video, {len(pools[IMAGE])} "
+        f"image), {sum(p.numel() for p in bare.parameters()) / 1e6:.2f}M parameters, "
+        f"{ctx.world_size} rank(s) on {ctx.device}, steps {start}->{config.optim.max_steps}"
+        + (" (resumed)" if resumed else "")
+    )
+
+    def evaluate(step: int, *, sample: bool) -> dict[str, float]:
+        model.eval()
+        metrics = {
+            "val_loss": validation_loss(
+                model, evaluation, unconditional, config, ctx.device, autocast()
+            )
+        }
+        if sample:
+            sampled, strips = sample_previews(
+                model, evaluation, unconditional, codec, config, ctx.device
+            )
+            metrics.update(sampled)
+            if ctx.is_main:
+                write_previews(storage, config.output_prefix, step, strips, report)
+        model.train()
+        report.metrics(step, metrics)
+        for name, value in metrics.items():
+            history.setdefault(name, []).append([step, value])
+        report.info(
+            f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k)
+        )
+        return metrics
+
+    if start == 0:
+        evaluate(0, sample=True)
+    model.train()
+    window: list[float] = []
+    tick = time.perf_counter()
+    for step in range(start, config.optim.max_steps):
+        plan = plan_step(
+            step,
+            seed=runtime.seed,
+            pools=pools,
+            video_fraction=config.data.video_fraction if config.data.use_images else 1.0,
+            batch_size=config.optim.batch_size,
+            sigma_mean=config.loss.sigma_mean,
+            sigma_std=config.loss.sigma_std,
+            sigma_shift=config.loss.sigma_shift,
+            instruction_dropout=config.loss.instruction_dropout,
+            source_dropout=config.loss.source_dropout,
+        )
+        share = plan.share(ctx.rank, ctx.world_size)
+        items = [dataset[int(p)] for p in plan.positions[share]]
+        batch = collate(items, unconditional, plan.drop_instruction[share], plan.drop_source[share])
+        noise = torch.randn(
+            (len(plan.positions), *batch.target.shape[1:]), generator=plan.generator
+        )
+        loss = forward_loss(
+            model,
+            batch.to(ctx.device),
+            noise[share].to(ctx.device),
+            plan.sigmas[share].to(ctx.device),
+            config,
+            autocast(),
+        )
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.append(ctx.mean(loss).item())
+        done = step + 1
+        if done % 10 == 0 or done == config.optim.max_steps:
+            elapsed = time.perf_counter() - tick
+            metrics = {
+                "train_loss": float(np.mean(window)),
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "step_time_s": elapsed / len(window),
+            }
+            report.metrics(done, metrics)
+            history.setdefault("train_loss", []).append([done, metrics["train_loss"]])
+            report.info(
+                f"step {done}/{config.optim.max_steps}: loss {metrics['train_loss']:.4f}, "
+                f"lr {metrics['lr']:.2e}, {metrics['step_time_s']:.2f}s/step"
+            )
+            window, tick = [], time.perf_counter()
+        last = done == config.optim.max_steps
+        sample_now = last or (config.eval.sample_every and done % config.eval.sample_every == 0)
+        if last or done % config.eval.every == 0:
+            evaluate(done, sample=bool(sample_now))
+        if last or done % runtime.checkpoint_every == 0:
+            save_checkpoint(
+                storage, config.output_prefix, done, model, optimizer, scheduler,
+                is_main=ctx.is_main, extra={"history": history}, keep=runtime.keep_checkpoints,
+            )  # fmt: skip
+
+    summary = summarise(history, config, start)
+    summary["cache_uri"] = storage.uri(cache_prefix)
+    if ctx.is_main:
+        summary["model_uri"] = save_model(storage, config, bare, codec)
+        storage.write_json(f"{config.output_prefix}/summary.json", summary)
+    ctx.barrier()
+    return summary
+
+
+def summarise(history: dict[str, list], config: SftConfig, start: int) -> dict[str, Any]:
+    """First and last value of every tracked metric, plus the run's shape."""
+    summary: dict[str, Any] = {"steps": config.optim.max_steps, "resumed_from": start}
+    for name, points in history.items():
+        if points:
+            summary[f"{name}_first"] = points[0][1]
+            summary[f"{name}_last"] = points[-1][1]
+    summary["history"] = history
+    return summary
+
+
+def save_model(
+    storage: Storage, config: SftConfig, transformer: torch.nn.Module, codec: VideoCodec
+) -> str:
+    """Write the model directory (DiT, codec, instructor) under ``{output_prefix}/model``."""
+    fields = instructor_config(config, torch.device("cpu")).__dict__
+    spec = ModelSpec(
+        instructor={k: v for k, v in fields.items() if k != "device"},
+        pooled=config.model.pooled,
+        embedded_guidance=config.model.embedded_guidance
+        if transformer.config.guidance_embeds
+        else None,
+        frames=config.data.frames,
+        frame_stride=config.data.frame_stride,
+        height=config.data.height,
+        width=config.data.width,
+        sampling=SamplingDefaults(
+            num_steps=config.eval.sample_steps,
+            guidance_scale=config.eval.guidance_scale,
+            source_guidance_scale=config.eval.source_guidance_scale,
+        ),
+        lineage={"dataset_version": config.data.dataset_version, "config": config.fingerprint()},
+    )
+    pipeline = VivaEditPipeline(transformer, codec, spec)
+    prefix = f"{config.output_prefix}/model"
+    with tempfile.TemporaryDirectory() as tmp:
+        pipeline.save_pretrained(tmp)
+        for path in sorted(Path(tmp).rglob("*")):
+            if path.is_file():
+                storage.put_file(path, f"{prefix}/{path.relative_to(tmp).as_posix()}")
+    return storage.uri(prefix)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="VIVA context-aware SFT (run under torchrun)")
+    parser.add_argument("--config", required=True, help="the training YAML (SftConfig)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = SftConfig.from_yaml(args.config)
+    with distributed(config.runtime.device) as ctx:
+        tracking = config.tracking
+        with Reporter(
+            enabled=ctx.is_main, tracking_uri=tracking.tracking_uri, run_id=tracking.run_id
+        ) as report:
+            summary = train(config, ctx, report)
+            report.materialization(
+                {k: v for k, v in summary.items() if k != "history" and not isinstance(v, dict)}
+            )
+            if ctx.is_main:
+                print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,340 @@
+"""SFT samples: pixels cut from the QC'd dataset, encoded once into a cache, batched per step.
+
+The expensive parts of a sample (instructor tokens, source/target/reference latents) do not
+change during training, so :func:`build_cache` computes them once per (dataset version,
+instructor, codec, geometry) and writes one small safetensors file per sample under
+``{cache_prefix}/{cache_version}/``; its ``index.parquet`` is written last and marks the cache
+complete. Afterwards training reads only the cache: the VLM and the codec encoder are not even
+loaded.
+
+Batches follow a *global* plan that depends only on ``(seed, step)``: which modality, which
+samples, which noise levels, which conditions are dropped and the noise itself. Each rank takes
+its slice of the global batch, so any number of processes sees the same data as one process
+with the same global batch, and a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from tqdm.auto import tqdm
+
+from viva_pipelines.masks.shard import load_frames, load_mask
+from viva_pipelines.model.clips import ClipGeometry, to_model_pixels
+from viva_pipelines.model.flow_matching import resize_mask_to_latents, sample_sigmas
+from viva_pipelines.storage import Storage
+
+log = logging.getLogger(__name__)
+
+VIDEO, IMAGE = "video", "image"
+CACHE_FORMAT = "viva-sft-cache/1"
+INDEX_NAME = "index.parquet"
+UNCONDITIONAL_NAME = "unconditional.safetensors"
+
+
+@dataclass
+class PixelSample:
+    """One training pair in pixel space. Videos: ``[3, T, H, W]`` float in [-1, 1]; an image
+    sample has ``T = 1``. ``mask``: ``[1, T, H, W]`` in [0, 1]. ``first_frame`` and
+    ``reference_image`` are the uint8 RGB images the instructor looks at."""
+
+    instruction: str
+    source: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+    reference: torch.Tensor | None
+    first_frame: np.ndarray
+    reference_image: np.ndarray | None
+
+
+def _read_png(storage: Storage, key: str) -> np.ndarray:
+    with Image.open(io.BytesIO(storage.read_bytes(key))) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _read_mask_png(storage: Storage, key: str) -> np.ndarray:
+    with Image.open(io.BytesIO(storage.read_bytes(key))) as image:
+        return np.asarray(image.convert("L")) > 127
+
+
+def _has(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def load_pixel_sample(storage: Storage, row: Any, geometry: ClipGeometry) -> PixelSample:
+    """Read one ``qc_dataset`` row (video or image modality) and cut it to ``geometry``."""
+    if row.modality == VIDEO:
+        source_all = load_frames(storage, row.source_key)
+        target_all = load_frames(storage, row.target_key)
+        mask_all = load_mask(storage, row.mask_key)
+        count = min(len(source_all), len(target_all), len(mask_all))
+        picks = geometry.frame_indices(count)
+        source, target, mask = source_all[picks], target_all[picks], mask_all[picks]
+        first_frame = source_all[0]
+    elif row.modality == IMAGE:
+        source = _read_png(storage, row.source_key)[None]
+        target = _read_png(storage, row.target_key)[None]
+        mask = _read_mask_png(storage, row.mask_key)[None]
+        first_frame = source[0]
+    else:
+        raise ValueError(f"sample {row.sample_id}: unknown modality {row.modality!r}")
+    reference_image = _read_png(storage, row.reference_key) if _has(row.reference_key) else None
+    fitted_mask = np.stack([geometry.fit(m.astype(np.float32)) for m in mask])
+    return PixelSample(
+        instruction=row.instruction,
+        source=to_model_pixels(np.stack([geometry.fit(f) for f in source])),
+        target=to_model_pixels(np.stack([geometry.fit(f) for f in target])),
+        mask=torch.from_numpy(fitted_mask)[None].float(),
+        reference=(
+            None
+            if reference_image is None
+            else to_model_pixels(geometry.fit(reference_image)[None])
+        ),
+        first_frame=first_frame,
+        reference_image=reference_image,
+    )
+
+
+# -- the cache ------------------------------------------------------------------------------
+
+
+def cache_version(
+    dataset_version: str, instructor: dict[str, Any], codec: dict[str, Any], geometry: ClipGeometry
+) -> str:
+    """Changes whenever a cached tensor would: the data, the instructor, the codec, the cut."""
+    doc = {
+        "format": CACHE_FORMAT,
+        "dataset": dataset_version,
+        "instructor": instructor,
+        "codec": codec,
+        "geometry": geometry.__dict__,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _sample_key(prefix: str, sample_id: str) -> str:
+    return f"{prefix}/samples/{sample_id}.safetensors"
+
+
+def cache_is_complete(storage: Storage, prefix: str) -> bool:
+    return storage.exists(f"{prefix}/{INDEX_NAME}")
+
+
+#: ``encode(samples) -> (latents per field, tokens per sample)``; see :func:`build_cache`.
+Encoder = Callable[[Sequence[PixelSample]], tuple[dict[str, torch.Tensor], list[torch.Tensor]]]
+
+
+def build_cache(
+    storage: Storage,
+    prefix: str,
+    rows: pd.DataFrame,
+    geometry: ClipGeometry,
+    encode: Encoder,
+    unconditional_tokens: torch.Tensor,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    chunk: int = 16,
+    barrier: Callable[[], None] = lambda: None,
+) -> pd.DataFrame:
+    """Encode every row once; each rank takes every ``world_size``-th row. Returns the index.
+
+    ``encode`` turns a chunk of same-modality pixel samples into latents
+    (``source``/``target``/``mask``: ``[n, C, t, h, w]``, ``reference``: ``[n, C, 1, h, w]``
+    with zeros where absent) and condition tokens (a list of ``[L_i, D]``, real tokens only).
+    ``unconditional_tokens`` ``[L, D]`` are stored beside them for condition dropout.
+    Samples already in the cache (a run that stopped while caching) are not encoded again.
+    """
+    rows = rows.reset_index(drop=True)
+    mine = rows.iloc[rank::world_size]
+    for modality, group in mine.groupby("modality", sort=True):
+        todo = [
+            row
+            for row in group.itertuples()
+            if not storage.exists(_sample_key(prefix, row.sample_id))
+        ]
+        desc = f"caching {modality} samples (rank {rank})"
+        for start in tqdm(range(0, len(todo), chunk), desc=desc, disable=rank != 0):
+            batch_rows = todo[start : start + chunk]
+            samples = [load_pixel_sample(storage, row, geometry) for row in batch_rows]
+            latents, tokens = encode(samples)
+            for i, row in enumerate(batch_rows):
+                tensors = {name: value[i].contiguous() for name, value in latents.items()}
+                tensors["tokens"] = tokens[i].float().contiguous()
+                tensors["has_reference"] = torch.tensor(samples[i].reference is not None)
+                storage.write_bytes(_sample_key(prefix, row.sample_id), save_safetensors(tensors))
+    barrier()
+    index = pd.DataFrame(
+        {
+            "sample_id": rows["sample_id"],
+            "modality": rows["modality"],
+            "split": rows["split"],
+            "edit_type": rows["edit_type"],
+            "instruction": rows["instruction"],
+            "key": [_sample_key(prefix, sid) for sid in rows["sample_id"]],
+        }
+    )
+    if rank == 0:
+        storage.write_bytes(
+            f"{prefix}/{UNCONDITIONAL_NAME}",
+            save_safetensors({"tokens": unconditional_tokens.float().contiguous()}),
+        )
+        storage.write_parquet(f"{prefix}/{INDEX_NAME}", index)
+    barrier()
+    return index
+
+
+class CachedSamples:
+    """Reads cached samples by position; recently used ones stay in memory."""
+
+    def __init__(self, storage: Storage, index: pd.DataFrame, *, memory_items: int = 4096):
+        self.storage = storage
+        self.index = index.reset_index(drop=True)
+        self._load = functools.lru_cache(maxsize=memory_items)(self._read)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _read(self, key: str) -> dict[str, torch.Tensor]:
+        return load_safetensors(self.storage.read_bytes(key))
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        return self._load(self.index.at[position, "key"])
+
+
+def load_unconditional(storage: Storage, prefix: str) -> torch.Tensor:
+    """The cached unconditional tokens ``[L, D]``."""
+    return load_safetensors(storage.read_bytes(f"{prefix}/{UNCONDITIONAL_NAME}"))["tokens"]
+
+
+def mask_to_latents(mask: torch.Tensor, latent_shape: Sequence[int]) -> torch.Tensor:
+    """Pixel masks ``[n, 1, T, H, W]`` -> latent-grid weights ``[n, 1, t, h, w]``."""
+    return resize_mask_to_latents(mask, latent_shape)
+
+
+# -- batches --------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One rank's share of a step. Latents ``[B, C, t, h, w]``; ``reference`` ``[B, C, 1, h, w]``
+    (zeros where absent); ``tokens`` ``[B, L, D]`` right-padded with ``token_mask`` ``[B, L]``."""
+
+    source: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+    reference: torch.Tensor
+    tokens: torch.Tensor
+    token_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def pad_tokens(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``[L_i, D]`` token sequences: ``([B, L, D], mask [B, L] int64)``."""
+    length = max(seq.shape[0] for seq in sequences)
+    tokens = sequences[0].new_zeros(len(sequences), length, sequences[0].shape[-1])
+    mask = torch.zeros(len(sequences), length, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        tokens[i, : seq.shape[0]] = seq
+        mask[i, : seq.shape[0]] = 1
+    return tokens, mask
+
+
+def collate(
+    items: Sequence[dict[str, torch.Tensor]],
+    unconditional: torch.Tensor,
+    drop_instruction: torch.Tensor,
+    drop_source: torch.Tensor,
+) -> Batch:
+    """Stack cached samples; dropped instructions get the unconditional tokens (and no
+    reference), dropped sources get zero source latents."""
+    source = torch.stack([item["source"] for item in items])
+    reference = torch.stack([item["reference"] for item in items])
+    drop_i = drop_instruction.reshape(-1, 1, 1, 1, 1)
+    tokens, token_mask = pad_tokens(
+        [
+            unconditional if drop else item["tokens"]
+            for item, drop in zip(items, drop_instruction, strict=True)
+        ]
+    )
+    return Batch(
+        source=torch.where(drop_source.reshape(-1, 1, 1, 1, 1), 0.0, source),
+        target=torch.stack([item["target"] for item in items]),
+        mask=torch.stack([item["mask"] for item in items]),
+        reference=torch.where(drop_i, 0.0, reference),
+        tokens=tokens,
+        token_mask=token_mask,
+    )
+
+
+@dataclass
+class StepPlan:
+    """The global batch of one step (every rank computes the same plan)."""
+
+    modality: str
+    positions: torch.Tensor  # [B] positions into the dataset
+    sigmas: torch.Tensor  # [B]
+    drop_instruction: torch.Tensor  # [B] bool
+    drop_source: torch.Tensor  # [B] bool
+    generator: torch.Generator  # continues the step's stream: draw the noise from it
+
+    def share(self, rank: int, world_size: int) -> slice:
+        per_rank = len(self.positions) // world_size
+        return slice(rank * per_rank, (rank + 1) * per_rank)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def plan_step(
+    step: int,
+    *,
+    seed: int,
+    pools: dict[str, np.ndarray],
+    video_fraction: float,
+    batch_size: int,
+    sigma_mean: float = 0.0,
+    sigma_std: float = 1.0,
+    sigma_shift: float = 1.0,
+    instruction_dropout: float = 0.0,
+    source_dropout: float = 0.0,
+) -> StepPlan:
+    """Choose the modality (video with probability ``video_fraction`` when both pools have
+    samples), the samples (uniform with replacement), noise levels and dropped conditions."""
+    generator = step_generator(seed, step)
+    use_video = torch.rand((), generator=generator).item() < video_fraction
+    available = [m for m in (VIDEO, IMAGE) if len(pools.get(m, ())) > 0]
+    if not available:
+        raise ValueError("no training samples")
+    modality = VIDEO if use_video else IMAGE
+    if modality not in available:
+        modality = available[0]
+    pool = pools[modality]
+    picks = torch.randint(len(pool), (batch_size,), generator=generator)
+    sigmas = sample_sigmas(
+        batch_size, mean=sigma_mean, std=sigma_std, shift=sigma_shift, generator=generator
+    )
+    return StepPlan(
+        modality=modality,
+        positions=torch.from_numpy(np.array(pool))[picks],
+        sigmas=sigmas,
+        drop_instruction=torch.rand(batch_size, generator=generator) < instruction_dropout,
+        drop_source=torch.rand(batch_size, generator=generator) < source_dropout,
+        generator=generator,
+    )
