@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import mlflow
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,6 +18,7 @@ from viva_pipelines.pairs.shard import manifest_key as pairs_manifest_key
 from viva_pipelines.pairs.shard import preview_key
 from viva_pipelines.pairs.types import EDIT_TYPES
 from viva_pipelines.storage import Storage
+from viva_pipelines.video.io import read_video
 
 VIVA = str(Path(sys.executable).parent / "viva")
 
@@ -66,6 +68,35 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     second = run(["ingest"], project, home)
     assert second.returncode == 0, second.stderr
     assert "0 shards materialized, 1 already current" in second.stdout
+
+    # Train (a few steps), register in MLflow, then edit with the registered model.
+    write_conf(project, "local", "sft.yaml", {"sft": {
+        "data": {"frames": 2, "height": 16, "width": 16},
+        "optim": {"batch_size": 4, "max_steps": 4, "warmup_steps": 1},
+        "eval": {"every": 4, "val_samples": 4, "sample_count": 2, "sample_steps": 2},
+        "runtime": {"checkpoint_every": 4, "threads": 1},
+    }})  # fmt: skip
+    trained = run(["materialize", "sft_checkpoint"], project, home)
+    assert trained.returncode == 0, trained.stdout + trained.stderr[-3000:]
+    assert "sft_checkpoint materialized" in trained.stdout
+    tracking = f"sqlite:///{project / 'data' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking)
+    version = client.get_model_version("viva-sft", "1")
+    mlflow_run = client.get_run(version.run_id)
+    assert mlflow_run.data.tags["dagster.asset_key"] == "sft_checkpoint"
+    assert "viva.upstream.qc_dataset.data_version" in mlflow_run.data.tags
+    assert mlflow_run.data.params["optim.max_steps"] == "4"
+    assert [d.dataset.name for d in mlflow_run.inputs.dataset_inputs] == ["qc_dataset"]
+    assert "train_loss" in mlflow_run.data.metrics and "val_psnr" in mlflow_run.data.metrics
+    out = project / "edited.mp4"
+    edited = run(["edit", "--model", "models:/viva-sft/1", "--video", str(next(source.glob("*.mp4"))),
+                  "--instruction", "Remove the red circle.", "--out", str(out), "--steps", "2"],
+                 project, home)  # fmt: skip
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    assert read_video(out)[0].shape == (2, 16, 16, 3)
+    missing = run(["edit", "--model", str(project / "nope"), "--video", str(out),
+                   "--instruction", "x", "--out", str(out)], project, home)  # fmt: skip
+    assert missing.returncode == 2 and "not a VIVA model directory" in missing.stderr
 
     os.environ["DAGSTER_HOME"], previous = str(home), os.environ.get("DAGSTER_HOME")
     try:

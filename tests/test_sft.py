@@ -203,3 +203,19 @@ def test_two_gloo_processes_follow_the_single_process_loss_trajectory(dataset_ro
     for key in ("train_loss_first", "train_loss_last", "val_loss_last"):
         assert summaries[2][key] == pytest.approx(summaries[1][key], rel=1e-4), key
     assert summaries[1]["val_loss_last"] < summaries[1]["val_loss_first"]
+
+
+def test_a_text_to_video_checkpoint_is_widened_and_checked_against_the_instructor(tmp_path):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from viva_pipelines.model.transformer import tiny_transformer_config
+
+    t2v = HunyuanVideoTransformer3DModel(**{**tiny_transformer_config(12, 64), "in_channels": 12})
+    t2v.save_pretrained(tmp_path / "t2v")
+    config = tiny_sft_config(tmp_path, model={"transformer": str(tmp_path / "t2v")})
+    model = sft.build_model(config, latent_channels=12, token_dim=64)
+    assert model.config.in_channels == 36 and model.x_embedder.proj.weight[:, 12:].abs().sum() == 0
+    with pytest.raises(
+        ValueError, match="text_embed_dim is 64 but the instructor's hidden size is 32"
+    ):
+        sft.build_model(config, latent_channels=12, token_dim=32)

@@ -39,6 +39,7 @@ class SamplingDefaults:
     num_steps: int = 20
     guidance_scale: float = 1.5
     source_guidance_scale: float | None = None
+    shift: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,7 @@ class VivaEditPipeline:
             num_steps=num_steps or sampling.num_steps,
             guidance_scale=sampling.guidance_scale if guidance_scale is None else guidance_scale,
             source_guidance_scale=source_guidance_scale or sampling.source_guidance_scale,
+            shift=sampling.shift,
             embedded_guidance=spec.embedded_guidance,
             generator=torch.Generator().manual_seed(seed),
             progress=progress,

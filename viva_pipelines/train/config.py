@@ -94,6 +94,7 @@ class EvalConfig(_Section):
     sample_steps: int = Field(20, ge=1)
     guidance_scale: float = 1.5
     source_guidance_scale: float | None = None
+    sample_shift: float = Field(1.0, gt=0)  # time shift of the sampling schedule
 
 
 class RuntimeConfig(_Section):

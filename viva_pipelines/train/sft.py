@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from viva_pipelines.model.clips import ClipGeometry, to_uint8_frames
 from viva_pipelines.model.codecs import VideoCodec, load_codec
@@ -49,7 +50,11 @@ from viva_pipelines.model.transformer import (
 )
 from viva_pipelines.previews import grid, to_png
 from viva_pipelines.storage import Storage
-from viva_pipelines.train.checkpoint import load_latest_checkpoint, save_checkpoint
+from viva_pipelines.train.checkpoint import (
+    completed_checkpoints,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from viva_pipelines.train.config import TINY, SftConfig
 from viva_pipelines.train.distributed import DistContext, distributed, unwrap, wrap_model
 from viva_pipelines.train.reporting import Reporter
@@ -180,6 +185,13 @@ def build_model(
     )
     if model.config.in_channels == model.config.out_channels:
         widen_patch_embedding(model, (CONDITION_STREAMS - 1) * model.config.out_channels)
+    for name, width in (("text_embed_dim", token_dim), ("pooled_projection_dim", token_dim)):
+        if model.config[name] != width:
+            raise ValueError(
+                f"{config.model.transformer}: the DiT's {name} is {model.config[name]} but the "
+                f"instructor's hidden size is {width}; the pooled sources "
+                f"({config.model.pooled!r}) take the instructor's width"
+            )
     return model
 
 
@@ -302,6 +314,7 @@ def sample_previews(
         num_steps=config.eval.sample_steps,
         guidance_scale=config.eval.guidance_scale,
         source_guidance_scale=config.eval.source_guidance_scale,
+        shift=config.eval.sample_shift,
         embedded_guidance=_embedded_guidance(model, config),
         generator=torch.Generator().manual_seed(evaluation.seed),
     )
@@ -403,6 +416,16 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
         weight_decay=config.optim.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    if (
+        runtime.parallel == "fsdp"
+        and ctx.active
+        and completed_checkpoints(storage, config.output_prefix)
+    ):
+        raise ValueError(
+            f"{storage.uri(config.output_prefix)}: resuming a sharded (FSDP) run from its "
+            "checkpoints is not supported yet; resume with runtime.parallel: ddp (the "
+            "checkpoints are full state dicts) or start a new output_prefix"
+        )
     resumed = load_latest_checkpoint(storage, config.output_prefix, model, optimizer, scheduler)
     start = resumed["step"] if resumed else 0
     history: dict[str, list] = dict(resumed.get("history", {})) if resumed else {}
@@ -499,11 +522,18 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
                 storage, config.output_prefix, done, model, optimizer, scheduler,
                 is_main=ctx.is_main, extra={"history": history}, keep=runtime.keep_checkpoints,
             )  # fmt: skip
+            ctx.barrier()  # nobody looks for checkpoints while rank 0 still writes one
 
     summary = summarise(history, config, start)
     summary["cache_uri"] = storage.uri(cache_prefix)
+    # Gathered on every rank (FSDP shards the weights), written by rank 0 from a plain copy.
+    weights = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
     if ctx.is_main:
-        summary["model_uri"] = save_model(storage, config, bare, codec)
+        export = HunyuanVideoTransformer3DModel.from_config(bare.config)
+        export.load_state_dict(weights)
+        summary["model_uri"] = save_model(storage, config, export, codec)
         storage.write_json(f"{config.output_prefix}/summary.json", summary)
     ctx.barrier()
     return summary
@@ -539,6 +569,7 @@ def save_model(
             num_steps=config.eval.sample_steps,
             guidance_scale=config.eval.guidance_scale,
             source_guidance_scale=config.eval.source_guidance_scale,
+            shift=config.eval.sample_shift,
         ),
         lineage={"dataset_version": config.data.dataset_version, "config": config.fingerprint()},
     )
