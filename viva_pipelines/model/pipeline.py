@@ -275,10 +275,11 @@ def resolve_model(model: str | Path, *, tracking_uri: str | None = None) -> Path
     if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
         import mlflow
 
+        if tracking_uri:  # models:/ URIs resolve through the registry, which follows this
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
         try:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=text, tracking_uri=tracking_uri
-            )
+            local = mlflow.artifacts.download_artifacts(artifact_uri=text)
         except mlflow.exceptions.MlflowException as exc:
             raise FileNotFoundError(f"{text}: cannot fetch the model from MLflow: {exc}") from None
         return Path(local)

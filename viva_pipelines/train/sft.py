@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from viva_pipelines.model.clips import ClipGeometry, to_uint8_frames
 from viva_pipelines.model.codecs import VideoCodec, load_codec
 from viva_pipelines.model.flow_matching import add_noise, masked_flow_matching_loss, velocity_target
-from viva_pipelines.model.instructor import Instructor, InstructorConfig
+from viva_pipelines.model.instructor import Instructor, InstructorConfig, load_prompt_template
 from viva_pipelines.model.pipeline import (
     Conditions,
     ModelSpec,
@@ -137,7 +138,15 @@ def prepare_cache(
     geometry = geometry_of(config)
     rows = training_rows(storage, config)
     instructor_cfg = instructor_config(config, ctx.device)
-    identity = {**instructor_cfg.__dict__, "model": config.model.instructor, "device": None}
+    # The prompt's text, not just its file name: editing the template invalidates the cache.
+    identity = {
+        **instructor_cfg.__dict__,
+        "model": config.model.instructor,
+        "device": None,
+        "prompt_sha256": hashlib.sha256(
+            load_prompt_template(config.model.instructor_prompt).encode()
+        ).hexdigest(),
+    }
     version = cache_version(config.data.dataset_version, identity, codec.config, geometry)
     prefix = f"{config.data.cache_prefix}/{version}"
     if cache_is_complete(storage, prefix):
@@ -281,7 +290,9 @@ def validation_loss(
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 arrays (identical arrays give 100 rather than infinity)."""
+    """PSNR in dB of two uint8 arrays (identical arrays give 100 rather than infinity).
+    The edit-region variants take the pixels inside the edit mask: there the identity
+    baseline is wrong by construction, so beating it means the instruction was followed."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return 100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
@@ -320,18 +331,24 @@ def sample_previews(
     )
     edits = codec.decode(latents)
     sources, targets = codec.decode(batch.source), codec.decode(batch.target)
-    scores: dict[str, list[tuple[float, float]]] = {}
-    strips = []
+    pixel_masks = torch.nn.functional.interpolate(batch.mask, size=edits.shape[2:], mode="nearest")
+    records, strips = [], []
     for i, edit_type in enumerate(evaluation.sample_rows["edit_type"]):
         src, tgt, out = (to_uint8_frames(x[i]) for x in (sources, targets, edits))
-        scores.setdefault(edit_type, []).append((psnr(out, tgt), psnr(src, tgt)))
+        region = pixel_masks[i, 0].cpu().numpy() > 0.5
+        records.append({
+            "edit_type": edit_type,
+            "val_psnr": psnr(out, tgt), "val_psnr_identity": psnr(src, tgt),
+            "val_psnr_edit_region": psnr(out[region], tgt[region]) if region.any() else np.nan,
+            "val_psnr_edit_region_identity": (
+                psnr(src[region], tgt[region]) if region.any() else np.nan
+            ),
+        })  # fmt: skip
         strips.append(np.concatenate([src, tgt, out], axis=2))
-    metrics = {
-        "val_psnr": float(np.mean([m for pairs in scores.values() for m, _ in pairs])),
-        "val_psnr_identity": float(np.mean([b for pairs in scores.values() for _, b in pairs])),
-    }
-    for edit_type, pairs in scores.items():
-        metrics[f"val_psnr/{edit_type}"] = float(np.mean([m for m, _ in pairs]))
+    table = pd.DataFrame(records)
+    metrics = {name: float(table[name].mean()) for name in table.columns if name != "edit_type"}
+    for edit_type, value in table.groupby("edit_type")["val_psnr"].mean().items():
+        metrics[f"val_psnr/{edit_type}"] = float(value)
     return metrics, strips
 
 

@@ -40,7 +40,8 @@ from viva_pipelines.storage import Storage
 log = logging.getLogger(__name__)
 
 VIDEO, IMAGE = "video", "image"
-CACHE_FORMAT = "viva-sft-cache/1"
+#: Bumped whenever the code that fills the cache changes what it writes.
+CACHE_FORMAT = "viva-sft-cache/2"
 INDEX_NAME = "index.parquet"
 UNCONDITIONAL_NAME = "unconditional.safetensors"
 
