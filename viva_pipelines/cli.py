@@ -137,9 +137,11 @@ def _edit(args: argparse.Namespace) -> int:
     from viva_pipelines.model.pipeline import edit_video, resolve_model
 
     try:
-        model_dir = resolve_model(args.model, tracking_uri=get_settings().mlflow_tracking_uri)
+        tracking_uri = get_settings().mlflow_tracking_uri
+        model_dir = resolve_model(args.model, tracking_uri=tracking_uri)
+        lora = args.lora and resolve_model(args.lora, tracking_uri=tracking_uri, lora=True)
         out = edit_video(
-            model_dir, args.video, args.instruction, args.out, reference=args.reference,
+            model_dir, args.video, args.instruction, args.out, lora=lora, reference=args.reference,
             num_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
@@ -198,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     edit = commands.add_parser("edit", help="edit a video with a trained model")
     edit.add_argument(
         "--model", required=True, help="model directory or MLflow URI (models:/viva-sft/1)"
+    )
+    edit.add_argument(
+        "--lora", help="an Edit-GRPO LoRA: directory or MLflow URI (models:/viva-grpo-lora/1)"
     )
     edit.add_argument("--video", required=True, help="input video file")
     edit.add_argument("--instruction", required=True, help='e.g. "Remove the red ball."')

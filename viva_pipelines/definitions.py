@@ -7,6 +7,7 @@ from viva_pipelines.defs.data import build_data_defs
 from viva_pipelines.defs.ingest import build_ingest_defs
 from viva_pipelines.defs.jobs import shard_job
 from viva_pipelines.defs.resources import build_resources
+from viva_pipelines.defs.rewards import build_reward_defs
 from viva_pipelines.defs.training import build_training_defs
 from viva_pipelines.settings import get_settings
 
@@ -24,6 +25,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         build_ingest_defs(settings),
         build_data_defs(settings),
         build_training_defs(settings),
+        build_reward_defs(settings),
         dg.Definitions(jobs=[shard_job], resources=build_resources(settings), executor=executor),
     )
 

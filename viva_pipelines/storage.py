@@ -85,6 +85,13 @@ class Storage:
             return str(path)
         return f"{self.root_uri}/{clean}"
 
+    def key_of(self, uri: str) -> str:
+        """The key of a URI (or absolute local path) under this root; other places raise."""
+        prefix = self.root_uri + ("/" if self.is_remote else os.sep)
+        if not uri.startswith(prefix):
+            raise PathEscapeError(f"{uri!r} is not under the storage root {self.root_uri}")
+        return normalise_key(uri[len(prefix) :].replace(os.sep, "/"))
+
     def _fs_path(self, key: str) -> str:
         return self.uri(key) if not self.is_remote else self.fs._strip_protocol(self.uri(key))
 

@@ -22,6 +22,10 @@ from pydantic import (
 
 from viva_pipelines.train.config import (
     EvalConfig,
+    GrpoEval,
+    GrpoOptim,
+    GrpoSampling,
+    LoraOptions,
     LossConfig,
     ModelOptions,
     OptimConfig,
@@ -258,6 +262,36 @@ class SftSettings(Section):
     runtime: RuntimeConfig = RuntimeConfig()
 
 
+class RewardWeightSettings(Section):
+    instruction: float = Field(1.0, ge=0)  # R_IF
+    preservation: float = Field(1.0, ge=0)  # R_SP
+    pickscore: float = Field(1.0, ge=0)  # R_PS
+
+
+class RewardsSettings(Section):
+    """``reward_models``: CLIP and PickScore from ``models.clip`` / ``models.pickscore``, or
+    (both null) a tiny CLIP trained on the dataset's frames and captions for the demo."""
+
+    weights: RewardWeightSettings = RewardWeightSettings()
+    pickscore_processor: str | None = None  # PickScore_v1 ships no processor: CLIP-H's
+    tiny_clip_steps: PositiveInt = 300
+    frames_per_video: PositiveInt = 2
+    seed: int = 0
+
+
+class GrpoSettings(Section):
+    """``grpo_lora``: Edit-GRPO over the SFT model (sections of ``train.config.GrpoConfig``)."""
+
+    nproc_per_node: PositiveInt = 1
+    threads_per_process: PositiveInt | None = None
+    register_model: str = "viva-grpo-lora"
+    lora: LoraOptions = LoraOptions()
+    sampling: GrpoSampling = GrpoSampling()
+    optim: GrpoOptim = GrpoOptim()
+    eval: GrpoEval = GrpoEval()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
 class ModelSettings(Section):
     """Pretrained weights by local path or hub id; ``None`` selects the tiny demo models."""
 
@@ -287,6 +321,8 @@ class Settings(Section):
     execution: ExecutionSettings = ExecutionSettings()
     models: ModelSettings = ModelSettings()
     sft: SftSettings = SftSettings()
+    rewards: RewardsSettings = RewardsSettings()
+    grpo: GrpoSettings = GrpoSettings()
 
     @model_validator(mode="after")
     def _mlflow_needs_server_for_remote_root(self) -> Settings:

@@ -10,12 +10,18 @@ from viva_pipelines.config import Settings
 from viva_pipelines.defs.resources import MlflowResource, StorageResource
 from viva_pipelines.previews import markdown_image
 from viva_pipelines.qc import dataset as qc
+from viva_pipelines.rewards.models import RECORD_KEY as REWARDS_RECORD
+from viva_pipelines.storage import Storage
 from viva_pipelines.tracking import log_dataset_input, log_params, register_model_dir
-from viva_pipelines.train.config import SftConfig
+from viva_pipelines.train.config import GrpoConfig, RunConfig, SftConfig
 
 SFT_CODE_VERSION = "sft-1"
 SFT_PREFIX = "sft_checkpoint"
+GRPO_CODE_VERSION = "grpo-1"
+GRPO_PREFIX = "grpo_lora"
 QC_DATASET = dg.AssetKey("qc_dataset")
+SFT_CHECKPOINT = dg.AssetKey("sft_checkpoint")
+REWARD_MODELS = dg.AssetKey("reward_models")
 
 
 def sft_config(settings: Settings, dataset_version: str) -> SftConfig:
@@ -51,6 +57,38 @@ def sft_config(settings: Settings, dataset_version: str) -> SftConfig:
     return config.model_copy(update={"output_prefix": f"{SFT_PREFIX}/{config.fingerprint()}"})
 
 
+def grpo_config(
+    settings: Settings, store: Storage, sft_version: str, dataset_version: str
+) -> GrpoConfig:
+    """The GRPO run of this code location over the SFT run whose fingerprint is
+    ``sft_version``: its model directory, its cache (source latents and tokens) and the
+    reward models' record; the output prefix is named by the config's own fingerprint."""
+    grpo = settings.grpo
+    sft_prefix = f"{SFT_PREFIX}/{sft_version}"
+    summary = store.read_json(f"{sft_prefix}/summary.json")
+    doc = {
+        "output_prefix": GRPO_PREFIX,
+        "data": {
+            "storage_root": settings.storage.root,
+            "manifest_key": qc.MANIFEST_KEY,
+            "dataset_version": dataset_version,
+            "endpoint_url": settings.storage.s3.endpoint_url,
+            "region_name": settings.storage.s3.region_name,
+        },
+        "sft_model": f"{sft_prefix}/model",
+        "sft_cache": store.key_of(summary["cache_uri"]),
+        "rewards_record": REWARDS_RECORD,
+        "reward_weights": settings.rewards.weights.model_dump(),
+        "lora": grpo.lora.model_dump(),
+        "sampling": grpo.sampling.model_dump(),
+        "optim": grpo.optim.model_dump(),
+        "eval": grpo.eval.model_dump(),
+        "runtime": {**grpo.runtime.model_dump(), "threads": grpo.threads_per_process},
+    }
+    config = GrpoConfig.from_mapping(doc, origin="conf: grpo")
+    return config.model_copy(update={"output_prefix": f"{GRPO_PREFIX}/{config.fingerprint()}"})
+
+
 def latest_data_version(context: dg.AssetExecutionContext, key: dg.AssetKey) -> str:
     event = context.instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
@@ -58,12 +96,43 @@ def latest_data_version(context: dg.AssetExecutionContext, key: dg.AssetKey) -> 
     return event.asset_materialization.tags.get("dagster/data_version", "")
 
 
-def torchrun_command(nproc: int, config_path: str) -> list[str]:
+def torchrun_command(nproc: int, module: str, config_path: str) -> list[str]:
     """``torchrun`` on this node (``--standalone`` picks a free rendezvous port)."""
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={nproc}", "-m", "viva_pipelines.train.sft", "--config", config_path,
+        f"--nproc_per_node={nproc}", "-m", module, "--config", config_path,
     ]  # fmt: skip
+
+
+def launch_training(
+    context: dg.AssetExecutionContext,
+    client: dg.PipesSubprocessClient,
+    store: Storage,
+    config: RunConfig,
+    *,
+    module: str,
+    nproc: int,
+    run_id: str,
+    tracking_uri: str,
+    artifact_prefix: str,
+    register_as: str,
+) -> tuple[dict, str]:
+    """Run a training module under torchrun through Pipes with the MLflow run to log into,
+    then register what it wrote under ``{output_prefix}/{artifact_prefix}`` as a new version
+    of ``register_as``. Returns the reported metadata and the model version."""
+    tracking = config.tracking.model_copy(update={"tracking_uri": tracking_uri, "run_id": run_id})
+    config = config.model_copy(update={"tracking": tracking})
+    log_params(config.flat_params())
+    context.log.info(f"training into {store.uri(config.output_prefix)}")
+    with tempfile.TemporaryDirectory(prefix="viva-train-") as tmp:
+        config_path = Path(tmp, "run.yaml")
+        config.to_yaml(config_path)
+        result = client.run(
+            command=torchrun_command(nproc, module, str(config_path)), context=context
+        ).get_materialize_result()
+        local = store.get_dir(f"{config.output_prefix}/{artifact_prefix}", Path(tmp, "model"))
+        version = register_model_dir(local, run_id, register_as)
+    return dict(result.metadata), version
 
 
 def build_training_defs(settings: Settings) -> dg.Definitions:
@@ -94,30 +163,17 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
             context, upstream_data_versions={"qc_dataset": dataset_version}
         ) as run:
             config = sft_config(settings, dataset_version)
-            config = config.model_copy(
-                update={
-                    "tracking": config.tracking.model_copy(
-                        update={"tracking_uri": mlflow.tracking_uri, "run_id": run.info.run_id}
-                    )
-                }
-            )
-            log_params(config.flat_params())
             log_dataset_input(manifest, store.uri(qc.MANIFEST_KEY), dataset_version, "qc_dataset")
-            context.log.info(f"training into {store.uri(config.output_prefix)}")
-            with tempfile.TemporaryDirectory(prefix="viva-sft-") as tmp:
-                config_path = Path(tmp, "sft.yaml")
-                config.to_yaml(config_path)
-                result = pipes_subprocess_client.run(
-                    command=torchrun_command(sft.nproc_per_node, str(config_path)),
-                    context=context,
-                ).get_materialize_result()
-                model_dir = Path(tmp, "model")
-                store.get_dir(f"{config.output_prefix}/model", model_dir)
-                version = register_model_dir(model_dir, run.info.run_id, sft.register_model)
+            reported, version = launch_training(
+                context, pipes_subprocess_client, store, config,
+                module="viva_pipelines.train.sft", nproc=sft.nproc_per_node,
+                run_id=run.info.run_id, tracking_uri=mlflow.tracking_uri,
+                artifact_prefix="model", register_as=sft.register_model,
+            )  # fmt: skip
             summary = store.read_json(f"{config.output_prefix}/summary.json")
             preview = _last_preview(store, config.output_prefix)
         metadata = {
-            **result.metadata,
+            **reported,
             "model_uri": dg.MetadataValue.path(store.uri(f"{config.output_prefix}/model")),
             "registered_model": f"{sft.register_model}/{version}",
             "dataset_version": dataset_version,
@@ -136,8 +192,55 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
             metadata=metadata, data_version=dg.DataVersion(f"{config.fingerprint()}")
         )
 
+    @dg.asset(
+        deps=[SFT_CHECKPOINT, REWARD_MODELS],
+        code_version=GRPO_CODE_VERSION,
+        group_name="training",
+        kinds={"pytorch", "mlflow"},
+        pool="gpu",
+        op_tags=settings.execution.asset_tags.get("grpo_lora", {}),
+        retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+    )
+    def grpo_lora(
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        mlflow: MlflowResource,
+        pipes_subprocess_client: dg.PipesSubprocessClient,
+    ) -> dg.MaterializeResult:
+        """Edit-GRPO: a LoRA over the SFT model trained on the rewards of ``reward_models``
+        (instruction following, source preservation, PickScore); registered in MLflow as
+        ``viva-grpo-lora`` with the SFT model it adapts."""
+        store = storage.get()
+        versions = {
+            "sft_checkpoint": latest_data_version(context, SFT_CHECKPOINT),
+            "reward_models": latest_data_version(context, REWARD_MODELS),
+            "qc_dataset": latest_data_version(context, QC_DATASET),
+        }
+        config = grpo_config(settings, store, versions["sft_checkpoint"], versions["qc_dataset"])
+        with mlflow.start_run(context, upstream_data_versions=versions) as run:
+            reported, version = launch_training(
+                context, pipes_subprocess_client, store, config,
+                module="viva_pipelines.train.grpo", nproc=settings.grpo.nproc_per_node,
+                run_id=run.info.run_id, tracking_uri=mlflow.tracking_uri,
+                artifact_prefix="lora", register_as=settings.grpo.register_model,
+            )  # fmt: skip
+            summary = store.read_json(f"{config.output_prefix}/summary.json")
+        context.log.info(
+            f"held-out reward {summary.get('eval/total_first', float('nan')):.4f} -> "
+            f"{summary.get('eval/total_last', float('nan')):.4f}"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                **reported,
+                "lora_uri": dg.MetadataValue.path(store.uri(f"{config.output_prefix}/lora")),
+                "base_model": dg.MetadataValue.path(store.uri(config.sft_model)),
+                "registered_model": f"{settings.grpo.register_model}/{version}",
+            },
+            data_version=dg.DataVersion(config.fingerprint()),
+        )
+
     return dg.Definitions(
-        assets=[sft_checkpoint],
+        assets=[sft_checkpoint, grpo_lora],
         resources={"pipes_subprocess_client": dg.PipesSubprocessClient()},
     )
 

@@ -171,6 +171,14 @@ class VivaEditPipeline:
             self._instructor = Instructor(InstructorConfig(**fields))
         return self._instructor
 
+    def load_lora(self, directory: str | Path) -> VivaEditPipeline:
+        """Apply an Edit-GRPO LoRA (peft format, from ``save_lora_adapter``) to the DiT."""
+        directory = Path(directory)
+        if not any(directory.glob("*.safetensors")):
+            raise FileNotFoundError(f"{directory}: no LoRA adapter weights (*.safetensors) here")
+        self.transformer.load_lora_adapter(str(directory), prefix=None)
+        return self
+
     @property
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
@@ -268,9 +276,12 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def resolve_model(model: str | Path, *, tracking_uri: str | None = None) -> Path:
-    """A local model directory for ``model``: a directory as is, or an MLflow URI
-    (``models:/viva-sft/3``, ``runs:/<id>/model``) downloaded from ``tracking_uri``."""
+def resolve_model(
+    model: str | Path, *, tracking_uri: str | None = None, lora: bool = False
+) -> Path:
+    """A local model (or, with ``lora``, adapter) directory for ``model``: a directory as is,
+    or an MLflow URI (``models:/viva-sft/3``, ``runs:/<id>/model``) downloaded from
+    ``tracking_uri``."""
     text = str(model)
     if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
         import mlflow
@@ -284,6 +295,10 @@ def resolve_model(model: str | Path, *, tracking_uri: str | None = None) -> Path
             raise FileNotFoundError(f"{text}: cannot fetch the model from MLflow: {exc}") from None
         return Path(local)
     path = Path(text)
+    if lora:
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such LoRA directory")
+        return path
     if not (path / MODEL_FILE).is_file():
         raise FileNotFoundError(f"{path}: not a VIVA model directory (no {MODEL_FILE})")
     return path
@@ -295,6 +310,7 @@ def edit_video(
     instruction: str,
     out: str | Path,
     *,
+    lora: str | Path | None = None,
     reference: str | Path | None = None,
     num_steps: int | None = None,
     guidance_scale: float | None = None,

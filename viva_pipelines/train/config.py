@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -113,24 +113,11 @@ class TrackingConfig(_Section):
     run_id: str | None = None  # log metrics into this (already created) MLflow run
 
 
-class SftConfig(_Section):
-    output_prefix: str  # storage key prefix of this run: checkpoints/, model/, previews/
-    data: DataConfig
-    model: ModelConfig
-    optim: OptimConfig = OptimConfig()
-    loss: LossConfig = LossConfig()
-    eval: EvalConfig = EvalConfig()
-    runtime: RuntimeConfig = RuntimeConfig()
-    tracking: TrackingConfig = TrackingConfig()
-
-    @model_validator(mode="after")
-    def _images_need_share(self) -> SftConfig:
-        if not self.data.use_images and self.data.video_fraction == 0:
-            raise ValueError("data.video_fraction is 0 and data.use_images is false: no samples")
-        return self
+class RunConfig(_Section):
+    """What every training-run config shares: YAML in and out, clear errors, a fingerprint."""
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> SftConfig:
+    def from_yaml(cls, path: str | Path) -> Self:
         path = Path(path)
         try:
             doc = yaml.safe_load(path.read_text()) or {}
@@ -139,7 +126,7 @@ class SftConfig(_Section):
         return cls.from_mapping(doc, origin=str(path))
 
     @classmethod
-    def from_mapping(cls, doc: Any, *, origin: str = "config") -> SftConfig:
+    def from_mapping(cls, doc: Any, *, origin: str = "config") -> Self:
         try:
             return cls.model_validate(doc)
         except ValidationError as exc:
@@ -168,5 +155,74 @@ class SftConfig(_Section):
         }
 
 
+class SftConfig(RunConfig):
+    output_prefix: str  # storage key prefix of this run: checkpoints/, model/, previews/
+    data: DataConfig
+    model: ModelConfig
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _images_need_share(self) -> SftConfig:
+        if not self.data.use_images and self.data.video_fraction == 0:
+            raise ValueError("data.video_fraction is 0 and data.use_images is false: no samples")
+        return self
+
+
 class ConfigFileError(ValueError):
     """A training config that cannot be used; the message names the file and key."""
+
+
+class LoraOptions(_Section):
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    targets: tuple[str, ...] | None = None  # None = HunyuanVideo's attention + MLP projections
+
+
+class GrpoSampling(_Section):
+    group_size: int = Field(4, ge=2)  # G candidates per (source video, instruction)
+    num_steps: int = Field(8, ge=2)
+    train_steps: int = Field(3, ge=1)  # denoising steps trained per iteration (random subset)
+    noise_level: float = Field(0.7, gt=0)
+    shift: float = Field(3.0, gt=0)
+    guidance_scale: float = 1.5
+
+
+class GrpoOptim(_Section):
+    iterations: int = Field(40, ge=0)
+    groups_per_iteration: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    clip_range: float = Field(1e-3, gt=0)
+    beta: float = Field(0.01, ge=0)  # KL to the adapter-disabled reference
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class GrpoEval(_Section):
+    every: int = Field(10, ge=1)
+    groups: int = Field(8, ge=1)  # held-out (val) groups scored before, during and after
+
+
+class RewardWeightOptions(_Section):
+    instruction: float = Field(1.0, ge=0)
+    preservation: float = Field(1.0, ge=0)
+    pickscore: float = Field(1.0, ge=0)
+
+
+class GrpoConfig(RunConfig):
+    """One Edit-GRPO run (``python -m viva_pipelines.train.grpo --config <yaml>``)."""
+
+    output_prefix: str
+    data: DataConfig
+    sft_model: str  # storage key prefix (or local dir) of the SFT model directory
+    sft_cache: str  # storage key prefix of the SFT cache: source latents and tokens
+    rewards_record: str = "reward_models/models.json"
+    reward_weights: RewardWeightOptions = RewardWeightOptions()
+    lora: LoraOptions = LoraOptions()
+    sampling: GrpoSampling = GrpoSampling()
+    optim: GrpoOptim = GrpoOptim()
+    eval: GrpoEval = GrpoEval()
+    runtime: RuntimeConfig = RuntimeConfig()
+    tracking: TrackingConfig = TrackingConfig()

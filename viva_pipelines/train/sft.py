@@ -541,7 +541,7 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
             )  # fmt: skip
             ctx.barrier()  # nobody looks for checkpoints while rank 0 still writes one
 
-    summary = summarise(history, config, start)
+    summary = summarise(history, config.optim.max_steps, start)
     summary["cache_uri"] = storage.uri(cache_prefix)
     # Gathered on every rank (FSDP shards the weights), written by rank 0 from a plain copy.
     weights = get_model_state_dict(
@@ -556,9 +556,9 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
     return summary
 
 
-def summarise(history: dict[str, list], config: SftConfig, start: int) -> dict[str, Any]:
+def summarise(history: dict[str, list], steps: int, start: int) -> dict[str, Any]:
     """First and last value of every tracked metric, plus the run's shape."""
-    summary: dict[str, Any] = {"steps": config.optim.max_steps, "resumed_from": start}
+    summary: dict[str, Any] = {"steps": steps, "resumed_from": start}
     for name, points in history.items():
         if points:
             summary[f"{name}_first"] = points[0][1]

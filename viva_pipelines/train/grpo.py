@@ -1,0 +1,511 @@
+"""Edit-GRPO (DESIGN §2): reward post-training of the SFT model through a LoRA.
+
+One iteration: for each (source video, instruction) group draw G candidates in one batch with
+the stochastic sampler (:func:`rollout`, keeping every step's latents and log-probs), score
+them (any ``reward_fn``; the VIVA rewards live in ``viva_pipelines.rewards``), turn rewards
+into group advantages, and take PPO-clipped steps on a subset of the denoising steps with a KL
+term to the reference policy, which is the same network with the adapter disabled.
+The maths is in ``grpo_math`` and ``model.sde``; this module only wires it together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from viva_pipelines.model.clips import to_uint8_frames
+from viva_pipelines.model.flow_matching import guided_velocity, inference_sigmas
+from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline, _pad_together
+from viva_pipelines.model.sde import sde_step_with_logprob
+from viva_pipelines.model.transformer import predict_velocity
+from viva_pipelines.rewards.clip_rewards import ClipScorer, RewardWeights, edit_rewards
+from viva_pipelines.storage import Storage
+from viva_pipelines.train.checkpoint import load_latest_checkpoint, save_checkpoint
+from viva_pipelines.train.config import GrpoConfig
+from viva_pipelines.train.distributed import DistContext, distributed
+from viva_pipelines.train.grpo_math import group_advantages, kl_to_reference, ppo_clipped_loss
+from viva_pipelines.train.reporting import Reporter
+from viva_pipelines.train.sft import summarise
+from viva_pipelines.train.sft_data import (
+    CachedSamples,
+    collate,
+    load_unconditional,
+    pad_tokens,
+    step_generator,
+)
+
+#: Written beside the adapter: which SFT model it was trained on.
+ADAPTER_BASE_FILE = "viva_adapter.json"
+
+#: The projections of HunyuanVideo's attention and MLPs (dual- and single-stream blocks).
+DEFAULT_LORA_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp",
+)  # fmt: skip
+
+
+def add_lora(
+    transformer: torch.nn.Module,
+    *,
+    rank: int = 8,
+    alpha: float = 8.0,
+    targets: Sequence[str] = DEFAULT_LORA_TARGETS,
+    seed: int = 0,
+) -> torch.nn.Module:
+    """Freeze the DiT and attach a peft LoRA (``transformer.add_adapter``); only the adapter
+    trains. LoRA's B matrices start at zero, so the policy starts as the SFT model."""
+    from peft import LoraConfig
+
+    transformer.requires_grad_(False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer.add_adapter(
+            LoraConfig(
+                r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True
+            )
+        )
+    return transformer
+
+
+@dataclass
+class Rollout:
+    """G candidates of one or more groups, sampled together.
+
+    ``latents``: ``[S + 1, B, C, t, h, w]`` (``latents[0]`` is the noise, ``latents[S]`` the
+    result); ``log_probs``: ``[S, B]`` of each step under the sampling policy; ``sigmas``:
+    ``[S + 1]``.
+    """
+
+    latents: torch.Tensor
+    log_probs: torch.Tensor
+    sigmas: torch.Tensor
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.latents[-1]
+
+
+@dataclass
+class EditContext:
+    """What the policy is conditioned on, per candidate: source latents ``[B, C, t, h, w]``,
+    reference latents ``[B, C, 1, h, w]`` or ``None``, conditional and unconditional tokens."""
+
+    source: torch.Tensor
+    reference: torch.Tensor | None
+    cond: Conditions
+    uncond: Conditions
+    guidance_scale: float = 1.0
+    embedded_guidance: float | None = None
+
+
+def guided_step_velocity(
+    transformer: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, ctx: EditContext
+) -> torch.Tensor:
+    """The classifier-free-guided velocity the sampler follows (one batched model call when
+    guidance is on; the conditional branch alone when ``guidance_scale == 1``)."""
+    if ctx.guidance_scale == 1.0:
+        c = ctx.cond
+        return predict_velocity(
+            transformer, x, sigma, ctx.source, ctx.reference, c.tokens, c.mask, c.pooled,
+            embedded_guidance=ctx.embedded_guidance,
+        )  # fmt: skip
+    tokens, mask = _pad_together([ctx.uncond, ctx.cond])
+    no_reference = None if ctx.reference is None else torch.zeros_like(ctx.reference)
+    v_uncond, v_cond = predict_velocity(
+        transformer,
+        torch.cat([x, x]),
+        sigma,
+        torch.cat([ctx.source, ctx.source]),
+        None if ctx.reference is None else torch.cat([no_reference, ctx.reference]),
+        tokens,
+        mask,
+        torch.cat([ctx.uncond.pooled, ctx.cond.pooled]),
+        embedded_guidance=ctx.embedded_guidance,
+    ).chunk(2)
+    return guided_velocity(v_uncond, v_cond, ctx.guidance_scale)
+
+
+@torch.no_grad()
+def rollout(
+    transformer: torch.nn.Module,
+    ctx: EditContext,
+    *,
+    num_steps: int,
+    shift: float = 1.0,
+    noise_level: float = 0.7,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample every candidate with the SDE sampler, keeping per-step latents and log-probs.
+    The last step (to sigma = 0) is deterministic in Flow-GRPO and is taken as an Euler step
+    with no log-prob (its std would be 0)."""
+    sigmas = inference_sigmas(num_steps, shift).to(ctx.source.device)
+    x = torch.randn(ctx.source.shape, generator=generator).to(ctx.source)
+    latents, log_probs = [x], []
+    for i in range(num_steps):
+        v = guided_step_velocity(transformer, x, sigmas[i], ctx)
+        if sigmas[i + 1] > 0:
+            x, log_prob, _, _ = sde_step_with_logprob(
+                v, sigmas[i], sigmas[i + 1], x, noise_level, generator=generator
+            )
+            log_probs.append(log_prob)
+        else:
+            x = x + (sigmas[i + 1] - sigmas[i]) * v
+        latents.append(x)
+    return Rollout(torch.stack(latents), torch.stack(log_probs), sigmas)
+
+
+def trainable_steps(num_stochastic: int, count: int, generator: torch.Generator) -> list[int]:
+    """Which of the stochastic steps to train on this iteration (a random subset, as
+    Flow-GRPO does, to save compute)."""
+    if count >= num_stochastic:
+        return list(range(num_stochastic))
+    return sorted(torch.randperm(num_stochastic, generator=generator)[:count].tolist())
+
+
+@dataclass
+class UpdateStats:
+    loss: float
+    policy_loss: float
+    kl: float
+    clip_fraction: float
+
+
+def grpo_loss_for_step(
+    transformer: torch.nn.Module,
+    run: Rollout,
+    step: int,
+    ctx: EditContext,
+    advantages: torch.Tensor,
+    *,
+    noise_level: float,
+    clip_range: float,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The GRPO objective of one denoising step for all candidates:
+    ``(loss, policy_loss, kl, clip_fraction)``; only ``loss`` carries gradients.
+
+    The policy re-scores the stored transition ``latents[step] -> latents[step + 1]``; the
+    reference (adapter disabled, no grad) gives the mean the KL is measured against.
+    """
+    x, x_next = run.latents[step], run.latents[step + 1]
+    sigma, sigma_next = run.sigmas[step], run.sigmas[step + 1]
+    v = guided_step_velocity(transformer, x, sigma, ctx)
+    _, log_prob, mean, std = sde_step_with_logprob(
+        v, sigma, sigma_next, x, noise_level, prev_sample=x_next
+    )
+    policy_loss, clip_fraction = ppo_clipped_loss(
+        log_prob, run.log_probs[step], advantages, clip_range
+    )
+    kl = torch.zeros(())
+    if beta > 0:
+        with torch.no_grad():
+            transformer.disable_adapters()
+            try:
+                v_ref = guided_step_velocity(transformer, x, sigma, ctx)
+            finally:
+                transformer.enable_adapters()
+            _, _, ref_mean, _ = sde_step_with_logprob(
+                v_ref, sigma, sigma_next, x, noise_level, prev_sample=x_next
+            )
+        kl = kl_to_reference(mean, ref_mean, std).mean()
+    return policy_loss + beta * kl, policy_loss.detach(), kl.detach(), clip_fraction
+
+
+def grpo_iteration(
+    transformer: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ctx: EditContext,
+    groups: Sequence[object],
+    reward_fn: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    *,
+    num_steps: int,
+    train_steps: int,
+    shift: float = 1.0,
+    noise_level: float = 0.7,
+    clip_range: float = 1e-3,
+    beta: float = 0.01,
+    grad_clip: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """One Edit-GRPO iteration over a batch of candidates (``groups[i]`` is candidate i's
+    group key). ``reward_fn(final_latents) -> {"total": [B], component: [B], ...}``.
+    Gradients of the chosen steps are accumulated, then one clipped optimizer step."""
+    run = rollout(
+        transformer, ctx, num_steps=num_steps, shift=shift, noise_level=noise_level,
+        generator=generator,
+    )  # fmt: skip
+    rewards = reward_fn(run.final)
+    advantages = group_advantages(rewards["total"], groups).to(run.final.device)
+    steps = trainable_steps(run.log_probs.shape[0], train_steps, generator or torch.Generator())
+    totals = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
+    for step in steps:
+        loss, policy_loss, kl, clip_fraction = grpo_loss_for_step(
+            transformer, run, step, ctx, advantages,
+            noise_level=noise_level, clip_range=clip_range, beta=beta,
+        )  # fmt: skip
+        (loss / len(steps)).backward()
+        for name, value in zip(totals, (loss, policy_loss, kl, clip_fraction), strict=True):
+            totals[name] += float(value.detach()) / len(steps)
+    trainable = [p for p in transformer.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    stats = {**totals, "grad_norm": float(grad_norm)}
+    for name, values in rewards.items():
+        stats[f"reward/{name}_mean"] = float(values.float().mean())
+        stats[f"reward/{name}_std"] = float(values.float().std(unbiased=False))
+    stats.update(
+        advantage_mean=float(advantages.mean()),
+        advantage_abs_mean=float(advantages.abs().mean()),
+        advantage_max=float(advantages.max()),
+    )
+    return stats
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Groups:
+    """(source video, instruction) groups from the SFT cache, with their captions."""
+
+    items: list[dict[str, torch.Tensor]]
+    source_captions: list[str]
+    target_captions: list[str]
+    keys: list[str]
+
+
+def load_groups(storage: Storage, config: GrpoConfig, split: str) -> Groups:
+    index = storage.read_parquet(f"{config.sft_cache}/index.parquet")
+    manifest = storage.read_parquet(config.data.manifest_key)
+    rows = index[(index["modality"] == "video") & (index["split"] == split)].merge(
+        manifest[["sample_id", "source_caption", "target_caption"]], on="sample_id"
+    )
+    if rows.empty:
+        raise ValueError(f"{config.sft_cache}: no {split} video samples to form GRPO groups")
+    samples = CachedSamples(storage, rows)
+    return Groups(
+        items=[samples[i] for i in range(len(rows))],
+        source_captions=rows["source_caption"].fillna("").tolist(),
+        target_captions=rows["target_caption"].fillna("").tolist(),
+        keys=rows["sample_id"].tolist(),
+    )
+
+
+def group_context(
+    groups: Groups,
+    picks: Sequence[int],
+    group_size: int,
+    unconditional: torch.Tensor,
+    pipeline: VivaEditPipeline,
+    guidance_scale: float,
+    device: torch.device,
+) -> EditContext:
+    """Every picked group repeated ``group_size`` times, as one batch of candidates."""
+    items = [groups.items[p] for p in picks for _ in range(group_size)]
+    keep = torch.zeros(len(items), dtype=torch.bool)
+    batch = collate(items, unconditional, keep, keep).to(device)
+    pooled = pipeline.spec.pooled
+    empty, empty_mask = pad_tokens([unconditional] * len(items))
+    has_reference = any(bool(i["has_reference"]) for i in items)
+    return EditContext(
+        source=batch.source,
+        reference=batch.reference if has_reference else None,
+        cond=Conditions.from_tokens(batch.tokens, batch.token_mask, pooled),
+        uncond=Conditions.from_tokens(empty.to(device), empty_mask.to(device), pooled),
+        guidance_scale=guidance_scale,
+        embedded_guidance=pipeline.spec.embedded_guidance,
+    )
+
+
+def make_reward_fn(
+    pipeline: VivaEditPipeline,
+    clip: ClipScorer,
+    pick: ClipScorer,
+    weights: RewardWeights,
+    ctx: EditContext,
+    source_captions: list[str],
+    target_captions: list[str],
+) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """Decode the candidates and score them against their sources and captions."""
+    sources = np.stack([to_uint8_frames(v) for v in pipeline.codec.decode(ctx.source)])
+
+    def reward_fn(latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        edited = np.stack([to_uint8_frames(v) for v in pipeline.codec.decode(latents)])
+        return edit_rewards(clip, pick, sources, edited, source_captions, target_captions, weights)
+
+    return reward_fn
+
+
+def train_grpo(config: GrpoConfig, ctx: DistContext, report: Reporter) -> dict[str, Any]:
+    """Run (or resume) Edit-GRPO; rank 0 writes the adapter under ``{output_prefix}/lora``."""
+    runtime = config.runtime
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    if ctx.active:
+        raise ValueError("Edit-GRPO runs as one process per node for now (nproc_per_node: 1)")
+    storage = Storage(
+        config.data.storage_root,
+        endpoint_url=config.data.endpoint_url,
+        region_name=config.data.region_name,
+    )
+    with tempfile.TemporaryDirectory(prefix="viva-grpo-") as tmp:
+        model_dir = _local_dir(storage, config.sft_model, Path(tmp, "sft"))
+        pipeline = VivaEditPipeline.from_pretrained(model_dir, device=ctx.device)
+        record = storage.read_json(config.rewards_record)
+        clip = ClipScorer(_local_dir(storage, record["clip"]["location"], Path(tmp, "clip")))
+        pick_location = record["pickscore"]["location"]
+        pick = (
+            clip
+            if pick_location == record["clip"]["location"]
+            else ClipScorer(
+                _local_dir(storage, pick_location, Path(tmp, "pick")),
+                processor=record["pickscore"].get("processor"),
+            )
+        )
+        return _train(config, ctx, report, storage, pipeline, clip, pick, model_dir)
+
+
+def _local_dir(storage: Storage, location: str, scratch: Path) -> str:
+    """A local directory for a model given as a local path, a storage URI or a storage key."""
+    if Path(location).is_dir():
+        return location
+    key = storage.key_of(location) if location.startswith(storage.root_uri) else location
+    if not storage.is_remote and Path(storage.uri(key)).is_dir():
+        return storage.uri(key)
+    return str(storage.get_dir(key, scratch))
+
+
+def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dict[str, Any]:
+    runtime, sampling, optim = config.runtime, config.sampling, config.optim
+    weights = RewardWeights(**config.reward_weights.model_dump())
+    train_groups = load_groups(storage, config, "train")
+    val_groups = load_groups(storage, config, "val")
+    unconditional = load_unconditional(storage, config.sft_cache)
+    targets = config.lora.targets or DEFAULT_LORA_TARGETS
+    transformer = add_lora(
+        pipeline.transformer, rank=config.lora.rank, alpha=config.lora.alpha, targets=targets,
+        seed=runtime.seed,
+    )  # fmt: skip
+    trainable = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=optim.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    resumed = load_latest_checkpoint(
+        storage, config.output_prefix, transformer, optimizer, scheduler
+    )
+    start = resumed["step"] if resumed else 0
+    history: dict[str, list] = dict(resumed.get("history", {})) if resumed else {}
+    report.info(
+        f"Edit-GRPO: {len(train_groups.keys)} train groups, G={sampling.group_size}, "
+        f"{sum(p.numel() for p in trainable) / 1e3:.1f}k LoRA parameters, iterations "
+        f"{start}->{optim.iterations}" + (" (resumed)" if resumed else "")
+    )
+
+    def batch_for(groups: Groups, picks: list[int]):
+        ctx_ = group_context(
+            groups, picks, sampling.group_size, unconditional, pipeline,
+            sampling.guidance_scale, ctx.device,
+        )  # fmt: skip
+        captions = [
+            [getattr(groups, f)[p] for p in picks for _ in range(sampling.group_size)]
+            for f in ("source_captions", "target_captions")
+        ]
+        return ctx_, make_reward_fn(pipeline, clip, pick, weights, ctx_, *captions)
+
+    def evaluate(iteration: int) -> dict[str, float]:
+        """Mean reward of held-out groups, sampled with fixed seeds (the same every time)."""
+        picks = list(range(min(config.eval.groups, len(val_groups.keys))))
+        ctx_, reward_fn = batch_for(val_groups, picks)
+        run = rollout(
+            transformer, ctx_, num_steps=sampling.num_steps, shift=sampling.shift,
+            noise_level=sampling.noise_level,
+            generator=torch.Generator().manual_seed(runtime.seed + 7919),
+        )  # fmt: skip
+        rewards = reward_fn(run.final)
+        metrics = {f"eval/{name}": float(v.mean()) for name, v in rewards.items()}
+        report.metrics(iteration, metrics)
+        for name, value in metrics.items():
+            history.setdefault(name, []).append([iteration, value])
+        report.info(
+            f"iteration {iteration}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        )
+        return metrics
+
+    if start == 0:
+        evaluate(0)
+    for iteration in range(start, optim.iterations):
+        generator = step_generator(runtime.seed, iteration)
+        picks = torch.randint(
+            len(train_groups.keys), (optim.groups_per_iteration,), generator=generator
+        ).tolist()
+        ctx_, reward_fn = batch_for(train_groups, picks)
+        stats = grpo_iteration(
+            transformer, optimizer, ctx_, [p for p in picks for _ in range(sampling.group_size)],
+            reward_fn, num_steps=sampling.num_steps, train_steps=sampling.train_steps,
+            shift=sampling.shift, noise_level=sampling.noise_level, clip_range=optim.clip_range,
+            beta=optim.beta, grad_clip=optim.grad_clip, generator=generator,
+        )  # fmt: skip
+        done = iteration + 1
+        report.metrics(done, stats)
+        history.setdefault("reward/total_mean", []).append([done, stats["reward/total_mean"]])
+        report.info(
+            f"iteration {done}/{optim.iterations}: reward {stats['reward/total_mean']:.4f}, "
+            f"kl {stats['kl']:.2e}, clip {stats['clip_fraction']:.2f}"
+        )
+        if done % config.eval.every == 0 or done == optim.iterations:
+            evaluate(done)
+        if done % runtime.checkpoint_every == 0 or done == optim.iterations:
+            save_checkpoint(
+                storage, config.output_prefix, done, transformer, optimizer, scheduler,
+                is_main=ctx.is_main, extra={"history": history}, keep=runtime.keep_checkpoints,
+            )  # fmt: skip
+    summary = summarise(history, config.optim.iterations, start)
+    summary["lora_uri"] = save_adapter(storage, config, transformer)
+    storage.write_json(f"{config.output_prefix}/summary.json", summary)
+    return summary
+
+
+def save_adapter(storage: Storage, config: GrpoConfig, transformer: torch.nn.Module) -> str:
+    """The LoRA (peft format, ``save_lora_adapter``) with a note of its base model."""
+    prefix = f"{config.output_prefix}/lora"
+    with tempfile.TemporaryDirectory() as tmp:
+        transformer.save_lora_adapter(tmp)
+        Path(tmp, ADAPTER_BASE_FILE).write_text(
+            json.dumps({"base_model": config.sft_model, "config": config.fingerprint()}, indent=1)
+        )
+        for path in sorted(Path(tmp).rglob("*")):
+            if path.is_file():
+                storage.put_file(path, f"{prefix}/{path.relative_to(tmp).as_posix()}")
+    return storage.uri(prefix)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="VIVA Edit-GRPO (run under torchrun)")
+    parser.add_argument("--config", required=True, help="the GRPO YAML (GrpoConfig)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = GrpoConfig.from_yaml(args.config)
+    with distributed(config.runtime.device) as ctx:
+        tracking = config.tracking
+        with Reporter(
+            enabled=ctx.is_main, tracking_uri=tracking.tracking_uri, run_id=tracking.run_id
+        ) as report:
+            summary = train_grpo(config, ctx, report)
+            report.materialization(
+                {k: v for k, v in summary.items() if k != "history" and not isinstance(v, dict)}
+            )
+            print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
