@@ -33,6 +33,7 @@ demo: install
 	$(BIN)/viva ingest && \
 	$(BIN)/viva materialize qc_dataset && \
 	$(BIN)/viva materialize sft_checkpoint && \
+	$(BIN)/viva materialize reward_models grpo_lora && \
 	echo "demo materialized in $$(( $$(date +%s) - start ))s" && \
 	echo "" && \
 	echo "Dagster UI:  make dev     (then open http://127.0.0.1:3000)" && \

@@ -1,6 +1,7 @@
 """The commands a user runs, as subprocesses with their own conf/ and Dagster home."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -94,6 +95,30 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
                  project, home)  # fmt: skip
     assert edited.returncode == 0, edited.stderr[-3000:]
     assert read_video(out)[0].shape == (2, 16, 16, 3)
+
+    # Reward models (tiny CLIP trained on the dataset) and Edit-GRPO over the SFT model.
+    write_conf(project, "local", "grpo.yaml", {
+        "rewards": {"tiny_clip_steps": 10},
+        "grpo": {"sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
+                 "optim": {"iterations": 2, "groups_per_iteration": 1},
+                 "eval": {"every": 2, "groups": 2}, "runtime": {"checkpoint_every": 2}},
+    })  # fmt: skip
+    tuned = run(["materialize", "reward_models", "grpo_lora"], project, home)
+    assert tuned.returncode == 0, tuned.stdout + tuned.stderr[-3000:]
+    record = json.loads(storage.read_bytes("reward_models/models.json"))
+    assert record["trained"]["train_pairs"] > 0 and record["clip"]["identity"]["sha256"]
+    lora_version = client.get_model_version("viva-grpo-lora", "1")
+    lora_run = client.get_run(lora_version.run_id)
+    assert "viva.upstream.sft_checkpoint.data_version" in lora_run.data.tags
+    assert "viva.upstream.reward_models.data_version" in lora_run.data.tags
+    assert "eval/total" in lora_run.data.metrics and "kl" in lora_run.data.metrics
+    with_lora = project / "edited_lora.mp4"
+    edited = run(["edit", "--model", "models:/viva-sft/1", "--lora", "models:/viva-grpo-lora/1",
+                  "--video", str(next(source.glob("*.mp4"))), "--instruction", "Remove it.",
+                  "--out", str(with_lora), "--steps", "2"], project, home)  # fmt: skip
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    assert read_video(with_lora)[0].shape == (2, 16, 16, 3)
+
     missing = run(["edit", "--model", str(project / "nope"), "--video", str(out),
                    "--instruction", "x", "--out", str(out)], project, home)  # fmt: skip
     assert missing.returncode == 2 and "not a VIVA model directory" in missing.stderr

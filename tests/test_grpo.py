@@ -97,3 +97,30 @@ def test_the_kl_term_measures_distance_to_the_adapter_free_reference():
     moved = grpo_iteration(model, optimizer, ctx, [0] * G, brightness_in_mask, num_steps=3,
                            train_steps=2, beta=1.0, generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert moved["kl"] > 0
+
+
+def test_a_saved_adapter_loads_onto_a_fresh_sft_model_with_the_same_outputs(tmp_path):
+    from viva_pipelines.model.codecs import PixelCodec
+    from viva_pipelines.model.pipeline import ModelSpec, VivaEditPipeline
+    from viva_pipelines.model.transformer import predict_velocity
+
+    trained = policy(seed=3)
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    trained.save_lora_adapter(str(tmp_path))
+    fresh = build_transformer(tiny_transformer_config(C, D), seed=3)
+    pipeline = VivaEditPipeline(fresh, PixelCodec(), ModelSpec(instructor={}))
+    ctx = context(2)
+    x, sigma = torch.randn(2, C, 1, 8, 8), torch.tensor(0.4)
+
+    def velocity(model: torch.nn.Module) -> torch.Tensor:
+        c = ctx.cond
+        return predict_velocity(model, x, sigma, ctx.source, None, c.tokens, c.mask, c.pooled)
+
+    with torch.no_grad():
+        before = velocity(fresh)
+        pipeline.load_lora(tmp_path)
+        torch.testing.assert_close(velocity(fresh), velocity(trained))
+    assert not torch.allclose(before, velocity(fresh))

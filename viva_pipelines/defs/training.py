@@ -89,6 +89,12 @@ def grpo_config(
     return config.model_copy(update={"output_prefix": f"{GRPO_PREFIX}/{config.fingerprint()}"})
 
 
+def run_key(config: RunConfig) -> str:
+    """The run's name under its asset's prefix (the fingerprint of its config): also the
+    asset's data version, so downstream assets find the run's files from it."""
+    return config.output_prefix.rsplit("/", 1)[-1]
+
+
 def latest_data_version(context: dg.AssetExecutionContext, key: dg.AssetKey) -> str:
     event = context.instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
@@ -177,7 +183,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
             "model_uri": dg.MetadataValue.path(store.uri(f"{config.output_prefix}/model")),
             "registered_model": f"{sft.register_model}/{version}",
             "dataset_version": dataset_version,
-            "config_fingerprint": config.fingerprint(),
+            "run_key": run_key(config),
         }
         if preview is not None:
             metadata["preview"] = dg.MetadataValue.md(
@@ -189,7 +195,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
             f"{sft.register_model} version {version}"
         )
         return dg.MaterializeResult(
-            metadata=metadata, data_version=dg.DataVersion(f"{config.fingerprint()}")
+            metadata=metadata, data_version=dg.DataVersion(run_key(config))
         )
 
     @dg.asset(
@@ -236,7 +242,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
                 "base_model": dg.MetadataValue.path(store.uri(config.sft_model)),
                 "registered_model": f"{settings.grpo.register_model}/{version}",
             },
-            data_version=dg.DataVersion(config.fingerprint()),
+            data_version=dg.DataVersion(run_key(config)),
         )
 
     return dg.Definitions(

@@ -29,6 +29,8 @@ from viva_pipelines.model.instructor import Instructor, InstructorConfig
 from viva_pipelines.model.transformer import pooled_vector, predict_velocity
 
 MODEL_FILE = "viva_model.json"
+#: What ``save_lora_adapter`` writes (safetensors, peft key names).
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 FORMAT = "viva-edit-model/1"
 #: Local instructors up to this size are copied into the model directory.
 EMBED_INSTRUCTOR_MAX_BYTES = 200 * 2**20
@@ -173,10 +175,12 @@ class VivaEditPipeline:
 
     def load_lora(self, directory: str | Path) -> VivaEditPipeline:
         """Apply an Edit-GRPO LoRA (peft format, from ``save_lora_adapter``) to the DiT."""
-        directory = Path(directory)
-        if not any(directory.glob("*.safetensors")):
-            raise FileNotFoundError(f"{directory}: no LoRA adapter weights (*.safetensors) here")
-        self.transformer.load_lora_adapter(str(directory), prefix=None)
+        weights = Path(directory, LORA_WEIGHTS)
+        if not weights.is_file():
+            raise FileNotFoundError(f"{directory}: no LoRA adapter here (no {LORA_WEIGHTS})")
+        self.transformer.load_lora_adapter(
+            str(directory), weight_name=LORA_WEIGHTS, use_safetensors=True, prefix=None
+        )
         return self
 
     @property
