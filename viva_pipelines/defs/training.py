@@ -194,9 +194,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
             f"{summary.get('val_loss_last', float('nan')):.4f}; registered "
             f"{sft.register_model} version {version}"
         )
-        return dg.MaterializeResult(
-            metadata=metadata, data_version=dg.DataVersion(run_key(config))
-        )
+        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(run_key(config)))
 
     @dg.asset(
         deps=[SFT_CHECKPOINT, REWARD_MODELS],
