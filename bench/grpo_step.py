@@ -35,6 +35,8 @@ captions, untrained: the cost is the same) used as both the CLIP and the PickSco
    call; median and fastest ms per iteration's rollout over --iterations after one warm-up,
    ms per candidate, and the speed-up of the batched rollout.
 
+On a busy CPU, more torch threads than free cores make the timings swing by several times
+(threads spin waiting for each other): pass --threads 1 there; the header line gives the load.
 On CUDA the rollouts draw from the global RNG (generator=None): grpo.rollout's SDE steps
 draw their noise on the latents' device, which a CPU torch.Generator cannot feed.
 """
@@ -221,6 +223,10 @@ def edit_context(
 
 
 def prepare(args: argparse.Namespace, device: torch.device, workdir: Path) -> Setup:
+    with contextlib.suppress(ImportError):  # no progress bars among the notes
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     codec = PixelCodec(CODEC_FACTOR)
     note("building the tiny DiT + LoRA")
     transformer = build_transformer(
@@ -353,7 +359,7 @@ def time_split(setup: Setup, args: argparse.Namespace) -> None:
         return f"{seconds / total:.0%}"
 
     labels = [
-        ("rollout", f"rollout: {setup.num_steps} steps, batch {rows_per_call}, log-probs"),
+        ("rollout", f"rollout: {setup.num_steps} steps x {batch} candidates, per-step log-probs"),
         ("reward", "reward: PixelCodec decode + tiny CLIP (R_IF, R_SP, PickScore)"),
         ("advantages", "advantages + choice of trained steps"),
     ]
@@ -443,6 +449,7 @@ def batched_vs_loop(setup: Setup, args: argparse.Namespace) -> None:
             if i > 0:
                 times[name].append(seconds)
     base = statistics.median(times["batched"])
+    loop_median = statistics.median(times["loop"])
     rows_per_call = 2 if GUIDANCE != 1.0 else 1
     labels = {
         "batched": f"batched: 1 call, batch {batch} ({rows_per_call * batch} rows per step)",
@@ -457,10 +464,9 @@ def batched_vs_loop(setup: Setup, args: argparse.Namespace) -> None:
                 ms(median),
                 ms(min(times[name])),
                 ms(median / batch),
-                f"{median / base:.2f}x",
+                f"{loop_median / median:.2f}x",
             ]
         )
-    loop_median = statistics.median(times["loop"])
     print("## 2. Batched vs one-candidate-at-a-time rollout")
     print()
     print(machine(setup.device))
@@ -477,11 +483,11 @@ def batched_vs_loop(setup: Setup, args: argparse.Namespace) -> None:
             "median ms",
             "fastest ms",
             "ms per candidate",
-            "time vs batched",
+            "speed-up vs one at a time",
         ],
         rows,
     )
-    print(f"Batching speed-up: {loop_median / base:.1f}x.")
+    print(f"Batching speed-up: {loop_median / base:.1f}x (median one-at-a-time / median batched).")
     print()
 
 
