@@ -63,6 +63,7 @@ from viva_pipelines.model.transformer import build_transformer, tiny_transformer
 from viva_pipelines.rewards.clip_rewards import ClipScorer, RewardWeights
 from viva_pipelines.rewards.tiny_clip import build_tiny_clip
 from viva_pipelines.train.grpo import (
+    CandidateBatch,
     EditContext,
     Rollout,
     add_lora,
@@ -319,9 +320,7 @@ def full_iteration(setup: Setup, generator: torch.Generator | None) -> None:
     grpo_iteration(
         setup.transformer,
         setup.optimizer,
-        setup.ctx,
-        setup.keys,
-        setup.reward_fn,
+        [CandidateBatch(setup.ctx, setup.keys, setup.reward_fn)],
         num_steps=setup.num_steps,
         train_steps=setup.train_steps,
         shift=SHIFT,

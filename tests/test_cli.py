@@ -112,6 +112,8 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     assert "viva.upstream.sft_checkpoint.data_version" in lora_run.data.tags
     assert "viva.upstream.reward_models.data_version" in lora_run.data.tags
     assert "eval/total" in lora_run.data.metrics and "kl" in lora_run.data.metrics
+    assert lora_version.tags["viva.base_model"] == "viva-sft/1"
+    assert "sha256" in lora_run.data.tags["viva.reward_model.clip"]
     with_lora = project / "edited_lora.mp4"
     edited = run(["edit", "--model", "models:/viva-sft/1", "--lora", "models:/viva-grpo-lora/1",
                   "--video", str(next(source.glob("*.mp4"))), "--instruction", "Remove it.",

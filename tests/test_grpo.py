@@ -6,7 +6,13 @@ import torch
 
 from viva_pipelines.model.pipeline import Conditions
 from viva_pipelines.model.transformer import build_transformer, tiny_transformer_config
-from viva_pipelines.train.grpo import EditContext, add_lora, grpo_iteration, rollout
+from viva_pipelines.train.grpo import (
+    CandidateBatch,
+    EditContext,
+    add_lora,
+    grpo_iteration,
+    rollout,
+)
 
 C, D, G = 4, 16, 8
 
@@ -73,7 +79,7 @@ def test_grpo_raises_a_simple_known_reward_from_a_fixed_seed():
     history = []
     for _ in range(30):
         stats = grpo_iteration(
-            model, optimizer, ctx, groups=[0] * G, reward_fn=brightness_in_mask, num_steps=4,
+            model, optimizer, [CandidateBatch(ctx, [0] * G, brightness_in_mask)], num_steps=4,
             train_steps=3, clip_range=0.2, beta=0.0, generator=generator,
         )  # fmt: skip
         history.append(stats["reward/total_mean"])
@@ -87,14 +93,14 @@ def test_the_kl_term_measures_distance_to_the_adapter_free_reference():
     model = policy()
     ctx = context(G)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
-    first = grpo_iteration(model, optimizer, ctx, [0] * G, brightness_in_mask, num_steps=3,
+    first = grpo_iteration(model, optimizer, [CandidateBatch(ctx, [0] * G, brightness_in_mask)], num_steps=3,
                            train_steps=2, beta=1.0, generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert first["kl"] == 0.0  # B = 0 at the start: policy == reference
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
-    moved = grpo_iteration(model, optimizer, ctx, [0] * G, brightness_in_mask, num_steps=3,
+    moved = grpo_iteration(model, optimizer, [CandidateBatch(ctx, [0] * G, brightness_in_mask)], num_steps=3,
                            train_steps=2, beta=1.0, generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert moved["kl"] > 0
 

@@ -115,3 +115,15 @@ def register_model_dir(local_dir: str | Path, run_id: str, name: str) -> str:
     source = f"{client.get_run(run_id).info.artifact_uri}/model"
     version = client.create_model_version(name, source, run_id=run_id)
     return version.version
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Tag the active run (values cut to MLflow's limit)."""
+    mlflow.set_tags({k: str(v)[:_PARAM_MAX] for k, v in tags.items()})
+
+
+def tag_model_version(name: str, version: str, tags: Mapping[str, str]) -> None:
+    """Tag a registered model version, e.g. a LoRA with the base model it adapts."""
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value)[:_PARAM_MAX])

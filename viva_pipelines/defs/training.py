@@ -1,5 +1,6 @@
 """``sft_checkpoint``: the context-aware SFT, launched as ``torchrun`` through Dagster Pipes."""
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -12,7 +13,13 @@ from viva_pipelines.previews import markdown_image
 from viva_pipelines.qc import dataset as qc
 from viva_pipelines.rewards.models import RECORD_KEY as REWARDS_RECORD
 from viva_pipelines.storage import Storage
-from viva_pipelines.tracking import log_dataset_input, log_params, register_model_dir
+from viva_pipelines.tracking import (
+    log_dataset_input,
+    log_params,
+    register_model_dir,
+    set_tags,
+    tag_model_version,
+)
 from viva_pipelines.train.config import GrpoConfig, RunConfig, SftConfig
 
 SFT_CODE_VERSION = "sft-1"
@@ -87,6 +94,12 @@ def grpo_config(
     }
     config = GrpoConfig.from_mapping(doc, origin="conf: grpo")
     return config.model_copy(update={"output_prefix": f"{GRPO_PREFIX}/{config.fingerprint()}"})
+
+
+def _latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dict:
+    event = context.instance.get_latest_materialization_event(key)
+    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    return {name: getattr(value, "value", value) for name, value in metadata.items()}
 
 
 def run_key(config: RunConfig) -> str:
@@ -221,13 +234,25 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
             "qc_dataset": latest_data_version(context, QC_DATASET),
         }
         config = grpo_config(settings, store, versions["sft_checkpoint"], versions["qc_dataset"])
+        sft_model = _latest_metadata(context, SFT_CHECKPOINT).get("registered_model", "")
+        record = store.read_json(REWARDS_RECORD)
+        links = {
+            "viva.base_model": sft_model,
+            "viva.base_model_uri": store.uri(config.sft_model),
+            **{
+                f"viva.reward_model.{name}": json.dumps(record[name]["identity"], sort_keys=True)
+                for name in ("clip", "pickscore")
+            },
+        }
         with mlflow.start_run(context, upstream_data_versions=versions) as run:
+            set_tags(links)
             reported, version = launch_training(
                 context, pipes_subprocess_client, store, config,
                 module="viva_pipelines.train.grpo", nproc=settings.grpo.nproc_per_node,
                 run_id=run.info.run_id, tracking_uri=mlflow.tracking_uri,
                 artifact_prefix="lora", register_as=settings.grpo.register_model,
             )  # fmt: skip
+            tag_model_version(settings.grpo.register_model, version, links)
             summary = store.read_json(f"{config.output_prefix}/summary.json")
         context.log.info(
             f"held-out reward {summary.get('eval/total_first', float('nan')):.4f} -> "
@@ -237,7 +262,8 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
             metadata={
                 **reported,
                 "lora_uri": dg.MetadataValue.path(store.uri(f"{config.output_prefix}/lora")),
-                "base_model": dg.MetadataValue.path(store.uri(config.sft_model)),
+                "base_model": sft_model,
+                "base_model_uri": dg.MetadataValue.path(store.uri(config.sft_model)),
                 "registered_model": f"{settings.grpo.register_model}/{version}",
             },
             data_version=dg.DataVersion(run_key(config)),

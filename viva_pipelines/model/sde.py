@@ -50,7 +50,9 @@ def sde_step_with_logprob(
     )
     std = std_t * torch.sqrt(-dt)
     if prev_sample is None:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        # Drawn where the generator lives (a CPU generator keeps runs reproducible on GPUs).
+        where = generator.device if generator is not None else x.device
+        noise = torch.randn(x.shape, generator=generator, device=where, dtype=x.dtype).to(x.device)
         prev_sample = mean + std * noise
     log_prob = -((prev_sample.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - _HALF_LOG_2PI
     return prev_sample, log_prob.mean(dim=tuple(range(1, x.ndim))), mean, std

@@ -193,7 +193,8 @@ class GrpoSampling(_Section):
 
 class GrpoOptim(_Section):
     iterations: int = Field(40, ge=0)
-    groups_per_iteration: int = Field(2, ge=1)
+    groups_per_iteration: int = Field(2, ge=1)  # groups sampled together in one batch
+    accumulate: int = Field(1, ge=1)  # such batches per optimizer step (gradient accumulation)
     lr: float = Field(1e-4, gt=0)
     clip_range: float = Field(1e-3, gt=0)
     beta: float = Field(0.01, ge=0)  # KL to the adapter-disabled reference

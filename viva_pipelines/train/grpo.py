@@ -220,12 +220,21 @@ def grpo_loss_for_step(
     return policy_loss + beta * kl, policy_loss.detach(), kl.detach(), clip_fraction
 
 
+@dataclass
+class CandidateBatch:
+    """Candidates sampled together: their context, group keys (``groups[i]`` is candidate
+    i's (source video, instruction) key) and ``reward_fn(final_latents) -> {"total": [B],
+    component: [B], ...}``."""
+
+    ctx: EditContext
+    groups: Sequence[object]
+    reward_fn: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
 def grpo_iteration(
     transformer: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    ctx: EditContext,
-    groups: Sequence[object],
-    reward_fn: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    batches: Sequence[CandidateBatch],
     *,
     num_steps: int,
     train_steps: int,
@@ -236,37 +245,47 @@ def grpo_iteration(
     grad_clip: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """One Edit-GRPO iteration over a batch of candidates (``groups[i]`` is candidate i's
-    group key). ``reward_fn(final_latents) -> {"total": [B], component: [B], ...}``.
-    Gradients of the chosen steps are accumulated, then one clipped optimizer step."""
-    run = rollout(
-        transformer, ctx, num_steps=num_steps, shift=shift, noise_level=noise_level,
-        generator=generator,
-    )  # fmt: skip
-    rewards = reward_fn(run.final)
-    advantages = group_advantages(rewards["total"], groups).to(run.final.device)
-    steps = trainable_steps(run.log_probs.shape[0], train_steps, generator or torch.Generator())
+    """One Edit-GRPO iteration: for each batch (gradient accumulation), a rollout, rewards,
+    group advantages and the losses of a random subset of its steps, backpropagated; then one
+    clipped optimizer step. Returns the iteration's statistics."""
+    generator = generator or torch.Generator()
+    scale = 1.0 / len(batches)
     totals = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
-    for step in steps:
-        loss, policy_loss, kl, clip_fraction = grpo_loss_for_step(
-            transformer, run, step, ctx, advantages,
-            noise_level=noise_level, clip_range=clip_range, beta=beta,
+    rewards: dict[str, list[torch.Tensor]] = {}
+    advantages = []
+    for batch in batches:
+        run = rollout(
+            transformer, batch.ctx, num_steps=num_steps, shift=shift, noise_level=noise_level,
+            generator=generator,
         )  # fmt: skip
-        (loss / len(steps)).backward()
-        for name, value in zip(totals, (loss, policy_loss, kl, clip_fraction), strict=True):
-            totals[name] += float(value.detach()) / len(steps)
+        batch_rewards = batch.reward_fn(run.final)
+        batch_advantages = group_advantages(batch_rewards["total"], batch.groups)
+        steps = trainable_steps(run.log_probs.shape[0], train_steps, generator)
+        for step in steps:
+            loss, policy_loss, kl, clip_fraction = grpo_loss_for_step(
+                transformer, run, step, batch.ctx, batch_advantages.to(run.final.device),
+                noise_level=noise_level, clip_range=clip_range, beta=beta,
+            )  # fmt: skip
+            (loss * scale / len(steps)).backward()
+            for name, value in zip(totals, (loss, policy_loss, kl, clip_fraction), strict=True):
+                totals[name] += float(value.detach()) * scale / len(steps)
+        for name, values in batch_rewards.items():
+            rewards.setdefault(name, []).append(values.float().cpu())
+        advantages.append(batch_advantages)
     trainable = [p for p in transformer.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     stats = {**totals, "grad_norm": float(grad_norm)}
-    for name, values in rewards.items():
-        stats[f"reward/{name}_mean"] = float(values.float().mean())
-        stats[f"reward/{name}_std"] = float(values.float().std(unbiased=False))
+    for name, parts in rewards.items():
+        values = torch.cat(parts)
+        stats[f"reward/{name}_mean"] = float(values.mean())
+        stats[f"reward/{name}_std"] = float(values.std(unbiased=False))
+    all_advantages = torch.cat(advantages)
     stats.update(
-        advantage_mean=float(advantages.mean()),
-        advantage_abs_mean=float(advantages.abs().mean()),
-        advantage_max=float(advantages.max()),
+        advantage_mean=float(all_advantages.mean()),
+        advantage_abs_mean=float(all_advantages.abs().mean()),
+        advantage_max=float(all_advantages.max()),
     )
     return stats
 
@@ -444,15 +463,19 @@ def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dic
         evaluate(0)
     for iteration in range(start, optim.iterations):
         generator = step_generator(runtime.seed, iteration)
-        picks = torch.randint(
-            len(train_groups.keys), (optim.groups_per_iteration,), generator=generator
-        ).tolist()
-        ctx_, reward_fn = batch_for(train_groups, picks)
+        batches = []
+        for _ in range(optim.accumulate):
+            picks = torch.randint(
+                len(train_groups.keys), (optim.groups_per_iteration,), generator=generator
+            ).tolist()
+            ctx_, reward_fn = batch_for(train_groups, picks)
+            keys = [p for p in picks for _ in range(sampling.group_size)]
+            batches.append(CandidateBatch(ctx_, keys, reward_fn))
         stats = grpo_iteration(
-            transformer, optimizer, ctx_, [p for p in picks for _ in range(sampling.group_size)],
-            reward_fn, num_steps=sampling.num_steps, train_steps=sampling.train_steps,
-            shift=sampling.shift, noise_level=sampling.noise_level, clip_range=optim.clip_range,
-            beta=optim.beta, grad_clip=optim.grad_clip, generator=generator,
+            transformer, optimizer, batches, num_steps=sampling.num_steps,
+            train_steps=sampling.train_steps, shift=sampling.shift,
+            noise_level=sampling.noise_level, clip_range=optim.clip_range, beta=optim.beta,
+            grad_clip=optim.grad_clip, generator=generator,
         )  # fmt: skip
         done = iteration + 1
         report.metrics(done, stats)
