@@ -48,9 +48,9 @@ def write_tiny_dataset(storage: Storage, videos: int = 4) -> pd.DataFrame:
         recolour = source.copy()
         recolour[masks] = (30, 30, 230)
         split = "val" if v % 2 else "train"
-        for edit, target, instruction in (
-            ("remove", removed, "Remove the red square."),
-            ("color", recolour, "Make the red square blue."),
+        for edit, target, instruction, target_caption in (
+            ("remove", removed, "Remove the red square.", "a colour gradient"),
+            ("color", recolour, "Make the red square blue.", "a blue square over a gradient"),
         ):
             prefix = f"synthetic_pairs/shard-000000/v{v}-{edit}"
             keys = {"source": f"raw_videos/shard-000000/v{v}.mp4", "target": f"{prefix}/target.mp4"}
@@ -68,6 +68,7 @@ def write_tiny_dataset(storage: Storage, videos: int = 4) -> pd.DataFrame:
             common = {
                 "status": "accepted", "split": split, "edit_type": edit, "video_id": f"v{v}",
                 "instruction": instruction, "reference_key": reference, "pair_id": f"v{v}-{edit}",
+                "source_caption": "a red square over a gradient", "target_caption": target_caption,
             }  # fmt: skip
             rows.append({**common, "sample_id": f"v{v}-{edit}", "modality": "video",
                          "source_key": keys["source"], "target_key": keys["target"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from viva_pipelines.model.pipeline import Conditions
@@ -130,3 +132,56 @@ def test_a_saved_adapter_loads_onto_a_fresh_sft_model_with_the_same_outputs(tmp_
         pipeline.load_lora(tmp_path)
         torch.testing.assert_close(velocity(fresh), velocity(trained))
     assert not torch.allclose(before, velocity(fresh))
+
+
+def test_grpo_run_over_a_trained_sft_model_resumes_to_the_same_adapter(tmp_path):
+    """The whole run: SFT model dir + cache, tiny CLIP rewards, LoRA, checkpoints; a run that
+    lost its last checkpoint resumes and ends with the adapter of an uninterrupted run."""
+    from safetensors.torch import load as load_safetensors
+
+    from tests.sft_fixtures import tiny_sft_config, write_tiny_dataset
+    from viva_pipelines.rewards.models import TinyClipOptions, prepare_reward_models
+    from viva_pipelines.storage import Storage
+    from viva_pipelines.train import sft
+    from viva_pipelines.train.config import GrpoConfig
+    from viva_pipelines.train.distributed import DistContext
+    from viva_pipelines.train.grpo import train_grpo
+    from viva_pipelines.train.reporting import Reporter
+
+    root = tmp_path / "root"
+    storage = Storage(str(root))
+    manifest = write_tiny_dataset(storage)
+    cpu = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    with Reporter(enabled=False, tracking_uri=None, run_id=None) as report:
+        summary = sft.train(tiny_sft_config(root, "sft"), cpu, report)
+        prepare_reward_models(storage, manifest, clip=None, pickscore=None,
+                              tiny=TinyClipOptions(steps=5))  # fmt: skip
+
+        def run(prefix: str) -> dict:
+            config = GrpoConfig.from_mapping({
+                "output_prefix": prefix, "data": {"storage_root": str(root)},
+                "sft_model": "sft/model", "sft_cache": storage.key_of(summary["cache_uri"]),
+                "sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
+                "optim": {"iterations": 4, "groups_per_iteration": 1, "lr": 1e-2, "accumulate": 2},
+                "eval": {"every": 2, "groups": 2}, "runtime": {"checkpoint_every": 2, "threads": 1},
+            })  # fmt: skip
+            return train_grpo(config, cpu, report)
+
+        straight = run("straight")
+        run("interrupted")
+        storage.delete("interrupted/checkpoints/step-00000004")
+        resumed = run("interrupted")
+    assert resumed["resumed_from"] == 2 and straight["resumed_from"] == 0
+    assert set(straight) >= {"eval/total_first", "eval/instruction_last", "reward/total_mean_last"}
+    adapters = [
+        load_safetensors(storage.read_bytes(f"{p}/lora/pytorch_lora_weights.safetensors"))
+        for p in ("straight", "interrupted")
+    ]
+    assert adapters[0].keys() == adapters[1].keys() and len(adapters[0]) > 0
+    for name in adapters[0]:
+        assert torch.equal(adapters[0][name], adapters[1][name]), name
+    assert any(t.abs().sum() > 0 for n, t in adapters[0].items() if "lora_B" in n)  # it trained
+    assert (
+        json.loads(storage.read_bytes("straight/lora/viva_adapter.json"))["base_model"]
+        == "sft/model"
+    )
