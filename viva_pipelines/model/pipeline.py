@@ -108,7 +108,7 @@ def sample_edit(
         branches.append((source, reference, cond))
     sources = torch.cat([b[0] for b in branches])
     references = None if reference is None else torch.cat([b[1] for b in branches])
-    tokens, mask = _pad_together([b[2] for b in branches])
+    tokens, mask = pad_conditions([b[2] for b in branches])
     pooled = torch.cat([b[2].pooled for b in branches])
     sigmas = inference_sigmas(num_steps, shift).to(source.device)
     for i in tqdm(range(num_steps), disable=not progress, desc="editing"):
@@ -133,7 +133,7 @@ def sample_edit(
     return x
 
 
-def _pad_together(conditions: list[Conditions]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_conditions(conditions: list[Conditions]) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate conditions of different token lengths along the batch, right-padded."""
     length = max(c.tokens.shape[1] for c in conditions)
     tokens, masks = [], []

@@ -24,7 +24,7 @@ import torch
 
 from viva_pipelines.model.clips import to_uint8_frames
 from viva_pipelines.model.flow_matching import guided_velocity, inference_sigmas
-from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline, _pad_together
+from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline, pad_conditions
 from viva_pipelines.model.sde import sde_step_with_logprob
 from viva_pipelines.model.transformer import predict_velocity
 from viva_pipelines.rewards.clip_rewards import ClipScorer, RewardWeights, edit_rewards
@@ -118,7 +118,7 @@ def guided_step_velocity(
             transformer, x, sigma, ctx.source, ctx.reference, c.tokens, c.mask, c.pooled,
             embedded_guidance=ctx.embedded_guidance,
         )  # fmt: skip
-    tokens, mask = _pad_together([ctx.uncond, ctx.cond])
+    tokens, mask = pad_conditions([ctx.uncond, ctx.cond])
     no_reference = None if ctx.reference is None else torch.zeros_like(ctx.reference)
     v_uncond, v_cond = predict_velocity(
         transformer,
