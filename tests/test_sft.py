@@ -179,18 +179,21 @@ def test_ablation_switches_change_what_is_trained(dataset_root):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_follow_the_single_process_loss_trajectory(dataset_root, tmp_path):
-    """DDP over 2 CPU processes with the same global batch as 1 process: same data, same noise,
-    averaged gradients. With mask_lambda 0 the loss is a plain mean, so only float summation
-    order differs."""
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_gloo_processes_follow_the_single_process_loss_trajectory(
+    dataset_root, tmp_path, parallel
+):
+    """DDP (or FSDP2) over 2 CPU processes with the same global batch as 1 process: same
+    data, same noise, averaged gradients. With mask_lambda 0 the loss is a plain mean, so only
+    float summation order differs."""
     summaries = {}
     for nproc in (1, 2):
         config = tiny_sft_config(
-            dataset_root, f"ddp{nproc}", optim={"max_steps": 20, "lr": 1e-3},
+            dataset_root, f"{parallel}{nproc}", optim={"max_steps": 20, "lr": 1e-3},
             loss={"mask_lambda": 0.0}, eval={"every": 10, "sample_count": 1},
-            runtime={"checkpoint_every": 20},
+            runtime={"checkpoint_every": 20, "parallel": parallel},
         )  # fmt: skip
-        path = tmp_path / f"ddp{nproc}.yaml"
+        path = tmp_path / f"{parallel}{nproc}.yaml"
         config.to_yaml(path)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         done = subprocess.run(
@@ -203,6 +206,7 @@ def test_two_gloo_processes_follow_the_single_process_loss_trajectory(dataset_ro
     for key in ("train_loss_first", "train_loss_last", "val_loss_last"):
         assert summaries[2][key] == pytest.approx(summaries[1][key], rel=1e-4), key
     assert summaries[1]["val_loss_last"] < summaries[1]["val_loss_first"]
+    assert summaries[2]["model_uri"].endswith("/model")  # full weights gathered, even sharded
 
 
 def test_a_text_to_video_checkpoint_is_widened_and_checked_against_the_instructor(tmp_path):
