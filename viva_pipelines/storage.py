@@ -87,7 +87,10 @@ class Storage:
 
     def key_of(self, uri: str) -> str:
         """The key of a URI (or absolute local path) under this root; other places raise."""
-        prefix = self.root_uri + ("/" if self.is_remote else os.sep)
+        if self.is_remote:
+            prefix = self.root_uri + "/"
+        else:
+            prefix, uri = os.path.abspath(self.root_uri) + os.sep, os.path.abspath(uri)
         if not uri.startswith(prefix):
             raise PathEscapeError(f"{uri!r} is not under the storage root {self.root_uri}")
         return normalise_key(uri[len(prefix) :].replace(os.sep, "/"))
