@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -50,19 +51,25 @@ class PairVerdict:
     reason: str
 
 
+def key_problem(data: dict[str, Any], expected: Sequence[str]) -> str | None:
+    """What is wrong with an answer's keys (missing, unexpected), or ``None``: strict answers
+    have exactly the expected keys."""
+    keys = set(data)
+    if keys == set(expected):
+        return None
+    missing = [key for key in expected if key not in keys]
+    unexpected = sorted(keys - set(expected))
+    return (
+        f"the keys must be exactly {', '.join(expected)}"
+        + (f"; missing: {', '.join(missing)}" if missing else "")
+        + (f"; unexpected: {', '.join(unexpected)}" if unexpected else "")
+    )
+
+
 def parse_verdict(data: dict[str, Any]) -> PairVerdict:
     """Strictly validate a VLM answer. Every problem is listed in the ``ValueError``, because the
     message goes back to the model in the corrective retry."""
-    problems = []
-    keys = set(data)
-    if keys != set(VERDICT_KEYS):
-        missing = [key for key in VERDICT_KEYS if key not in keys]
-        unexpected = sorted(keys - set(VERDICT_KEYS))
-        problems.append(
-            f"the keys must be exactly {', '.join(VERDICT_KEYS)}"
-            + (f"; missing: {', '.join(missing)}" if missing else "")
-            + (f"; unexpected: {', '.join(unexpected)}" if unexpected else "")
-        )
+    problems = [problem] if (problem := key_problem(data, VERDICT_KEYS)) else []
     keep, score = data.get("keep"), data.get("score")
     instruction, reason = data.get("instruction"), data.get("reason")
     if "keep" in data and not isinstance(keep, bool):
@@ -134,7 +141,7 @@ def build_review_messages(
     return [{"role": "user", "content": parts}]
 
 
-def _check_video(name: str, frames: np.ndarray) -> None:
+def check_video(name: str, frames: np.ndarray) -> None:
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
         raise ValueError(f"{name} must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
 
@@ -152,8 +159,8 @@ def review_pair(
     """Ask ``client`` (HTTP or local backend) to review one pair. Clips longer than
     ``max_frames`` are sampled at the same time steps in both videos, so the VLM compares like
     with like. ``template`` overrides the repository prompt (its text, not a path)."""
-    _check_video("source_frames", source_frames)
-    _check_video("target_frames", target_frames)
+    check_video("source_frames", source_frames)
+    check_video("target_frames", target_frames)
     if source_frames.shape != target_frames.shape:
         raise ValueError(
             f"source and target must have the same shape, got {source_frames.shape} "
