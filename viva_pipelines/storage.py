@@ -190,6 +190,15 @@ class Storage:
             shutil.copyfile(local, tmp)
         return self.uri(key)
 
+    def put_dir(self, local_dir: str | os.PathLike, prefix: str) -> str:
+        """Copy every file under ``local_dir`` to ``prefix``, keeping relative paths (each file
+        atomically); returns the prefix's URI. The reverse of :meth:`get_dir`."""
+        root = Path(local_dir)
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                self.put_file(path, f"{prefix}/{path.relative_to(root).as_posix()}")
+        return self.uri(prefix)
+
     @contextmanager
     def staged(self, key: str) -> Iterator[Path]:
         """Yield a local scratch path to write ``key``'s content into; it is published

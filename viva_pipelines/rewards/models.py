@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -82,10 +81,7 @@ def _train_tiny(storage: Storage, manifest: pd.DataFrame, options: TinyClipOptio
             val_captions=val_captions or None,
             steps=options.steps, seed=options.seed,
         )  # fmt: skip
-        for path in sorted(Path(tmp).rglob("*")):
-            if path.is_file():
-                storage.put_file(path, f"{TINY_PREFIX}/{path.relative_to(tmp).as_posix()}")
-    location = storage.uri(TINY_PREFIX)
+        location = storage.put_dir(tmp, TINY_PREFIX)
     entry = {"location": location, "identity": ClipScorer(_local(storage, location)).identity}
     return {"clip": entry, "pickscore": {**entry, "processor": None}, "trained": metrics}
 

@@ -10,9 +10,7 @@ The maths is in ``grpo_math`` and ``model.sde``; this module only wires it toget
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,9 +29,9 @@ from viva_pipelines.rewards.clip_rewards import ClipScorer, RewardWeights, edit_
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from viva_pipelines.train.config import GrpoConfig
-from viva_pipelines.train.distributed import DistContext, distributed
+from viva_pipelines.train.distributed import DistContext
 from viva_pipelines.train.grpo_math import group_advantages, kl_to_reference, ppo_clipped_loss
-from viva_pipelines.train.reporting import Reporter
+from viva_pipelines.train.reporting import Reporter, run_entry_point
 from viva_pipelines.train.sft import summarise
 from viva_pipelines.train.sft_data import (
     CachedSamples,
@@ -505,29 +503,16 @@ def save_adapter(storage: Storage, config: GrpoConfig, transformer: torch.nn.Mod
         Path(tmp, ADAPTER_BASE_FILE).write_text(
             json.dumps({"base_model": config.sft_model, "config": config.fingerprint()}, indent=1)
         )
-        for path in sorted(Path(tmp).rglob("*")):
-            if path.is_file():
-                storage.put_file(path, f"{prefix}/{path.relative_to(tmp).as_posix()}")
-    return storage.uri(prefix)
+        return storage.put_dir(tmp, prefix)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="VIVA Edit-GRPO (run under torchrun)")
-    parser.add_argument("--config", required=True, help="the GRPO YAML (GrpoConfig)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = GrpoConfig.from_yaml(args.config)
-    with distributed(config.runtime.device) as ctx:
-        tracking = config.tracking
-        with Reporter(
-            enabled=ctx.is_main, tracking_uri=tracking.tracking_uri, run_id=tracking.run_id
-        ) as report:
-            summary = train_grpo(config, ctx, report)
-            report.materialization(
-                {k: v for k, v in summary.items() if k != "history" and not isinstance(v, dict)}
-            )
-            print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
-    return 0
+    return run_entry_point(
+        argv,
+        description="VIVA Edit-GRPO (run under torchrun)",
+        load_config=GrpoConfig.from_yaml,
+        train=train_grpo,
+    )
 
 
 if __name__ == "__main__":

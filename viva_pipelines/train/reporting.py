@@ -8,12 +8,17 @@ process just logs.
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+
+from viva_pipelines.train.distributed import distributed
 
 log = logging.getLogger("viva_pipelines.train")
 
@@ -66,3 +71,32 @@ class Reporter:
     def materialization(self, metadata: dict[str, Any]) -> None:
         if self.pipes is not None:
             self.pipes.report_asset_materialization(metadata=metadata)
+
+
+def run_entry_point(
+    argv: list[str] | None,
+    *,
+    description: str,
+    load_config: Callable[[str], Any],
+    train: Callable[[Any, Any, Reporter], dict[str, Any]],
+) -> int:
+    """The ``python -m viva_pipelines.train.<loop> --config <yaml>`` entry point both loops
+    share: join the torchrun group, report from rank 0 (Pipes materialization, MLflow), and
+    print the run's summary (without its history) as the last line of stdout."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="the run's YAML config")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = load_config(args.config)
+    with distributed(config.runtime.device) as ctx:
+        tracking = config.tracking
+        with Reporter(
+            enabled=ctx.is_main, tracking_uri=tracking.tracking_uri, run_id=tracking.run_id
+        ) as report:
+            summary = train(config, ctx, report)
+            report.materialization(
+                {k: v for k, v in summary.items() if k != "history" and not isinstance(v, dict)}
+            )
+            if ctx.is_main:
+                print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+    return 0

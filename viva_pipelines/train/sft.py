@@ -11,10 +11,8 @@ the final model directory under ``{output_prefix}/model``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import tempfile
@@ -57,8 +55,8 @@ from viva_pipelines.train.checkpoint import (
     save_checkpoint,
 )
 from viva_pipelines.train.config import TINY, SftConfig
-from viva_pipelines.train.distributed import DistContext, distributed, unwrap, wrap_model
-from viva_pipelines.train.reporting import Reporter
+from viva_pipelines.train.distributed import DistContext, unwrap, wrap_model
+from viva_pipelines.train.reporting import Reporter, run_entry_point
 from viva_pipelines.train.sft_data import (
     IMAGE,
     VIDEO,
@@ -594,30 +592,16 @@ def save_model(
     prefix = f"{config.output_prefix}/model"
     with tempfile.TemporaryDirectory() as tmp:
         pipeline.save_pretrained(tmp)
-        for path in sorted(Path(tmp).rglob("*")):
-            if path.is_file():
-                storage.put_file(path, f"{prefix}/{path.relative_to(tmp).as_posix()}")
-    return storage.uri(prefix)
+        return storage.put_dir(tmp, prefix)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="VIVA context-aware SFT (run under torchrun)")
-    parser.add_argument("--config", required=True, help="the training YAML (SftConfig)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = SftConfig.from_yaml(args.config)
-    with distributed(config.runtime.device) as ctx:
-        tracking = config.tracking
-        with Reporter(
-            enabled=ctx.is_main, tracking_uri=tracking.tracking_uri, run_id=tracking.run_id
-        ) as report:
-            summary = train(config, ctx, report)
-            report.materialization(
-                {k: v for k, v in summary.items() if k != "history" and not isinstance(v, dict)}
-            )
-            if ctx.is_main:
-                print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
-    return 0
+    return run_entry_point(
+        argv,
+        description="VIVA context-aware SFT (run under torchrun)",
+        load_config=SftConfig.from_yaml,
+        train=train,
+    )
 
 
 if __name__ == "__main__":
