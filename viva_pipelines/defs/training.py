@@ -3,6 +3,7 @@
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -31,6 +32,17 @@ SFT_CHECKPOINT = dg.AssetKey("sft_checkpoint")
 REWARD_MODELS = dg.AssetKey("reward_models")
 
 
+def dataset_location(settings: Settings, dataset_version: str) -> dict[str, str | None]:
+    """Where a training run finds ``qc_dataset`` (the ``data`` keys every run config has)."""
+    return {
+        "storage_root": settings.storage.root,
+        "manifest_key": qc.MANIFEST_KEY,
+        "dataset_version": dataset_version,
+        "endpoint_url": settings.storage.s3.endpoint_url,
+        "region_name": settings.storage.s3.region_name,
+    }
+
+
 def sft_config(settings: Settings, dataset_version: str) -> SftConfig:
     """The training config of this code location: ``conf/``'s ``sft`` section plus storage,
     dataset version and weights. Its fingerprint names the output prefix, so re-materializing
@@ -41,14 +53,7 @@ def sft_config(settings: Settings, dataset_version: str) -> SftConfig:
         codec["model"] = settings.models.vae
     doc = {
         "output_prefix": SFT_PREFIX,
-        "data": {
-            **sft.data.model_dump(),
-            "storage_root": settings.storage.root,
-            "manifest_key": qc.MANIFEST_KEY,
-            "dataset_version": dataset_version,
-            "endpoint_url": settings.storage.s3.endpoint_url,
-            "region_name": settings.storage.s3.region_name,
-        },
+        "data": {**sft.data.model_dump(), **dataset_location(settings, dataset_version)},
         "model": {
             **sft.model.model_dump(),
             "codec": codec,
@@ -75,13 +80,7 @@ def grpo_config(
     summary = store.read_json(f"{sft_prefix}/summary.json")
     doc = {
         "output_prefix": GRPO_PREFIX,
-        "data": {
-            "storage_root": settings.storage.root,
-            "manifest_key": qc.MANIFEST_KEY,
-            "dataset_version": dataset_version,
-            "endpoint_url": settings.storage.s3.endpoint_url,
-            "region_name": settings.storage.s3.region_name,
-        },
+        "data": dataset_location(settings, dataset_version),
         "sft_model": f"{sft_prefix}/model",
         "sft_cache": store.key_of(summary["cache_uri"]),
         "rewards_record": REWARDS_RECORD,
@@ -154,18 +153,27 @@ def launch_training(
     return dict(result.metadata), version
 
 
-def build_training_defs(settings: Settings) -> dg.Definitions:
-    sft = settings.sft
-
-    @dg.asset(
-        deps=[QC_DATASET],
-        code_version=SFT_CODE_VERSION,
+def training_asset(
+    settings: Settings, name: str, *, deps: list[dg.AssetKey], code_version: str
+) -> Callable:
+    """The decorator of a GPU training asset: pool ``gpu``, executor tags from
+    ``execution.asset_tags``, retried on transient faults (it resumes from its checkpoint)."""
+    return dg.asset(
+        name=name,
+        deps=deps,
+        code_version=code_version,
         group_name="training",
         kinds={"pytorch", "mlflow"},
         pool="gpu",
-        op_tags=settings.execution.asset_tags.get("sft_checkpoint", {}),
+        op_tags=settings.execution.asset_tags.get(name, {}),
         retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
     )
+
+
+def build_training_defs(settings: Settings) -> dg.Definitions:
+    sft = settings.sft
+
+    @training_asset(settings, "sft_checkpoint", deps=[QC_DATASET], code_version=SFT_CODE_VERSION)
     def sft_checkpoint(
         context: dg.AssetExecutionContext,
         storage: StorageResource,
@@ -209,14 +217,8 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         )
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(run_key(config)))
 
-    @dg.asset(
-        deps=[SFT_CHECKPOINT, REWARD_MODELS],
-        code_version=GRPO_CODE_VERSION,
-        group_name="training",
-        kinds={"pytorch", "mlflow"},
-        pool="gpu",
-        op_tags=settings.execution.asset_tags.get("grpo_lora", {}),
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+    @training_asset(
+        settings, "grpo_lora", deps=[SFT_CHECKPOINT, REWARD_MODELS], code_version=GRPO_CODE_VERSION
     )
     def grpo_lora(
         context: dg.AssetExecutionContext,
