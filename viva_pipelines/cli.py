@@ -30,6 +30,8 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 def _demo_data(args: argparse.Namespace) -> int:
     from viva_pipelines.config.schema import is_remote
     from viva_pipelines.demo_world import generate_demo_videos
+    from viva_pipelines.evaluation.demo_suite import SuiteGeometry, build_demo_suite
+    from viva_pipelines.storage import Storage
 
     settings = get_settings()
     demo = settings.demo
@@ -40,20 +42,41 @@ def _demo_data(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    suite_root = settings.benchmark.root
+    if args.suite_per_category and is_remote(suite_root):
+        print(
+            f"viva: demo-data renders the benchmark suite into a local folder; {suite_root} is "
+            "remote, pass --suite-per-category 0",
+            file=sys.stderr,
+        )
+        return 2
     started = time.perf_counter()
+    geometry = SuiteGeometry(
+        args.width or demo.width, args.height or demo.height, args.frames or demo.frames,
+        args.fps or demo.fps,
+    )  # fmt: skip
     paths = generate_demo_videos(
         out,
         demo.videos if args.videos is None else args.videos,
         demo.seed if args.seed is None else args.seed,
-        width=args.width or demo.width,
-        height=args.height or demo.height,
-        num_frames=args.frames or demo.frames,
-        fps=args.fps or demo.fps,
+        width=geometry.width,
+        height=geometry.height,
+        num_frames=geometry.frames,
+        fps=geometry.fps,
     )
     print(
         f"wrote {len(paths)} demo videos with annotations to {out} "
         f"in {time.perf_counter() - started:.1f}s"
     )
+    if args.suite_per_category:
+        started = time.perf_counter()
+        instances = build_demo_suite(
+            Storage(suite_root), per_category=args.suite_per_category, geometry=geometry
+        )
+        print(
+            f"wrote the demo benchmark suite ({len(instances)} instances) to {suite_root} "
+            f"in {time.perf_counter() - started:.1f}s"
+        )
     return 0
 
 
@@ -190,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--height", type=int, help="frame height (default: demo.height)")
     demo.add_argument("--frames", type=int, help="frames per video (default: demo.frames)")
     demo.add_argument("--fps", type=float, help="frame rate (default: demo.fps)")
+    demo.add_argument(
+        "--suite-per-category", type=int, default=4,
+        help="benchmark instances per category rendered into benchmark.root (0: none)",
+    )  # fmt: skip
     demo.set_defaults(handler=_demo_data)
     ingest = commands.add_parser("ingest", help="register new videos and materialize raw_videos")
     ingest.add_argument("--all", action="store_true", help="re-ingest shards already current")
@@ -223,5 +250,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The ``viva`` console script. Exits without interpreter teardown: every command has
+    written and flushed its results by then, and native threads of the video and tensor
+    libraries can abort the process while modules are torn down (rarely, but after a
+    successful run, turning exit code 0 into a crash)."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

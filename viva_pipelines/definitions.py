@@ -3,6 +3,7 @@
 import dagster as dg
 
 from viva_pipelines.config import Settings
+from viva_pipelines.defs.benchmark import build_benchmark_defs
 from viva_pipelines.defs.data import build_data_defs
 from viva_pipelines.defs.ingest import build_ingest_defs
 from viva_pipelines.defs.jobs import shard_job
@@ -26,6 +27,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         build_data_defs(settings),
         build_training_defs(settings),
         build_reward_defs(settings),
+        build_benchmark_defs(settings),
         dg.Definitions(jobs=[shard_job], resources=build_resources(settings), executor=executor),
     )
 

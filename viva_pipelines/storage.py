@@ -161,6 +161,16 @@ class Storage:
                 shutil.copyfile(source, target)
         return local_dir
 
+    def local_dir(self, location: str, scratch: str | os.PathLike) -> str:
+        """A local directory for a directory named by a local path, a URI under this root or
+        a key: the directory itself where it is local, else a copy under ``scratch``."""
+        if Path(location).is_dir():
+            return location
+        key = self.key_of(location) if location.startswith(self.root_uri) else location
+        if not self.is_remote and Path(self.uri(key)).is_dir():
+            return self.uri(key)
+        return str(self.get_dir(key, scratch))
+
     # -- writing (atomic) ------------------------------------------------------------------
     def write_bytes(self, key: str, data: bytes) -> str:
         """Write ``data`` to ``key`` atomically; returns the URI."""
@@ -230,6 +240,15 @@ class Storage:
 
 
 TEMP_SUFFIX = ".tmp"
+
+
+def file_location(uri: str, *, endpoint_url: str | None = None) -> tuple[Storage, str]:
+    """A single file given by local path or URI as (storage of its folder, its key), so it
+    is read like any stored file; ``endpoint_url`` applies to object-store URIs only."""
+    root_uri, _, name = uri.rstrip("/").rpartition("/")
+    return Storage(
+        root_uri or ".", endpoint_url=endpoint_url if is_remote(root_uri) else None
+    ), name
 
 
 def _is_temporary(key: str) -> bool:

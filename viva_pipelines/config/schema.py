@@ -217,9 +217,9 @@ class VlmSettings(Section):
     @model_validator(mode="after")
     def _backend_needs_its_model(self) -> VlmSettings:
         if self.enabled and self.backend == "openai" and not (self.base_url and self.model):
-            raise ValueError("qc.vlm with backend openai needs base_url and model")
+            raise ValueError("a VLM with backend openai needs base_url and model")
         if self.enabled and self.backend == "local" and not self.local_model:
-            raise ValueError("qc.vlm with backend local needs local_model")
+            raise ValueError("a VLM with backend local needs local_model")
         return self
 
 
@@ -307,6 +307,22 @@ class ModelSettings(Section):
     pickscore: str | None = None
 
 
+class BenchmarkSettings(Section):
+    """The benchmark suite and how ``benchmark_scores`` runs it (README: Benchmark)."""
+
+    root: Location = Field(description="folder or s3:// prefix the manifest's paths are under")
+    manifest: Location | None = Field(
+        None, description="the JSONL manifest (local path or URI); null = {root}/manifest.jsonl"
+    )
+    models: list[Literal["sft", "grpo", "identity"]] = ["sft", "grpo", "identity"]
+    num_steps: PositiveInt | None = None  # sampling steps; null = each model's default
+    guidance_scale: Annotated[float, Field(ge=1)] | None = None
+    seed: int = 0
+    previews_per_category: Annotated[int, Field(ge=0)] = 1
+    device: str = "auto"
+    judge: VlmSettings = VlmSettings(max_new_tokens=128)
+
+
 class Settings(Section):
     env: str = "base"
     storage: StorageSettings
@@ -323,6 +339,7 @@ class Settings(Section):
     sft: SftSettings = SftSettings()
     rewards: RewardsSettings = RewardsSettings()
     grpo: GrpoSettings = GrpoSettings()
+    benchmark: BenchmarkSettings
 
     @model_validator(mode="after")
     def _mlflow_needs_server_for_remote_root(self) -> Settings:

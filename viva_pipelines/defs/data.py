@@ -5,7 +5,7 @@ import dagster as dg
 
 from viva_pipelines.config import Settings
 from viva_pipelines.defs.partitions import video_shards
-from viva_pipelines.defs.resources import StorageResource
+from viva_pipelines.defs.resources import StorageResource, vlm_backend
 from viva_pipelines.ingest import raw_videos as ingest
 from viva_pipelines.manifests import markdown_table
 from viva_pipelines.masks import shard as masks
@@ -21,7 +21,6 @@ from viva_pipelines.qc.external import external_image_rows
 from viva_pipelines.qc.review import make_pair_reviewer
 from viva_pipelines.qc.rules import QcThresholds
 from viva_pipelines.storage import Storage
-from viva_pipelines.vlm.client import ChatCompletionsClient, RetryPolicy
 
 
 def mask_backend(settings: Settings) -> MaskBackend:
@@ -63,18 +62,7 @@ def pair_reviewer(settings: Settings, storage: Storage) -> qc.Reviewer | None:
     vlm = settings.qc.vlm
     if not vlm.enabled:
         return None
-    if vlm.backend == "local":
-        from viva_pipelines.vlm.local import LocalLlavaBackend
-
-        backend = LocalLlavaBackend(
-            vlm.local_model, max_new_tokens=vlm.max_new_tokens, device=vlm.device, cache=storage
-        )
-    else:
-        backend = ChatCompletionsClient(
-            vlm.base_url, vlm.model, api_key_env=vlm.api_key_env, timeout_s=vlm.timeout_s,
-            retry=RetryPolicy(vlm.max_attempts, vlm.backoff_s, vlm.max_backoff_s),
-            rate_limit_per_s=vlm.rate_limit_per_s, cache=storage,
-        )  # fmt: skip
+    backend = vlm_backend(vlm, storage)
     return make_pair_reviewer(backend, storage, vlm.max_frames)
 
 

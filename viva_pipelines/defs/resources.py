@@ -8,8 +8,11 @@ from dagster_aws.s3 import S3Resource
 from mlflow.entities import Run
 
 from viva_pipelines.config import Settings
+from viva_pipelines.config.schema import VlmSettings
 from viva_pipelines.storage import Storage
 from viva_pipelines.tracking import lineage_tags, tracked_run
+from viva_pipelines.vlm.base import VlmBackend
+from viva_pipelines.vlm.client import ChatCompletionsClient, RetryPolicy
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -66,6 +69,22 @@ class MlflowResource(dg.ConfigurableResource):
                 }
             )
             yield run
+
+
+def vlm_backend(vlm: VlmSettings, storage: Storage) -> VlmBackend:
+    """The VLM that ``vlm`` configures (the QC reviewer's or the benchmark judge's), its
+    answers cached in ``storage``."""
+    if vlm.backend == "local":
+        from viva_pipelines.vlm.local import LocalLlavaBackend
+
+        return LocalLlavaBackend(
+            vlm.local_model, max_new_tokens=vlm.max_new_tokens, device=vlm.device, cache=storage
+        )
+    return ChatCompletionsClient(
+        vlm.base_url, vlm.model, api_key_env=vlm.api_key_env, timeout_s=vlm.timeout_s,
+        retry=RetryPolicy(vlm.max_attempts, vlm.backoff_s, vlm.max_backoff_s),
+        rate_limit_per_s=vlm.rate_limit_per_s, cache=storage,
+    )  # fmt: skip
 
 
 def _s3_kwargs(settings: Settings) -> dict[str, str | None]:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, fields
 
 import pandas as pd
 
+from viva_pipelines.ingest.raw_videos import ASSET as RAW_VIDEOS
 from viva_pipelines.storage import PathEscapeError, Storage, normalise_key
 
 CATEGORIES = ("swap", "color", "add", "remove", "style", "tone", "hybrid", "ref_swap", "ref_add")
@@ -101,18 +102,24 @@ def _parse_line(where: str, text: str) -> BenchInstance:
 
 
 def load_suite(
-    storage: Storage, manifest_key: str, *, check_files: bool = True
+    storage: Storage,
+    manifest_key: str,
+    *,
+    check_files: bool = True,
+    manifest_storage: Storage | None = None,
 ) -> list[BenchInstance]:
-    """Read and validate the JSONL manifest at ``manifest_key``.
+    """Read and validate the JSONL manifest at ``manifest_key`` (in ``manifest_storage``,
+    default ``storage``, which holds the files its paths name).
 
     Blank lines are skipped but still counted, so line numbers match an editor's. With
     ``check_files`` every referenced file must exist under the root; turn it off to validate
     a manifest before its media are uploaded.
     """
-    if not storage.exists(manifest_key):
-        raise SuiteError(f"{manifest_key}: manifest not found under {storage.root_uri}")
+    source = manifest_storage or storage
+    if not source.exists(manifest_key):
+        raise SuiteError(f"{manifest_key}: manifest not found under {source.root_uri}")
     try:
-        text = storage.read_bytes(manifest_key).decode("utf-8")
+        text = source.read_bytes(manifest_key).decode("utf-8")
     except UnicodeDecodeError as err:
         raise SuiteError(f"{manifest_key}: not UTF-8 text ({err.reason})") from None
     instances: list[BenchInstance] = []
@@ -168,3 +175,29 @@ def suite_fingerprint(storage: Storage, instances: Iterable[BenchInstance]) -> s
         data = storage.read_bytes(key)
         digest.update(b"file %d %d\n" % (len(key.encode()), len(data)) + key.encode() + data)
     return digest.hexdigest()[:16]
+
+
+def training_video_hashes(storage: Storage, qc_manifest: pd.DataFrame) -> set[str]:
+    """SHA-256 of the raw file behind every video in ``qc_dataset``'s training split (from the
+    ``raw_videos`` shard manifests, which record it at ingest)."""
+    train = qc_manifest[(qc_manifest["split"] == "train") & (qc_manifest["modality"] == "video")]
+    train_ids = set(train["video_id"].dropna())
+    hashes: set[str] = set()
+    for key in storage.list(RAW_VIDEOS):
+        if key.endswith("/manifest.parquet"):
+            shard = storage.read_parquet(key)
+            hashes |= set(shard.loc[shard["video_id"].isin(train_ids), "source_sha256"].dropna())
+    return hashes
+
+
+def leaked_instances(
+    storage: Storage, instances: Iterable[BenchInstance], train_hashes: set[str]
+) -> list[str]:
+    """Ids of the instances whose source video is byte for byte a training video. A suite
+    video that was re-encoded before training is not caught: that needs a perceptual hash."""
+    leaked = []
+    for instance in instances:
+        digest = hashlib.sha256(storage.read_bytes(instance.source_video)).hexdigest()
+        if digest in train_hashes:
+            leaked.append(instance.id)
+    return leaked

@@ -27,14 +27,17 @@ class ClipGeometry:
             return np.arange(self.frames) * self.frame_stride
         return np.linspace(0, available - 1, self.frames).round().astype(int)
 
-    def fit(self, image: np.ndarray) -> np.ndarray:
-        """``[H, W]`` or ``[H, W, C]`` to ``[height, width(, C)]`` (area scaling, centre crop)."""
+    def fit(self, image: np.ndarray, *, nearest: bool = False) -> np.ndarray:
+        """``[H, W]`` or ``[H, W, C]`` to ``[height, width(, C)]`` (area scaling, centre crop;
+        ``nearest`` keeps values as they are, for masks)."""
         spec = NormaliseSpec(width=self.width, height=self.height, fps=1, max_frames=1)
-        return fit_frame(image, spec)
+        return fit_frame(image, spec, nearest=nearest)
 
-    def cut(self, frames: np.ndarray) -> np.ndarray:
-        """``uint8 [T, H, W, 3]`` -> the model's ``uint8 [frames, height, width, 3]``."""
-        return np.stack([self.fit(f) for f in frames[self.frame_indices(len(frames))]])
+    def cut(self, frames: np.ndarray, *, nearest: bool = False) -> np.ndarray:
+        """``[T, H, W(, C)]`` -> the model's ``[frames, height, width(, C)]``: frames picked by
+        :meth:`frame_indices`, each fitted (see :meth:`fit`)."""
+        picked = frames[self.frame_indices(len(frames))]
+        return np.stack([self.fit(f, nearest=nearest) for f in picked])
 
 
 def to_model_pixels(frames: np.ndarray) -> torch.Tensor:

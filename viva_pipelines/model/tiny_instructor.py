@@ -27,7 +27,7 @@ from viva_pipelines.demo_world.sample import random_scene
 from viva_pipelines.demo_world.scene import PALETTE, TONES, object_bank, with_article
 from viva_pipelines.model.instructor import PromptTemplate, load_prompt_template
 from viva_pipelines.pairs import captions
-from viva_pipelines.pairs.generators import HYBRID_RECIPES, _clause, load_templates
+from viva_pipelines.pairs.generators import HYBRID_RECIPES, as_clause, load_templates
 
 BOS, EOS, PAD, IMAGE = "<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<image>"
 #: LLaMA-3's chat markup, as single tokens, so the default prompt template reads as it does to
@@ -96,7 +96,7 @@ def instruction_vocabulary(num_scenes: int = 64, template: str = "instructor.md"
                 first = firsts[(7 * j + r + k) % len(firsts)]
                 second = seconds[(11 * j + 3 * r + k) % len(seconds)]
                 hybrids.append(
-                    option.format(first=_clause(first), second=_clause(second, lower=True))
+                    option.format(first=as_clause(first), second=as_clause(second, lower=True))
                 )
     scene_captions = []
     for seed in range(num_scenes):

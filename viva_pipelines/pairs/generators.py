@@ -474,7 +474,7 @@ def tone(
 # -- hybrid -------------------------------------------------------------------------------------
 
 
-def _clause(instruction: str, *, lower: bool = False) -> str:
+def as_clause(instruction: str, *, lower: bool = False) -> str:
     """An instruction as a clause to join with another: no final full stop, optionally with
     a lower-case first letter."""
     text = instruction.rstrip().rstrip(".")
@@ -515,8 +515,8 @@ def hybrid(
     instruction, index = templates.instruction(
         "hybrid",
         rng,
-        first=_clause(first.instruction),
-        second=_clause(second.instruction, lower=True),
+        first=as_clause(first.instruction),
+        second=as_clause(second.instruction, lower=True),
     )
     return EditPair(
         "hybrid",

@@ -14,9 +14,8 @@ import json
 import re
 from typing import Any
 
-from viva_pipelines.config.schema import is_remote
 from viva_pipelines.qc.dataset import ACCEPTED, ASSET, REJECTED, split_of
-from viva_pipelines.storage import PathEscapeError, Storage
+from viva_pipelines.storage import PathEscapeError, Storage, file_location
 
 REQUIRED = ("id", "source", "target", "instruction")
 
@@ -30,8 +29,7 @@ def external_image_rows(
     endpoint_url: str | None = None,
 ) -> list[dict[str, Any]]:
     """``qc_dataset`` rows (modality ``image``) for every line of the manifest."""
-    root_uri, _, name = manifest_uri.rstrip("/").rpartition("/")
-    source = Storage(root_uri or ".", endpoint_url=endpoint_url if is_remote(root_uri) else None)
+    source, name = file_location(manifest_uri, endpoint_url=endpoint_url)
     lines = source.read_bytes(name).decode().splitlines()
     rows = []
     for number, line in enumerate(lines, 1):

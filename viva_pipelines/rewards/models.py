@@ -9,8 +9,10 @@ model's location and identity; downstream code loads them the same way, with
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -84,6 +86,23 @@ def _train_tiny(storage: Storage, manifest: pd.DataFrame, options: TinyClipOptio
         location = storage.put_dir(tmp, TINY_PREFIX)
     entry = {"location": location, "identity": ClipScorer(_local(storage, location)).identity}
     return {"clip": entry, "pickscore": {**entry, "processor": None}, "trained": metrics}
+
+
+def load_scorers(
+    storage: Storage, record: dict[str, Any], scratch: str | os.PathLike
+) -> tuple[ClipScorer, ClipScorer]:
+    """The CLIP and PickScore scorers a ``models.json`` record names (one object when both
+    are the same model, as in the demo); remote models are copied under ``scratch``."""
+    clip_location = record["clip"]["location"]
+    clip = ClipScorer(storage.local_dir(clip_location, Path(scratch, "clip")))
+    pick_location = record["pickscore"]["location"]
+    if pick_location == clip_location:
+        return clip, clip
+    pick = ClipScorer(
+        storage.local_dir(pick_location, Path(scratch, "pick")),
+        processor=record["pickscore"].get("processor"),
+    )
+    return clip, pick
 
 
 def _local(storage: Storage, location: str) -> str:

@@ -26,6 +26,7 @@ from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline, pad_cond
 from viva_pipelines.model.sde import sde_step_with_logprob
 from viva_pipelines.model.transformer import predict_velocity
 from viva_pipelines.rewards.clip_rewards import ClipScorer, RewardWeights, edit_rewards
+from viva_pipelines.rewards.models import load_scorers
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from viva_pipelines.train.config import GrpoConfig
@@ -376,30 +377,10 @@ def train_grpo(config: GrpoConfig, ctx: DistContext, report: Reporter) -> dict[s
         region_name=config.data.region_name,
     )
     with tempfile.TemporaryDirectory(prefix="viva-grpo-") as tmp:
-        model_dir = _local_dir(storage, config.sft_model, Path(tmp, "sft"))
+        model_dir = storage.local_dir(config.sft_model, Path(tmp, "sft"))
         pipeline = VivaEditPipeline.from_pretrained(model_dir, device=ctx.device)
-        record = storage.read_json(config.rewards_record)
-        clip = ClipScorer(_local_dir(storage, record["clip"]["location"], Path(tmp, "clip")))
-        pick_location = record["pickscore"]["location"]
-        pick = (
-            clip
-            if pick_location == record["clip"]["location"]
-            else ClipScorer(
-                _local_dir(storage, pick_location, Path(tmp, "pick")),
-                processor=record["pickscore"].get("processor"),
-            )
-        )
+        clip, pick = load_scorers(storage, storage.read_json(config.rewards_record), Path(tmp))
         return _train(config, ctx, report, storage, pipeline, clip, pick, model_dir)
-
-
-def _local_dir(storage: Storage, location: str, scratch: Path) -> str:
-    """A local directory for a model given as a local path, a storage URI or a storage key."""
-    if Path(location).is_dir():
-        return location
-    key = storage.key_of(location) if location.startswith(storage.root_uri) else location
-    if not storage.is_remote and Path(storage.uri(key)).is_dir():
-        return storage.uri(key)
-    return str(storage.get_dir(key, scratch))
 
 
 def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dict[str, Any]:

@@ -1,0 +1,165 @@
+"""The paper's ablation on the demo world: five configurations, same budget, several seeds.
+
+1. vanilla: the instructor read as a plain text encoder (``text_only``), plain flow matching
+   (``mask_lambda: 0``), no image pairs;
+2. + VLM instructor: the instructor sees the first frame (and reference);
+3. + mask-weighted loss: ``mask_lambda`` from conf;
+4. + image pairs: the full SFT recipe (conf as is);
+5. + Edit-GRPO: configuration 4 with its Edit-GRPO LoRA.
+
+Every SFT run gets the same steps and seed per seed row; each is trained through the same entry
+point the ``sft_checkpoint`` asset launches (under ``sft_checkpoint/<fingerprint>``, so a
+re-run finds finished runs) and evaluated on the demo benchmark suite. Prints one table per
+criterion: rows are the categories (and their average), columns the configurations, each cell
+the mean over seeds and, after the ``±``, half the range between the seeds.
+
+Needs what ``make demo`` leaves: ``qc_dataset``, ``reward_models`` and the rendered suite.
+
+    DAGSTER_HOME=.dagster .venv/bin/python bench/ablation.py --steps 400 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from bench_common import note
+
+from viva_pipelines.config.loader import load_settings
+from viva_pipelines.defs.benchmark import load_configured_suite
+from viva_pipelines.defs.ingest import ingest_options
+from viva_pipelines.defs.training import grpo_config, run_key, sft_config
+from viva_pipelines.evaluation.benchmark import (
+    CRITERIA,
+    IdentityEditor,
+    PipelineEditor,
+    category_table,
+    run_benchmark,
+)
+from viva_pipelines.evaluation.suite import CATEGORIES
+from viva_pipelines.model.pipeline import VivaEditPipeline
+from viva_pipelines.rewards.models import RECORD_KEY, load_scorers
+from viva_pipelines.settings import default_conf_dir
+from viva_pipelines.storage import Storage
+
+REPO = Path(__file__).resolve().parents[1]
+#: (label, SFT overrides, with Edit-GRPO); overrides are on top of conf/base.
+CONFIGS: list[tuple[str, dict[str, object], bool]] = [
+    ("vanilla", {"sft.model.text_only": True, "sft.loss.mask_lambda": 0.0,
+                 "sft.data.use_images": False}, False),
+    ("+instructor", {"sft.loss.mask_lambda": 0.0, "sft.data.use_images": False}, False),
+    ("+mask loss", {"sft.data.use_images": False}, False),
+    ("+images", {}, False),
+    ("+Edit-GRPO", {}, True),
+]  # fmt: skip
+REPORTED = ("clip_if", "clip_t", "target_psnr", "bg_psnr")
+
+
+def dataset_version() -> str:
+    """``qc_dataset``'s data version from the Dagster instance ``make demo`` used."""
+    instance = dg.DagsterInstance.get()
+    event = instance.get_latest_materialization_event(dg.AssetKey("qc_dataset"))
+    if event is None or event.asset_materialization is None:
+        sys.exit("qc_dataset is not materialized: run `make demo` first")
+    return event.asset_materialization.tags["dagster/data_version"]
+
+
+def train(module: str, config, log: Path) -> None:
+    """Run a training entry point as the assets do (one process, no torchrun needed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "run.yaml")
+        config.to_yaml(path)
+        with open(log, "a") as out:
+            subprocess.run(
+                [sys.executable, "-m", module, "--config", str(path)],
+                check=True, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=400, help="SFT steps of every run")
+    parser.add_argument("--grpo-iterations", type=int, default=20)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--log", default="ablation.log", help="training output goes here")
+    args = parser.parse_args()
+    if len(args.seeds) < 2:
+        parser.error("the spread needs at least two seeds")
+    version = dataset_version()
+    log = Path(args.log)
+    rows = []
+    for seed in args.seeds:
+        budget = {
+            "sft.optim.max_steps": args.steps, "sft.runtime.seed": seed,
+            "grpo.optim.iterations": args.grpo_iterations, "grpo.runtime.seed": seed,
+        }  # fmt: skip
+        for label, overrides, with_grpo in CONFIGS:
+            settings = load_settings(default_conf_dir(), overrides={**budget, **overrides})
+            store = Storage(settings.storage.root)
+            config = sft_config(settings, version)
+            started = time.perf_counter()
+            note(f"seed {seed} {label}: SFT {config.output_prefix}")
+            train("viva_pipelines.train.sft", config, log)
+            model_dir = store.uri(f"{config.output_prefix}/model")
+            pipeline = VivaEditPipeline.from_pretrained(model_dir)
+            if with_grpo:
+                grpo = grpo_config(settings, store, run_key(config), version)
+                note(f"seed {seed} {label}: Edit-GRPO {grpo.output_prefix}")
+                train("viva_pipelines.train.grpo", grpo, log)
+                pipeline.load_lora(store.uri(f"{grpo.output_prefix}/lora"))
+            trained_s = time.perf_counter() - started
+            editors = [PipelineEditor(label, pipeline)]
+            if label == CONFIGS[0][0]:
+                editors.append(IdentityEditor(editors[0].geometry))
+            media, instances = load_configured_suite(settings)
+            with tempfile.TemporaryDirectory() as tmp:
+                clip, _ = load_scorers(store, store.read_json(RECORD_KEY), tmp)
+                run = run_benchmark(media, instances, editors, clip, ingest_options(settings).spec)
+            failed = int(run.rows["error"].notna().sum())
+            note(f"seed {seed} {label}: trained {trained_s:.0f}s, {failed} failed edits")
+            rows.append(run.rows.assign(seed=seed))
+    report(pd.concat(rows, ignore_index=True), args)
+
+
+def report(rows: pd.DataFrame, args: argparse.Namespace) -> None:
+    """Per criterion: categories x configurations, mean over seeds ± half their range."""
+    per_seed = {
+        seed: category_table(group.drop(columns="seed")) for seed, group in rows.groupby("seed")
+    }
+    models = [label for label, _, _ in CONFIGS] + ["identity"]
+    print(
+        f"\nAblation on the demo suite: {args.steps} SFT steps, {args.grpo_iterations} "
+        f"Edit-GRPO iterations, seeds {args.seeds}; mean ± half-range over seeds\n"
+    )
+    for criterion in REPORTED:
+        stacked = pd.concat(
+            {seed: table.xs(criterion, axis=1, level=1) for seed, table in per_seed.items()}
+        )
+        mean = stacked.groupby(level=1, sort=False).mean()
+        spread = (
+            stacked.groupby(level=1, sort=False).max() - stacked.groupby(level=1, sort=False).min()
+        ) / 2
+        order = [c for c in (*CATEGORIES, "average") if c in mean.index]
+        cells = pd.DataFrame(
+            {
+                model: [f"{mean.at[c, model]:.3f} ± {spread.at[c, model]:.3f}" for c in order]
+                for model in models
+                if model in mean
+            },
+            index=order,
+        )
+        print(f"### {CRITERIA[criterion]}\n")
+        print(cells.to_markdown())
+        print()
+    print(json.dumps({"rows": len(rows), "failed": int(rows["error"].notna().sum())}))
+
+
+if __name__ == "__main__":
+    main()

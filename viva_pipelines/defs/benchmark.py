@@ -1,0 +1,216 @@
+"""``benchmark_suite`` and ``benchmark_scores``: the VIE-Bench-style evaluation of the models."""
+
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import torch
+
+from viva_pipelines.config import Settings
+from viva_pipelines.defs.ingest import ingest_options
+from viva_pipelines.defs.resources import MlflowResource, StorageResource, vlm_backend
+from viva_pipelines.defs.training import (
+    GRPO_PREFIX,
+    QC_DATASET,
+    REWARD_MODELS,
+    SFT_CHECKPOINT,
+    SFT_PREFIX,
+    latest_data_version,
+)
+from viva_pipelines.evaluation import benchmark as bench
+from viva_pipelines.evaluation.demo_suite import MANIFEST
+from viva_pipelines.evaluation.suite import (
+    SuiteError,
+    leaked_instances,
+    load_suite,
+    suite_fingerprint,
+    suite_frame,
+    training_video_hashes,
+)
+from viva_pipelines.manifests import markdown_table
+from viva_pipelines.previews import markdown_image
+from viva_pipelines.qc import dataset as qc
+from viva_pipelines.rewards.models import RECORD_KEY as REWARDS_RECORD
+from viva_pipelines.rewards.models import load_scorers
+from viva_pipelines.storage import Storage, file_location
+from viva_pipelines.tracking import set_tags
+
+SUITE_CODE_VERSION = "benchmark_suite-1"
+SCORES_CODE_VERSION = "benchmark_scores-1"
+SUITE_KEY = "benchmark_suite/instances.parquet"
+SCORES_PREFIX = "benchmark_scores"
+BENCHMARK_SUITE = dg.AssetKey("benchmark_suite")
+GRPO_LORA = dg.AssetKey("grpo_lora")
+
+
+def suite_storage(settings: Settings) -> Storage:
+    """Where the suite's media live (``benchmark.root``)."""
+    s3 = settings.storage.s3
+    return Storage(
+        settings.benchmark.root, endpoint_url=s3.endpoint_url, region_name=s3.region_name
+    )
+
+
+def load_configured_suite(settings: Settings) -> tuple[Storage, list]:
+    """The suite ``benchmark`` configures, validated (files included)."""
+    media = suite_storage(settings)
+    manifest = settings.benchmark.manifest
+    if manifest is None:
+        return media, load_suite(media, MANIFEST)
+    source, key = file_location(manifest, endpoint_url=settings.storage.s3.endpoint_url)
+    return media, load_suite(media, key, manifest_storage=source)
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def build_benchmark_defs(settings: Settings) -> dg.Definitions:
+    cfg = settings.benchmark
+
+    @dg.asset(code_version=SUITE_CODE_VERSION, group_name="benchmark", kinds={"parquet"})
+    def benchmark_suite(
+        context: dg.AssetExecutionContext, storage: StorageResource
+    ) -> dg.MaterializeResult:
+        """The benchmark instances (``benchmark.manifest`` over ``benchmark.root``), validated
+        line by line with every referenced file present; the data version hashes the rows
+        and the media, so a changed file re-runs the scores."""
+        try:
+            media, instances = load_configured_suite(settings)
+        except SuiteError as exc:
+            raise dg.Failure(f"benchmark suite: {exc}") from None
+        frame = suite_frame(instances)
+        store = storage.get()
+        store.write_parquet(SUITE_KEY, frame)
+        counts = frame["category"].value_counts(sort=False).rename("instances").to_frame()
+        context.log.info(f"{len(frame)} instances from {media.root_uri}")
+        return dg.MaterializeResult(
+            metadata={
+                "instances": len(frame),
+                "per_category": dg.MetadataValue.md(markdown_table(counts)),
+                "root": dg.MetadataValue.path(media.root_uri),
+                "manifest": cfg.manifest or media.uri(MANIFEST),
+                "with_target": int(frame["target_video"].notna().sum()),
+                "with_mask": int(frame["edit_mask"].notna().sum()),
+            },
+            data_version=dg.DataVersion(suite_fingerprint(media, instances)),
+        )
+
+    @dg.asset_check(asset=benchmark_suite, blocking=True)
+    def no_training_video_in_suite(storage: StorageResource) -> dg.AssetCheckResult:
+        """No suite source video is (byte for byte) a video of ``qc_dataset``'s training
+        split: a model must not be scored on what it was trained on."""
+        store = storage.get()
+        if not store.exists(qc.MANIFEST_KEY):
+            return dg.AssetCheckResult(
+                passed=True, metadata={"result": "no qc_dataset yet: nothing to leak"}
+            )
+        media, instances = load_configured_suite(settings)
+        hashes = training_video_hashes(store, store.read_parquet(qc.MANIFEST_KEY))
+        leaked = leaked_instances(media, instances, hashes)
+        text = (
+            f"{len(leaked)} of {len(instances)} suite videos are training videos: "
+            + ", ".join(leaked[:20])
+            if leaked
+            else f"none of {len(instances)} suite videos is among {len(hashes)} training videos"
+        )
+        return dg.AssetCheckResult(passed=not leaked, metadata={"result": text})
+
+    @dg.asset(
+        deps=[BENCHMARK_SUITE, SFT_CHECKPOINT, GRPO_LORA, REWARD_MODELS],
+        code_version=SCORES_CODE_VERSION,
+        group_name="benchmark",
+        kinds={"pytorch", "mlflow"},
+        pool="gpu",
+        op_tags=settings.execution.asset_tags.get("benchmark_scores", {}),
+    )
+    def benchmark_scores(
+        context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
+    ) -> dg.MaterializeResult:
+        """Every suite instance edited by each model of ``benchmark.models`` (the SFT model,
+        its Edit-GRPO LoRA when one exists, and the identity baseline), scored with CLIP-T,
+        CLIP-F, CLIP instruction following, background and ground-truth PSNR/SSIM and, when
+        ``benchmark.judge`` is on, the VLM judge; tabulated per category and model."""
+        store = storage.get()
+        versions = {
+            "benchmark_suite": latest_data_version(context, BENCHMARK_SUITE),
+            "sft_checkpoint": latest_data_version(context, SFT_CHECKPOINT),
+            "reward_models": latest_data_version(context, REWARD_MODELS),
+            "qc_dataset": latest_data_version(context, QC_DATASET),
+        }
+        if "grpo" in cfg.models:
+            try:
+                versions["grpo_lora"] = latest_data_version(context, GRPO_LORA)
+            except dg.Failure:
+                context.log.warning("grpo_lora not materialized yet: benchmarking without it")
+        media, instances = load_configured_suite(settings)
+        judge = vlm_backend(cfg.judge, store) if cfg.judge.enabled else None
+        with tempfile.TemporaryDirectory(prefix="viva-bench-") as tmp:
+            sft_dir = store.local_dir(
+                f"{SFT_PREFIX}/{versions['sft_checkpoint']}/model", Path(tmp, "sft")
+            )
+            lora_dir = None
+            if "grpo_lora" in versions:
+                lora_dir = store.local_dir(
+                    f"{GRPO_PREFIX}/{versions['grpo_lora']}/lora", Path(tmp, "lora")
+                )
+            editors = bench.model_editors(
+                sft_dir, lora_dir, cfg.models, device=_device(cfg.device),
+                num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, seed=cfg.seed,
+            )  # fmt: skip
+            clip, _ = load_scorers(store, store.read_json(REWARDS_RECORD), Path(tmp, "rewards"))
+            kept = bench.first_per_category(instances, cfg.previews_per_category)
+            run = bench.run_benchmark(
+                media, instances, editors, clip, ingest_options(settings).spec,
+                judge=judge, judge_cache=store if judge else None,
+                keep_clips=lambda instance: instance.id in kept, log=context.log.warning,
+            )  # fmt: skip
+        table = bench.category_table(run.rows)
+        report = bench.markdown_report(table)
+        problems = bench.sanity_problems(table)
+        with mlflow.start_run(context, upstream_data_versions=versions) as mlflow_run:
+            prefix = f"{SCORES_PREFIX}/{mlflow_run.info.run_id}"
+            keys = bench.write_report(store, prefix, run, table)
+            _log_to_mlflow(store, prefix, table, versions, problems)
+        for problem in problems:
+            context.log.error(f"sanity: {problem}")
+        failed = int(run.rows["error"].notna().sum())
+        context.log.info("\n" + report)
+        metadata = {
+            "report": dg.MetadataValue.md(report),
+            "scores": dg.MetadataValue.path(store.uri(keys["scores"])),
+            "table": dg.MetadataValue.path(store.uri(keys["table"])),
+            "instances": len(instances),
+            "models": ", ".join(editor.name for editor in editors),
+            "failed_edits": failed,
+            "sanity": "ok" if not problems else "; ".join(problems),
+        }
+        if "preview" in keys:
+            columns = " | ".join(["source", "target", *(editor.name for editor in editors)])
+            metadata["preview"] = dg.MetadataValue.md(
+                f"{columns}\n\n" + markdown_image(store.read_bytes(keys["preview"]), "previews")
+            )
+        return dg.MaterializeResult(metadata=metadata)
+
+    return dg.Definitions(
+        assets=[benchmark_suite, benchmark_scores], asset_checks=[no_training_video_in_suite]
+    )
+
+
+def _log_to_mlflow(store: Storage, prefix: str, table, versions: dict, problems: list) -> None:
+    """Per-category metrics ``{model}/{category}/{criterion}``, the report files as
+    artifacts, and the models' lineage as tags."""
+    metrics = {
+        f"{model}/{category}/{criterion}": float(value)
+        for category, row in table.iterrows()
+        for (model, criterion), value in row.items()
+        if value == value  # NaN: not applicable
+    }
+    mlflow.log_metrics(metrics)
+    set_tags({f"viva.version.{name}": version for name, version in versions.items()})
+    set_tags({"viva.benchmark.sanity": "ok" if not problems else "; ".join(problems)})
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifacts(str(store.get_dir(prefix, tmp)), "benchmark")
