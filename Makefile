@@ -34,6 +34,8 @@ demo: install
 	$(BIN)/viva materialize qc_dataset && \
 	$(BIN)/viva materialize sft_checkpoint && \
 	$(BIN)/viva materialize reward_models grpo_lora && \
+	$(BIN)/viva materialize benchmark_suite benchmark_scores && \
+	$(BIN)/viva report && \
 	echo "demo materialized in $$(( $$(date +%s) - start ))s" && \
 	echo "" && \
 	echo "Dagster UI:  make dev     (then open http://127.0.0.1:3000)" && \

@@ -8,10 +8,12 @@ import json
 import math
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
 
+from viva_pipelines.definitions import build_definitions
 from viva_pipelines.demo_world.dataset import scene_seed
 from viva_pipelines.evaluation import benchmark as bench
 from viva_pipelines.evaluation.demo_suite import (
@@ -59,9 +61,7 @@ def scorer(tmp_path_factory: pytest.TempPathFactory) -> ClipScorer:
 GLOBAL = {("tone", 0), ("style", 0), ("hybrid", 0)}  # hybrid 0: recolour + tone; 3: two local
 
 
-@pytest.mark.parametrize(
-    ("category", "index"), [(c, 0) for c in CATEGORIES] + [("hybrid", 3)]
-)
+@pytest.mark.parametrize(("category", "index"), [(c, 0) for c in CATEGORIES] + [("hybrid", 3)])
 def test_demo_cases_change_only_inside_their_mask(category: str, index: int):
     case = render_case(category, index, geometry=SMALL)
     changed = np.any(case.source != case.target, axis=-1)
@@ -245,3 +245,56 @@ def test_leakage_flags_a_suite_video_that_is_a_training_video(suite, tmp_path):
     hashes = training_video_hashes(store, qc_manifest)
     assert len(hashes) == 2  # a and c; b is validation
     assert leaked_instances(media, instances, hashes) == [instances[0].id]
+
+
+# -- the Dagster assets --------------------------------------------------------------------------
+
+
+def _materialize_suite(settings):
+    defs = build_definitions(settings)
+    job = defs.resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance:
+        return job.execute_in_process(
+            asset_selection=[dg.AssetKey("benchmark_suite")], instance=instance,
+            raise_on_error=False,
+        )  # fmt: skip
+
+
+def test_benchmark_suite_asset_validates_and_blocks_on_leakage(suite, make_settings, tmp_path):
+    media, instances = suite
+    settings = make_settings(**{
+        "storage.root": str(tmp_path / "root"), "benchmark.root": media.root_uri,
+        "benchmark.manifest": None,
+    })  # fmt: skip
+    result = _materialize_suite(settings)
+    assert result.success
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed and "no qc_dataset yet" in check.metadata["result"].value
+    store = Storage(settings.storage.root)
+    assert len(store.read_parquet("benchmark_suite/instances.parquet")) == len(instances)
+
+    # The first suite video is a training video: the blocking check fails, naming it.
+    digest = hashlib.sha256(media.read_bytes(instances[0].source_video)).hexdigest()
+    store.write_parquet("raw_videos/shard-000000/manifest.parquet",
+                        pd.DataFrame({"video_id": ["v"], "source_sha256": [digest]}))  # fmt: skip
+    store.write_parquet("qc_dataset/manifest.parquet",
+                        pd.DataFrame({"video_id": ["v"], "split": ["train"],
+                                      "modality": ["video"]}))  # fmt: skip
+    (check,) = _materialize_suite(settings).get_asset_check_evaluations()
+    assert not check.passed and instances[0].id in check.metadata["result"].value
+
+
+def test_benchmark_suite_asset_names_the_bad_manifest_line(make_settings, tmp_path):
+    root = Storage(str(tmp_path / "suite"))
+    root.write_bytes("a.mp4", b"x")
+    line = {"id": "a", "category": "zoom", "source_video": "a.mp4", "instruction": "i",
+            "source_caption": "s", "target_caption": "t"}  # fmt: skip
+    root.write_bytes("manifest.jsonl", (json.dumps(line) + "\n").encode())
+    settings = make_settings(**{
+        "storage.root": str(tmp_path / "root"), "benchmark.root": root.root_uri,
+        "benchmark.manifest": None,
+    })  # fmt: skip
+    result = _materialize_suite(settings)
+    assert not result.success
+    failure = result.failure_data_for_node("benchmark_suite")
+    assert "manifest.jsonl line 1: unknown category 'zoom'" in failure.error.message

@@ -35,8 +35,9 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     home = tmp_path / "dagster_home"
     home.mkdir()
     made = run(["demo-data", "--videos", "5", "--seed", "3", "--width", "64", "--height", "48",
-                "--frames", "12"], project, home)  # fmt: skip
+                "--frames", "12", "--suite-per-category", "1"], project, home)  # fmt: skip
     assert made.returncode == 0, made.stderr
+    assert "demo benchmark suite (9 instances)" in made.stdout
     source = project / "data" / "source_videos"
     assert len(list(source.glob("*.mp4"))) == 5
     assert len(list(source.glob("*.masks.npz"))) == 5
@@ -120,6 +121,27 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
                   "--out", str(with_lora), "--steps", "2"], project, home)  # fmt: skip
     assert edited.returncode == 0, edited.stderr[-3000:]
     assert read_video(with_lora)[0].shape == (2, 16, 16, 3)
+
+    # The benchmark: the rendered one-per-category suite, every model, the report.
+    write_conf(
+        project, "local", "benchmark.yaml", {"benchmark": {"manifest": None, "num_steps": 2}}
+    )
+    scored = run(["materialize", "benchmark_suite", "benchmark_scores"], project, home)
+    assert scored.returncode == 0, scored.stdout + scored.stderr[-3000:]
+    assert "check no_training_video_in_suite: passed" in scored.stdout
+    table = storage.read_parquet(next(
+        key for key in storage.list("benchmark_scores") if key.endswith("table.parquet")
+    ))  # fmt: skip
+    assert table["category"].tolist()[-1] == "average" and len(table) == 10
+    assert {"sft/clip_if", "grpo/clip_if", "identity/bg_psnr", "sft/target_psnr"} <= set(table)
+    assert table["identity/bg_psnr"].iloc[-1] == 100.0  # identical background, capped
+    scores_run = client.search_runs(
+        [mlflow_run.info.experiment_id], "tags.`dagster.asset_key` = 'benchmark_scores'"
+    )[0]
+    assert "grpo/average/clip_if" in scores_run.data.metrics
+    reported = run(["report"], project, home)
+    assert reported.returncode == 0 and "### Averages over categories" in reported.stdout
+    assert "| identity |" in reported.stdout and "failed edits: 0" in reported.stdout
 
     missing = run(["edit", "--model", str(project / "nope"), "--video", str(out),
                    "--instruction", "x", "--out", str(out)], project, home)  # fmt: skip

@@ -1,11 +1,13 @@
 """``viva``: the command line of viva-pipelines.
 
-- ``viva demo-data``: render the synthetic demo world's source videos;
+- ``viva demo-data``: render the synthetic demo world's source videos and its benchmark suite;
 - ``viva ingest``: register new source videos into shards and materialize the per-shard assets
   (``raw_videos`` → ``tracked_masks`` → ``synthetic_pairs``) of every shard that is new or
   grew (what the sensor does, in the foreground);
 - ``viva materialize ASSET…``: materialize unpartitioned assets (e.g. ``qc_dataset``) and run
   their checks;
+- ``viva edit``: edit a video with a trained model (and LoRA);
+- ``viva report``: print the latest benchmark table;
 - ``viva config``: print the resolved configuration of ``VIVA_ENV``.
 """
 
@@ -197,6 +199,22 @@ def _dagster_instance():
     return dg.DagsterInstance.get()
 
 
+def _report(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    instance = _dagster_instance()
+    event = instance.get_latest_materialization_event(dg.AssetKey("benchmark_scores"))
+    if event is None or event.asset_materialization is None:
+        print("viva report: benchmark_scores has not been materialized yet", file=sys.stderr)
+        return 1
+    metadata = event.asset_materialization.metadata
+    print(f"## Benchmark ({metadata['instances'].value} instances; {metadata['models'].value})\n")
+    print(metadata["report"].value)
+    print(f"\nsanity: {metadata['sanity'].value}; failed edits: {metadata['failed_edits'].value}")
+    print(f"scores: {metadata['scores'].value}")
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     print(yaml.safe_dump(get_settings().model_dump(mode="json"), sort_keys=False), end="")
     return 0
@@ -239,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     edit.add_argument("--guidance", type=float, help="instruction guidance scale")
     edit.add_argument("--seed", type=int, default=0)
     edit.set_defaults(handler=_edit)
+    commands.add_parser("report", help="print the latest benchmark table").set_defaults(
+        handler=_report
+    )
     commands.add_parser("config", help="print the resolved configuration").set_defaults(
         handler=_config
     )

@@ -81,11 +81,6 @@ class _Edit:
     reference: np.ndarray | None = None
 
 
-def _largest(scene: SceneSpec, ids: np.ndarray) -> ObjectSpec:
-    """The object with the most visible pixels: the edit a viewer can see best."""
-    return max(scene.objects, key=lambda obj: int((ids == obj.id).sum()))
-
-
 def _changed(*id_maps_and_ids: tuple[np.ndarray, int]) -> np.ndarray:
     """Union of the given objects' pixels, dilated by :data:`MASK_DILATION`."""
     region = np.zeros(id_maps_and_ids[0][0].shape, bool)
@@ -113,105 +108,102 @@ def _fresh_colour(scene: SceneSpec, rng: np.random.Generator) -> str:
     return free[int(rng.integers(len(free)))]
 
 
+@dataclass
+class _SceneEdit:
+    """A local edit as scenes: ``old`` is the edited object (its id is kept by the edit)."""
+
+    source: SceneSpec
+    target: SceneSpec
+    old: ObjectSpec
+    instruction: str
+
+    def render(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(source frames, target frames and ids, edit mask): ``uint8 [T, H, W, 3]`` twice,
+        ``uint8 [T, H, W]`` and ``bool [T, H, W]``."""
+        source, source_ids = render(self.source)
+        target, target_ids = render(self.target)
+        mask = _changed((source_ids, self.old.id), (target_ids, self.old.id))
+        return source, (target, target_ids), mask
+
+
 def _local(
     kind: str, scene: SceneSpec, templates: Templates, rng: np.random.Generator
-) -> tuple[SceneSpec, SceneSpec, ObjectSpec, ObjectSpec | None, str, str, str]:
-    """A local edit as (source scene, target scene, old object, new object, instruction,
-    source caption, target caption). ``add`` is ``remove`` read backwards, as in training."""
+) -> _SceneEdit:
+    """A local edit of the scene's most visible object (a flat shape for ``color``, since
+    sprites keep their photo colours). ``add`` is ``remove`` read backwards, as in training."""
     _, ids = render(scene)
-    obj = _largest(scene, ids)
+    candidates = [o for o in scene.objects if kind != "color" or o.entry.kind != "sprite"]
+    obj = max(candidates, key=lambda o: int((ids == o.id).sum()))
     label = obj.label
     if kind in ("remove", "add", "ref_add"):
         without = scene.without_object(obj.id)
         text, _ = templates.instruction(kind, rng, object=label, a_object=with_article(label))
         if kind == "remove":
-            return scene, without, obj, None, text, scene.caption(), without.caption()
-        return without, scene, obj, obj, text, without.caption(), scene.caption()
+            return _SceneEdit(scene, without, obj, text)
+        return _SceneEdit(without, scene, obj, text)
     if kind == "color":
-        if obj.entry.kind == "sprite":  # sprites keep their photo colours: pick a shape
-            obj = max(
-                (o for o in scene.objects if o.entry.kind != "sprite"),
-                key=lambda o: int((ids == o.id).sum()),
-            )
-            label = obj.label
         colour = _fresh_colour(scene, rng)
-        target = scene.with_object_colour(obj.id, colour)
         text, _ = templates.instruction(kind, rng, object=label, colour=colour)
-        return scene, target, obj, target.object(obj.id), text, scene.caption(), target.caption()
+        return _SceneEdit(scene, scene.with_object_colour(obj.id, colour), obj, text)
     entry = _fresh_entry(scene, rng)  # swap / ref_swap
-    target = scene.with_object_replaced(obj.id, entry)
     text, _ = templates.instruction(
-        kind,
-        rng,
-        object=label,
-        a_object=with_article(label),
-        new_object=entry.label,
+        kind, rng, object=label, a_object=with_article(label), new_object=entry.label,
         a_new_object=with_article(entry.label),
-    )
-    return scene, target, obj, target.object(obj.id), text, scene.caption(), target.caption()
+    )  # fmt: skip
+    return _SceneEdit(scene, scene.with_object_replaced(obj.id, entry), obj, text)
 
 
-def _local_edit(kind: str, scene: SceneSpec, templates: Templates, rng) -> _Edit:
-    source_scene, target_scene, old, new, text, src_caption, tgt_caption = _local(
-        kind, scene, templates, rng
-    )
-    source, source_ids = render(source_scene)
-    target, target_ids = render(target_scene)
-    mask = _changed((source_ids, old.id), (target_ids, old.id))
+def _local_edit(
+    kind: str, scene: SceneSpec, templates: Templates, rng: np.random.Generator
+) -> _Edit:
+    edit = _local(kind, scene, templates, rng)
+    source, (target, target_ids), mask = edit.render()
     reference = None
     if kind.startswith("ref_"):
-        reference = object_crop(target, target_ids == new.id)
-    return _Edit(source, target, mask, text, src_caption, tgt_caption, reference)
-
-
-def _look(kind: str, templates: Templates, rng: np.random.Generator) -> str:
-    vocabulary = templates.tones if kind == "tone" else templates.styles
-    return vocabulary[list(vocabulary)[int(rng.integers(len(vocabulary)))]]
-
-
-def _look_edit(kind: str, scene: SceneSpec, templates: Templates, rng) -> _Edit:
-    phrase = _look(kind, templates, rng)
-    source, _ = render(scene)
-    text, _ = templates.instruction(kind, rng, style=phrase)
-    target = OpenCVBackend().restyle(source, phrase)
-    caption = scene.caption()
+        reference = object_crop(target, target_ids == edit.old.id)
     return _Edit(
-        source,
-        target,
-        np.ones(source.shape[:3], bool),
-        text,
-        caption,
-        captions.with_look(caption, phrase),
-    )
+        source, target, mask, edit.instruction, edit.source.caption(), edit.target.caption(),
+        reference,
+    )  # fmt: skip
 
 
-def _hybrid_edit(index: int, scene: SceneSpec, templates: Templates, rng) -> _Edit:
+def _look(
+    kind: str, frames: np.ndarray, caption: str, templates: Templates, rng: np.random.Generator
+) -> tuple[str, np.ndarray, str]:
+    """A ``tone`` or ``style`` look over ``frames``: (instruction, restyled frames, caption)."""
+    vocabulary = templates.tones if kind == "tone" else templates.styles
+    phrase = vocabulary[list(vocabulary)[int(rng.integers(len(vocabulary)))]]
+    text, _ = templates.instruction(kind, rng, style=phrase)
+    return text, OpenCVBackend().restyle(frames, phrase), captions.with_look(caption, phrase)
+
+
+def _look_edit(
+    kind: str, scene: SceneSpec, templates: Templates, rng: np.random.Generator
+) -> _Edit:
+    source, _ = render(scene)
+    text, target, caption = _look(kind, source, scene.caption(), templates, rng)
+    return _Edit(source, target, np.ones(source.shape[:3], bool), text, scene.caption(), caption)
+
+
+def _hybrid_edit(
+    index: int, scene: SceneSpec, templates: Templates, rng: np.random.Generator
+) -> _Edit:
+    """A local edit, then a second one on another flat shape or a look over everything."""
     first_kind, second_kind = HYBRID_RECIPES[index % len(HYBRID_RECIPES)]
-    source_scene, target_scene, old, _, first, src_caption, tgt_caption = _local(
-        first_kind, scene, templates, rng
-    )
-    source, source_ids = render(source_scene)
-    _, target_ids = render(target_scene)
-    mask = _changed((source_ids, old.id), (target_ids, old.id))
-    if second_kind == "color":  # a second local edit, on another object of the edited scene
-        others = [o for o in target_scene.objects if o.entry.kind != "sprite"]
-        obj = max(others, key=lambda o: int((target_ids == o.id).sum()))
-        colour = _fresh_colour(target_scene, rng)
-        second, _ = templates.instruction("color", rng, object=obj.label, colour=colour)
-        target_scene = target_scene.with_object_colour(obj.id, colour)
-        tgt_caption = target_scene.caption()
-        target, final_ids = render(target_scene)
-        mask |= _changed((target_ids, obj.id), (final_ids, obj.id))
+    first = _local(first_kind, scene, templates, rng)
+    source, (target, _), mask = first.render()
+    if second_kind == "color":
+        second = _local("color", first.target, templates, rng)
+        _, (target, _), second_mask = second.render()
+        mask |= second_mask
+        text, caption = second.instruction, second.target.caption()
     else:
-        phrase = _look(second_kind, templates, rng)
-        second, _ = templates.instruction(second_kind, rng, style=phrase)
-        target = OpenCVBackend().restyle(render(target_scene)[0], phrase)
-        tgt_caption = captions.with_look(tgt_caption, phrase)
+        text, target, caption = _look(second_kind, target, first.target.caption(), templates, rng)
         mask[:] = True
-    text, _ = templates.instruction(
-        "hybrid", rng, first=as_clause(first), second=as_clause(second, lower=True)
+    instruction, _ = templates.instruction(
+        "hybrid", rng, first=as_clause(first.instruction), second=as_clause(text, lower=True)
     )
-    return _Edit(source, target, mask, text, src_caption, tgt_caption)
+    return _Edit(source, target, mask, instruction, scene.caption(), caption)
 
 
 def _needs_shapes(category: str) -> bool:

@@ -28,8 +28,9 @@ def write_video(
 ) -> None:
     """Write ``frames`` ``[T, H, W, 3] uint8`` as an H.264 MP4 (yuv420p, playable everywhere).
 
-    H and W must be even (a yuv420p requirement). The encoder runs single-threaded so that the
-    same frames always give the same bytes, which keeps content hashes and data versions stable.
+    H and W must be even (a yuv420p requirement). The encoder runs single-threaded, but the
+    libx264 of the PyAV wheel is still not bit-reproducible: encoding the same frames twice
+    can give files that differ in a few pixels, so content hashes of re-rendered videos change.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
