@@ -45,6 +45,7 @@ from viva_pipelines.evaluation.suite import CATEGORIES, BenchInstance
 from viva_pipelines.pairs import captions
 from viva_pipelines.pairs.generators import Templates, as_clause, load_templates, object_crop
 from viva_pipelines.pairs.opencv_backend import OpenCVBackend
+from viva_pipelines.pairs.types import EditPair
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.io import write_video
 
@@ -66,19 +67,6 @@ class SuiteGeometry:
     height: int = 240
     frames: int = 48
     fps: float = 24
-
-
-@dataclass
-class _Edit:
-    """One rendered edit before it is written: frames are ``uint8 [T, H, W, 3]``."""
-
-    source: np.ndarray
-    target: np.ndarray
-    mask: np.ndarray
-    instruction: str
-    source_caption: str
-    target_caption: str
-    reference: np.ndarray | None = None
 
 
 def _changed(*id_maps_and_ids: tuple[np.ndarray, int]) -> np.ndarray:
@@ -155,15 +143,15 @@ def _local(
 
 def _local_edit(
     kind: str, scene: SceneSpec, templates: Templates, rng: np.random.Generator
-) -> _Edit:
+) -> EditPair:
     edit = _local(kind, scene, templates, rng)
     source, (target, target_ids), mask = edit.render()
     reference = None
     if kind.startswith("ref_"):
         reference = object_crop(target, target_ids == edit.old.id)
-    return _Edit(
-        source, target, mask, edit.instruction, edit.source.caption(), edit.target.caption(),
-        reference,
+    return EditPair(
+        kind, source, target, mask, edit.instruction, edit.source.caption(),
+        edit.target.caption(), reference=reference,
     )  # fmt: skip
 
 
@@ -179,15 +167,16 @@ def _look(
 
 def _look_edit(
     kind: str, scene: SceneSpec, templates: Templates, rng: np.random.Generator
-) -> _Edit:
+) -> EditPair:
     source, _ = render(scene)
     text, target, caption = _look(kind, source, scene.caption(), templates, rng)
-    return _Edit(source, target, np.ones(source.shape[:3], bool), text, scene.caption(), caption)
+    everything = np.ones(source.shape[:3], bool)
+    return EditPair(kind, source, target, everything, text, scene.caption(), caption)
 
 
 def _hybrid_edit(
     index: int, scene: SceneSpec, templates: Templates, rng: np.random.Generator
-) -> _Edit:
+) -> EditPair:
     """A local edit, then a second one on another flat shape or a look over everything."""
     first_kind, second_kind = HYBRID_RECIPES[index % len(HYBRID_RECIPES)]
     first = _local(first_kind, scene, templates, rng)
@@ -203,7 +192,7 @@ def _hybrid_edit(
     instruction, _ = templates.instruction(
         "hybrid", rng, first=as_clause(first.instruction), second=as_clause(text, lower=True)
     )
-    return _Edit(source, target, mask, instruction, scene.caption(), caption)
+    return EditPair("hybrid", source, target, mask, instruction, scene.caption(), caption)
 
 
 def _needs_shapes(category: str) -> bool:
@@ -233,7 +222,7 @@ def _scene(category: str, index: int, world: int, geometry: SuiteGeometry) -> Sc
 
 def render_case(
     category: str, index: int, *, world: int = SUITE_WORLD, geometry: SuiteGeometry | None = None
-) -> _Edit:
+) -> EditPair:
     """Instance ``index`` of ``category``, rendered (deterministic)."""
     geometry = geometry or SuiteGeometry()
     scene = _scene(category, index, world, geometry)
@@ -259,7 +248,7 @@ def _npz(mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_case(storage: Storage, instance_id: str, edit: _Edit, fps: float) -> dict[str, str]:
+def _write_case(storage: Storage, instance_id: str, edit: EditPair, fps: float) -> dict[str, str]:
     keys = {
         "source_video": f"{instance_id}/source.mp4",
         "target_video": f"{instance_id}/target.mp4",
