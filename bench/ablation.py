@@ -89,9 +89,16 @@ def main() -> None:
     parser.add_argument("--grpo-iterations", type=int, default=20)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--log", default="ablation.log", help="training output goes here")
+    parser.add_argument(
+        "--rows", default="ablation_rows.parquet", help="per-edit scores, saved as they come"
+    )
+    parser.add_argument("--report-only", action="store_true", help="tabulate saved --rows")
     args = parser.parse_args()
     if len(args.seeds) < 2:
         parser.error("the spread needs at least two seeds")
+    if args.report_only:
+        report(pd.read_parquet(args.rows), args)
+        return
     version = dataset_version()
     log = Path(args.log)
     rows = []
@@ -125,6 +132,7 @@ def main() -> None:
             failed = int(run.rows["error"].notna().sum())
             note(f"seed {seed} {label}: trained {trained_s:.0f}s, {failed} failed edits")
             rows.append(run.rows.assign(seed=seed))
+            pd.concat(rows, ignore_index=True).to_parquet(args.rows)
     report(pd.concat(rows, ignore_index=True), args)
 
 
