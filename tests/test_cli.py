@@ -1,5 +1,6 @@
 """The commands a user runs, as subprocesses with their own conf/ and Dagster home."""
 
+import hashlib
 import io
 import json
 import os
@@ -142,6 +143,31 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     reported = run(["report"], project, home)
     assert reported.returncode == 0 and "### Averages over categories" in reported.stdout
     assert "| identity |" in reported.stdout and "failed edits: 0" in reported.stdout
+
+    # Lineage: from the benchmark run back to the raw files, by checksum.
+    audited = run(["lineage", "benchmark", "--json"], project, home)
+    assert audited.returncode == 0, audited.stderr[-3000:]
+    tree = json.loads(audited.stdout[audited.stdout.index("{") :])
+    found: dict[str, list[dict]] = {}
+
+    def walk(node: dict) -> None:
+        found.setdefault(node["asset"], []).append(node)
+        for child in node.get("upstream", []):
+            walk(child)
+
+    walk(tree)
+    assert {"sft_checkpoint", "grpo_lora", "reward_models", "benchmark_suite", "qc_dataset",
+            "synthetic_pairs", "tracked_masks", "raw_videos"} <= set(found)  # fmt: skip
+    assert found["sft_checkpoint"][0]["details"]["registered_model"] == "viva-sft/1"
+    assert found["sft_checkpoint"][0]["details"]["git_commit"]
+    videos = [v for node in found["raw_videos"] for v in node.get("details", {}).get("videos", [])]
+    assert len(videos) == 5
+    for video in videos:
+        assert hashlib.sha256(Path(video["uri"]).read_bytes()).hexdigest() == video["sha256"]
+    by_model = run(["lineage", "models:/viva-sft/1"], project, home)
+    assert by_model.returncode == 0 and "raw_videos[shard-000000]" in by_model.stdout
+    unknown = run(["lineage", "models:/viva-sft/99"], project, home)
+    assert unknown.returncode == 2 and "not found in MLflow" in unknown.stderr
 
     missing = run(["edit", "--model", str(project / "nope"), "--video", str(out),
                    "--instruction", "x", "--out", str(out)], project, home)  # fmt: skip

@@ -8,12 +8,14 @@
   their checks;
 - ``viva edit``: edit a video with a trained model (and LoRA);
 - ``viva report``: print the latest benchmark table;
+- ``viva lineage TARGET``: the chain from a benchmark run or model back to raw video files;
 - ``viva config``: print the resolved configuration of ``VIVA_ENV``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -215,6 +217,30 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lineage(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from viva_pipelines.defs.lineage import LineageError, build_lineage, resolve_target
+    from viva_pipelines.storage import Storage
+
+    settings = get_settings()
+    instance = _dagster_instance()
+    s3 = settings.storage.s3
+    storage = Storage(
+        settings.storage.root, endpoint_url=s3.endpoint_url, region_name=s3.region_name
+    )
+    tracking_uri = settings.mlflow_tracking_uri
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    try:
+        record = resolve_target(instance, args.target, client)
+        tree = build_lineage(instance, record, storage, client)
+    except LineageError as exc:
+        print(f"viva lineage: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(tree.to_dict(), indent=1) if args.json else tree.render())
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     print(yaml.safe_dump(get_settings().model_dump(mode="json"), sort_keys=False), end="")
     return 0
@@ -260,6 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("report", help="print the latest benchmark table").set_defaults(
         handler=_report
     )
+    lineage = commands.add_parser(
+        "lineage", help="audit what produced a benchmark run, a model or an asset"
+    )
+    lineage.add_argument(
+        "target",
+        help="benchmark | an asset name | models:/viva-sft/3 | runs:/<mlflow run id> | <run id>",
+    )
+    lineage.add_argument("--json", action="store_true", help="print JSON instead of a tree")
+    lineage.set_defaults(handler=_lineage)
     commands.add_parser("config", help="print the resolved configuration").set_defaults(
         handler=_config
     )

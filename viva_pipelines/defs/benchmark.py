@@ -4,11 +4,11 @@ import tempfile
 from pathlib import Path
 
 import dagster as dg
-import mlflow
-import torch
 
 from viva_pipelines.config import Settings
+from viva_pipelines.defs.execution import step_options
 from viva_pipelines.defs.ingest import ingest_options
+from viva_pipelines.defs.lineage import pending_lineage
 from viva_pipelines.defs.resources import MlflowResource, StorageResource, vlm_backend
 from viva_pipelines.defs.training import (
     GRPO_PREFIX,
@@ -64,6 +64,8 @@ def load_configured_suite(settings: Settings) -> tuple[Storage, list]:
 
 def _device(name: str) -> str:
     if name == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
 
@@ -71,7 +73,12 @@ def _device(name: str) -> str:
 def build_benchmark_defs(settings: Settings) -> dg.Definitions:
     cfg = settings.benchmark
 
-    @dg.asset(code_version=SUITE_CODE_VERSION, group_name="benchmark", kinds={"parquet"})
+    @dg.asset(
+        code_version=SUITE_CODE_VERSION,
+        group_name="benchmark",
+        kinds={"parquet"},
+        **step_options(settings, "benchmark_suite"),  # retried: the suite may be on S3
+    )
     def benchmark_suite(
         context: dg.AssetExecutionContext, storage: StorageResource
     ) -> dg.MaterializeResult:
@@ -124,8 +131,7 @@ def build_benchmark_defs(settings: Settings) -> dg.Definitions:
         code_version=SCORES_CODE_VERSION,
         group_name="benchmark",
         kinds={"pytorch", "mlflow"},
-        pool="gpu",
-        op_tags=settings.execution.asset_tags.get("benchmark_scores", {}),
+        **step_options(settings, "benchmark_scores"),
     )
     def benchmark_scores(
         context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
@@ -174,6 +180,13 @@ def build_benchmark_defs(settings: Settings) -> dg.Definitions:
         with mlflow.start_run(context, upstream_data_versions=versions) as mlflow_run:
             prefix = f"{SCORES_PREFIX}/{mlflow_run.info.run_id}"
             keys = bench.write_report(store, prefix, run, table)
+            from mlflow import MlflowClient
+
+            lineage = pending_lineage(
+                context.instance, "benchmark_scores", list(versions), store,
+                MlflowClient(mlflow.tracking_uri),
+            )  # fmt: skip
+            store.write_json(f"{prefix}/lineage.json", lineage.to_dict())
             _log_to_mlflow(store, prefix, table, versions, problems)
         for problem in problems:
             context.log.error(f"sanity: {problem}")
@@ -187,6 +200,7 @@ def build_benchmark_defs(settings: Settings) -> dg.Definitions:
             "models": ", ".join(editor.name for editor in editors),
             "failed_edits": failed,
             "sanity": "ok" if not problems else "; ".join(problems),
+            "lineage": dg.MetadataValue.md(f"```\n{lineage.render()}\n```"),
         }
         if "preview" in keys:
             columns = " | ".join(["source", "target", *(editor.name for editor in editors)])
@@ -203,6 +217,8 @@ def build_benchmark_defs(settings: Settings) -> dg.Definitions:
 def _log_to_mlflow(store: Storage, prefix: str, table, versions: dict, problems: list) -> None:
     """Per-category metrics ``{model}/{category}/{criterion}``, the report files as
     artifacts, and the models' lineage as tags."""
+    import mlflow
+
     metrics = {
         f"{model}/{category}/{criterion}": float(value)
         for category, row in table.iterrows()
