@@ -10,12 +10,12 @@ export DAGSTER_HOME := $(CURDIR)/.dagster
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test dev mlflow lint format clean
+.PHONY: install demo test chromium dev mlflow lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip setuptools wheel
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,sam2-runtime]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,sam2-runtime,prod]'
 	# SAM 2 ships as an sdist that compiles CUDA code and pulls torchvision (DESIGN §7):
 	# build it without either, against the torch already installed.
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation --no-deps sam2==1.1.0
@@ -41,8 +41,22 @@ demo: install
 	echo "Dagster UI:  make dev     (then open http://127.0.0.1:3000)" && \
 	echo "MLflow UI:   make mlflow  (then open http://127.0.0.1:5000)"
 
-test: install
+test: install chromium
 	$(BIN)/pytest
+
+# The browser test of the Dagster UI (tests/test_ui_browser.py) runs Debian's Chromium through
+# Playwright, which never downloads a browser of its own. Installed when missing and root;
+# otherwise a note, and that test skips (it fails instead on CI, where CI=true).
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "Installing Debian's chromium for tests/test_ui_browser.py (apt-get)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+			|| echo "note: could not install chromium; tests/test_ui_browser.py will skip"; \
+	else \
+		echo "note: /usr/bin/chromium is missing and we are not root, so it is not installed;"; \
+		echo "      tests/test_ui_browser.py will skip (sudo apt-get install chromium to run it)"; \
+	fi
 
 dev: install
 	$(BIN)/dagster dev -w workspace.yaml

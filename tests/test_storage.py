@@ -112,3 +112,34 @@ def test_interrupted_local_write_leaves_no_partial_file(tmp_path: Path, monkeypa
         storage.write_bytes("m.parquet", b"half")
     assert storage.read_bytes("m.parquet") == b"complete"
     assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["m.parquet"]
+
+
+def test_local_listing_fast_path_matches_fsspec_find(tmp_path: Path):
+    """The local listing walks the folder itself; it must list what fsspec's find lists."""
+    from viva_pipelines.storage import TEMP_SUFFIX, _find_local
+
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "deep.mp4").write_bytes(b"12345")
+    (root / "top.mp4").write_bytes(b"")
+    (root / "a" / f".x.mp4{TEMP_SUFFIX}").write_bytes(b"1")  # a write in progress
+    (root / "a" / "clip 1.MOV").write_bytes(b"123")
+    (root / "empty").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "o.mp4").write_bytes(b"abcdef")
+    os.symlink(outside / "o.mp4", root / "link.mp4")
+    os.symlink(outside, root / "linked_dir")
+    os.symlink(tmp_path / "missing", root / "broken.mp4")
+    storage = Storage(str(root))
+    expected = {
+        path: {"size": info["size"], "mtime": info["mtime"]}
+        for path, info in storage.fs.find(str(root), detail=True).items()
+    }
+    assert _find_local(str(root)) == expected
+    rows = storage.list(detail=True)
+    assert [row["key"] for row in rows] == [
+        "a/b/deep.mp4", "a/clip 1.MOV", "broken.mp4", "link.mp4", "linked_dir", "top.mp4"
+    ]  # fmt: skip
+    assert {row["key"]: row["size"] for row in rows}["link.mp4"] == 6
+    assert storage.list("a") == ["a/b/deep.mp4", "a/clip 1.MOV"]

@@ -11,11 +11,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
-import mlflow.data
-import pandas as pd
-from mlflow.entities import Run
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.entities import Run
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -59,6 +59,8 @@ def lineage_tags(
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> str:
     """Id of experiment ``name`` on ``tracking_uri``, created with ``artifact_location`` if new."""
+    import mlflow
+
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -81,6 +83,8 @@ def tracked_run(
 
     The run ends FAILED when the block raises, FINISHED otherwise.
     """
+    import mlflow
+
     experiment_id = ensure_experiment(tracking_uri, experiment, artifact_location)
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})):
@@ -93,12 +97,17 @@ _PARAM_MAX = 6000
 
 def log_params(params: Mapping[str, object]) -> None:
     """Log params into the active run (long values cut to MLflow's limit)."""
+    import mlflow
+
     mlflow.log_params({k: str(v)[:_PARAM_MAX] for k, v in params.items()})
 
 
 def log_dataset_input(frame: pd.DataFrame, source: str, digest: str, name: str) -> None:
     """``mlflow.log_input`` of a dataset manifest with our data version as its digest, so the
     run's Datasets tab names exactly the data it trained on."""
+    import mlflow
+    import mlflow.data
+
     dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36])
     mlflow.log_input(dataset, context="training")
 
@@ -106,6 +115,8 @@ def log_dataset_input(frame: pd.DataFrame, source: str, digest: str, name: str) 
 def register_model_dir(local_dir: str | Path, run_id: str, name: str) -> str:
     """Log a model directory as the run's ``model`` artifacts and register it as a new version
     of ``name``; returns the version."""
+    import mlflow
+
     client = mlflow.MlflowClient()
     client.log_artifacts(run_id, str(local_dir), "model")
     try:
@@ -119,11 +130,15 @@ def register_model_dir(local_dir: str | Path, run_id: str, name: str) -> str:
 
 def set_tags(tags: Mapping[str, str]) -> None:
     """Tag the active run (values cut to MLflow's limit)."""
+    import mlflow
+
     mlflow.set_tags({k: str(v)[:_PARAM_MAX] for k, v in tags.items()})
 
 
 def tag_model_version(name: str, version: str, tags: Mapping[str, str]) -> None:
     """Tag a registered model version, e.g. a LoRA with the base model it adapts."""
+    import mlflow
+
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value)[:_PARAM_MAX])

@@ -233,13 +233,78 @@ class QcSettings(Section):
     vlm: VlmSettings = VlmSettings()
 
 
+class K8sExecutorSettings(Section):
+    """``dagster_k8s.k8s_job_executor``: every step becomes a Kubernetes Job. GPU requests, node
+    selectors and tolerations are per step, in ``asset_tags`` (``dagster-k8s/config``)."""
+
+    job_namespace: str = "dagster"
+    job_image: str | None = None  # null: the image of the code location's user deployment
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account_name: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    env_config_maps: tuple[str, ...] = ()
+    env_secrets: tuple[str, ...] = ()  # Secrets whose keys become env vars (AWS, MLflow, VLM)
+    labels: dict[str, str] = Field(default_factory=dict)
+    load_incluster_config: bool = True
+    max_concurrent: PositiveInt | None = None  # pods at once per run; null = as the DAG allows
+
+
+class CeleryExecutorSettings(Section):
+    """``dagster_celery.celery_executor``: steps are Celery tasks routed to a queue per asset
+    (op tag ``dagster-celery/queue``); GPU steps go to ``gpu_queue`` unless ``queues`` says."""
+
+    broker: str = "pyamqp://guest@localhost:5672//"
+    broker_env: str | None = None  # env var holding the broker URL (with password); wins
+    backend: str = "rpc://"
+    backend_env: str | None = None  # env var holding the result backend URL; wins
+    default_queue: str = "dagster"
+    gpu_queue: str = "gpu"
+    queues: dict[str, str] = Field(default_factory=dict)  # asset name -> queue
+
+
+class RetrySettings(Section):
+    """One retry policy for every step that talks to a network or a GPU (transient faults:
+    S3 throttling, endpoint timeouts, a pre-empted node)."""
+
+    max_retries: Annotated[int, Field(ge=0)] = 2
+    delay_s: Annotated[float, Field(ge=0)] = 10
+    gpu_delay_s: Annotated[float, Field(ge=0)] = 30  # a GPU node takes longer to come back
+
+
 class ExecutionSettings(Section):
-    executor: Literal["in_process", "multiprocess"] = "multiprocess"
+    executor: Literal["in_process", "multiprocess", "k8s", "celery"] = "multiprocess"
     max_concurrent: PositiveInt = 2
     asset_tags: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per-asset op tags, e.g. dagster-k8s/config requesting nvidia.com/gpu",
     )
+    retry: RetrySettings = RetrySettings()
+    k8s: K8sExecutorSettings = K8sExecutorSettings()
+    celery: CeleryExecutorSettings = CeleryExecutorSettings()
+
+
+def _cron(value: str) -> str:
+    if len(value.split()) != 5:
+        raise ValueError(f"{value!r} is not a five-field cron expression")
+    return value
+
+
+class CronScheduleSettings(Section):
+    cron: Annotated[str, AfterValidator(_cron)] = "0 3 * * 0"
+    timezone: str = "UTC"
+    enabled: bool = False  # the schedule's default status; the UI can still toggle it
+
+
+class SchedulesSettings(Section):
+    retrain: CronScheduleSettings = CronScheduleSettings()
+
+
+class AutomationSettings(Section):
+    """The automation condition sensor that lets a new ``raw_videos`` shard flow on to
+    ``tracked_masks`` and ``synthetic_pairs`` whatever launched it (UI, backfill, sensor)."""
+
+    enabled: bool = False
+    interval_s: PositiveInt = 30
 
 
 class SftSettings(Section):
@@ -335,6 +400,8 @@ class Settings(Section):
     qc: QcSettings = QcSettings()
     demo: DemoSettings = DemoSettings()
     execution: ExecutionSettings = ExecutionSettings()
+    schedules: SchedulesSettings = SchedulesSettings()
+    automation: AutomationSettings = AutomationSettings()
     models: ModelSettings = ModelSettings()
     sft: SftSettings = SftSettings()
     rewards: RewardsSettings = RewardsSettings()

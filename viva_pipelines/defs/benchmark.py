@@ -88,7 +88,7 @@ def build_benchmark_defs(settings: Settings) -> dg.Definitions:
         try:
             media, instances = load_configured_suite(settings)
         except SuiteError as exc:
-            raise dg.Failure(f"benchmark suite: {exc}") from None
+            raise dg.Failure(f"benchmark suite: {exc}", allow_retries=False) from None
         frame = suite_frame(instances)
         store = storage.get()
         store.write_parquet(SUITE_KEY, frame)

@@ -4,6 +4,7 @@
 import dagster as dg
 
 from viva_pipelines.config import Settings
+from viva_pipelines.defs.execution import step_options
 from viva_pipelines.defs.partitions import video_shards
 from viva_pipelines.defs.resources import StorageResource, vlm_backend
 from viva_pipelines.ingest import raw_videos as ingest
@@ -27,7 +28,9 @@ def mask_backend(settings: Settings) -> MaskBackend:
     if settings.masks.backend == "annotations":
         return masks.AnnotationsBackend()
     if not settings.models.grounding_dino:
-        raise dg.Failure("masks.backend sam2 needs models.grounding_dino (a path or hub id)")
+        raise dg.Failure(
+            "masks.backend sam2 needs models.grounding_dino (a path or hub id)", allow_retries=False
+        )
     from viva_pipelines.masks.sam2_backend import Sam2MaskBackend, Sam2Tracker, Sam2TrackingConfig
 
     cfg = settings.masks.sam2
@@ -44,7 +47,10 @@ def edit_backend(settings: Settings) -> EditBackend:
     if settings.pairs.backend == "opencv":
         return OpenCVBackend()
     if not settings.models.inpainting:
-        raise dg.Failure("pairs.backend diffusers needs models.inpainting (a path or hub id)")
+        raise dg.Failure(
+            "pairs.backend diffusers needs models.inpainting (a path or hub id)",
+            allow_retries=False,
+        )
     from viva_pipelines.pairs.diffusers_backend import DiffusersBackend, DiffusersBackendConfig
 
     cfg = settings.pairs.diffusers
@@ -75,13 +81,17 @@ def _progress(context: dg.AssetExecutionContext):
 
 def _read_upstream(storage, key: str, what: str, shard: str):
     if not storage.exists(key):
-        raise dg.Failure(f"{what} of {shard} is missing ({key}); materialize it first")
+        raise dg.Failure(
+            f"{what} of {shard} is missing ({key}); materialize it first", allow_retries=False
+        )
     return storage.read_parquet(key)
 
 
 def build_data_defs(settings: Settings) -> dg.Definitions:
-    tags = settings.execution.asset_tags
-    retry = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+    # A shard whose raw_videos was materialized by any route (the sensor's job, the UI, a
+    # backfill) flows on: eager reacts only to new upstream updates, so enabling the
+    # automation sensor never re-runs what is already up to date.
+    flow_on = dg.AutomationCondition.eager()
 
     @dg.asset(
         partitions_def=video_shards,
@@ -89,8 +99,8 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
         code_version=masks.CODE_VERSION,
         group_name="data",
         kinds={"numpy", "parquet"},
-        op_tags=tags.get("tracked_masks", {}),
-        retry_policy=retry,
+        automation_condition=flow_on,
+        **step_options(settings, "tracked_masks"),
     )
     def tracked_masks(
         context: dg.AssetExecutionContext, storage: StorageResource
@@ -125,8 +135,8 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
         code_version=pairs.CODE_VERSION,
         group_name="data",
         kinds={"video", "parquet"},
-        op_tags=tags.get("synthetic_pairs", {}),
-        retry_policy=retry,
+        automation_condition=flow_on,
+        **step_options(settings, "synthetic_pairs"),
     )
     def synthetic_pairs(
         context: dg.AssetExecutionContext, storage: StorageResource
@@ -172,7 +182,7 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
         code_version=qc.CODE_VERSION,
         group_name="data",
         kinds={"parquet"},
-        op_tags=tags.get("qc_dataset", {}),
+        **step_options(settings, "qc_dataset"),  # retried: the VLM review is an endpoint
     )
     def qc_dataset(
         context: dg.AssetExecutionContext, storage: StorageResource
@@ -185,7 +195,10 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
         if len(present) < len(shards):
             context.log.warning(f"{len(shards) - len(present)} shards have no synthetic_pairs yet")
         if not present:
-            raise dg.Failure("no shard has synthetic_pairs yet; materialize the shards first")
+            raise dg.Failure(
+                "no shard has synthetic_pairs yet; materialize the shards first",
+                allow_retries=False,
+            )
         result = qc.build_qc_dataset(
             store,
             (store.read_parquet(pairs.manifest_key(s)) for s in present),

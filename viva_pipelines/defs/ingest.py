@@ -7,6 +7,7 @@ import pandas as pd
 from dagster_aws.s3 import S3Resource
 
 from viva_pipelines.config import Settings
+from viva_pipelines.defs.execution import step_options
 from viva_pipelines.defs.jobs import SHARD_JOB
 from viva_pipelines.defs.partitions import video_shards
 from viva_pipelines.defs.resources import StorageResource
@@ -40,15 +41,13 @@ def ingest_options(settings: Settings) -> IngestOptions:
 
 def build_ingest_defs(settings: Settings) -> dg.Definitions:
     options = ingest_options(settings)
-    tags = settings.execution.asset_tags.get("raw_videos", {})
 
     @dg.asset(
         partitions_def=video_shards,
         code_version=CODE_VERSION,
         group_name="data",
         kinds={"video", "parquet"},
-        op_tags=tags,
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
+        **step_options(settings, "raw_videos"),
     )
     def raw_videos(
         context: dg.AssetExecutionContext, storage: StorageResource, video_source: StorageResource
@@ -61,7 +60,8 @@ def build_ingest_defs(settings: Settings) -> dg.Definitions:
         members = shard_members(load_registry(store), shard)
         if members.empty:
             raise dg.Failure(
-                f"shard {shard} has no registered videos; run the sensor or `viva ingest`"
+                f"shard {shard} has no registered videos; run the sensor or `viva ingest`",
+                allow_retries=False,
             )
 
         def progress(done: int, total: int, row: dict) -> None:
@@ -101,7 +101,12 @@ def build_ingest_defs(settings: Settings) -> dg.Definitions:
             registry, json.loads(context.cursor or "{}"), settings.sensor.max_runs_per_tick
         )
         if new.shape[0]:
-            context.log.info(f"{len(new)} new videos; new shards: {new_shards or 'none'}")
+            shown = ", ".join(new_shards[:3]) + (
+                f", ... {new_shards[-1]}" if len(new_shards) > 3 else ""
+            )
+            context.log.info(
+                f"{len(new)} new videos; {len(new_shards)} new shards: {shown or 'none'}"
+            )
         return dg.SensorResult(
             run_requests=[dg.RunRequest(partition_key=r.shard, run_key=r.run_key) for r in runs],
             dynamic_partitions_requests=[video_shards.build_add_request(new_shards)]

@@ -2,10 +2,10 @@
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
-from mlflow.entities import Run
 
 from viva_pipelines.config import Settings
 from viva_pipelines.config.schema import VlmSettings
@@ -13,6 +13,9 @@ from viva_pipelines.storage import Storage
 from viva_pipelines.tracking import lineage_tags, tracked_run
 from viva_pipelines.vlm.base import VlmBackend
 from viva_pipelines.vlm.client import ChatCompletionsClient, RetryPolicy
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -40,7 +43,7 @@ class MlflowResource(dg.ConfigurableResource):
         *,
         run_name: str | None = None,
         upstream_data_versions: Mapping[str, str] | None = None,
-    ) -> Iterator[Run]:
+    ) -> Iterator["Run"]:
         """An active MLflow run for this materialization; its id and URL go into the asset's
         metadata so the Dagster UI links to it."""
         asset_key = context.asset_key

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from viva_pipelines.config import Settings
+from viva_pipelines.defs.execution import step_options
 from viva_pipelines.defs.resources import StorageResource
 from viva_pipelines.qc import dataset as qc
 from viva_pipelines.rewards.models import RECORD_KEY, TinyClipOptions, prepare_reward_models
@@ -18,8 +19,7 @@ def build_reward_defs(settings: Settings) -> dg.Definitions:
         code_version=REWARDS_CODE_VERSION,
         group_name="training",
         kinds={"pytorch"},
-        op_tags=settings.execution.asset_tags.get("reward_models", {}),
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
+        **step_options(settings, "reward_models"),
     )
     def reward_models(
         context: dg.AssetExecutionContext, storage: StorageResource

@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from viva_pipelines.config import Settings
+from viva_pipelines.defs.execution import step_options
 from viva_pipelines.defs.resources import MlflowResource, StorageResource
 from viva_pipelines.previews import markdown_image
 from viva_pipelines.qc import dataset as qc
@@ -110,7 +111,9 @@ def run_key(config: RunConfig) -> str:
 def latest_data_version(context: dg.AssetExecutionContext, key: dg.AssetKey) -> str:
     event = context.instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
-        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
+        raise dg.Failure(
+            f"{key.to_user_string()} has not been materialized yet", allow_retries=False
+        )
     return event.asset_materialization.tags.get("dagster/data_version", "")
 
 
@@ -157,16 +160,15 @@ def training_asset(
     settings: Settings, name: str, *, deps: list[dg.AssetKey], code_version: str
 ) -> Callable:
     """The decorator of a GPU training asset: pool ``gpu``, executor tags from
-    ``execution.asset_tags``, retried on transient faults (it resumes from its checkpoint)."""
+    ``execution.asset_tags``, retried on transient faults (it resumes from its checkpoint);
+    all three from ``step_options``."""
     return dg.asset(
         name=name,
         deps=deps,
         code_version=code_version,
         group_name="training",
         kinds={"pytorch", "mlflow"},
-        pool="gpu",
-        op_tags=settings.execution.asset_tags.get(name, {}),
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+        **step_options(settings, name),
     )
 
 

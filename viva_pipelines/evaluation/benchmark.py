@@ -33,7 +33,6 @@ from viva_pipelines.evaluation.suite import CATEGORIES, BenchInstance
 from viva_pipelines.manifests import markdown_table
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.previews import grid, to_png
-from viva_pipelines.rewards.clip_rewards import ClipScorer, instruction_following
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.io import write_video
 from viva_pipelines.video.normalise import NormaliseSpec, decode_normalised, normalise_masks
@@ -42,6 +41,7 @@ from viva_pipelines.vlm.base import VlmBackend
 
 if TYPE_CHECKING:
     from viva_pipelines.model.pipeline import VivaEditPipeline
+    from viva_pipelines.rewards.clip_rewards import ClipScorer
 
 #: The baseline that returns its input: last on instruction following, first on background
 #: preservation, by construction. Its presence makes a broken metric visible.
@@ -269,6 +269,8 @@ def score_edit(
         scorer, source, edited, target_caption=instance.target_caption, edit_mask=mask,
         target=target,
     )  # fmt: skip
+    from viva_pipelines.rewards.clip_rewards import instruction_following
+
     row["clip_if"] = float(
         instruction_following(
             scorer, edited[None], instance.target_caption, instance.source_caption

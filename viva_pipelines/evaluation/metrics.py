@@ -22,7 +22,6 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-from skimage.metrics import structural_similarity
 
 if TYPE_CHECKING:
     from viva_pipelines.rewards.clip_rewards import ClipScorer
@@ -98,6 +97,8 @@ def ssim(a: np.ndarray, b: np.ndarray, *, mask: np.ndarray | None = None) -> flo
     averages over the map with a half-window border cropped. An all-False mask raises
     ValueError.
     """
+    from skimage.metrics import structural_similarity
+
     a, b = _check_pair(a, b, ("a", "b"))
     if mask is None:
         scores = [

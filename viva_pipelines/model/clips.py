@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from viva_pipelines.video.normalise import NormaliseSpec, fit_frame
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,14 @@ class ClipGeometry:
 
 def to_model_pixels(frames: np.ndarray) -> torch.Tensor:
     """``uint8 [T, H, W, 3]`` -> ``float32 [3, T, H, W]`` in [-1, 1]."""
+    import torch
+
     return torch.from_numpy(np.array(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """``[3, T, H, W]`` in [-1, 1] -> ``uint8 [T, H, W, 3]``."""
+    import torch
+
     pixels = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return pixels.permute(1, 2, 3, 0).cpu().numpy()

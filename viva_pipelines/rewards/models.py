@@ -13,13 +13,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from viva_pipelines.rewards.clip_rewards import ClipScorer
-from viva_pipelines.rewards.tiny_clip import build_tiny_clip, dataset_pairs, train_tiny_clip
 from viva_pipelines.storage import Storage
+
+if TYPE_CHECKING:
+    from viva_pipelines.rewards.clip_rewards import ClipScorer
 
 ASSET = "reward_models"
 RECORD_KEY = f"{ASSET}/models.json"
@@ -49,6 +50,8 @@ def prepare_reward_models(
     trained on the accepted pairs' frames and captions and serves as both; its validation
     retrieval accuracy goes into the record.
     """
+    from viva_pipelines.rewards.clip_rewards import ClipScorer
+
     if bool(clip) != bool(pickscore):
         raise ValueError(
             "set both models.clip and models.pickscore, or neither (the tiny demo CLIP)"
@@ -70,6 +73,9 @@ def prepare_reward_models(
 
 
 def _train_tiny(storage: Storage, manifest: pd.DataFrame, options: TinyClipOptions) -> dict:
+    from viva_pipelines.rewards.clip_rewards import ClipScorer
+    from viva_pipelines.rewards.tiny_clip import build_tiny_clip, dataset_pairs, train_tiny_clip
+
     images, captions, val_images, val_captions = dataset_pairs(
         storage, manifest, frames_per_video=options.frames_per_video
     )
@@ -93,6 +99,8 @@ def load_scorers(
 ) -> tuple[ClipScorer, ClipScorer]:
     """The CLIP and PickScore scorers a ``models.json`` record names (one object when both
     are the same model, as in the demo); remote models are copied under ``scratch``."""
+    from viva_pipelines.rewards.clip_rewards import ClipScorer
+
     clip_location = record["clip"]["location"]
     clip = ClipScorer(storage.local_dir(clip_location, Path(scratch, "clip")))
     pick_location = record["pickscore"]["location"]
