@@ -9,6 +9,7 @@ files (secrets are never put in conf at all; clients read them from their own en
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,23 @@ def load_settings(
         _merge_into(merged, _expand_dotted(overrides), origin, OVERRIDES, ())
     merged["env"] = env or BASE_ENV
 
-    resolved = _resolve_interpolations(merged, origin)
+    searched = _searched(layers, project_dir)
+    resolved = _resolve_interpolations(merged, origin, searched)
     try:
         return Settings.model_validate(resolved, context={"base_dir": project_dir})
     except ValidationError as exc:
         raise ConfigError(_explain(exc, origin, layers, project_dir)) from None
+    except (RuntimeError, TypeError, ValueError, OSError) as exc:
+        # A validator that failed with something other than a ValueError (for example
+        # Path.expanduser on "~nobody/x" raises RuntimeError): no key is known, so name
+        # every layer and quote the problem instead of letting the traceback escape.
+        raise ConfigError(
+            f"invalid configuration in {searched}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _searched(layers: list[Path], project_dir: Path) -> str:
+    return ", ".join(_display(layer, project_dir) + "/" for layer in layers)
 
 
 def _display(path: Path, project_dir: Path) -> str:
@@ -92,7 +105,13 @@ def _display(path: Path, project_dir: Path) -> str:
 
 def _read_yaml(file: Path, name: str) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(file.read_text())
+        doc = yaml.safe_load(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{name}: not valid YAML (nested too deeply)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -152,12 +171,59 @@ def _expand_dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return expanded
 
 
-def _resolve_interpolations(merged: dict[str, Any], origin: dict[tuple[str, ...], str]) -> Any:
+def _resolve_interpolations(
+    merged: dict[str, Any], origin: dict[tuple[str, ...], str], searched: str
+) -> Any:
+    _check_types(merged, origin, searched, ())
     try:
         return OmegaConf.to_container(OmegaConf.create(merged), resolve=True)
+    except RecursionError:
+        # a YAML alias that contains itself (``a: &x [*x]``) or absurdly deep nesting
+        raise ConfigError(
+            f"{searched}: a value nests too deeply (a recursive YAML alias?)"
+        ) from None
     except OmegaConfBaseException as exc:
-        key = tuple(str(getattr(exc, "full_key", "") or "").split("."))
-        raise ConfigError(f"{_origin_of(key, origin)}: {'.'.join(key)}: {exc.msg}") from None
+        # OmegaConf writes list items as ``a.b[0].c``: key origins are recorded per mapping key
+        full_key = str(getattr(exc, "full_key", "") or "")
+        key = tuple(part for part in re.split(r"\.|\[\d+\]", full_key) if part)
+        where = _origin_of(key, origin) or searched
+        raise ConfigError(f"{where}: {full_key or '<root>'}: {exc.msg}") from None
+
+
+#: What a YAML value may be (OmegaConf's primitives); dates, sets etc. are not.
+_SCALARS = (str, int, float, bool, bytes, type(None))
+_MAX_DEPTH = 64
+
+
+def _check_types(
+    node: Any,
+    origin: Mapping[tuple[str, ...], str],
+    searched: str,
+    path: tuple[str, ...],
+    depth: int = 0,
+) -> None:
+    """Refuse values OmegaConf cannot hold, naming their exact file and key (OmegaConf's own
+    message cannot locate a key that contains a dot)."""
+    if depth > _MAX_DEPTH:  # also catches an alias that contains itself (a: &x [*x])
+        where = _origin_of(path, origin) or searched
+        raise ConfigError(f"{where}: {'.'.join(path[:8]) or '<root>'}: nested too deeply")
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if not isinstance(key, str | int | float | bool):
+                where = _origin_of(path, origin) or searched
+                raise ConfigError(
+                    f"{where}: {'.'.join(path) or '<root>'}: key {key!r} must be text"
+                )
+            _check_types(value, origin, searched, (*path, str(key)), depth + 1)
+    elif isinstance(node, list):
+        for item in node:
+            _check_types(item, origin, searched, path, depth + 1)
+    elif not isinstance(node, _SCALARS):
+        where = _origin_of(path, origin) or searched
+        raise ConfigError(
+            f"{where}: {'.'.join(path)}: a {type(node).__name__} value is not supported here"
+            " (quote it to make it text)"
+        )
 
 
 def _origin_of(loc: tuple[str, ...], origin: Mapping[tuple[str, ...], str]) -> str | None:
@@ -174,7 +240,7 @@ def _explain(
     layers: list[Path],
     project_dir: Path,
 ) -> str:
-    searched = ", ".join(_display(layer, project_dir) + "/" for layer in layers)
+    searched = _searched(layers, project_dir)
     lines = []
     for error in exc.errors():
         loc = tuple(str(part) for part in error["loc"])

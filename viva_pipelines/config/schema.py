@@ -46,7 +46,11 @@ def _resolve_location(value: str, info: ValidationInfo) -> str:
         return value.rstrip("/")
     value = value.removeprefix("file://")
     base = Path((info.context or {}).get("base_dir", "."))
-    return str((base / Path(value).expanduser()).resolve())
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError as exc:  # "~user" for a user this machine does not know
+        raise ValueError(f"cannot expand '~' in {value!r}: {exc}") from None
+    return str((base / path).resolve())
 
 
 #: A local path (relative to the project directory) or an object-store URI such as ``s3://b/p``.

@@ -66,6 +66,8 @@ def _parse_line(where: str, text: str) -> BenchInstance:
         row = json.loads(text)
     except json.JSONDecodeError as err:
         raise SuiteError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise SuiteError(f"{where}: invalid JSON (nested too deeply)") from None
     if not isinstance(row, dict):
         raise SuiteError(f"{where}: expected a JSON object, got {type(row).__name__}")
     unknown = sorted(set(row) - set(COLUMNS))

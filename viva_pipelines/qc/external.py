@@ -18,6 +18,13 @@ from viva_pipelines.qc.dataset import ACCEPTED, ASSET, REJECTED, split_of
 from viva_pipelines.storage import PathEscapeError, Storage, file_location
 
 REQUIRED = ("id", "source", "target", "instruction")
+#: Optional text fields; when present (and not null) they must be strings.
+OPTIONAL_TEXT = ("edit_type", "source_caption", "target_caption")
+IMAGE_FIELDS = ("source", "target", "mask")
+
+
+class ExternalManifestError(ValueError):
+    """The external manifest itself cannot be read (a bad line is a rejected row instead)."""
 
 
 def external_image_rows(
@@ -30,36 +37,75 @@ def external_image_rows(
 ) -> list[dict[str, Any]]:
     """``qc_dataset`` rows (modality ``image``) for every line of the manifest."""
     source, name = file_location(manifest_uri, endpoint_url=endpoint_url)
-    lines = source.read_bytes(name).decode().splitlines()
+    try:
+        data = source.read_bytes(name)
+    except (FileNotFoundError, IsADirectoryError, PathEscapeError) as exc:
+        raise ExternalManifestError(f"{manifest_uri}: external manifest not found ({exc})") from exc
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ExternalManifestError(
+            f"{manifest_uri}: not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
     rows = []
+    first_line: dict[str, int] = {}  # pair id -> the line that claimed it
     for number, line in enumerate(lines, 1):
         if line.strip():
-            rows.append(_row(storage, source, number, line, val_fraction, split_seed))
+            rows.append(_row(storage, source, number, line, val_fraction, split_seed, first_line))
     return rows
 
 
+def _problem(doc: Any) -> str | None:
+    """Why a parsed line is not a usable pair (``None`` when its fields are well-typed)."""
+    if not isinstance(doc, dict):
+        return f"expected a JSON object, got {type(doc).__name__}"
+    missing = [k for k in REQUIRED if doc.get(k) in (None, "")]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if isinstance(doc["id"], bool) or not isinstance(doc["id"], str | int):
+        return f"id must be a string, got {doc['id']!r}"
+    for field in ("instruction", *IMAGE_FIELDS, *OPTIONAL_TEXT):
+        value = doc.get(field)
+        if value is not None and not isinstance(value, str):
+            return f"{field} must be a string, got {type(value).__name__}"
+    if not doc["instruction"].strip():
+        return "instruction is blank"
+    return None
+
+
 def _row(
-    storage: Storage, source: Storage, number: int, line: str, val_fraction: float, seed: int
+    storage: Storage,
+    source: Storage,
+    number: int,
+    line: str,
+    val_fraction: float,
+    seed: int,
+    first_line: dict[str, int],
 ) -> dict[str, Any]:
     base = {"sample_id": f"external-line-{number}", "modality": "image", "status": REJECTED}
     try:
         doc = json.loads(line)
     except ValueError as exc:
-        return {**base, "reason": f"line {number}: not valid JSON ({exc.msg})"}
-    if not isinstance(doc, dict) or (missing := [k for k in REQUIRED if not doc.get(k)]):
-        return {
-            **base,
-            "reason": f"line {number}: missing {', '.join(missing) if isinstance(doc, dict) else 'an object'}",
-        }
+        return {**base, "reason": f"line {number}: not valid JSON ({getattr(exc, 'msg', exc)})"}
+    except RecursionError:
+        return {**base, "reason": f"line {number}: not valid JSON (nested too deeply)"}
+    problem = _problem(doc)
+    if problem:
+        return {**base, "reason": f"line {number}: {problem}"}
     pair_id = re.sub(r"[^A-Za-z0-9_-]+", "_", str(doc["id"]))[:64]
+    if pair_id in first_line:
+        # Same (sanitised) id: the files would overwrite the first pair's in storage.
+        return {**base, "reason": f"line {number}: duplicate id {doc['id']!r} (first on line "
+                f"{first_line[pair_id]})"}  # fmt: skip
+    first_line[pair_id] = number
     base = {**base, "sample_id": f"external-{pair_id}", "pair_id": f"external-{pair_id}",
             "video_id": f"external-{pair_id}", "instruction": doc["instruction"],
             "original_instruction": doc["instruction"],
-            "edit_type": doc.get("edit_type", "external"),
+            "edit_type": doc.get("edit_type") or "external",
             "source_caption": doc.get("source_caption"), "target_caption": doc.get("target_caption"),
             "split": split_of(f"external-{pair_id}", val_fraction, seed)}  # fmt: skip
     keys = {}
-    for field in ("source", "target", "mask"):
+    for field in IMAGE_FIELDS:
         if not doc.get(field):
             continue
         try:
@@ -69,9 +115,10 @@ def _row(
                 **base,
                 "reason": f"line {number}: {field} path {doc[field]!r} leaves the manifest's folder",
             }
-        except (FileNotFoundError, OSError):
+        except (FileNotFoundError, OSError, ValueError):
             return {**base, "reason": f"line {number}: {field} file {doc[field]!r} is missing"}
-        suffix = doc[field].rsplit(".", 1)[-1].lower() if "." in doc[field] else "png"
+        suffix = doc[field].rsplit(".", 1)[-1].lower() if "." in doc[field] else ""
+        suffix = suffix if re.fullmatch(r"[a-z0-9]{1,8}", suffix) else "png"
         keys[field] = f"{ASSET}/external/{pair_id}/{field}.{suffix}"
         storage.write_bytes(keys[field], data)
     return {**base, "status": ACCEPTED, "reason": None, "source_key": keys["source"],

@@ -120,9 +120,13 @@ class RunConfig(_Section):
     def from_yaml(cls, path: str | Path) -> Self:
         path = Path(path)
         try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            doc = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ConfigFileError(f"{path}: cannot read the training config: {exc}") from exc
+        except RecursionError:
+            raise ConfigFileError(
+                f"{path}: cannot read the training config: nested too deeply"
+            ) from None
         return cls.from_mapping(doc, origin=str(path))
 
     @classmethod

@@ -71,6 +71,7 @@ from viva_pipelines.train.sft_data import (
     mask_to_latents,
     pad_tokens,
     plan_step,
+    read_dataset_manifest,
 )
 from viva_pipelines.video.io import write_video
 
@@ -94,7 +95,7 @@ def instructor_config(config: SftConfig, device: torch.device) -> InstructorConf
 
 def training_rows(storage: Storage, config: SftConfig) -> pd.DataFrame:
     """The accepted samples of the dataset manifest (image rows dropped when images are off)."""
-    manifest = storage.read_parquet(config.data.manifest_key)
+    manifest = read_dataset_manifest(storage, config.data.manifest_key)
     rows = manifest[manifest["status"] == ACCEPTED]
     if not config.data.use_images:
         rows = rows[rows["modality"] == VIDEO]

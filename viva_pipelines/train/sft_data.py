@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from PIL import Image
 from safetensors.torch import load as load_safetensors
@@ -44,6 +45,63 @@ VIDEO, IMAGE = "video", "image"
 CACHE_FORMAT = "viva-sft-cache/2"
 INDEX_NAME = "index.parquet"
 UNCONDITIONAL_NAME = "unconditional.safetensors"
+
+
+#: ``qc_dataset`` columns training reads: text that every accepted row must have ...
+REQUIRED_TEXT = (
+    "sample_id", "status", "modality", "split", "instruction", "source_key", "target_key",
+)  # fmt: skip
+#: ... and text that may be null (no mask, no reference image, unknown edit type).
+NULLABLE_TEXT = ("edit_type", "mask_key", "reference_key")
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def read_dataset_manifest(storage: Storage, key: str) -> pd.DataFrame:
+    """The ``qc_dataset`` manifest at ``key``, checked for what training needs.
+
+    A manifest is user-provided input (it can be edited or produced elsewhere), so a missing
+    file, a file that is not Parquet, a missing column or a column of the wrong type is one
+    ``ValueError`` naming the manifest and the problem, before any model is loaded.
+    """
+    try:
+        frame = storage.read_parquet(key)
+    except FileNotFoundError:
+        raise ValueError(f"{key}: not found under {storage.root_uri}") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ValueError(f"{key}: not a readable Parquet file ({exc})") from None
+    missing = [c for c in (*REQUIRED_TEXT, *NULLABLE_TEXT) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{key}: missing column(s) {', '.join(map(repr, missing))}")
+    for column in (*REQUIRED_TEXT, *NULLABLE_TEXT):
+        values = frame[column]
+        bad = [v for v in values.tolist() if not (isinstance(v, str) or _is_null(v))]
+        if bad:
+            example = bad[0]
+            raise ValueError(
+                f"{key}: column {column!r} must hold strings, found {type(example).__name__}"
+                f" {example!r} (dtype {values.dtype})"
+            )
+    accepted = frame[frame["status"] == "accepted"]
+    for column in REQUIRED_TEXT:
+        empty = accepted[column].isna() | (accepted[column].astype(object) == "")
+        if empty.any():
+            raise ValueError(
+                f"{key}: column {column!r} is empty in {int(empty.sum())} accepted row(s)"
+            )
+    for column, allowed in (("modality", (VIDEO, IMAGE)), ("split", ("train", "val"))):
+        unknown = sorted(set(accepted[column]) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"{key}: column {column!r} has unknown value(s) {', '.join(map(repr, unknown))}"
+                f" (known: {', '.join(allowed)})"
+            )
+    duplicated = accepted["sample_id"][accepted["sample_id"].duplicated()]
+    if not duplicated.empty:
+        raise ValueError(f"{key}: duplicate sample_id {duplicated.iloc[0]!r} among accepted rows")
+    return frame
 
 
 @dataclass
