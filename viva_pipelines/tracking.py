@@ -7,6 +7,8 @@ data versions of its upstream assets, so a benchmark number can be traced back t
 from __future__ import annotations
 
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
@@ -57,10 +59,38 @@ def lineage_tags(
     return tags
 
 
+class TrackingServerUnreachable(ConnectionError):
+    """The MLflow tracking server did not answer; raised before any work starts."""
+
+
+#: How long :func:`check_reachable` waits for a tracking server (MLflow's own client would
+#: retry for minutes before failing).
+REACHABLE_TIMEOUT_S = 5.0
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = REACHABLE_TIMEOUT_S) -> None:
+    """Raise :class:`TrackingServerUnreachable` naming ``tracking_uri`` when an ``http(s)``
+    tracking server does not answer within ``timeout_s``. Any HTTP answer counts as reachable
+    (a proxy asking for auth, a server without ``/health``); other URIs are not checked."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return
+    except OSError as exc:  # URLError, refused connections and timeouts are all OSErrors
+        reason = getattr(exc, "reason", None) or exc
+        raise TrackingServerUnreachable(
+            f"MLflow tracking server at {tracking_uri} is not reachable: {reason}"
+        ) from exc
+
+
 def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> str:
-    """Id of experiment ``name`` on ``tracking_uri``, created with ``artifact_location`` if new."""
+    """Id of experiment ``name`` on ``tracking_uri``, created with ``artifact_location`` if new;
+    an unreachable server fails fast with :class:`TrackingServerUnreachable`."""
     import mlflow
 
+    check_reachable(tracking_uri)
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)

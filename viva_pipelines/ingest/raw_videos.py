@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,8 +163,11 @@ def _ingest_one(
             row["source_sha256"] = sha256_file(local)
             video = decode_normalised(local, options.spec, options.limits)
         row.update({f"source_{k}": v for k, v in _probe_columns(video.probe).items()})
-        with storage.staged(video_key) as staged:
-            write_video(staged, video.frames, video.fps, crf=options.crf)
+        with tempfile.TemporaryDirectory(prefix="viva-ingest-") as tmp:
+            local_video = Path(tmp, "video.mp4")
+            write_video(local_video, video.frames, video.fps, crf=options.crf)
+            with _storage_write(storage, video_key):
+                storage.put_file(local_video, video_key)
         t, h, w, _ = video.frames.shape
         row.update(
             status=OK, reason=None, video_key=video_key, width=w, height=h, fps=video.fps,
@@ -173,6 +178,8 @@ def _ingest_one(
         )
     except VideoRejected as exc:
         row.update(status=REJECTED, reason=exc.reason)
+    except StorageWriteError:
+        raise  # the storage's fault, not the video's: fail the step (retried), reject nothing
     except FileNotFoundError:
         row.update(status=REJECTED, reason="source file is missing (deleted after registration?)")
     except Exception as exc:  # one bad file must never stop the shard; the reason is kept
@@ -182,6 +189,20 @@ def _ingest_one(
         for stale in (video_key, json_key, masks_key):
             storage.delete(stale)
     return row
+
+
+class StorageWriteError(RuntimeError):
+    """Writing a shard's output failed (e.g. S3 unreachable). Unlike a bad input file this
+    fails the whole step, so its retry redoes the shard instead of recording the video as
+    rejected."""
+
+
+@contextmanager
+def _storage_write(storage: Storage, key: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        raise StorageWriteError(f"writing {storage.uri(key)} failed: {exc}") from exc
 
 
 def _probe_columns(probe: Any) -> dict[str, Any]:
@@ -231,16 +252,18 @@ def _copy_annotations(
     try:
         ann = load_source_annotations(source, key)
         if ann is None:
-            for stale in (json_key, masks_key):
-                storage.delete(stale)
+            with _storage_write(storage, json_key):
+                for stale in (json_key, masks_key):
+                    storage.delete(stale)
             return {"annotations_key": None, "masks_key": None}
         masks = normalise_masks(ann.masks, video.source_indices, spec, video.probe)
         normalised = Annotations(ann.caption, ann.objects, masks, ann.extra)
     except (AnnotationError, ValueError) as exc:
         return {"annotations_key": None, "masks_key": None, "annotation_error": str(exc)}
     json_bytes, npz_bytes = normalised.to_bytes()
-    storage.write_bytes(json_key, json_bytes)
-    storage.write_bytes(masks_key, npz_bytes)
+    with _storage_write(storage, json_key):
+        storage.write_bytes(json_key, json_bytes)
+        storage.write_bytes(masks_key, npz_bytes)
     labels = [str(obj.get("label", "")) for obj in ann.objects]
     return {
         "annotations_key": json_key,

@@ -68,7 +68,11 @@ def save_checkpoint(
     storage.write_bytes(f"{where}/training_state.pt", buffer.getvalue())
     storage.write_json(f"{where}/state.json", {"step": step, **(extra or {})})
     for old in completed_checkpoints(storage, prefix)[:-keep]:
-        storage.delete(checkpoint_prefix(prefix, old))
+        stale = checkpoint_prefix(prefix, old)
+        # state.json first: a process killed mid-delete leaves an incomplete (ignored) folder,
+        # never a "complete" checkpoint with its weights gone.
+        storage.delete(f"{stale}/state.json")
+        storage.delete(stale)
     return storage.uri(where)
 
 
