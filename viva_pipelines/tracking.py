@@ -6,6 +6,7 @@ data versions of its upstream assets, so a benchmark number can be traced back t
 
 from __future__ import annotations
 
+import os
 import subprocess
 import urllib.error
 import urllib.request
@@ -57,6 +58,14 @@ def lineage_tags(
     for upstream, version in sorted((upstream_data_versions or {}).items()):
         tags[f"viva.upstream.{upstream}.data_version"] = version
     return tags
+
+
+def use_s3_endpoint(endpoint_url: str | None) -> None:
+    """Point MLflow's S3 artifact client at ``storage.s3.endpoint_url`` (MinIO, another
+    S3-compatible server): MLflow reads its endpoint from ``MLFLOW_S3_ENDPOINT_URL`` only. An
+    endpoint already in the environment wins; child processes (torchrun) inherit it."""
+    if endpoint_url:
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint_url)
 
 
 class TrackingServerUnreachable(ConnectionError):

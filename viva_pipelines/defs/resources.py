@@ -10,7 +10,7 @@ from dagster_aws.s3 import S3Resource
 from viva_pipelines.config import Settings
 from viva_pipelines.config.schema import VlmSettings
 from viva_pipelines.storage import Storage
-from viva_pipelines.tracking import lineage_tags, tracked_run
+from viva_pipelines.tracking import lineage_tags, tracked_run, use_s3_endpoint
 from viva_pipelines.vlm.base import VlmBackend
 from viva_pipelines.vlm.client import ChatCompletionsClient, RetryPolicy
 
@@ -35,6 +35,7 @@ class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str
     experiment: str = "viva-pipelines"
     artifact_location: str | None = None
+    s3_endpoint_url: str | None = None  # storage.s3.endpoint_url, for s3:// artifact locations
 
     @contextmanager
     def start_run(
@@ -57,6 +58,7 @@ class MlflowResource(dg.ConfigurableResource):
             upstream_data_versions=upstream_data_versions,
         )
         name = run_name or "-".join(filter(None, [asset_key.to_user_string(), partition]))
+        use_s3_endpoint(self.s3_endpoint_url)
         with tracked_run(
             self.tracking_uri,
             self.experiment,
@@ -108,5 +110,6 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             tracking_uri=settings.mlflow_tracking_uri,
             experiment=settings.mlflow.experiment,
             artifact_location=settings.mlflow_artifact_location,
+            s3_endpoint_url=settings.storage.s3.endpoint_url,
         ),
     }

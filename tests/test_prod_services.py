@@ -1,0 +1,315 @@
+"""The whole demo graph against real services, the way production runs it: the Dagster instance
+in PostgreSQL (deploy/dagster.prod.yaml), the storage root, the source videos and the benchmark
+suite on S3 (a moto server), and an MLflow tracking server with a PostgreSQL backend store and
+its artifacts on S3. Every command is the `viva` CLI as a user runs it.
+
+Skips when PostgreSQL is not reachable on 127.0.0.1:5432, except under ``CI=true``."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.conftest import REPO, write_conf
+
+VIVA = str(Path(sys.executable).parent / "viva")
+MLFLOW = str(Path(sys.executable).parent / "mlflow")
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+ENV = "services"
+
+
+def _pg_connect(dbname: str = "postgres"):
+    import psycopg2
+
+    conn = psycopg2.connect(dbname=dbname, connect_timeout=5, **PG)
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture
+def pg_databases() -> Iterator[tuple[str, str]]:
+    """Two fresh databases (the Dagster instance, the MLflow backend store), dropped after."""
+    try:
+        admin = _pg_connect()
+    except Exception as exc:  # psycopg2.OperationalError, or psycopg2 missing
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        message = f"PostgreSQL is not reachable on {PG['host']}:{PG['port']} ({reason})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}; CI=true requires it")
+        pytest.skip(f"{message}; start it to run this test")
+    suffix = uuid.uuid4().hex[:10]
+    names = (f"viva_test_{suffix}", f"viva_mlflow_{suffix}")
+    try:
+        with admin.cursor() as cur:
+            for name in names:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        yield names
+    finally:
+        with admin.cursor() as cur:
+            for name in names:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_mlflow_s3_client_gets_the_storage_endpoint(monkeypatch: pytest.MonkeyPatch):
+    """MLflow's S3 artifact client reads only MLFLOW_S3_ENDPOINT_URL: storage.s3.endpoint_url
+    fills it in (for the torchrun children too), an explicit variable wins."""
+    from viva_pipelines.tracking import use_s3_endpoint
+
+    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
+    use_s3_endpoint(None)
+    assert "MLFLOW_S3_ENDPOINT_URL" not in os.environ
+    use_s3_endpoint("http://minio:9000")
+    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    use_s3_endpoint("http://other:9000")
+    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(
+    pg_databases: tuple[str, str], s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> Iterator[str]:
+    """``mlflow server`` on a free loopback port: backend store in PostgreSQL, artifacts on
+    S3 (moto), proxied for clients that use ``mlflow-artifacts:``."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    log = open(tmp_path / "mlflow-server.log", "wb")  # noqa: SIM115 (closed in finally)
+    server = subprocess.Popen(
+        [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_databases[1]}",
+         "--serve-artifacts", "--artifacts-destination", f"s3://{s3_bucket}/mlflow"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited ({server.returncode}):\n"
+                    + (tmp_path / "mlflow-server.log").read_text()[-3000:]
+                )
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"mlflow server not up at {url} after 120 s") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        _stop(server)
+        log.close()
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=15)
+
+
+def _upload_dir(client, local: Path, bucket: str, prefix: str) -> int:
+    count = 0
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
+            count += 1
+    return count
+
+
+def _keys(client, bucket: str, prefix: str) -> list[str]:
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    return keys
+
+
+@pytest.mark.slow
+def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
+    project: Path,
+    tmp_path: Path,
+    pg_databases: tuple[str, str],
+    mlflow_server: str,
+    s3_endpoint: str,
+    s3_bucket: str,
+):
+    dagster_db, mlflow_db = pg_databases
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO / "deploy" / "dagster.prod.yaml", home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "VIVA_CONF_DIR": str(project / "conf"),
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": PG["host"],
+        "DAGSTER_PG_PORT": str(PG["port"]),
+        "DAGSTER_PG_DB": dagster_db,
+        "DAGSTER_PG_USERNAME": PG["user"],
+        "DAGSTER_PG_PASSWORD": "unused",  # trust auth
+        "OMP_NUM_THREADS": "1",
+    }
+    # The code must pass storage.s3.endpoint_url on to MLflow's S3 client itself.
+    env.pop("MLFLOW_S3_ENDPOINT_URL", None)
+
+    def viva(*args: str, env_name: str | None = ENV) -> subprocess.CompletedProcess:
+        run_env = {**env, "VIVA_ENV": env_name} if env_name else env
+        if not env_name:
+            run_env.pop("VIVA_ENV", None)
+        done = subprocess.run(
+            [VIVA, *args], env=run_env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"viva {' '.join(args)}:\n{done.stdout}\n{done.stderr[-4000:]}"
+        return done
+
+    # Render the demo world and its 1-per-category suite locally (base conf), then upload both
+    # to S3, where the `services` conf reads them from.
+    viva("demo-data", "--out", str(tmp_path / "videos"), "--videos", "5", "--seed", "3",
+         "--width", "64", "--height", "48", "--frames", "12", "--suite-per-category", "1",
+         env_name=None)  # fmt: skip
+    assert _upload_dir(s3, tmp_path / "videos", s3_bucket, "incoming/videos") == 15
+    assert _upload_dir(s3, project / "data" / "benchmarks" / "demo", s3_bucket, "benchmarks/demo")
+    shutil.rmtree(project / "data")  # nothing below may fall back on a local root
+
+    root = f"s3://{s3_bucket}/viva"
+    write_conf(project, ENV, "services.yaml", {
+        "storage": {"root": root, "s3": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}},
+        "sources": {"raw_videos": {"uri": f"s3://{s3_bucket}/incoming/videos"}},
+        "mlflow": {"tracking_uri": mlflow_server, "experiment": "viva-services",
+                   "artifact_location": f"s3://{s3_bucket}/mlflow/viva-services"},
+        "execution": {"executor": "in_process"},
+        "benchmark": {"root": f"s3://{s3_bucket}/benchmarks/demo", "manifest": None,
+                      "num_steps": 2},
+    })  # fmt: skip
+    write_conf(project, ENV, "training.yaml", {
+        "sft": {
+            "data": {"frames": 2, "height": 16, "width": 16},
+            "optim": {"batch_size": 4, "max_steps": 4, "warmup_steps": 1},
+            "eval": {"every": 4, "val_samples": 4, "sample_count": 2, "sample_steps": 2},
+            "runtime": {"checkpoint_every": 4, "threads": 1},
+        },
+        "rewards": {"tiny_clip_steps": 10},
+        "grpo": {"sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
+                 "optim": {"iterations": 2, "groups_per_iteration": 1},
+                 "eval": {"every": 2, "groups": 2}, "runtime": {"checkpoint_every": 2}},
+    })  # fmt: skip
+
+    ingested = viva("ingest")
+    assert "5 videos in 1 shards (5 new)" in ingested.stdout
+    assert "shard-000000: 5 videos ok, 0 rejected, " in ingested.stdout
+    built = viva("materialize", "qc_dataset")
+    assert "check train_split_non_empty: passed" in built.stdout
+    assert "sft_checkpoint materialized" in viva("materialize", "sft_checkpoint").stdout
+    viva("materialize", "reward_models", "grpo_lora")
+    scored = viva("materialize", "benchmark_suite", "benchmark_scores")
+    assert "check no_training_video_in_suite: passed" in scored.stdout
+    reported = viva("report")
+    assert "### Averages over categories" in reported.stdout
+    assert "failed edits: 0" in reported.stdout
+    audited = viva("lineage", "benchmark", "--json")
+    tree = json.loads(audited.stdout[audited.stdout.index("{") :])
+
+    # S3: every asset's objects under the root, nothing on the local disk.
+    keys = _keys(s3, s3_bucket, "viva/")
+    assert any(k.startswith("viva/raw_videos/shard-000000/") for k in keys)
+    assert "viva/qc_dataset/manifest.parquet" in keys
+    assert any(k.startswith("viva/sft_checkpoint/") and "/model/" in k for k in keys)
+    assert any(k.startswith("viva/grpo_lora/") and "/lora/" in k for k in keys)
+    assert any(k.startswith("viva/benchmark_scores/") and k.endswith("table.parquet") for k in keys)
+    assert not (project / "data").exists()
+
+    # Lineage reaches the raw files on S3, by checksum.
+    found: dict[str, list[dict]] = {}
+
+    def walk(node: dict) -> None:
+        found.setdefault(node["asset"], []).append(node)
+        for child in node.get("upstream", []):
+            walk(child)
+
+    walk(tree)
+    videos = [v for node in found["raw_videos"] for v in node.get("details", {}).get("videos", [])]
+    assert len(videos) == 5
+    for video in videos:
+        assert video["uri"].startswith(f"s3://{s3_bucket}/incoming/videos/")
+        body = s3.get_object(Bucket=s3_bucket, Key=video["uri"].split("/", 3)[3])["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == video["sha256"]
+
+    # PostgreSQL: the Dagster runs and the materializations are in the instance database.
+    with closing(_pg_connect(dagster_db)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT status, count(*) FROM runs GROUP BY status")
+        statuses = dict(cur.fetchall())
+        assert statuses.get("SUCCESS", 0) >= 5 and set(statuses) == {"SUCCESS"}, statuses
+        cur.execute(
+            "SELECT DISTINCT asset_key FROM event_logs "
+            "WHERE dagster_event_type = 'ASSET_MATERIALIZATION'"
+        )
+        materialized = {json.loads(row[0])[0] for row in cur.fetchall()}
+    assert materialized == {
+        "raw_videos", "tracked_masks", "synthetic_pairs", "qc_dataset", "sft_checkpoint",
+        "reward_models", "grpo_lora", "benchmark_suite", "benchmark_scores",
+    }  # fmt: skip
+
+    # MLflow: runs with their lineage tags and registered models, artifacts on S3.
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("viva-services")
+    assert experiment.artifact_location == f"s3://{s3_bucket}/mlflow/viva-services"
+    runs = {
+        r.data.tags["dagster.asset_key"]: r
+        for r in client.search_runs([experiment.experiment_id])
+        if "dagster.asset_key" in r.data.tags
+    }
+    assert {"sft_checkpoint", "grpo_lora", "benchmark_scores"} <= set(runs)
+    for run in runs.values():
+        assert run.info.status == "FINISHED" and run.data.tags["dagster.run_id"]
+    assert "viva.upstream.qc_dataset.data_version" in runs["sft_checkpoint"].data.tags
+    assert "viva.upstream.sft_checkpoint.data_version" in runs["grpo_lora"].data.tags
+    assert "grpo/average/clip_if" in runs["benchmark_scores"].data.metrics
+    artifacts = _keys(s3, s3_bucket, "mlflow/viva-services/")
+    for name, asset in (("viva-sft", "sft_checkpoint"), ("viva-grpo-lora", "grpo_lora")):
+        version = client.get_model_version(name, "1")
+        assert version.run_id == runs[asset].info.run_id
+        assert version.source.startswith(f"s3://{s3_bucket}/mlflow/viva-services/")
+        prefix = f"mlflow/viva-services/{version.run_id}/artifacts/model/"
+        assert any(k.startswith(prefix) for k in artifacts), (name, artifacts[:20])
+    scores_id = runs["benchmark_scores"].info.run_id
+    assert any(k.startswith(f"mlflow/viva-services/{scores_id}/artifacts/benchmark/")
+               for k in artifacts)  # fmt: skip
+    assert found["sft_checkpoint"][0]["details"]["registered_model"] == "viva-sft/1"
+
+    # ... and the tracking server's backend store is the PostgreSQL database.
+    with closing(_pg_connect(mlflow_db)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM runs")
+        assert cur.fetchone()[0] >= 3
+        cur.execute("SELECT name FROM registered_models ORDER BY name")
+        assert [row[0] for row in cur.fetchall()] == ["viva-grpo-lora", "viva-sft"]
