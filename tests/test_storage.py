@@ -143,3 +143,25 @@ def test_local_listing_fast_path_matches_fsspec_find(tmp_path: Path):
     ]  # fmt: skip
     assert {row["key"]: row["size"] for row in rows}["link.mp4"] == 6
     assert storage.list("a") == ["a/b/deep.mp4", "a/clip 1.MOV"]
+
+
+def test_storage_outages_are_told_apart_from_bad_files():
+    from botocore.exceptions import (
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    from viva_pipelines.storage import is_storage_outage
+    from viva_pipelines.video.probe import VideoRejected
+
+    for outage in (
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
+        ConnectTimeoutError(endpoint_url="http://127.0.0.1:9"),
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:9"),
+        ConnectionRefusedError(111, "refused"),
+        TimeoutError("timed out"),
+    ):
+        assert is_storage_outage(outage), outage
+    for bad_file in (ValueError("bad"), VideoRejected("not a video"), KeyError("x"), OSError(5)):
+        assert not is_storage_outage(bad_file), bad_file

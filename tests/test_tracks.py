@@ -106,3 +106,26 @@ def test_annotations_that_do_not_match_the_frames_are_refused():
     frames, masks = render(scene)
     with pytest.raises(NoObjects, match="do not match"):
         AnnotationsBackend().track(frames[:2], scene_annotations(scene, masks), None)
+
+
+def test_an_unreachable_storage_fails_the_shard_instead_of_dropping_videos(tmp_path, monkeypatch):
+    """A read that fails because S3 is away says nothing about the video: the step must fail
+    (and be retried by Dagster), not record a good video as dropped."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from viva_pipelines.masks import shard as masks_shard
+
+    storage = Storage(str(tmp_path))
+    scenes = [random_scene(s, width=64, height=48, num_frames=6, fps=6) for s in (1, 2)]
+    raw = _ingested_shard(storage, scenes, [True, True])
+    real = masks_shard.load_frames
+
+    def flaky(store, key):
+        if key.endswith("v1.mp4"):
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+        return real(store, key)
+
+    monkeypatch.setattr(masks_shard, "load_frames", flaky)
+    with pytest.raises(EndpointConnectionError):
+        track_shard(storage, "shard-000000", raw, AnnotationsBackend(), TrackRules())
+    assert not storage.exists(manifest_key("shard-000000"))  # no manifest claiming a drop

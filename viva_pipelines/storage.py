@@ -252,6 +252,21 @@ class Storage:
 TEMP_SUFFIX = ".tmp"
 
 
+def is_storage_outage(exc: BaseException) -> bool:
+    """True for the errors of a storage that cannot be reached (connection refused or
+    closed, timeouts; botocore's and the builtin ones), as opposed to a bad file. Per-item
+    error handlers re-raise these so the step fails and is retried, instead of recording a
+    good input as broken."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:  # no S3 support installed: nothing of botocore's can be raised
+        return False
+    return isinstance(exc, (BotoConnectionError, HTTPClientError))
+
+
 def file_location(uri: str, *, endpoint_url: str | None = None) -> tuple[Storage, str]:
     """A single file given by local path or URI as (storage of its folder, its key), so it
     is read like any stored file; ``endpoint_url`` applies to object-store URIs only."""

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from viva_pipelines.manifests import content_hash, write_manifest
 from viva_pipelines.previews import grid, to_png
-from viva_pipelines.storage import Storage
+from viva_pipelines.storage import Storage, is_storage_outage
 from viva_pipelines.video.annotations import (
     AnnotationError,
     Annotations,
@@ -183,6 +183,8 @@ def _ingest_one(
     except FileNotFoundError:
         row.update(status=REJECTED, reason="source file is missing (deleted after registration?)")
     except Exception as exc:  # one bad file must never stop the shard; the reason is kept
+        if is_storage_outage(exc):
+            raise  # reading the source failed, not the video: fail the step (retried)
         log.exception("unexpected failure ingesting %s", key)
         row.update(status=REJECTED, reason=f"unexpected error: {type(exc).__name__}: {exc}")
     if row["status"] == REJECTED:

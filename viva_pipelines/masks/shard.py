@@ -20,7 +20,7 @@ from tqdm import tqdm
 from viva_pipelines.manifests import ManifestResult, write_manifest
 from viva_pipelines.masks.tracks import TrackRules, track_rejection, track_stats
 from viva_pipelines.masks.types import MaskBackend, NoObjects, TrackedObject
-from viva_pipelines.storage import Storage
+from viva_pipelines.storage import Storage, is_storage_outage
 from viva_pipelines.video.annotations import Annotations
 from viva_pipelines.video.io import read_video
 
@@ -117,6 +117,8 @@ def track_shard(
             rows.append({**base, "status": DROPPED, "reason": str(exc)})
             continue
         except Exception as exc:  # a broken video must not stop the shard
+            if is_storage_outage(exc):
+                raise  # the storage is unreachable, the video is fine: fail the step (retried)
             log.exception("tracking failed for %s", video.video_id)
             rows.append({**base, "status": DROPPED, "reason": f"{type(exc).__name__}: {exc}"})
             continue

@@ -29,7 +29,7 @@ from viva_pipelines.pairs.generators import generate_pairs, load_templates
 from viva_pipelines.pairs.types import EditBackend, EditPair
 from viva_pipelines.previews import grid, to_png
 from viva_pipelines.qc.rules import pair_metrics
-from viva_pipelines.storage import Storage
+from viva_pipelines.storage import Storage, is_storage_outage
 from viva_pipelines.video.io import write_video
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ def pair_shard(
                 dilation=options.dilation, templates=templates,
             )  # fmt: skip
         except Exception as exc:  # one bad video must not stop the shard
+            if is_storage_outage(exc):
+                raise  # the storage is unreachable, the video is fine: fail the step (retried)
             log.exception("pair generation failed for %s", video.video_id)
             rows.append({"pair_id": f"{video.video_id}-failed", "video_id": video.video_id,
                          "shard": shard, "status": "failed", "backend": backend.name,
