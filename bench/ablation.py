@@ -136,6 +136,12 @@ def main() -> None:
     report(pd.concat(rows, ignore_index=True), args)
 
 
+def _cell(mean: float, spread: float) -> str:
+    """``mean ± spread``, or ``n/a`` where the criterion does not apply (BG PSNR of a global
+    edit)."""
+    return "n/a" if pd.isna(mean) else f"{mean:.3f} ± {spread:.3f}"
+
+
 def report(rows: pd.DataFrame, args: argparse.Namespace) -> None:
     """Per criterion: categories x configurations, mean over seeds ± half their range."""
     per_seed = {
@@ -157,7 +163,7 @@ def report(rows: pd.DataFrame, args: argparse.Namespace) -> None:
         order = [c for c in (*CATEGORIES, "average") if c in mean.index]
         cells = pd.DataFrame(
             {
-                model: [f"{mean.at[c, model]:.3f} ± {spread.at[c, model]:.3f}" for c in order]
+                model: [_cell(mean.at[c, model], spread.at[c, model]) for c in order]
                 for model in models
                 if model in mean
             },
