@@ -72,10 +72,10 @@ def test_mlflow_s3_client_gets_the_storage_endpoint(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
     use_s3_endpoint(None)
     assert "MLFLOW_S3_ENDPOINT_URL" not in os.environ
-    use_s3_endpoint("http://minio:9000")
-    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
-    use_s3_endpoint("http://other:9000")
-    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    use_s3_endpoint("http://minio.example:9000")
+    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == "http://minio.example:9000"
+    use_s3_endpoint("http://other.example:9000")
+    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == "http://minio.example:9000"
 
 
 def _free_port() -> int:
