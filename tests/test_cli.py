@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import write_conf
+from viva_pipelines.defs.lineage import nodes_by_asset
 from viva_pipelines.ingest.raw_videos import manifest_key
 from viva_pipelines.pairs.shard import manifest_key as pairs_manifest_key
 from viva_pipelines.pairs.shard import preview_key
@@ -148,14 +149,7 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     audited = run(["lineage", "benchmark", "--json"], project, home)
     assert audited.returncode == 0, audited.stderr[-3000:]
     tree = json.loads(audited.stdout[audited.stdout.index("{") :])
-    found: dict[str, list[dict]] = {}
-
-    def walk(node: dict) -> None:
-        found.setdefault(node["asset"], []).append(node)
-        for child in node.get("upstream", []):
-            walk(child)
-
-    walk(tree)
+    found = nodes_by_asset(tree)
     assert {"sft_checkpoint", "grpo_lora", "reward_models", "benchmark_suite", "qc_dataset",
             "synthetic_pairs", "tracked_masks", "raw_videos"} <= set(found)  # fmt: skip
     assert found["sft_checkpoint"][0]["details"]["registered_model"] == "viva-sft/1"

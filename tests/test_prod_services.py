@@ -24,6 +24,7 @@ import boto3
 import pytest
 
 from tests.conftest import REPO, write_conf
+from viva_pipelines.defs.lineage import nodes_by_asset
 
 VIVA = str(Path(sys.executable).parent / "viva")
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
@@ -248,14 +249,7 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
     assert not (project / "data").exists()
 
     # Lineage reaches the raw files on S3, by checksum.
-    found: dict[str, list[dict]] = {}
-
-    def walk(node: dict) -> None:
-        found.setdefault(node["asset"], []).append(node)
-        for child in node.get("upstream", []):
-            walk(child)
-
-    walk(tree)
+    found = nodes_by_asset(tree)
     videos = [v for node in found["raw_videos"] for v in node.get("details", {}).get("videos", [])]
     assert len(videos) == 5
     for video in videos:

@@ -257,3 +257,15 @@ def pending_lineage(
         if found:
             node.upstream.append(build_lineage(instance, found[0], storage, mlflow_client, built))
     return node
+
+
+def nodes_by_asset(tree: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The nodes of a lineage tree as ``to_dict`` (or ``--json``) gives it, grouped by asset,
+    in depth-first order: for scripts that audit one kind of node (e.g. every raw video)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        found.setdefault(node["asset"], []).append(node)
+        stack.extend(reversed(node.get("upstream", [])))
+    return found
