@@ -11,7 +11,7 @@ from PIL import Image
 
 from viva_pipelines.masks.shard import save_mask
 from viva_pipelines.storage import Storage
-from viva_pipelines.train.config import SftConfig
+from viva_pipelines.train.config import GrpoConfig, SftConfig
 from viva_pipelines.video.io import write_video
 
 SIZE, FRAMES = 32, 9
@@ -96,3 +96,38 @@ def tiny_sft_config(root: Path, output: str = "sft_test", **sections: dict) -> S
     for section, values in sections.items():
         doc[section] = {**doc.get(section, {}), **values}
     return SftConfig.from_mapping(doc)
+
+
+def prepare_grpo_inputs(root: Path) -> str:
+    """What an Edit-GRPO run needs under ``root``: the tiny dataset, an SFT model trained on it
+    under ``sft/model`` and the tiny reward models. Returns the SFT cache's key."""
+    import torch
+
+    from viva_pipelines.rewards.models import TinyClipOptions, prepare_reward_models
+    from viva_pipelines.train import sft
+    from viva_pipelines.train.distributed import DistContext
+    from viva_pipelines.train.reporting import Reporter
+
+    storage = Storage(str(root))
+    manifest = write_tiny_dataset(storage)
+    cpu = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    with Reporter(enabled=False, tracking_uri=None, run_id=None) as report:
+        summary = sft.train(tiny_sft_config(root, "sft"), cpu, report)
+    prepare_reward_models(
+        storage, manifest, clip=None, pickscore=None, tiny=TinyClipOptions(steps=5)
+    )
+    return storage.key_of(summary["cache_uri"])
+
+
+def tiny_grpo_config(root: Path, output: str, sft_cache: str, **sections: dict) -> GrpoConfig:
+    """An Edit-GRPO config over :func:`prepare_grpo_inputs`' model: groups of 2, 3 steps."""
+    doc = {
+        "output_prefix": output, "data": {"storage_root": str(root)},
+        "sft_model": "sft/model", "sft_cache": sft_cache,
+        "sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
+        "optim": {"groups_per_iteration": 1, "lr": 1e-2},
+        "runtime": {"threads": 1},
+    }  # fmt: skip
+    for section, values in sections.items():
+        doc[section] = {**doc.get(section, {}), **values}
+    return GrpoConfig.from_mapping(doc)

@@ -28,7 +28,12 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from tests import test_vlm as vlm_tests
-from tests.sft_fixtures import tiny_sft_config, write_tiny_dataset
+from tests.sft_fixtures import (
+    prepare_grpo_inputs,
+    tiny_grpo_config,
+    tiny_sft_config,
+    write_tiny_dataset,
+)
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.checkpoint import completed_checkpoints
 
@@ -90,29 +95,43 @@ def _assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
         assert torch.equal(a[name], b[name]), name  # bitwise: resume is exact on CPU
 
 
+def _straight_then_killed(
+    module: str, make_config, storage: Storage, tmp_path: Path, total: int, finished_key: str
+) -> tuple[dict, list[int], dict]:
+    """Run ``module`` uninterrupted (prefix ``straight``), then again under prefix ``killed``,
+    SIGKILLed after its first checkpoint and re-run to the end. ``make_config(prefix)`` builds
+    the config; ``finished_key`` (under ``killed/``) must not exist before the re-run. Returns
+    the two summaries and the checkpoints left by the kill."""
+    configs = {}
+    for name in ("straight", "killed"):
+        configs[name] = tmp_path / f"{name}.yaml"
+        make_config(name).to_yaml(configs[name])
+    straight = _run_to_end(module, configs["straight"])
+    assert straight["resumed_from"] == 0
+
+    left = _kill_after_first_checkpoint(module, configs["killed"], storage, "killed")
+    assert left and left[-1] < total, left  # killed mid-run, after at least one checkpoint
+    assert not storage.exists(f"killed/{finished_key}")
+    resumed = _run_to_end(module, configs["killed"])
+    assert resumed["resumed_from"] == left[-1]
+    return straight, left, resumed
+
+
 @pytest.mark.slow
 def test_sft_killed_mid_training_resumes_to_the_uninterrupted_weights(tmp_path):
     root = tmp_path / "root"
     storage = Storage(str(root))
     write_tiny_dataset(storage)
-    configs = {}
-    for name in ("straight", "killed"):
-        config = tiny_sft_config(
+
+    def config(name: str):
+        return tiny_sft_config(
             root, name, optim={"max_steps": 40, "warmup_steps": 4},
             eval={"every": 40, "sample_count": 1}, runtime={"checkpoint_every": 4},
         )  # fmt: skip
-        configs[name] = tmp_path / f"{name}.yaml"
-        config.to_yaml(configs[name])
-    straight = _run_to_end("viva_pipelines.train.sft", configs["straight"])
-    assert straight["resumed_from"] == 0
 
-    left = _kill_after_first_checkpoint(
-        "viva_pipelines.train.sft", configs["killed"], storage, "killed"
+    straight, _, resumed = _straight_then_killed(
+        "viva_pipelines.train.sft", config, storage, tmp_path, 40, "summary.json"
     )
-    assert left and left[-1] < 40, left  # killed mid-run, after at least one checkpoint
-    assert not storage.exists("killed/summary.json")
-    resumed = _run_to_end("viva_pipelines.train.sft", configs["killed"])
-    assert resumed["resumed_from"] == left[-1]
     assert completed_checkpoints(storage, "killed")[-1] == 40
 
     model = "model/transformer/diffusion_pytorch_model.safetensors"
@@ -125,44 +144,20 @@ def test_sft_killed_mid_training_resumes_to_the_uninterrupted_weights(tmp_path):
 
 @pytest.mark.slow
 def test_grpo_killed_mid_training_resumes_to_the_uninterrupted_adapter(tmp_path):
-    from viva_pipelines.rewards.models import TinyClipOptions, prepare_reward_models
-    from viva_pipelines.train import sft
-    from viva_pipelines.train.config import GrpoConfig
-    from viva_pipelines.train.distributed import DistContext
-    from viva_pipelines.train.reporting import Reporter
-
     root = tmp_path / "root"
     storage = Storage(str(root))
-    manifest = write_tiny_dataset(storage)
-    cpu = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    with Reporter(enabled=False, tracking_uri=None, run_id=None) as report:
-        summary = sft.train(tiny_sft_config(root, "sft"), cpu, report)
-    prepare_reward_models(storage, manifest, clip=None, pickscore=None,
-                          tiny=TinyClipOptions(steps=5))  # fmt: skip
-    configs = {}
-    for name in ("straight", "killed"):
-        config = GrpoConfig.from_mapping({
-            "output_prefix": name, "data": {"storage_root": str(root)},
-            "sft_model": "sft/model", "sft_cache": storage.key_of(summary["cache_uri"]),
-            "sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
-            "optim": {"iterations": 12, "groups_per_iteration": 1, "lr": 1e-2},
-            "eval": {"every": 12, "groups": 1},
-            "runtime": {"checkpoint_every": 2, "threads": 1},
-        })  # fmt: skip
-        configs[name] = tmp_path / f"{name}.yaml"
-        config.to_yaml(configs[name])
-    straight = _run_to_end("viva_pipelines.train.grpo", configs["straight"])
-    assert straight["resumed_from"] == 0
-
-    left = _kill_after_first_checkpoint(
-        "viva_pipelines.train.grpo", configs["killed"], storage, "killed"
-    )
-    assert left and left[-1] < 12, left
-    assert not storage.exists("killed/lora/pytorch_lora_weights.safetensors")
-    resumed = _run_to_end("viva_pipelines.train.grpo", configs["killed"])
-    assert resumed["resumed_from"] == left[-1]
-
+    cache = prepare_grpo_inputs(root)
     adapter = "lora/pytorch_lora_weights.safetensors"
+
+    def config(name: str):
+        return tiny_grpo_config(
+            root, name, cache, optim={"iterations": 12}, eval={"every": 12, "groups": 1},
+            runtime={"checkpoint_every": 2},
+        )  # fmt: skip
+
+    straight, _, resumed = _straight_then_killed(
+        "viva_pipelines.train.grpo", config, storage, tmp_path, 12, adapter
+    )
     adapters = [_tensors(storage, f"{p}/{adapter}") for p in ("straight", "killed")]
     _assert_same_tensors(*adapters)
     assert any(t.abs().sum() > 0 for n, t in adapters[0].items() if "lora_B" in n)  # it trained

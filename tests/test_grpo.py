@@ -139,32 +139,23 @@ def test_grpo_run_over_a_trained_sft_model_resumes_to_the_same_adapter(tmp_path)
     lost its last checkpoint resumes and ends with the adapter of an uninterrupted run."""
     from safetensors.torch import load as load_safetensors
 
-    from tests.sft_fixtures import tiny_sft_config, write_tiny_dataset
-    from viva_pipelines.rewards.models import TinyClipOptions, prepare_reward_models
+    from tests.sft_fixtures import prepare_grpo_inputs, tiny_grpo_config
     from viva_pipelines.storage import Storage
-    from viva_pipelines.train import sft
-    from viva_pipelines.train.config import GrpoConfig
     from viva_pipelines.train.distributed import DistContext
     from viva_pipelines.train.grpo import train_grpo
     from viva_pipelines.train.reporting import Reporter
 
     root = tmp_path / "root"
     storage = Storage(str(root))
-    manifest = write_tiny_dataset(storage)
+    cache = prepare_grpo_inputs(root)
     cpu = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     with Reporter(enabled=False, tracking_uri=None, run_id=None) as report:
-        summary = sft.train(tiny_sft_config(root, "sft"), cpu, report)
-        prepare_reward_models(storage, manifest, clip=None, pickscore=None,
-                              tiny=TinyClipOptions(steps=5))  # fmt: skip
 
         def run(prefix: str) -> dict:
-            config = GrpoConfig.from_mapping({
-                "output_prefix": prefix, "data": {"storage_root": str(root)},
-                "sft_model": "sft/model", "sft_cache": storage.key_of(summary["cache_uri"]),
-                "sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
-                "optim": {"iterations": 4, "groups_per_iteration": 1, "lr": 1e-2, "accumulate": 2},
-                "eval": {"every": 2, "groups": 2}, "runtime": {"checkpoint_every": 2, "threads": 1},
-            })  # fmt: skip
+            config = tiny_grpo_config(
+                root, prefix, cache, optim={"iterations": 4, "accumulate": 2},
+                eval={"every": 2, "groups": 2}, runtime={"checkpoint_every": 2},
+            )  # fmt: skip
             return train_grpo(config, cpu, report)
 
         straight = run("straight")
