@@ -62,14 +62,6 @@ def load_configured_suite(settings: Settings) -> tuple[Storage, list]:
     return media, load_suite(media, key, manifest_storage=source)
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def build_benchmark_defs(settings: Settings) -> dg.Definitions:
     cfg = settings.benchmark
 
@@ -154,6 +146,8 @@ def build_benchmark_defs(settings: Settings) -> dg.Definitions:
                 context.log.warning("grpo_lora not materialized yet: benchmarking without it")
         media, instances = load_configured_suite(settings)
         judge = vlm_backend(cfg.judge, store) if cfg.judge.enabled else None
+        from viva_pipelines.train.distributed import pick_device  # torch: only when it runs
+
         with tempfile.TemporaryDirectory(prefix="viva-bench-") as tmp:
             sft_dir = store.local_dir(
                 f"{SFT_PREFIX}/{versions['sft_checkpoint']}/model", Path(tmp, "sft")
@@ -164,7 +158,7 @@ def build_benchmark_defs(settings: Settings) -> dg.Definitions:
                     f"{GRPO_PREFIX}/{versions['grpo_lora']}/lora", Path(tmp, "lora")
                 )
             editors = bench.model_editors(
-                sft_dir, lora_dir, cfg.models, device=_device(cfg.device),
+                sft_dir, lora_dir, cfg.models, device=str(pick_device(cfg.device, 0)),
                 num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, seed=cfg.seed,
             )  # fmt: skip
             clip, _ = load_scorers(store, store.read_json(REWARDS_RECORD), Path(tmp, "rewards"))

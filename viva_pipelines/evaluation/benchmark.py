@@ -117,8 +117,7 @@ class PipelineEditor:
     geometry: ClipGeometry = field(init=False)
 
     def __post_init__(self) -> None:
-        spec = self.pipeline.spec
-        self.geometry = ClipGeometry(spec.frames, spec.frame_stride, spec.height, spec.width)
+        self.geometry = self.pipeline.spec.geometry
 
     def edit(self, media: InstanceMedia, instance: BenchInstance) -> np.ndarray:
         return self.pipeline.edit(
@@ -155,7 +154,7 @@ def model_editors(
         tuned = VivaEditPipeline.from_pretrained(model_dir, device=device).load_lora(lora_dir)
         editors.append(PipelineEditor("grpo", tuned, **options))
     if IDENTITY in names:
-        editors.append(IdentityEditor(PipelineEditor("sft", base).geometry))
+        editors.append(IdentityEditor(base.spec.geometry))
     return editors
 
 

@@ -58,6 +58,11 @@ class ModelSpec:
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     lineage: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def geometry(self) -> ClipGeometry:
+        """How the model cuts clips from a video (the geometry it was trained on)."""
+        return ClipGeometry(self.frames, self.frame_stride, self.height, self.width)
+
 
 @dataclass
 class Conditions:
@@ -250,7 +255,7 @@ class VivaEditPipeline:
         """Edit ``frames`` (``uint8 [T, H, W, 3]``, the whole clip; the model's frame count is
         taken every ``frame_stride`` frames) and return ``uint8 [t, height, width, 3]``."""
         spec = self.spec
-        geometry = ClipGeometry(spec.frames, spec.frame_stride, spec.height, spec.width)
+        geometry = spec.geometry
         clip = to_model_pixels(geometry.cut(frames))
         source = self.codec.encode(clip[None].to(self.device))
         ref_latent = None
