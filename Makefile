@@ -32,7 +32,7 @@ demo: install
 	$(BIN)/viva demo-data && \
 	$(BIN)/viva ingest && \
 	$(BIN)/viva materialize qc_dataset && \
-	$(BIN)/viva materialize sft_checkpoint && \
+	$(BIN)/viva materialize instructor_model sft_checkpoint && \
 	$(BIN)/viva materialize reward_models grpo_lora && \
 	$(BIN)/viva materialize benchmark_suite benchmark_scores && \
 	$(BIN)/viva report && \

@@ -29,7 +29,7 @@ def edit_psnr(pipeline, transformer, batch, cond, uncond, steps, guidance, shift
     latents = sample_edit(
         transformer, batch.source, batch.reference, cond, uncond, num_steps=steps,
         guidance_scale=guidance, shift=shift, generator=torch.Generator().manual_seed(1),
-        embedded_guidance=pipeline.spec.embedded_guidance,
+        embedded_guidance=pipeline.spec.embedded_guidance, prediction=pipeline.spec.prediction,
     )  # fmt: skip
     codec = pipeline.codec
     edits, targets, sources = (codec.decode(x) for x in (latents, batch.target, batch.source))

@@ -438,7 +438,7 @@ def caching_speedup(setup: Setup, args: argparse.Namespace) -> None:
     config, device = setup.config, setup.device
     codec = load_codec(config.model.codec)
     note("2. loading the instructor for on-the-fly encoding")
-    instructor = Instructor(sft.instructor_config(config, device))
+    instructor = Instructor(sft.instructor_config(config, device, setup.storage))
     encode = sft.make_encoder(codec, instructor, device)
     geometry = setup.geometry
     index = setup.dataset.index

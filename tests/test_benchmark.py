@@ -158,6 +158,11 @@ def test_run_benchmark_scores_every_pair_and_records_failures(suite, scorer, tmp
     assert rows.loc[(first, "identity"), "bg_psnr"] == math.inf
     assert rows.loc[(first, "oracle"), "target_psnr"] == math.inf
     assert rows.loc[(first, "identity"), "target_psnr"] < 60
+    # Inside the edit region the source is wrong by construction: lower than the whole frame.
+    assert rows.loc[(first, "oracle"), "region_psnr"] == math.inf
+    assert (
+        rows.loc[(first, "identity"), "region_psnr"] < rows.loc[(first, "identity"), "target_psnr"]
+    )
     assert "out of memory" in rows.loc[(first, "broken"), "error"]
     for model in ("identity", "oracle", "broken"):
         assert instances[1].source_video in rows.loc[(second, model), "error"]

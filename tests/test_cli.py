@@ -79,16 +79,24 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
         "optim": {"batch_size": 4, "max_steps": 4, "warmup_steps": 1},
         "eval": {"every": 4, "val_samples": 4, "sample_count": 2, "sample_steps": 2},
         "runtime": {"checkpoint_every": 4, "threads": 1},
-    }})  # fmt: skip
-    trained = run(["materialize", "sft_checkpoint"], project, home)
+    }, "instructor": {"pretrain": {"steps": 3, "batch_size": 4}}})  # fmt: skip
+    trained = run(["materialize", "instructor_model", "sft_checkpoint"], project, home)
     assert trained.returncode == 0, trained.stdout + trained.stderr[-3000:]
-    assert "sft_checkpoint materialized" in trained.stdout
+    assert "instructor_model, sft_checkpoint materialized" in trained.stdout
     tracking = f"sqlite:///{project / 'data' / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking)
+    instructor = json.loads(storage.read_bytes("instructor_model/instructor.json"))
+    assert instructor["trained"]["steps"] == 3 and instructor["location"].startswith(
+        str(project / "data" / "instructor_model")
+    )
+    instructor_run = client.get_run(client.get_model_version("viva-instructor", "1").run_id)
+    assert "val_position_accuracy" in instructor_run.data.metrics
     version = client.get_model_version("viva-sft", "1")
     mlflow_run = client.get_run(version.run_id)
     assert mlflow_run.data.tags["dagster.asset_key"] == "sft_checkpoint"
     assert "viva.upstream.qc_dataset.data_version" in mlflow_run.data.tags
+    assert "viva.upstream.instructor_model.data_version" in mlflow_run.data.tags
+    assert mlflow_run.data.params["model.instructor"] == instructor["location"]
     assert mlflow_run.data.params["optim.max_steps"] == "4"
     assert [d.dataset.name for d in mlflow_run.inputs.dataset_inputs] == ["qc_dataset"]
     assert "train_loss" in mlflow_run.data.metrics and "val_psnr" in mlflow_run.data.metrics
@@ -151,7 +159,8 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     tree = json.loads(audited.stdout[audited.stdout.index("{") :])
     found = nodes_by_asset(tree)
     assert {"sft_checkpoint", "grpo_lora", "reward_models", "benchmark_suite", "qc_dataset",
-            "synthetic_pairs", "tracked_masks", "raw_videos"} <= set(found)  # fmt: skip
+            "instructor_model", "synthetic_pairs", "tracked_masks",
+            "raw_videos"} <= set(found)  # fmt: skip
     assert found["sft_checkpoint"][0]["details"]["registered_model"] == "viva-sft/1"
     assert found["sft_checkpoint"][0]["details"]["git_commit"]
     videos = [v for node in found["raw_videos"] for v in node.get("details", {}).get("videos", [])]

@@ -15,6 +15,7 @@ from viva_pipelines.evaluation.metrics import (
     background_preservation,
     clip_frame_consistency,
     clip_text_score,
+    edit_region_fidelity,
     psnr,
     ssim,
     target_fidelity,
@@ -123,6 +124,20 @@ def test_background_preservation_full_mask_is_nan() -> None:
     assert math.isnan(result["bg_ssim"])
 
 
+def test_edit_region_fidelity_counts_only_the_region_and_is_nan_for_a_global_edit() -> None:
+    target = video(0)
+    edited = target.copy()
+    mask = np.zeros(target.shape[:3], dtype=bool)
+    mask[:, 4:8, 4:8] = True
+    edited[~mask] = 0  # wrong everywhere but the region: no effect
+    edited[:, 4:8, 4:8] = np.clip(target[:, 4:8, 4:8].astype(int) + 10, 0, 255)
+    expected = psnr(edited, target, mask=mask)
+    assert edit_region_fidelity(edited, target, mask) == {"region_psnr": expected}
+    assert 25 < expected < 30  # an error of at most 10 grey levels: 28.1 dB when all are 10
+    full = np.ones(target.shape[:3], dtype=bool)
+    assert math.isnan(edit_region_fidelity(edited, target, full)["region_psnr"])
+
+
 def test_target_fidelity_whole_frame() -> None:
     edited, target = video(0), video(1)
     assert target_fidelity(edited, target) == {
@@ -185,7 +200,9 @@ def test_video_metrics_keys(scorer: ClipScorer) -> None:
         "bg_ssim",
         "target_psnr",
         "target_ssim",
+        "region_psnr",
     }
+    assert full["region_psnr"] == psnr(edited, target, mask=mask)
     assert full["bg_psnr"] == background_preservation(source, edited, mask)["bg_psnr"]
     assert full["target_ssim"] == ssim(edited, target)
 

@@ -194,3 +194,39 @@ def test_guided_velocity() -> None:
     assert torch.equal(guided_velocity(v_u, v_c, 1.0, v_source=v_s, source_scale=1.0), v_c)
     with pytest.raises(ValueError):
         guided_velocity(v_u, v_c, 2.0, v_source=v_s)
+
+
+def test_source_residual_prediction_is_the_velocity_towards_source_plus_output() -> None:
+    from viva_pipelines.model.flow_matching import velocity_from_prediction
+
+    noisy, source = torch.tensor([[3.0], [1.0]]), torch.tensor([[1.0], [2.0]])
+    output = torch.tensor([[0.5], [-1.0]])
+    sigmas = torch.tensor([0.5, 0.25])
+    v = velocity_from_prediction(output, noisy, source, sigmas, "source_residual")
+    # x̂0 = source + output = (1.5, 1.0); v = (x - x̂0) / sigma = (1.5 / 0.5, 0 / 0.25)
+    assert torch.equal(v, torch.tensor([[3.0], [0.0]]))
+    assert velocity_from_prediction(output, noisy, source, sigmas, "velocity") is output
+    with pytest.raises(ValueError, match="unknown prediction"):
+        velocity_from_prediction(output, noisy, source, sigmas, "epsilon")
+
+
+def test_source_residual_loss_is_the_clean_error_over_sigma_and_zero_output_keeps_the_source():
+    """Training on (v̂ - v)² with a residual output is the x0 error scaled by 1/sigma², and an
+    all-zero output (an untrained, zero-initialised head) samples the source back exactly."""
+    from viva_pipelines.model.flow_matching import velocity_from_prediction
+
+    g = torch.Generator().manual_seed(0)
+    x0, noise, source = (torch.randn(3, 2, 4, generator=g) for _ in range(3))
+    sigmas = torch.tensor([0.2, 0.5, 0.9])
+    x_t = add_noise(x0, noise, sigmas)
+    output = torch.randn(3, 2, 4, generator=g)
+    v = velocity_from_prediction(output, x_t, source, sigmas, "source_residual")
+    per_item = ((v - velocity_target(x0, noise)) ** 2).mean(dim=(1, 2))
+    expected = ((source + output - x0) ** 2).mean(dim=(1, 2)) / sigmas**2
+    torch.testing.assert_close(per_item, expected)
+
+    def zero_output(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return velocity_from_prediction(torch.zeros_like(x), x, source, sigma, "source_residual")
+
+    out = sample(zero_output, torch.randn(3, 2, 4, generator=g), num_steps=7, shift=3.0)
+    torch.testing.assert_close(out, source, rtol=0, atol=1e-5)

@@ -318,7 +318,7 @@ def test_build_tiny_instructor_is_deterministic(tmp_path: Path, tiny_dir: Path) 
 
 def test_tiny_tokenizer_knows_the_demo_vocabulary(instructor: Instructor) -> None:
     texts = _vocabulary()
-    assert "Remove the red circle." in texts and "Make a cat appear in the video." in texts
+    assert "Remove the red circle." in texts and "Make a cat appear at the bottom left." in texts
     assert any("astronaut helmet" in t for t in texts)
     assert any(t.startswith("Render the video as a pencil sketch") for t in texts)
     tokenizer = instructor.tokenizer

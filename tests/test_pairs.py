@@ -22,6 +22,7 @@ from viva_pipelines.demo_world import (
 from viva_pipelines.masks.types import TrackedObject
 from viva_pipelines.pairs import captions
 from viva_pipelines.pairs import generators as gen
+from viva_pipelines.pairs.captions import position_phrase
 from viva_pipelines.pairs.opencv_backend import (
     LOOKS,
     OpenCVBackend,
@@ -182,8 +183,9 @@ def test_add_is_remove_reversed(edit_type: str):
     )
     if edit_type == "add":
         assert added.reference is None
+        where = position_phrase(objects[0].masks)  # where the square is first seen
         assert added.instruction in {
-            t.format(a_object="a red square") for t in TEMPLATES.instructions["add"]
+            t.format(a_object="a red square", where=where) for t in TEMPLATES.instructions["add"]
         }
     else:  # the object on a plain white background, nothing of the scene
         reference = added.reference
@@ -476,3 +478,16 @@ def test_captions_keep_case_and_articles_and_fall_back_when_the_object_is_not_na
         "a beach, with an owl instead of the dog"
     )
     assert captions.with_look("a beach", "at night") == "a beach, at night"
+
+
+def test_position_phrase_says_where_by_thirds_of_the_frame():
+    mask = np.zeros((2, 9, 9), bool)
+    mask[1, 0:2, 7:9] = True  # empty first frame: the first frame it is seen in counts
+    assert position_phrase(mask) == "at the top right"
+    assert position_phrase(mask[1].T[::-1]) == "at the top left"
+    centre = np.zeros((9, 9), bool)
+    centre[3:6, 3:6] = True
+    assert position_phrase(centre) == "in the middle"
+    assert position_phrase(np.ones((9, 9), bool)) == "everywhere"
+    with pytest.raises(ValueError, match="empty"):
+        position_phrase(np.zeros((2, 9, 9), bool))

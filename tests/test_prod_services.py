@@ -219,6 +219,7 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
             "runtime": {"checkpoint_every": 4, "threads": 1},
         },
         "rewards": {"tiny_clip_steps": 10},
+        "instructor": {"pretrain": {"steps": 3, "batch_size": 4}},
         "grpo": {"sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
                  "optim": {"iterations": 2, "groups_per_iteration": 1},
                  "eval": {"every": 2, "groups": 2}, "runtime": {"checkpoint_every": 2}},
@@ -229,7 +230,8 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
     assert "shard-000000: 5 videos ok, 0 rejected, " in ingested.stdout
     built = viva("materialize", "qc_dataset")
     assert "check train_split_non_empty: passed" in built.stdout
-    assert "sft_checkpoint materialized" in viva("materialize", "sft_checkpoint").stdout
+    trained = viva("materialize", "instructor_model", "sft_checkpoint")
+    assert "instructor_model, sft_checkpoint materialized" in trained.stdout
     viva("materialize", "reward_models", "grpo_lora")
     scored = viva("materialize", "benchmark_suite", "benchmark_scores")
     assert "check no_training_video_in_suite: passed" in scored.stdout
@@ -243,6 +245,7 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
     keys = _keys(s3, s3_bucket, "viva/")
     assert any(k.startswith("viva/raw_videos/shard-000000/") for k in keys)
     assert "viva/qc_dataset/manifest.parquet" in keys
+    assert any(k.startswith("viva/instructor_model/") and k.endswith("config.json") for k in keys)
     assert any(k.startswith("viva/sft_checkpoint/") and "/model/" in k for k in keys)
     assert any(k.startswith("viva/grpo_lora/") and "/lora/" in k for k in keys)
     assert any(k.startswith("viva/benchmark_scores/") and k.endswith("table.parquet") for k in keys)
@@ -268,8 +271,8 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
         )
         materialized = {json.loads(row[0])[0] for row in cur.fetchall()}
     assert materialized == {
-        "raw_videos", "tracked_masks", "synthetic_pairs", "qc_dataset", "sft_checkpoint",
-        "reward_models", "grpo_lora", "benchmark_suite", "benchmark_scores",
+        "raw_videos", "tracked_masks", "synthetic_pairs", "qc_dataset", "instructor_model",
+        "sft_checkpoint", "reward_models", "grpo_lora", "benchmark_suite", "benchmark_scores",
     }  # fmt: skip
 
     # MLflow: runs with their lineage tags and registered models, artifacts on S3.

@@ -68,10 +68,12 @@ def test_editing_input_stacks_noisy_source_and_repeated_reference():
         editing_input(noisy, source[:, :, :2])
 
 
-def test_pooled_vector_is_the_mean_over_real_tokens_only():
-    tokens = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
-    mask = torch.tensor([[1, 1, 0]])
-    assert pooled_vector(tokens, mask, "instructor_mean").tolist() == [[2.0, 3.0]]
+def test_pooled_vector_reads_real_tokens_only():
+    tokens = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],
+                           [[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]])  # fmt: skip
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert pooled_vector(tokens, mask, "instructor_mean")[0].tolist() == [2.0, 3.0]
+    assert pooled_vector(tokens, mask, "instructor_last").tolist() == [[3.0, 4.0], [9.0, 10.0]]
     assert pooled_vector(tokens, mask, "none").abs().sum() == 0
     with pytest.raises(ValueError, match="clip"):
         pooled_vector(tokens, mask, "clip")

@@ -60,6 +60,7 @@ EXPECTED_ASSETS = {
     "tracked_masks",
     "synthetic_pairs",
     "qc_dataset",
+    "instructor_model",
     "sft_checkpoint",
     "reward_models",
     "grpo_lora",

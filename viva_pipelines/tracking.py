@@ -141,6 +141,13 @@ def log_params(params: Mapping[str, object]) -> None:
     mlflow.log_params({k: str(v)[:_PARAM_MAX] for k, v in params.items()})
 
 
+def log_metrics(metrics: Mapping[str, float]) -> None:
+    """Log metrics into the active run."""
+    import mlflow
+
+    mlflow.log_metrics(dict(metrics))
+
+
 def log_dataset_input(frame: pd.DataFrame, source: str, digest: str, name: str) -> None:
     """``mlflow.log_input`` of a dataset manifest with our data version as its digest, so the
     run's Datasets tab names exactly the data it trained on."""

@@ -29,6 +29,7 @@ from viva_pipelines.train.config import (
     LossConfig,
     ModelOptions,
     OptimConfig,
+    PretrainOptions,
     RuntimeConfig,
     SampleOptions,
 )
@@ -331,6 +332,14 @@ class SftSettings(Section):
     runtime: RuntimeConfig = RuntimeConfig()
 
 
+class InstructorSettings(Section):
+    """``instructor_model``: the VLM instructor ``sft_checkpoint`` reads. ``models.instructor``
+    names a pretrained one; null pretrains the demo's tiny LLaVA on ``qc_dataset``."""
+
+    register_model: str = "viva-instructor"  # MLflow registered model name (pretrained here)
+    pretrain: PretrainOptions = PretrainOptions()
+
+
 class RewardWeightSettings(Section):
     instruction: float = Field(1.0, ge=0)  # R_IF
     preservation: float = Field(1.0, ge=0)  # R_SP
@@ -407,6 +416,7 @@ class Settings(Section):
     schedules: SchedulesSettings = SchedulesSettings()
     automation: AutomationSettings = AutomationSettings()
     models: ModelSettings = ModelSettings()
+    instructor: InstructorSettings = InstructorSettings()
     sft: SftSettings = SftSettings()
     rewards: RewardsSettings = RewardsSettings()
     grpo: GrpoSettings = GrpoSettings()

@@ -10,8 +10,8 @@ SHARD_ASSETS = ("raw_videos", "tracked_masks", "synthetic_pairs")
 #: From the dataset over all shards to the scores: what the re-training schedule runs.
 TRAINING_JOB = "training_job"
 TRAINING_ASSETS = (
-    "qc_dataset", "reward_models", "sft_checkpoint", "grpo_lora", "benchmark_suite",
-    "benchmark_scores",
+    "qc_dataset", "instructor_model", "reward_models", "sft_checkpoint", "grpo_lora",
+    "benchmark_suite", "benchmark_scores",
 )  # fmt: skip
 #: Re-score the current models, e.g. after the benchmark suite changed.
 EVALUATION_JOB = "evaluation_job"
@@ -25,7 +25,9 @@ data_job = shard_job
 training_job = dg.define_asset_job(
     TRAINING_JOB,
     selection=dg.AssetSelection.assets(*TRAINING_ASSETS),
-    description="Re-train on the current dataset: QC, rewards, SFT, Edit-GRPO, benchmark.",
+    description=(
+        "Re-train on the current dataset: QC, instructor, rewards, SFT, Edit-GRPO, benchmark."
+    ),
 )
 evaluation_job = dg.define_asset_job(
     EVALUATION_JOB,

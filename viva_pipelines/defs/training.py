@@ -17,6 +17,7 @@ from viva_pipelines.rewards.models import RECORD_KEY as REWARDS_RECORD
 from viva_pipelines.storage import Storage
 from viva_pipelines.tracking import (
     log_dataset_input,
+    log_metrics,
     log_params,
     register_model_dir,
     set_tags,
@@ -24,11 +25,17 @@ from viva_pipelines.tracking import (
 )
 from viva_pipelines.train.config import GrpoConfig, RunConfig, SftConfig
 
-SFT_CODE_VERSION = "sft-1"
+#: Where instructor_model records its instructor (``viva_pipelines.train.instructor``; not
+#: imported from there: that module loads torch, and the definitions must load fast).
+INSTRUCTOR_RECORD = "instructor_model/instructor.json"
+
+INSTRUCTOR_CODE_VERSION = "instructor_model-1"
+SFT_CODE_VERSION = "sft-2"
 SFT_PREFIX = "sft_checkpoint"
 GRPO_CODE_VERSION = "grpo-1"
 GRPO_PREFIX = "grpo_lora"
 QC_DATASET = dg.AssetKey("qc_dataset")
+INSTRUCTOR_MODEL = dg.AssetKey("instructor_model")
 SFT_CHECKPOINT = dg.AssetKey("sft_checkpoint")
 REWARD_MODELS = dg.AssetKey("reward_models")
 
@@ -44,10 +51,14 @@ def dataset_location(settings: Settings, dataset_version: str) -> dict[str, str 
     }
 
 
-def sft_config(settings: Settings, dataset_version: str) -> SftConfig:
+def sft_config(
+    settings: Settings, dataset_version: str, instructor: str | None = None
+) -> SftConfig:
     """The training config of this code location: ``conf/``'s ``sft`` section plus storage,
     dataset version and weights. Its fingerprint names the output prefix, so re-materializing
-    with the same config and data resumes (or finds finished) the same run."""
+    with the same config and data resumes (or finds finished) the same run. ``instructor``:
+    where ``instructor_model`` put the instructor (:func:`instructor_location`); without it,
+    the untrained tiny one is built."""
     sft = settings.sft
     codec = dict(sft.model.codec)
     if codec.get("kind") == "hunyuan_vae" and not codec.get("model") and settings.models.vae:
@@ -58,7 +69,7 @@ def sft_config(settings: Settings, dataset_version: str) -> SftConfig:
         "model": {
             **sft.model.model_dump(),
             "codec": codec,
-            "instructor": settings.models.instructor or "tiny",
+            "instructor": settings.models.instructor or instructor or "tiny",
             "transformer": settings.models.transformer,
         },
         "optim": sft.optim.model_dump(),
@@ -68,6 +79,13 @@ def sft_config(settings: Settings, dataset_version: str) -> SftConfig:
     }
     config = SftConfig.from_mapping(doc, origin="conf: sft")
     return config.model_copy(update={"output_prefix": f"{SFT_PREFIX}/{config.fingerprint()}"})
+
+
+def instructor_location(store: Storage) -> str | None:
+    """The instructor ``instructor_model`` recorded (None before its first materialization)."""
+    if not store.exists(INSTRUCTOR_RECORD):
+        return None
+    return store.read_json(INSTRUCTOR_RECORD)["location"]
 
 
 def grpo_config(
@@ -175,7 +193,60 @@ def training_asset(
 def build_training_defs(settings: Settings) -> dg.Definitions:
     sft = settings.sft
 
-    @training_asset(settings, "sft_checkpoint", deps=[QC_DATASET], code_version=SFT_CODE_VERSION)
+    @dg.asset(
+        name="instructor_model",
+        deps=[QC_DATASET],
+        code_version=INSTRUCTOR_CODE_VERSION,
+        group_name="training",
+        kinds={"pytorch", "mlflow"},
+        **step_options(settings, "instructor_model"),
+    )
+    def instructor_model(
+        context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
+    ) -> dg.MaterializeResult:
+        """The VLM instructor ``sft_checkpoint`` conditions on: ``models.instructor`` (a
+        pretrained LLaVA, recorded as is), or the demo's tiny LLaVA pretrained here on
+        ``qc_dataset``'s frames and texts to say where an edit goes and what the frame shows,
+        with its held-out accuracy, registered in MLflow as ``viva-instructor``."""
+        from viva_pipelines.train.instructor import prepare_instructor
+
+        store = storage.get()
+        dataset_version = latest_data_version(context, QC_DATASET)
+        cfg = settings.instructor
+        with mlflow.start_run(
+            context, upstream_data_versions={"qc_dataset": dataset_version}
+        ) as run:
+            log_params({f"pretrain.{k}": v for k, v in cfg.pretrain.model_dump().items()})
+            record = prepare_instructor(
+                store, store.read_parquet(qc.MANIFEST_KEY), model=settings.models.instructor,
+                options=cfg.pretrain, prompt_template=settings.sft.model.instructor_prompt,
+            )  # fmt: skip
+            trained = record["trained"] or {}
+            metadata: dict = {
+                "location": dg.MetadataValue.path(record["location"]),
+                "sha256": record["sha256"] or "",
+            }
+            if trained:
+                log_metrics({k: v for k, v in trained.items() if isinstance(v, float)})
+                with tempfile.TemporaryDirectory() as tmp:
+                    local = store.local_dir(record["location"], tmp)
+                    version = register_model_dir(local, run.info.run_id, cfg.register_model)
+                metadata["registered_model"] = f"{cfg.register_model}/{version}"
+                metadata.update({k: v for k, v in trained.items() if isinstance(v, (int, float))})
+                context.log.info(
+                    f"held-out position accuracy {trained['val_position_accuracy']:.3f} "
+                    f"(chance {trained['val_position_chance']:.3f}, untrained "
+                    f"{trained['val_position_accuracy_untrained']:.3f})"
+                )
+        version_of = record["sha256"] or record["location"]
+        return dg.MaterializeResult(
+            metadata=metadata, data_version=dg.DataVersion(str(version_of)[:16])
+        )
+
+    @training_asset(
+        settings, "sft_checkpoint", deps=[QC_DATASET, INSTRUCTOR_MODEL],
+        code_version=SFT_CODE_VERSION,
+    )  # fmt: skip
     def sft_checkpoint(
         context: dg.AssetExecutionContext,
         storage: StorageResource,
@@ -186,12 +257,14 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         ``torchrun`` (``sft.nproc_per_node`` processes) and resumes from its last checkpoint on
         a retry or re-run; the model directory is registered in MLflow as ``viva-sft``."""
         store = storage.get()
-        dataset_version = latest_data_version(context, QC_DATASET)
+        versions = {
+            "qc_dataset": latest_data_version(context, QC_DATASET),
+            "instructor_model": latest_data_version(context, INSTRUCTOR_MODEL),
+        }
+        dataset_version = versions["qc_dataset"]
         manifest = store.read_parquet(qc.MANIFEST_KEY)
-        with mlflow.start_run(
-            context, upstream_data_versions={"qc_dataset": dataset_version}
-        ) as run:
-            config = sft_config(settings, dataset_version)
+        with mlflow.start_run(context, upstream_data_versions=versions) as run:
+            config = sft_config(settings, dataset_version, instructor_location(store))
             log_dataset_input(manifest, store.uri(qc.MANIFEST_KEY), dataset_version, "qc_dataset")
             reported, version = launch_training(
                 context, pipes_subprocess_client, store, config,
@@ -274,7 +347,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         )
 
     return dg.Definitions(
-        assets=[sft_checkpoint, grpo_lora],
+        assets=[instructor_model, sft_checkpoint, grpo_lora],
         resources={"pipes_subprocess_client": dg.PipesSubprocessClient()},
     )
 

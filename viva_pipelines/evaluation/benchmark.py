@@ -9,7 +9,8 @@ reason in ``error``: one bad file must not cost the other hundreds of scores.
 Scores per (instance, model): CLIP-T, CLIP-F (adjacent frames), CLIP instruction following
 (``clip_if``: similarity to the target caption minus that to the source caption, Edit-GRPO's
 ``R_IF``), background PSNR / SSIM outside the edit mask, PSNR / SSIM against the ground-truth
-target, and, with a judge, the three VLM scores and their mean.
+target over the whole frame and inside the edit mask (``region_psnr``, local edits), and,
+with a judge, the three VLM scores and their mean.
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ CRITERIA: dict[str, str] = {
     "bg_psnr": "BG PSNR",
     "bg_ssim": "BG SSIM",
     "target_psnr": "GT PSNR",
+    "region_psnr": "Edit PSNR",
     "target_ssim": "GT SSIM",
 }
+#: PSNR columns: infinite for identical pixels, capped at :data:`PSNR_CAP` in averages.
+PSNR_COLUMNS = ("bg_psnr", "target_psnr", "region_psnr")
 #: Higher is better for every criterion.
 SANITY_IF = ("judge_instruction_following", "clip_if")
 SANITY_BG = "bg_psnr"
@@ -363,7 +367,7 @@ def category_table(rows: pd.DataFrame) -> pd.DataFrame:
     :data:`PSNR_CAP` and failed rows left out."""
     criteria = criteria_present(rows)
     scored = rows[rows["error"].isna()].copy()
-    for column in ("bg_psnr", "target_psnr"):
+    for column in PSNR_COLUMNS:
         if column in criteria:
             scored[column] = pd.to_numeric(scored[column]).clip(upper=PSNR_CAP)
     scored[criteria] = scored[criteria].apply(pd.to_numeric)

@@ -125,7 +125,10 @@ def _local(
     label = obj.label
     if kind in ("remove", "add", "ref_add"):
         without = scene.without_object(obj.id)
-        text, _ = templates.instruction(kind, rng, object=label, a_object=with_article(label))
+        text, _ = templates.instruction(
+            kind, rng, object=label, a_object=with_article(label),
+            where=captions.position_phrase(ids == obj.id),
+        )  # fmt: skip
         if kind == "remove":
             return _SceneEdit(scene, without, obj, text)
         return _SceneEdit(without, scene, obj, text)

@@ -6,7 +6,8 @@ marking the region the instruction asks to change.
 - PSNR / SSIM against the source *outside* the edit mask (background preservation): an edit
   should leave everything it was not asked to touch alone.
 - PSNR / SSIM against a ground-truth target over the whole frame (target fidelity), when a
-  target exists.
+  target exists, and PSNR against it *inside* the edit mask (edit-region fidelity): the pixels
+  the instruction is about, where returning the source is wrong by construction.
 - CLIP-T: mean over frames of the cosine between each edited frame and the target caption
   (does the edit show what was asked for).
 - CLIP-F: mean cosine between the CLIP embeddings of adjacent edited frames (temporal
@@ -146,6 +147,19 @@ def target_fidelity(edited: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return {"target_psnr": psnr(edited, target), "target_ssim": ssim(edited, target)}
 
 
+def edit_region_fidelity(
+    edited: np.ndarray, target: np.ndarray, edit_mask: np.ndarray
+) -> dict[str, float]:
+    """``{"region_psnr"}``: PSNR of the edit against the ground-truth target inside the edit
+    region only. A whole-frame mask (a global edit) gives NaN: there the region is the frame
+    and ``target_psnr`` already says it."""
+    edited, target = _check_pair(edited, target, ("edited", "target"))
+    edit_mask = _check_mask(edit_mask, edited.shape, "edit_mask")
+    if edit_mask.all():
+        return {"region_psnr": math.nan}
+    return {"region_psnr": psnr(edited, target, mask=edit_mask)}
+
+
 def _clip_t(frame_emb: np.ndarray, text_emb: np.ndarray) -> float:
     return float(np.mean(frame_emb @ text_emb))
 
@@ -193,7 +207,7 @@ def video_metrics(
 ) -> dict[str, float]:
     """All metrics that apply to one edit: ``clip_t`` and ``clip_f`` always; ``bg_psnr`` and
     ``bg_ssim`` when ``edit_mask`` is given; ``target_psnr`` and ``target_ssim`` when a
-    ground-truth ``target`` is given. The edited frames go through CLIP once for both CLIP
+    ground-truth ``target`` is given; ``region_psnr`` when both are. The edited frames go through CLIP once for both CLIP
     metrics."""
     source, edited = _check_pair(source, edited, ("source", "edited"))
     frame_emb = _frame_embeddings(scorer, edited)
@@ -205,4 +219,6 @@ def video_metrics(
         out.update(background_preservation(source, edited, edit_mask))
     if target is not None:
         out.update(target_fidelity(edited, target))
+        if edit_mask is not None:
+            out.update(edit_region_fidelity(edited, target, edit_mask))
     return out

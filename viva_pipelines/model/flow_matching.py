@@ -71,6 +71,40 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - x0
 
 
+#: What the editing DiT's output means. ``velocity``: the velocity itself (diffusers, SD3 and
+#: HunyuanVideo checkpoints; the paper's setting). ``source_residual``: the clean target minus
+#: the source latents, turned into a velocity by :func:`velocity_from_prediction`.
+PREDICTIONS = ("velocity", "source_residual")
+
+
+def velocity_from_prediction(
+    output: torch.Tensor,
+    noisy: torch.Tensor,
+    source: torch.Tensor,
+    sigmas: torch.Tensor,
+    prediction: str,
+) -> torch.Tensor:
+    """The velocity ``[B, ...]`` that a model output ``[B, ...]`` stands for.
+
+    ``source_residual``: the output is ``x̂0 - source`` (what the edit changes), so
+    ``x̂0 = source + output`` and ``v̂ = (x_sigma - x̂0) / sigma``, the velocity of the straight
+    path through ``x_sigma`` that ends at ``x̂0``. Training on ``(v̂ - v)²`` is then the same
+    objective as with ``velocity`` (it equals ``(x̂0 - x0)² / sigma²``), but what the network has
+    to produce where nothing changes is zero, instead of a copy of its noisy input through a
+    narrow patch embedding: the unchanged background comes back exactly, and a zero-initialised
+    output layer starts as the identity edit. ``sigmas``: ``[B]`` or 0-dim, all > 0 (the
+    sampler never evaluates the model at sigma = 0). Computed in float32, returned in
+    ``output``'s dtype.
+    """
+    if prediction == "velocity":
+        return output
+    if prediction != "source_residual":
+        raise ValueError(f"unknown prediction {prediction!r}; known: {', '.join(PREDICTIONS)}")
+    s = sigmas.float().expand(output.shape[0]).reshape(-1, *([1] * (output.ndim - 1)))
+    clean = source.float() + output.float()
+    return ((noisy.float() - clean) / s).to(output.dtype)
+
+
 def resize_mask_to_latents(mask: torch.Tensor, latent_shape: Sequence[int]) -> torch.Tensor:
     """Edit-region mask ``[B, 1, T, H, W]`` (pixel/frame grid, values in [0, 1]) to the latent
     grid ``latent_shape = (t, h, w)``: returns ``[B, 1, t, h, w]``, float.

@@ -51,6 +51,7 @@ class ModelSpec:
     instructor: dict[str, Any]  # InstructorConfig fields; "model" may be "instructor" (embedded)
     pooled: str = "instructor_mean"
     embedded_guidance: float | None = None
+    prediction: str = "velocity"  # what the DiT outputs (flow_matching.PREDICTIONS)
     frames: int = 4
     frame_stride: int = 4
     height: int = 32
@@ -92,6 +93,7 @@ def sample_edit(
     source_guidance_scale: float | None = None,
     shift: float = 1.0,
     embedded_guidance: float | None = None,
+    prediction: str = "velocity",
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -127,6 +129,7 @@ def sample_edit(
             mask,
             pooled,
             embedded_guidance=embedded_guidance,
+            prediction=prediction,
         ).chunk(len(branches))
         if source_guidance_scale is None:
             velocity = guided_velocity(v[0], v[1], guidance_scale)
@@ -275,6 +278,7 @@ class VivaEditPipeline:
             source_guidance_scale=source_guidance_scale or sampling.source_guidance_scale,
             shift=sampling.shift,
             embedded_guidance=spec.embedded_guidance,
+            prediction=spec.prediction,
             generator=torch.Generator().manual_seed(seed),
             progress=progress,
         )

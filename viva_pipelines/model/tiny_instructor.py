@@ -59,12 +59,14 @@ def instruction_vocabulary(num_scenes: int = 64, template: str = "instructor.md"
     """Texts to train the tiny tokenizer on: every instruction wording of
     ``assets/prompts/edit_instructions.yaml`` filled with every object of the demo world's bank
     (new objects, colours and looks cycled alongside), hybrids of them, captions of
-    ``num_scenes`` random demo scenes (with tones and looks), and the prompt template's text
+    ``num_scenes`` random demo scenes (with tones and looks), the pretrained instructor's answers
+    (where an edit goes, then a caption), and the prompt template's text
     weighted by :data:`TEMPLATE_WEIGHT`. Deterministic, without duplicates except the template."""
     templates = load_templates()
     labels = [entry.label for entry in object_bank()]
     colours = list(PALETTE)
     looks = [*templates.tones.values(), *templates.styles.values()]
+    places = [phrase for row in captions.POSITION_PHRASES for phrase in row]
     by_type: dict[str, list[str]] = {}
     for edit_type, options in templates.instructions.items():
         if edit_type == "hybrid":
@@ -84,6 +86,7 @@ def instruction_vocabulary(num_scenes: int = 64, template: str = "instructor.md"
                             new_object=new,
                             a_new_object=with_article(new),
                             colour=colours[(i + k) % len(colours)],
+                            where=places[(i + k) % len(places)],
                             style=looks[(i + k) % len(looks)],
                         )
                     )
@@ -104,7 +107,13 @@ def instruction_vocabulary(num_scenes: int = 64, template: str = "instructor.md"
         for tone in TONES:
             scene_captions.append(scene.with_tone(tone).caption())
         scene_captions.append(captions.with_look(scene.caption(), looks[seed % len(looks)]))
+    # What the pretrained instructor answers (viva_pipelines.train.instructor): where, then
+    # the caption of the result; and the captioning question.
+    answers = [f"{places[i % len(places)]}: {c}." for i, c in enumerate(scene_captions)]
+    answers += [f"everywhere: {c}." for c in scene_captions[:: len(places)]]
+    answers.append("Describe the video.")
     texts = [text for filled in by_type.values() for text in filled] + hybrids + scene_captions
+    texts += answers
     return list(dict.fromkeys(texts)) + _template_texts(template) * TEMPLATE_WEIGHT
 
 

@@ -20,11 +20,13 @@ from typing import Any
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
 
+from viva_pipelines.model.flow_matching import velocity_from_prediction
+
 #: Noisy, source and reference latents are stacked on channels, in this order.
 CONDITION_STREAMS = 3
 
 #: Where the pooled vector beside the tokens comes from (HunyuanVideo: CLIP-L text, 768-d).
-POOLED_SOURCES = ("instructor_mean", "none")
+POOLED_SOURCES = ("instructor_last", "instructor_mean", "none")
 
 
 def tiny_transformer_config(
@@ -124,14 +126,21 @@ def editing_input(
 
 
 def pooled_vector(tokens: torch.Tensor, attention_mask: torch.Tensor, source: str) -> torch.Tensor:
-    """The pooled condition vector ``[B, D]`` from condition tokens ``[B, L, D]``.
+    """The pooled condition vector ``[B, D]`` from condition tokens ``[B, L, D]`` (right-padded,
+    ``attention_mask`` ``[B, L]``); a stand-in for HunyuanVideo's CLIP-L text vector that needs
+    no second text model. It drives the DiT's adaptive norms in every block, so it should
+    carry the edit.
 
-    ``instructor_mean``: the mean over real tokens (a stand-in for HunyuanVideo's CLIP-L text
-    vector that needs no second text model); ``none``: zeros, leaving the tokens as the only
-    condition.
+    ``instructor_last``: the state of the last real token, which in a causal language model
+    has read the whole prompt (images and instruction) and is where its answer starts;
+    ``instructor_mean``: the mean over real tokens (dominated by the image and template tokens
+    that every prompt shares); ``none``: zeros, leaving the tokens as the only condition.
     """
     if source == "none":
         return tokens.new_zeros(tokens.shape[0], tokens.shape[-1])
+    if source == "instructor_last":
+        last = (attention_mask.sum(1) - 1).clamp(min=0)
+        return tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
     if source != "instructor_mean":
         raise ValueError(f"unknown pooled source {source!r}; known: {', '.join(POOLED_SOURCES)}")
     weights = attention_mask.to(tokens.dtype).unsqueeze(-1)
@@ -149,6 +158,7 @@ def predict_velocity(
     pooled: torch.Tensor,
     *,
     embedded_guidance: float | None = None,
+    prediction: str = "velocity",
 ) -> torch.Tensor:
     """The model velocity ``[B, C, t, h, w]`` for noisy latents at noise levels ``sigma``.
 
@@ -156,13 +166,15 @@ def predict_velocity(
     convention); ``tokens`` ``[B, L, D]`` with its right-padded ``attention_mask`` ``[B, L]``;
     ``pooled`` ``[B, P]``. ``transformer`` may be wrapped (DDP, FSDP, peft).
     ``embedded_guidance`` feeds guidance-distilled checkpoints (``guidance_embeds=True``).
+    ``prediction``: what the network's output means (see
+    :func:`~viva_pipelines.model.flow_matching.velocity_from_prediction`).
     """
     batch = noisy.shape[0]
     timestep = (sigma.to(noisy.device, torch.float32) * 1000).expand(batch)
     guidance = None
     if embedded_guidance is not None:
         guidance = torch.full((batch,), embedded_guidance * 1000, device=noisy.device)
-    return transformer(
+    output = transformer(
         hidden_states=editing_input(noisy, source, reference),
         timestep=timestep,
         encoder_hidden_states=tokens.to(noisy.dtype),
@@ -171,3 +183,4 @@ def predict_velocity(
         guidance=guidance,
         return_dict=False,
     )[0]
+    return velocity_from_prediction(output, noisy, source, sigma.to(noisy.device), prediction)

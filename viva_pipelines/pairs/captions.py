@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from viva_pipelines.demo_world.scene import PALETTE, with_article
 
 #: Colour words recognised in labels (a recoloured "black dog" becomes a "yellow dog", not a
@@ -94,3 +96,35 @@ def label_colour(label: str) -> str | None:
 def with_look(caption: str, phrase: str) -> str:
     """The caption of the restyled video: ``"<caption>, <phrase>"`` ("…, at night")."""
     return f"{_base(caption)}, {phrase}"
+
+
+#: Where something is in a frame, by thirds of its height and width ("at the top left").
+POSITION_PHRASES = (
+    ("at the top left", "at the top", "at the top right"),
+    ("on the left", "in the middle", "on the right"),
+    ("at the bottom left", "at the bottom", "at the bottom right"),
+)
+#: An edit region covering at least this fraction of the frame is the whole frame.
+WHOLE_FRAME = 0.9
+
+
+def position_phrase(mask: np.ndarray) -> str:
+    """Where a region is: one of :data:`POSITION_PHRASES` for the centroid of ``mask``
+    (``bool [H, W]``, or ``[T, H, W]``: the first frame where it is not empty), "everywhere"
+    when it covers nearly all of the frame. Instructions that add an object say where with it
+    (nothing else in the source could tell), and the instructor learns to say where an edit
+    goes."""
+    mask = np.asarray(mask, bool)
+    if mask.ndim == 3:
+        visible = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
+        if not len(visible):
+            raise ValueError("the mask is empty in every frame")
+        mask = mask[visible[0]]
+    if not mask.any():
+        raise ValueError("the mask is empty")
+    if mask.mean() >= WHOLE_FRAME:
+        return "everywhere"
+    ys, xs = np.nonzero(mask)
+    row = min(2, int(3 * (ys.mean() + 0.5) / mask.shape[0]))
+    col = min(2, int(3 * (xs.mean() + 0.5) / mask.shape[1]))
+    return POSITION_PHRASES[row][col]

@@ -59,6 +59,7 @@ _TEMPLATE_FIELDS = {
     "new_object": "yellow star",
     "a_new_object": "a yellow star",
     "colour": "yellow",
+    "where": "at the top left",
     "style": "at night",
     "first": "Remove the red circle",
     "second": "set the video at night",
@@ -235,7 +236,11 @@ def _removal_pair(
     """``remove`` and, read backwards, ``add`` / ``ref_add``: one inpainting, two directions."""
     options = options or LocalOptions()
     region, removed = _without(frames, obj, backend, options)
-    fields = {"object": obj.label, "a_object": with_article(obj.label)}
+    fields = {
+        "object": obj.label,
+        "a_object": with_article(obj.label),
+        "where": captions.position_phrase(obj.masks),
+    }
     instruction, index = templates.instruction(edit_type, rng, **fields)
     params = _object_params(obj, backend.name, options, index)
     without = captions.without_object(caption, obj.label)

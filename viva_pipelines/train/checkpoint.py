@@ -2,7 +2,8 @@
 
 A checkpoint is ``{prefix}/checkpoints/step-XXXXXXXX/`` holding ``model.safetensors``,
 ``training_state.pt`` (optimizer and scheduler state: tensors and plain containers only, so
-it loads with ``torch.load(weights_only=True)``) and ``state.json``, written last: a checkpoint
+it loads with ``torch.load(weights_only=True)``), ``ema.safetensors`` when the run keeps an
+average of its weights, and ``state.json``, written last: a checkpoint
 without it is incomplete and ignored. Collective under DDP/FSDP (every rank calls save and
 load); rank 0 writes.
 """
@@ -19,11 +20,14 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
+    get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 
 from viva_pipelines.storage import Storage
+from viva_pipelines.train.ema import WeightEma
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +59,24 @@ def save_checkpoint(
     is_main: bool,
     extra: dict[str, Any] | None = None,
     keep: int = 2,
+    ema: WeightEma | None = None,
 ) -> str | None:
     """Save the state after ``step`` optimizer steps; keeps the newest ``keep`` checkpoints."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state, optim_state = get_state_dict(model, optimizer, options=options)
+    ema_state = None
+    if ema is not None:
+        with ema.applied():  # copied: on CPU the state dict shares the parameters' storage
+            ema_state = {
+                k: v.clone() for k, v in get_model_state_dict(model, options=options).items()
+            }
     if not is_main:
         return None
     where = checkpoint_prefix(prefix, step)
     storage.write_bytes(f"{where}/model.safetensors", save_safetensors(_contiguous(model_state)))
+    if ema_state is not None:
+        storage.write_bytes(f"{where}/ema.safetensors", save_safetensors(_contiguous(ema_state)))
+        extra = {**(extra or {}), "ema_updates": ema.updates}
     buffer = io.BytesIO()
     torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict()}, buffer)
     storage.write_bytes(f"{where}/training_state.pt", buffer.getvalue())
@@ -82,6 +96,8 @@ def load_latest_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    ema: WeightEma | None = None,
 ) -> dict[str, Any] | None:
     """Restore the newest complete checkpoint into the given objects; its ``state.json``
     (with ``step``) or ``None`` when there is none."""
@@ -101,7 +117,15 @@ def load_latest_checkpoint(
         options=StateDictOptions(full_state_dict=True),
     )
     scheduler.load_state_dict(state["scheduler"])
-    return storage.read_json(f"{where}/state.json")
+    saved = storage.read_json(f"{where}/state.json")
+    if ema is not None and storage.exists(f"{where}/ema.safetensors"):
+        ema_state = load_safetensors(storage.read_bytes(f"{where}/ema.safetensors"))
+        with ema.applied():  # load the average through the model, then put its weights back
+            set_model_state_dict(model, ema_state, options=StateDictOptions(full_state_dict=True))
+            ema.take_from_model(saved.get("ema_updates", 0))
+    elif ema is not None:  # a checkpoint from before the average was kept: start it here
+        ema.take_from_model(0)
+    return saved
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -54,8 +54,11 @@ class ModelOptions(_Section):
     crop_template: bool = True
     codec: dict[str, Any] = Field(default_factory=lambda: {"kind": "pixel", "factor": 2})
     transformer_subfolder: str | None = None
-    pooled: Literal["instructor_mean", "none"] = "instructor_mean"
+    pooled: Literal["instructor_last", "instructor_mean", "none"] = "instructor_mean"
     embedded_guidance: float = 1.0  # only for guidance-distilled checkpoints
+    # What the DiT outputs: the velocity (pretrained checkpoints, the paper) or the clean
+    # target minus the source (model.flow_matching.velocity_from_prediction).
+    prediction: Literal["velocity", "source_residual"] = "velocity"
 
 
 class ModelConfig(ModelOptions):
@@ -73,6 +76,7 @@ class OptimConfig(_Section):
     min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decay floor
     grad_clip: float = Field(1.0, gt=0)
     batch_size: int = Field(16, ge=1)  # global: split over the ranks
+    ema_decay: float = Field(0.0, ge=0, lt=1)  # EMA of the weights, sampled and shipped; 0 = off
     max_steps: int = Field(1000, ge=0)
 
 
@@ -174,6 +178,16 @@ class SftConfig(RunConfig):
         if not self.data.use_images and self.data.video_fraction == 0:
             raise ValueError("data.video_fraction is 0 and data.use_images is false: no samples")
         return self
+
+
+class PretrainOptions(_Section):
+    """How the demo's tiny instructor is pretrained (``instructor.pretrain`` in ``conf/``;
+    ``viva_pipelines.train.instructor``)."""
+
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
 
 
 class ConfigFileError(ValueError):

@@ -104,6 +104,7 @@ class EditContext:
     uncond: Conditions
     guidance_scale: float = 1.0
     embedded_guidance: float | None = None
+    prediction: str = "velocity"
 
 
 def guided_step_velocity(
@@ -115,7 +116,7 @@ def guided_step_velocity(
         c = ctx.cond
         return predict_velocity(
             transformer, x, sigma, ctx.source, ctx.reference, c.tokens, c.mask, c.pooled,
-            embedded_guidance=ctx.embedded_guidance,
+            embedded_guidance=ctx.embedded_guidance, prediction=ctx.prediction,
         )  # fmt: skip
     tokens, mask = pad_conditions([ctx.uncond, ctx.cond])
     no_reference = None if ctx.reference is None else torch.zeros_like(ctx.reference)
@@ -129,6 +130,7 @@ def guided_step_velocity(
         mask,
         torch.cat([ctx.uncond.pooled, ctx.cond.pooled]),
         embedded_guidance=ctx.embedded_guidance,
+        prediction=ctx.prediction,
     ).chunk(2)
     return guided_velocity(v_uncond, v_cond, ctx.guidance_scale)
 
@@ -342,6 +344,7 @@ def group_context(
         uncond=Conditions.from_tokens(empty.to(device), empty_mask.to(device), pooled),
         guidance_scale=guidance_scale,
         embedded_guidance=pipeline.spec.embedded_guidance,
+        prediction=pipeline.spec.prediction,
     )
 
 

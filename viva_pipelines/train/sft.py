@@ -15,6 +15,8 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -56,6 +58,7 @@ from viva_pipelines.train.checkpoint import (
 )
 from viva_pipelines.train.config import TINY, SftConfig
 from viva_pipelines.train.distributed import DistContext, unwrap, wrap_model
+from viva_pipelines.train.ema import WeightEma
 from viva_pipelines.train.reporting import Reporter, run_entry_point
 from viva_pipelines.train.sft_data import (
     IMAGE,
@@ -80,11 +83,37 @@ log = logging.getLogger("viva_pipelines.train")
 ACCEPTED = "accepted"
 
 
-def instructor_config(config: SftConfig, device: torch.device) -> InstructorConfig:
-    """The instructor to load; ``tiny`` is built locally (see :func:`ensure_tiny_instructor`)."""
+def local_instructor(storage: Storage, location: str) -> str:
+    """A directory or hub id ``from_pretrained`` can load for ``model.instructor``: ``tiny``
+    built locally (see :func:`ensure_tiny_instructor`), one in the storage root (the
+    ``instructor_model`` asset's) as is when the root is local, else copied once into the
+    temp dir under a name derived from its URI (published with an atomic rename, so
+    concurrent ranks never see half a model); anything else as given."""
+    if location == TINY:
+        return str(ensure_tiny_instructor())
+    if not (storage.is_remote and location.startswith(storage.root_uri)):
+        return location
+    target = Path(
+        tempfile.gettempdir(),
+        f"viva-instructor-{hashlib.sha256(location.encode()).hexdigest()[:12]}",
+    )
+    if not (target / "config.json").is_file():
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        storage.get_dir(storage.key_of(location), staging)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another rank published it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
+def instructor_config(
+    config: SftConfig, device: torch.device, storage: Storage
+) -> InstructorConfig:
+    """The instructor to load (see :func:`local_instructor`)."""
     model = config.model
     return InstructorConfig(
-        model=str(ensure_tiny_instructor()) if model.instructor == TINY else model.instructor,
+        model=local_instructor(storage, model.instructor),
         prompt_template=model.instructor_prompt,
         hidden_layer=model.instructor_layer,
         text_only=model.text_only,
@@ -130,24 +159,39 @@ def make_encoder(codec: VideoCodec, instructor: Instructor, device: torch.device
     return encode
 
 
+def cache_prefix_of(
+    storage: Storage, config: SftConfig, codec: VideoCodec, instructor_cfg: InstructorConfig
+) -> str:
+    """Where the run's cache lives: ``{data.cache_prefix}/{version}``, the version hashing
+    everything a cached tensor depends on (see :func:`cache_version`)."""
+    # The prompt's text, not just its file name: editing the template invalidates the cache;
+    # the tiny instructor by its build (its directory name carries a hash of its inputs).
+    identity = {
+        **instructor_cfg.__dict__,
+        "model": (
+            Path(instructor_cfg.model).name
+            if config.model.instructor == TINY
+            else config.model.instructor
+        ),
+        "device": None,
+        "prompt_sha256": hashlib.sha256(
+            load_prompt_template(config.model.instructor_prompt).encode()
+        ).hexdigest(),
+    }
+    version = cache_version(
+        config.data.dataset_version, identity, codec.config, geometry_of(config)
+    )
+    return f"{config.data.cache_prefix}/{version}"
+
+
 def prepare_cache(
     storage: Storage, config: SftConfig, ctx: DistContext, codec: VideoCodec, report: Reporter
 ) -> tuple[CachedSamples, torch.Tensor, str]:
     """The cached dataset, its unconditional tokens and its prefix; encodes what is missing."""
     geometry = geometry_of(config)
     rows = training_rows(storage, config)
-    instructor_cfg = instructor_config(config, ctx.device)
-    # The prompt's text, not just its file name: editing the template invalidates the cache.
-    identity = {
-        **instructor_cfg.__dict__,
-        "model": config.model.instructor,
-        "device": None,
-        "prompt_sha256": hashlib.sha256(
-            load_prompt_template(config.model.instructor_prompt).encode()
-        ).hexdigest(),
-    }
-    version = cache_version(config.data.dataset_version, identity, codec.config, geometry)
-    prefix = f"{config.data.cache_prefix}/{version}"
+    instructor_cfg = instructor_config(config, ctx.device, storage)
+    prefix = cache_prefix_of(storage, config, codec, instructor_cfg)
     if cache_is_complete(storage, prefix):
         report.info(f"cache hit: {storage.uri(prefix)} (the instructor is not loaded)")
         index = storage.read_parquet(f"{prefix}/index.parquet")
@@ -183,11 +227,18 @@ def geometry_of(config: SftConfig) -> ClipGeometry:
 def build_model(
     config: SftConfig, latent_channels: int, token_dim: int
 ) -> HunyuanVideoTransformer3DModel:
-    """The tiny DiT from scratch, or a pretrained one (a text-to-video checkpoint is widened)."""
+    """The tiny DiT from scratch, or a pretrained one (a text-to-video checkpoint is widened).
+
+    From scratch with ``prediction: source_residual`` the output layer starts at zero, so the
+    untrained model returns the source unchanged and training learns only what to change."""
     if config.model.transformer is None:
-        return build_transformer(
+        model = build_transformer(
             tiny_transformer_config(latent_channels, token_dim), seed=config.runtime.seed
         )
+        if config.model.prediction == "source_residual":
+            torch.nn.init.zeros_(model.proj_out.weight)
+            torch.nn.init.zeros_(model.proj_out.bias)
+        return model
     model = HunyuanVideoTransformer3DModel.from_pretrained(
         config.model.transformer, subfolder=config.model.transformer_subfolder
     )
@@ -252,6 +303,7 @@ def forward_loss(
             batch.token_mask,
             pooled_vector(batch.tokens, batch.token_mask, config.model.pooled),
             embedded_guidance=_embedded_guidance(model, config),
+            prediction=config.model.prediction,
         )
     target = velocity_target(batch.target, noise)
     return masked_flow_matching_loss(velocity, target, batch.mask, config.loss.mask_lambda)
@@ -326,6 +378,7 @@ def sample_previews(
         source_guidance_scale=config.eval.source_guidance_scale,
         shift=config.eval.sample_shift,
         embedded_guidance=_embedded_guidance(model, config),
+        prediction=config.model.prediction,
         generator=torch.Generator().manual_seed(evaluation.seed),
     )
     edits = codec.decode(latents)
@@ -432,6 +485,9 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
         weight_decay=config.optim.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    ema = WeightEma(model, config.optim.ema_decay) if config.optim.ema_decay else None
+    # Evaluation and export use the averaged weights when there are any: they are what ships.
+    shipped = ema.applied if ema is not None else contextlib.nullcontext
     if (
         runtime.parallel == "fsdp"
         and ctx.active
@@ -442,7 +498,9 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
             "checkpoints is not supported yet; resume with runtime.parallel: ddp (the "
             "checkpoints are full state dicts) or start a new output_prefix"
         )
-    resumed = load_latest_checkpoint(storage, config.output_prefix, model, optimizer, scheduler)
+    resumed = load_latest_checkpoint(
+        storage, config.output_prefix, model, optimizer, scheduler, ema=ema
+    )
     start = resumed["step"] if resumed else 0
     history: dict[str, list] = dict(resumed.get("history", {})) if resumed else {}
     report.info(
@@ -454,18 +512,19 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
 
     def evaluate(step: int, *, sample: bool) -> dict[str, float]:
         model.eval()
-        metrics = {
-            "val_loss": validation_loss(
-                model, evaluation, unconditional, config, ctx.device, autocast()
-            )
-        }
-        if sample:
-            sampled, strips = sample_previews(
-                model, evaluation, unconditional, codec, config, ctx.device
-            )
-            metrics.update(sampled)
-            if ctx.is_main:
-                write_previews(storage, config.output_prefix, step, strips, report)
+        with shipped():
+            metrics = {
+                "val_loss": validation_loss(
+                    model, evaluation, unconditional, config, ctx.device, autocast()
+                )
+            }
+            if sample:
+                sampled, strips = sample_previews(
+                    model, evaluation, unconditional, codec, config, ctx.device
+                )
+                metrics.update(sampled)
+                if ctx.is_main:
+                    write_previews(storage, config.output_prefix, step, strips, report)
         model.train()
         report.metrics(step, metrics)
         for name, value in metrics.items():
@@ -512,6 +571,8 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update()
         window.append(ctx.mean(loss).item())
         done = step + 1
         if done % 10 == 0 or done == config.optim.max_steps:
@@ -537,18 +598,21 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
             save_checkpoint(
                 storage, config.output_prefix, done, model, optimizer, scheduler,
                 is_main=ctx.is_main, extra={"history": history}, keep=runtime.keep_checkpoints,
+                ema=ema,
             )  # fmt: skip
             ctx.barrier()  # nobody looks for checkpoints while rank 0 still writes one
 
     summary = summarise(history, config.optim.max_steps, start)
     summary["cache_uri"] = storage.uri(cache_prefix)
     # Gathered on every rank (FSDP shards the weights), written by rank 0 from a plain copy.
-    weights = get_model_state_dict(
-        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-    )
+    with shipped():
+        weights = get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        if ctx.is_main:  # inside: on CPU the state dict shares the parameters' storage
+            export = HunyuanVideoTransformer3DModel.from_config(bare.config)
+            export.load_state_dict(weights)
     if ctx.is_main:
-        export = HunyuanVideoTransformer3DModel.from_config(bare.config)
-        export.load_state_dict(weights)
         summary["model_uri"] = save_model(storage, config, export, codec)
         storage.write_json(f"{config.output_prefix}/summary.json", summary)
     ctx.barrier()
@@ -570,13 +634,14 @@ def save_model(
     storage: Storage, config: SftConfig, transformer: torch.nn.Module, codec: VideoCodec
 ) -> str:
     """Write the model directory (DiT, codec, instructor) under ``{output_prefix}/model``."""
-    fields = instructor_config(config, torch.device("cpu")).__dict__
+    fields = instructor_config(config, torch.device("cpu"), storage).__dict__
     spec = ModelSpec(
         instructor={k: v for k, v in fields.items() if k != "device"},
         pooled=config.model.pooled,
         embedded_guidance=config.model.embedded_guidance
         if transformer.config.guidance_embeds
         else None,
+        prediction=config.model.prediction,
         frames=config.data.frames,
         frame_stride=config.data.frame_stride,
         height=config.data.height,

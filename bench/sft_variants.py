@@ -1,0 +1,201 @@
+"""Train variants of the SFT recipe on the demo dataset and compare them on its val split.
+
+Each variant is the configured ``sft`` section plus overrides (``key=value``, dotted conf
+keys, values parsed as YAML), trained through the same entry point ``sft_checkpoint``
+launches (under ``sft_checkpoint/<fingerprint>``, so a re-run finds finished runs) and
+scored on every val video clip of the dataset: PSNR against the ground truth over the whole
+frame, inside the edit region and outside it, per edit type, beside the identity baseline.
+The benchmark suite is not touched: this is where the recipe is tuned.
+
+``oracle`` in a variant's overrides (``oracle=true``) replaces the instructor's tokens by a
+fixed random vector per instruction word (a perfect bag-of-words text encoder, blind to the
+frame): the bound on what a better text reading could give.
+
+    .venv/bin/python bench/sft_variants.py --variant base \
+        --variant ema sft.optim.ema_decay=0.999 --steps 1200
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from bench_common import note
+from safetensors.torch import save as save_safetensors
+from sft_eval import edit_psnr
+
+from viva_pipelines.config.loader import load_settings
+from viva_pipelines.defs.training import sft_config
+from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline
+from viva_pipelines.settings import default_conf_dir
+from viva_pipelines.storage import Storage
+from viva_pipelines.train.sft_data import (
+    CachedSamples,
+    collate,
+    load_unconditional,
+    pad_tokens,
+)
+
+ORACLE_PREFIX = "sft_cache_oracle"
+
+
+def dataset_version() -> str:
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    event = instance.get_latest_materialization_event(dg.AssetKey("qc_dataset"))
+    if event is None or event.asset_materialization is None:
+        sys.exit("qc_dataset is not materialized: run `make demo` first")
+    return event.asset_materialization.tags["dagster/data_version"]
+
+
+def word_vector(word: str, dim: int) -> torch.Tensor:
+    seed = int(hashlib.sha256(word.encode()).hexdigest()[:8], 16)
+    return torch.randn(dim, generator=torch.Generator().manual_seed(seed))
+
+
+def oracle_tokens(instruction: str, dim: int) -> torch.Tensor:
+    words = re.findall(r"[a-z]+", instruction.lower()) or ["<empty>"]
+    return torch.stack([word_vector(w, dim) for w in words])
+
+
+def make_oracle_cache(store: Storage, base: str, target: str) -> None:
+    """A copy of the cache at ``base`` under ``target`` with oracle tokens."""
+    if store.exists(f"{target}/index.parquet"):
+        return
+    index = store.read_parquet(f"{base}/index.parquet")
+    samples = CachedSamples(store, index)
+    dim = load_unconditional(store, base).shape[-1]
+    for i in range(len(index)):
+        item = dict(samples[i])
+        item["tokens"] = oracle_tokens(index.at[i, "instruction"], dim).contiguous()
+        store.write_bytes(index.at[i, "key"].replace(base, target, 1), save_safetensors(item))
+    store.write_bytes(
+        f"{target}/unconditional.safetensors",
+        save_safetensors({"tokens": oracle_tokens("", dim).contiguous()}),
+    )
+    index["key"] = [k.replace(base, target, 1) for k in index["key"]]
+    store.write_parquet(f"{target}/index.parquet", index)
+
+
+def run_cache_prefix(store: Storage, config) -> str:
+    """The cache prefix the SFT run of ``config`` reads (and fills when it is missing)."""
+    from viva_pipelines.model.codecs import load_codec
+    from viva_pipelines.train import sft
+
+    instructor = sft.instructor_config(config, torch.device("cpu"), store)
+    return sft.cache_prefix_of(store, config, load_codec(config.model.codec), instructor)
+
+
+def train(config, log: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "run.yaml")
+        config.to_yaml(path)
+        with open(log, "a") as out:
+            subprocess.run(
+                [sys.executable, "-m", "viva_pipelines.train.sft", "--config", str(path)],
+                check=True, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+
+def evaluate(store: Storage, run: str, steps: int | None, guidance: float | None) -> pd.DataFrame:
+    summary = store.read_json(f"{run}/summary.json")
+    cache = store.key_of(summary["cache_uri"])
+    index = store.read_parquet(f"{cache}/index.parquet")
+    val = index[(index["split"] == "val") & (index["modality"] == "video")].reset_index(drop=True)
+    samples = CachedSamples(store, val)
+    unconditional = load_unconditional(store, cache)
+    pipeline = VivaEditPipeline.from_pretrained(store.uri(f"{run}/model"))
+    spec = pipeline.spec
+    items = [samples[i] for i in range(len(val))]
+    keep = torch.zeros(len(items), dtype=torch.bool)
+    batch = collate(items, unconditional, keep, keep)
+    cond = Conditions.from_tokens(batch.tokens, batch.token_mask, spec.pooled)
+    empty, empty_mask = pad_tokens([unconditional] * len(items))
+    uncond = Conditions.from_tokens(empty, empty_mask, spec.pooled)
+    table = edit_psnr(
+        pipeline, pipeline.transformer, batch, cond, uncond,
+        steps or spec.sampling.num_steps,
+        spec.sampling.guidance_scale if guidance is None else guidance,
+        spec.sampling.shift,
+    )  # fmt: skip
+    table["edit_type"] = val["edit_type"]
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--variant", nargs="+", action="append", required=True, metavar="LABEL [KEY=VALUE ...]"
+    )
+    parser.add_argument("--steps", type=int, help="sft.optim.max_steps of every variant")
+    parser.add_argument("--sample-steps", type=int, help="sampling steps (default: the model's)")
+    parser.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    parser.add_argument("--log", default="sft_variants.log", help="training output goes here")
+    args = parser.parse_args()
+    version = dataset_version()
+    rows, per_type = [], {}
+    identity = None
+    for label, *pairs in args.variant:
+        overrides = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs)}
+        oracle = overrides.pop("oracle", False)
+        if args.steps:
+            overrides.setdefault("sft.optim.max_steps", args.steps)
+        settings = load_settings(default_conf_dir(), overrides=overrides)
+        store = Storage(settings.storage.root)
+        config = sft_config(settings, version)
+        if oracle:  # the run's own cache, filled from the plain one with oracle tokens
+            plain = run_cache_prefix(store, config)
+            if not store.exists(f"{plain}/index.parquet"):
+                sys.exit(f"{plain}: train a plain variant first (its cache is copied)")
+            config = sft_config(
+                load_settings(
+                    default_conf_dir(),
+                    overrides={**overrides, "sft.data.cache_prefix": ORACLE_PREFIX},
+                ),
+                version,
+            )
+            make_oracle_cache(store, plain, run_cache_prefix(store, config))
+        started = time.perf_counter()
+        done = store.exists(f"{config.output_prefix}/summary.json")
+        note(f"{label}: {config.output_prefix}" + (" (finished before)" if done else ""))
+        if not done:
+            train(config, Path(args.log))
+        took = time.perf_counter() - started
+        table = evaluate(store, config.output_prefix, args.sample_steps, args.guidance)
+        summary = store.read_json(f"{config.output_prefix}/summary.json")
+        rows.append({
+            "variant": label, "train s": round(took) if not done else None,
+            "val loss": summary.get("val_loss_last"),
+            "frame": table["model frame"].mean(), "region": table["model region"].mean(),
+            "outside": table["model outside"].mean(),
+        })  # fmt: skip
+        per_type[label] = table.groupby("edit_type")["model frame"].mean()
+        if identity is None:
+            identity = table
+        note(f"{label}: {rows[-1]}")
+    rows.append({
+        "variant": "identity", "frame": identity["identity frame"].mean(),
+        "region": identity["identity region"].mean(),
+        "outside": identity["identity outside"].mean(),
+    })  # fmt: skip
+    per_type["identity"] = identity.groupby("edit_type")["identity frame"].mean()
+    print(f"\nval split, {len(identity)} video clips; PSNR (dB) against the ground truth\n")
+    print(pd.DataFrame(rows).round(2).to_markdown(index=False))
+    print("\nwhole-frame PSNR per edit type\n")
+    print(pd.DataFrame(per_type).T.round(2).to_markdown())
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

@@ -1,0 +1,98 @@
+"""Pretraining the demo instructor: examples from the dataset, answers after the exact SFT
+prompt, held-out accuracy, and a checkpoint that loads like any LLaVA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.sft_fixtures import write_tiny_dataset
+from viva_pipelines.model.instructor import Instructor, InstructorConfig
+from viva_pipelines.model.tiny_instructor import ensure_tiny_instructor
+from viva_pipelines.storage import Storage
+from viva_pipelines.train.config import PretrainOptions
+from viva_pipelines.train.instructor import (
+    DESCRIBE,
+    RECORD_KEY,
+    encode_examples,
+    grounding_examples,
+    prepare_instructor,
+    training_batch,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Storage, pd.DataFrame]:
+    storage = Storage(str(tmp_path_factory.mktemp("root")))
+    return storage, write_tiny_dataset(storage)
+
+
+def test_examples_ground_each_edit_where_its_mask_is(dataset):
+    storage, manifest = dataset
+    train = grounding_examples(storage, manifest, split="train")
+    val = grounding_examples(storage, manifest, split="val", first_frame_only=True)
+    edits = [e for e in val if e.task == "edit"]
+    # Val: 2 videos x (remove, color), first frame only, and one caption per video.
+    assert len(edits) == 4 and sum(e.task == "caption" for e in val) == 2
+    assert len(train) > len(val)  # several frames per training video
+    for example in edits:
+        assert example.answer.startswith(f"{example.position}: ")
+        assert example.frame.shape == (32, 32, 3) and example.frame.dtype == np.uint8
+    row = manifest[(manifest["split"] == "val") & (manifest["modality"] == "video")].iloc[0]
+    first = next(e for e in edits if e.instruction == row.instruction)
+    assert first.answer == f"{first.position}: {row.target_caption}."
+    caption = next(e for e in val if e.task == "caption")
+    assert caption.instruction == DESCRIBE and caption.answer == row.source_caption
+    # The colour edit of video 1 has a reference image; examples carry it to the prompt.
+    assert any(e.reference is not None for e in train if e.task == "edit")
+
+
+def test_answers_follow_the_exact_sft_prompt_and_only_they_are_learned(dataset):
+    storage, manifest = dataset
+    instructor = Instructor(InstructorConfig(model=str(ensure_tiny_instructor())))
+    examples = grounding_examples(storage, manifest, split="val", first_frame_only=True)[:3]
+    encoded = encode_examples(instructor, examples)
+    batch = training_batch(instructor, encoded)
+    prompts = instructor.prepare_inputs(
+        [e.instruction for e in examples],
+        [e.frame for e in examples],
+        [e.reference for e in examples],
+    )
+    for i, example in enumerate(encoded):
+        n = len(example.prompt)
+        assert torch.equal(batch["input_ids"][i, :n], prompts["input_ids"][i, :n])
+        assert (batch["labels"][i, :n] == -100).all()
+        answer = batch["labels"][i, n : n + len(example.answer)]
+        assert torch.equal(answer, example.answer)
+        assert int(answer[-1]) == instructor.tokenizer.eos_token_id
+        decoded = instructor.tokenizer.decode(example.answer[:-1])
+        assert decoded == examples[i].answer
+
+
+def test_pretraining_learns_on_held_out_frames_and_saves_a_loadable_instructor(dataset):
+    storage, manifest = dataset
+    record = prepare_instructor(
+        storage, manifest, model=None,
+        options=PretrainOptions(steps=40, batch_size=8, lr=3e-3),
+    )  # fmt: skip
+    trained = record["trained"]
+    assert trained["val_token_accuracy"] > trained["val_token_accuracy_untrained"] + 0.3
+    assert trained["train_loss_last"] < 0.5 * trained["train_loss_first"]
+    assert storage.read_json(RECORD_KEY) == record
+    assert record["location"] == storage.uri(f"instructor_model/{record['sha256'][:16]}")
+    pretrained = Instructor(InstructorConfig(model=record["location"]))
+    untrained = Instructor(InstructorConfig(model=str(ensure_tiny_instructor())))
+    frame = np.zeros((32, 32, 3), np.uint8)
+    tokens = [i.encode(["Remove the red square."], [frame]).tokens for i in (pretrained, untrained)]
+    assert tokens[0].shape == tokens[1].shape and not torch.allclose(tokens[0], tokens[1])
+
+
+def test_a_configured_instructor_is_recorded_not_trained(dataset, tmp_path):
+    storage, manifest = dataset
+    record = prepare_instructor(
+        storage, manifest, model=str(ensure_tiny_instructor()), options=PretrainOptions()
+    )
+    assert record["trained"] is None and record["location"] == str(ensure_tiny_instructor())
+    assert len(record["sha256"]) == 64
