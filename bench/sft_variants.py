@@ -108,7 +108,9 @@ def train(config, log: Path) -> None:
             )  # fmt: skip
 
 
-def evaluate(store: Storage, run: str, steps: int | None, guidance: float | None) -> pd.DataFrame:
+def evaluate(
+    store: Storage, run: str, steps: int | None, guidance: float | None, shift: float | None
+) -> pd.DataFrame:
     summary = store.read_json(f"{run}/summary.json")
     cache = store.key_of(summary["cache_uri"])
     index = store.read_parquet(f"{cache}/index.parquet")
@@ -127,7 +129,7 @@ def evaluate(store: Storage, run: str, steps: int | None, guidance: float | None
         pipeline, pipeline.transformer, batch, cond, uncond,
         steps or spec.sampling.num_steps,
         spec.sampling.guidance_scale if guidance is None else guidance,
-        spec.sampling.shift,
+        spec.sampling.shift if shift is None else shift,
     )  # fmt: skip
     table["edit_type"] = val["edit_type"]
     return table
@@ -141,6 +143,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="sft.optim.max_steps of every variant")
     parser.add_argument("--sample-steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    parser.add_argument("--shift", type=float, help="sampling time shift (default: the model's)")
     parser.add_argument("--log", default="sft_variants.log", help="training output goes here")
     args = parser.parse_args()
     version = dataset_version()
@@ -172,7 +175,7 @@ def main() -> None:
         if not done:
             train(config, Path(args.log))
         took = time.perf_counter() - started
-        table = evaluate(store, config.output_prefix, args.sample_steps, args.guidance)
+        table = evaluate(store, config.output_prefix, args.sample_steps, args.guidance, args.shift)
         summary = store.read_json(f"{config.output_prefix}/summary.json")
         rows.append({
             "variant": label, "train s": round(took) if not done else None,

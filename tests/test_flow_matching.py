@@ -230,3 +230,20 @@ def test_source_residual_loss_is_the_clean_error_over_sigma_and_zero_output_keep
 
     out = sample(zero_output, torch.randn(3, 2, 4, generator=g), num_steps=7, shift=3.0)
     torch.testing.assert_close(out, source, rtol=0, atol=1e-5)
+
+
+def test_clean_weighting_is_the_implied_clean_error_at_every_noise_level() -> None:
+    from viva_pipelines.model.flow_matching import sigma_loss_weights
+
+    g = torch.Generator().manual_seed(3)
+    x0, noise, pred = (torch.randn(3, 2, 4, generator=g) for _ in range(3))
+    sigmas = torch.tensor([0.1, 0.5, 0.9])
+    x_t = add_noise(x0, noise, sigmas)
+    weights = sigma_loss_weights(sigmas, "clean")
+    loss = masked_flow_matching_loss(pred, velocity_target(x0, noise), None, 0.0, weights)
+    clean = x_t - sigmas.reshape(-1, 1, 1) * pred  # the clean video each prediction implies
+    per_item = ((clean - x0) ** 2).mean(dim=(1, 2))
+    torch.testing.assert_close(loss, (per_item.sum() / (weights.sum())) * 1.0)
+    assert sigma_loss_weights(sigmas, "velocity") is None
+    with pytest.raises(ValueError, match="weighting"):
+        sigma_loss_weights(sigmas, "snr")

@@ -14,6 +14,7 @@ from viva_pipelines.train.grpo import (
     add_lora,
     grpo_iteration,
     rollout,
+    sde_window,
 )
 
 C, D, G = 4, 16, 8
@@ -46,6 +47,26 @@ def test_rollout_keeps_every_step_and_its_log_prob():
     )
     assert torch.equal(run.latents, again.latents)  # seeded
     assert not torch.equal(run.final[0], run.final[1])  # candidates differ
+
+
+def test_groups_share_their_start_and_a_window_limits_the_stochastic_steps():
+    model = policy()
+    run = rollout(
+        model, context(G), num_steps=6, group_size=4, sde_steps=[1, 2],
+        generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip
+    start = run.latents[0]
+    assert torch.equal(start[0], start[3]) and not torch.equal(start[3], start[4])
+    assert run.sde_steps == [1, 2] and run.log_probs.shape == (2, G)
+    # Before the window every candidate of a group follows the same ODE path; inside, they part.
+    assert torch.equal(run.latents[1][0], run.latents[1][3])
+    assert not torch.equal(run.latents[3][0], run.latents[3][3])
+    ode = rollout(model, context(G), num_steps=6, group_size=4, sde_steps=[],
+                  generator=torch.Generator().manual_seed(1))  # fmt: skip
+    assert ode.log_probs.shape == (0, G) and torch.equal(ode.final[0], ode.final[3])
+    windows = [sde_window(8, 3, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert all(len(w) == 3 and w == list(range(w[0], w[0] + 3)) and w[-1] <= 6 for w in windows)
+    assert len({w[0] for w in windows}) > 1 and sde_window(8, 7, torch.Generator()) is None
 
 
 def test_lora_starts_as_the_base_model_and_only_the_adapter_trains():

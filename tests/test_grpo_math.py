@@ -71,6 +71,16 @@ def test_constant_groups_give_zero_and_extremes_are_clipped():
     assert adv.max().item() == 5.0 and torch.isfinite(adv).all()
 
 
+def test_groups_that_barely_spread_carry_no_advantage():
+    rewards = torch.tensor([1.0, 1.001, 0.0, 2.0])
+    groups = ["a", "a", "b", "b"]
+    plain = group_advantages(rewards, groups)
+    assert plain[0] < -0.8  # 0.0005 / (0.0005 + 1e-4): noise becomes a full-size advantage
+    filtered = group_advantages(rewards, groups, min_std=0.01)
+    assert filtered[:2].tolist() == [0.0, 0.0]
+    torch.testing.assert_close(filtered[2:], plain[2:])
+
+
 def test_ppo_loss_and_clip_fraction_by_hand():
     old = torch.zeros(4)
     new = torch.log(torch.tensor([1.0, 1.5, 0.5, 1.05]))

@@ -121,11 +121,34 @@ def resize_mask_to_latents(mask: torch.Tensor, latent_shape: Sequence[int]) -> t
     return F.interpolate(mask, size=tuple(latent_shape), mode="area")
 
 
+#: How the squared velocity error of each sample is weighted by its noise level.
+LOSS_WEIGHTINGS = ("velocity", "clean")
+
+
+def sigma_loss_weights(sigmas: torch.Tensor, weighting: str) -> torch.Tensor | None:
+    """Per-sample weights ``[B]`` of the velocity error, or None for none.
+
+    ``velocity``: none, the rectified-flow loss as published. ``clean``: ``sigma²``, which makes
+    ``sigma²·(v̂ - v)² = (x̂0 - x0)²`` the error of the clean video the model implies
+    (``x̂0 = x_sigma - sigma·v̂``), equally weighted at every noise level. The plain loss weights
+    that error by ``1/sigma²``, i.e. barely at high noise, where an editing model already knows most of
+    the answer from its source and where the sampler's first steps fix the layout for good.
+    """
+    if weighting == "velocity":
+        return None
+    if weighting != "clean":
+        raise ValueError(
+            f"unknown loss weighting {weighting!r}; known: {', '.join(LOSS_WEIGHTINGS)}"
+        )
+    return sigmas.float() ** 2
+
+
 def masked_flow_matching_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
     mask_latent: torch.Tensor | None,
     weight_lambda: float,
+    sample_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted MSE ``Σ w·(v̂ - v)² / Σ w`` with ``w = 1 + λ·M``: a 0-dim float32 tensor.
 
@@ -134,14 +157,20 @@ def masked_flow_matching_loss(
     ``mask_latent``: ``[B, 1, t, h, w]`` in [0, 1] (see :func:`resize_mask_to_latents`),
     broadcast over channels; the normaliser sums the broadcast weights, so every channel counts
     and a constant weight (``M ≡ 1``, or ``λ = 0``, or no mask) gives the plain
-    ``mean((v̂ - v)²)``. Computed in float32 so bf16 predictions do not lose the sum.
+    ``mean((v̂ - v)²)``. ``sample_weights`` ``[B]`` (see :func:`sigma_loss_weights`) multiply
+    each sample's weights, numerator and normaliser alike. Computed in float32 so bf16
+    predictions do not lose the sum.
     """
     if weight_lambda < 0:
         raise ValueError(f"weight_lambda must be >= 0 (weights stay >= 1), got {weight_lambda}")
     sq_err = (pred.float() - target.float()) ** 2
-    if mask_latent is None or weight_lambda == 0:
+    if (mask_latent is None or weight_lambda == 0) and sample_weights is None:
         return sq_err.mean()
-    weights = (1 + weight_lambda * mask_latent.float()).expand_as(sq_err)
+    weights = torch.ones_like(sq_err)
+    if mask_latent is not None and weight_lambda:
+        weights = weights * (1 + weight_lambda * mask_latent.float())
+    if sample_weights is not None:
+        weights = weights * sample_weights.float().reshape(-1, *([1] * (sq_err.ndim - 1)))
     return (weights * sq_err).sum() / weights.sum()
 
 

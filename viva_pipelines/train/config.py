@@ -85,6 +85,9 @@ class LossConfig(_Section):
     sigma_mean: float = 0.0
     sigma_std: float = Field(1.0, gt=0)
     sigma_shift: float = Field(1.0, gt=0)
+    # Per-sample weight of the velocity error: none (velocity, the paper) or sigma^2 (clean:
+    # the implied clean video's error, equal at every noise level; model.flow_matching).
+    weighting: Literal["velocity", "clean"] = "velocity"
     instruction_dropout: float = Field(0.1, ge=0, le=1)  # empty instruction + black image
     source_dropout: float = Field(0.05, ge=0, le=1)  # zero source latents (source guidance)
 
@@ -204,6 +207,10 @@ class GrpoSampling(_Section):
     group_size: int = Field(4, ge=2)  # G candidates per (source video, instruction)
     num_steps: int = Field(8, ge=2)
     train_steps: int = Field(3, ge=1)  # denoising steps trained per iteration (random subset)
+    # Stochastic (and trainable) steps: a window of this many consecutive steps at a random
+    # place each iteration, the ODE elsewhere (MixGRPO); null = every step but the last.
+    sde_window: int | None = Field(None, ge=1)
+    same_noise: bool = True  # a group's candidates start from one noise (Flow-GRPO, DanceGRPO)
     noise_level: float = Field(0.7, gt=0)
     shift: float = Field(3.0, gt=0)
     guidance_scale: float = 1.5
@@ -216,6 +223,7 @@ class GrpoOptim(_Section):
     lr: float = Field(1e-4, gt=0)
     clip_range: float = Field(1e-3, gt=0)
     beta: float = Field(0.01, ge=0)  # KL to the adapter-disabled reference
+    min_group_std: float = Field(0.0, ge=0)  # groups whose rewards spread less teach nothing
     grad_clip: float = Field(1.0, gt=0)
 
 

@@ -80,13 +80,15 @@ class Rollout:
     """G candidates of one or more groups, sampled together.
 
     ``latents``: ``[S + 1, B, C, t, h, w]`` (``latents[0]`` is the noise, ``latents[S]`` the
-    result); ``log_probs``: ``[S, B]`` of each step under the sampling policy; ``sigmas``:
-    ``[S + 1]``.
+    result); ``sigmas``: ``[S + 1]``; ``sde_steps``: the denoising steps that were sampled
+    stochastically, and ``log_probs``: ``[len(sde_steps), B]``, their log-probs under the
+    sampling policy (the other steps are deterministic and carry none).
     """
 
     latents: torch.Tensor
     log_probs: torch.Tensor
     sigmas: torch.Tensor
+    sde_steps: list[int]
 
     @property
     def final(self) -> torch.Tensor:
@@ -144,24 +146,48 @@ def rollout(
     shift: float = 1.0,
     noise_level: float = 0.7,
     generator: torch.Generator | None = None,
+    group_size: int = 1,
+    sde_steps: Sequence[int] | None = None,
 ) -> Rollout:
-    """Sample every candidate with the SDE sampler, keeping per-step latents and log-probs.
-    The last step (to sigma = 0) is deterministic in Flow-GRPO and is taken as an Euler step
-    with no log-prob (its std would be 0)."""
+    """Sample every candidate, keeping per-step latents and the log-probs of the stochastic
+    steps. ``sde_steps``: which denoising steps take the SDE (default: all but the last,
+    which goes to sigma = 0 and would have std 0); the others are Euler steps of the ODE, so
+    exploration and credit assignment stay inside that window (MixGRPO); an empty one samples
+    the ODE, as inference does. ``group_size``:
+    consecutive candidates of that many start from the same noise, so what separates a
+    group's candidates is the policy's own exploration, not a luckier starting point."""
     sigmas = inference_sigmas(num_steps, shift).to(ctx.source.device)
-    x = torch.randn(ctx.source.shape, generator=generator).to(ctx.source)
-    latents, log_probs = [x], []
+    batch = ctx.source.shape[0]
+    if batch % group_size:
+        raise ValueError(f"{batch} candidates do not split into groups of {group_size}")
+    noise = torch.randn((batch // group_size, *ctx.source.shape[1:]), generator=generator)
+    x = noise.repeat_interleave(group_size, dim=0).to(ctx.source)
+    stochastic = set(range(num_steps - 1) if sde_steps is None else sde_steps)
+    latents, log_probs, taken = [x], [], []
     for i in range(num_steps):
         v = guided_step_velocity(transformer, x, sigmas[i], ctx)
-        if sigmas[i + 1] > 0:
+        if i in stochastic and sigmas[i + 1] > 0:
             x, log_prob, _, _ = sde_step_with_logprob(
                 v, sigmas[i], sigmas[i + 1], x, noise_level, generator=generator
             )
             log_probs.append(log_prob)
+            taken.append(i)
         else:
             x = x + (sigmas[i + 1] - sigmas[i]) * v
         latents.append(x)
-    return Rollout(torch.stack(latents), torch.stack(log_probs), sigmas)
+    stacked = torch.stack(log_probs) if log_probs else x.new_zeros(0, batch)
+    return Rollout(torch.stack(latents), stacked, sigmas, taken)
+
+
+def sde_window(num_steps: int, size: int | None, generator: torch.Generator) -> list[int] | None:
+    """``size`` consecutive denoising steps at a random place among the stochastic ones
+    (all but the last), drawn anew each iteration; None (every step) when ``size`` is None or
+    covers them all."""
+    stochastic = num_steps - 1
+    if size is None or size >= stochastic:
+        return None
+    start = int(torch.randint(stochastic - size + 1, (), generator=generator))
+    return list(range(start, start + size))
 
 
 def trainable_steps(num_stochastic: int, count: int, generator: torch.Generator) -> list[int]:
@@ -191,14 +217,15 @@ def grpo_loss_for_step(
     clip_range: float,
     beta: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The GRPO objective of one denoising step for all candidates:
-    ``(loss, policy_loss, kl, clip_fraction)``; only ``loss`` carries gradients.
+    """The GRPO objective of the ``step``-th stochastic step (``run.sde_steps[step]``) for all
+    candidates: ``(loss, policy_loss, kl, clip_fraction)``; only ``loss`` carries gradients.
 
-    The policy re-scores the stored transition ``latents[step] -> latents[step + 1]``; the
+    The policy re-scores the stored transition ``latents[i] -> latents[i + 1]``; the
     reference (adapter disabled, no grad) gives the mean the KL is measured against.
     """
-    x, x_next = run.latents[step], run.latents[step + 1]
-    sigma, sigma_next = run.sigmas[step], run.sigmas[step + 1]
+    i = run.sde_steps[step]
+    x, x_next = run.latents[i], run.latents[i + 1]
+    sigma, sigma_next = run.sigmas[i], run.sigmas[i + 1]
     v = guided_step_velocity(transformer, x, sigma, ctx)
     _, log_prob, mean, std = sde_step_with_logprob(
         v, sigma, sigma_next, x, noise_level, prev_sample=x_next
@@ -245,10 +272,15 @@ def grpo_iteration(
     beta: float = 0.01,
     grad_clip: float = 1.0,
     generator: torch.Generator | None = None,
+    group_size: int = 1,
+    window: int | None = None,
+    min_group_std: float = 0.0,
 ) -> dict[str, float]:
-    """One Edit-GRPO iteration: for each batch (gradient accumulation), a rollout, rewards,
-    group advantages and the losses of a random subset of its steps, backpropagated; then one
-    clipped optimizer step. Returns the iteration's statistics."""
+    """One Edit-GRPO iteration: for each batch (gradient accumulation), a rollout (groups of
+    ``group_size`` from one noise, stochastic only in a ``window`` of steps, see
+    :func:`sde_window`), rewards, group advantages (groups whose rewards spread less than
+    ``min_group_std`` carry none) and the losses of a random subset of its stochastic steps,
+    backpropagated; then one clipped optimizer step. Returns the iteration's statistics."""
     generator = generator or torch.Generator()
     scale = 1.0 / len(batches)
     totals = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
@@ -257,10 +289,13 @@ def grpo_iteration(
     for batch in batches:
         run = rollout(
             transformer, batch.ctx, num_steps=num_steps, shift=shift, noise_level=noise_level,
-            generator=generator,
+            generator=generator, group_size=group_size,
+            sde_steps=sde_window(num_steps, window, generator),
         )  # fmt: skip
         batch_rewards = batch.reward_fn(run.final)
-        batch_advantages = group_advantages(batch_rewards["total"], batch.groups)
+        batch_advantages = group_advantages(
+            batch_rewards["total"], batch.groups, min_std=min_group_std
+        )
         steps = trainable_steps(run.log_probs.shape[0], train_steps, generator)
         for step in steps:
             loss, policy_loss, kl, clip_fraction = grpo_loss_for_step(
@@ -423,13 +458,13 @@ def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dic
         return ctx_, make_reward_fn(pipeline, clip, pick, weights, ctx_, *captions)
 
     def evaluate(iteration: int) -> dict[str, float]:
-        """Mean reward of held-out groups, sampled with fixed seeds (the same every time)."""
+        """Mean reward of held-out groups, sampled as inference does (the ODE, no exploration
+        noise) from fixed seeds (the same every time)."""
         picks = list(range(min(config.eval.groups, len(val_groups.keys))))
         ctx_, reward_fn = batch_for(val_groups, picks)
         run = rollout(
             transformer, ctx_, num_steps=sampling.num_steps, shift=sampling.shift,
-            noise_level=sampling.noise_level,
-            generator=torch.Generator().manual_seed(runtime.seed + 7919),
+            generator=torch.Generator().manual_seed(runtime.seed + 7919), sde_steps=[],
         )  # fmt: skip
         rewards = reward_fn(run.final)
         metrics = {f"eval/{name}": float(v.mean()) for name, v in rewards.items()}
@@ -458,6 +493,8 @@ def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dic
             train_steps=sampling.train_steps, shift=sampling.shift,
             noise_level=sampling.noise_level, clip_range=optim.clip_range, beta=optim.beta,
             grad_clip=optim.grad_clip, generator=generator,
+            group_size=sampling.group_size if sampling.same_noise else 1,
+            window=sampling.sde_window, min_group_std=optim.min_group_std,
         )  # fmt: skip
         done = iteration + 1
         report.metrics(done, stats)

@@ -17,11 +17,17 @@ ADVANTAGE_CLIP = 5.0
 
 
 def group_advantages(
-    rewards: torch.Tensor, groups: Sequence[object] | torch.Tensor, clip: float = ADVANTAGE_CLIP
+    rewards: torch.Tensor,
+    groups: Sequence[object] | torch.Tensor,
+    clip: float = ADVANTAGE_CLIP,
+    *,
+    min_std: float = 0.0,
 ) -> torch.Tensor:
     """``(r - mean_g) / (std_g + 1e-4)`` within each group, clipped to ``+-clip``.
 
     ``rewards``: ``[N]``; ``groups``: ``[N]`` keys (e.g. (source video, instruction) ids).
+    A group whose rewards spread less than ``min_std`` (population std) gets 0: dividing its
+    differences by their tiny spread would turn reward-model noise into full-size advantages.
     """
     rewards = rewards.to(torch.float64)
     keys = [g.item() if isinstance(g, torch.Tensor) else g for g in groups]
@@ -31,7 +37,7 @@ def group_advantages(
     for key in dict.fromkeys(keys):
         index = torch.tensor([i for i, k in enumerate(keys) if k == key])
         members = rewards[index]
-        if len(members) > 1:
+        if len(members) > 1 and members.std(unbiased=False) >= min_std:
             centred = members - members.mean()
             advantages[index] = centred / (members.std(unbiased=False) + ADVANTAGE_EPS)
     return advantages.clamp(-clip, clip).to(torch.float32)

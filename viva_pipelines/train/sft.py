@@ -31,7 +31,12 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from viva_pipelines.model.clips import ClipGeometry, to_uint8_frames
 from viva_pipelines.model.codecs import VideoCodec, load_codec
-from viva_pipelines.model.flow_matching import add_noise, masked_flow_matching_loss, velocity_target
+from viva_pipelines.model.flow_matching import (
+    add_noise,
+    masked_flow_matching_loss,
+    sigma_loss_weights,
+    velocity_target,
+)
 from viva_pipelines.model.instructor import Instructor, InstructorConfig, load_prompt_template
 from viva_pipelines.model.pipeline import (
     Conditions,
@@ -306,7 +311,10 @@ def forward_loss(
             prediction=config.model.prediction,
         )
     target = velocity_target(batch.target, noise)
-    return masked_flow_matching_loss(velocity, target, batch.mask, config.loss.mask_lambda)
+    return masked_flow_matching_loss(
+        velocity, target, batch.mask, config.loss.mask_lambda,
+        sigma_loss_weights(sigmas, config.loss.weighting),
+    )  # fmt: skip
 
 
 def _embedded_guidance(model: torch.nn.Module, config: SftConfig) -> float | None:
