@@ -2,7 +2,8 @@
 
 1. vanilla: the instructor read as a plain text encoder (``text_only``), plain flow matching
    (``mask_lambda: 0``), no image pairs;
-2. + VLM instructor: the instructor sees the first frame (and reference);
+2. + VLM instructor: the instructor (``instructor_model``'s) sees the first frame (and
+   reference);
 3. + mask-weighted loss: ``mask_lambda`` from conf;
 4. + image pairs: the full SFT recipe (conf as is);
 5. + Edit-GRPO: configuration 4 with its Edit-GRPO LoRA.
@@ -11,9 +12,12 @@ Every SFT run gets the same steps and seed per seed row; each is trained through
 point the ``sft_checkpoint`` asset launches (under ``sft_checkpoint/<fingerprint>``, so a
 re-run finds finished runs) and evaluated on the demo benchmark suite. Prints one table per
 criterion: rows are the categories (and their average), columns the configurations, each cell
-the mean over seeds and, after the ``±``, half the range between the seeds.
+the mean over seeds and, after the ``±``, half the range between the seeds. The primary
+criterion is the edit-region PSNR against the ground truth (``Edit PSNR``): inside the region
+the instruction is about, where returning the source is wrong by construction.
 
-Needs what ``make demo`` leaves: ``qc_dataset``, ``reward_models`` and the rendered suite.
+Needs what ``make demo`` leaves: ``qc_dataset``, ``instructor_model``, ``reward_models`` and
+the rendered suite.
 
     DAGSTER_HOME=.dagster .venv/bin/python bench/ablation.py --steps 400 --seeds 0 1
 """
@@ -35,7 +39,7 @@ from bench_common import note
 from viva_pipelines.config.loader import load_settings
 from viva_pipelines.defs.benchmark import load_configured_suite
 from viva_pipelines.defs.ingest import ingest_options
-from viva_pipelines.defs.training import grpo_config, run_key, sft_config
+from viva_pipelines.defs.training import grpo_config, instructor_location, run_key, sft_config
 from viva_pipelines.evaluation.benchmark import (
     CRITERIA,
     IdentityEditor,
@@ -59,7 +63,7 @@ CONFIGS: list[tuple[str, dict[str, object], bool]] = [
     ("+images", {}, False),
     ("+Edit-GRPO", {}, True),
 ]  # fmt: skip
-REPORTED = ("clip_if", "clip_t", "target_psnr", "bg_psnr")
+REPORTED = ("region_psnr", "target_psnr", "bg_psnr", "clip_if", "clip_t")
 
 
 def dataset_version() -> str:
@@ -110,7 +114,7 @@ def main() -> None:
         for label, overrides, with_grpo in CONFIGS:
             settings = load_settings(default_conf_dir(), overrides={**budget, **overrides})
             store = Storage(settings.storage.root)
-            config = sft_config(settings, version)
+            config = sft_config(settings, version, instructor_location(store))
             started = time.perf_counter()
             note(f"seed {seed} {label}: SFT {config.output_prefix}")
             train("viva_pipelines.train.sft", config, log)

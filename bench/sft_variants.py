@@ -7,7 +7,8 @@ scored on every val video clip of the dataset: PSNR against the ground truth ove
 frame, inside the edit region and outside it, per edit type, beside the identity baseline.
 The benchmark suite is not touched: this is where the recipe is tuned.
 
-``oracle`` in a variant's overrides (``oracle=true``) replaces the instructor's tokens by a
+``instructor=pretrained`` trains with ``instructor_model``'s instructor instead of the
+untrained tiny one. ``oracle`` in a variant's overrides (``oracle=true``) replaces the instructor's tokens by a
 fixed random vector per instruction word (a perfect bag-of-words text encoder, blind to the
 frame): the bound on what a better text reading could give.
 
@@ -35,7 +36,7 @@ from safetensors.torch import save as save_safetensors
 from sft_eval import edit_psnr
 
 from viva_pipelines.config.loader import load_settings
-from viva_pipelines.defs.training import sft_config
+from viva_pipelines.defs.training import instructor_location, sft_config
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline
 from viva_pipelines.settings import default_conf_dir
 from viva_pipelines.storage import Storage
@@ -152,11 +153,15 @@ def main() -> None:
     for label, *pairs in args.variant:
         overrides = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs)}
         oracle = overrides.pop("oracle", False)
+        pretrained = overrides.pop("instructor", None) == "pretrained"
         if args.steps:
             overrides.setdefault("sft.optim.max_steps", args.steps)
         settings = load_settings(default_conf_dir(), overrides=overrides)
         store = Storage(settings.storage.root)
-        config = sft_config(settings, version)
+        instructor = instructor_location(store) if pretrained else None
+        if pretrained and instructor is None:
+            sys.exit("instructor=pretrained: materialize instructor_model first")
+        config = sft_config(settings, version, instructor)
         if oracle:  # the run's own cache, filled from the plain one with oracle tokens
             plain = run_cache_prefix(store, config)
             if not store.exists(f"{plain}/index.parquet"):

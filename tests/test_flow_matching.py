@@ -247,3 +247,27 @@ def test_clean_weighting_is_the_implied_clean_error_at_every_noise_level() -> No
     assert sigma_loss_weights(sigmas, "velocity") is None
     with pytest.raises(ValueError, match="weighting"):
         sigma_loss_weights(sigmas, "snr")
+
+
+def test_gated_output_applies_its_residual_only_where_the_gate_opens() -> None:
+    from viva_pipelines.model.flow_matching import (
+        edit_gate_logits,
+        gate_loss,
+        output_channels,
+        velocity_from_prediction,
+    )
+
+    noisy, source = torch.zeros(2, 3, 1, 1, 2), torch.ones(2, 3, 1, 1, 2)
+    residual = torch.full((2, 3, 1, 1, 2), 4.0)
+    logits = torch.tensor([-50.0, 50.0]).reshape(1, 1, 1, 1, 2).expand(2, 1, 1, 1, 2)
+    output = torch.cat([residual, logits], dim=1)
+    assert output_channels(3, "source_gated") == 4 and output_channels(3, "velocity") == 3
+    assert torch.equal(edit_gate_logits(output, "source_gated"), output[:, 3:])
+    assert edit_gate_logits(output, "source_residual") is None
+    v = velocity_from_prediction(output, noisy, source, torch.tensor(0.5), "source_gated")
+    assert v.shape == source.shape
+    # Shut gate: x̂0 = source, v = (0 - 1) / 0.5; open gate: x̂0 = source + 4, v = -5 / 0.5.
+    torch.testing.assert_close(v[..., 0], torch.full((2, 3, 1, 1), -2.0))
+    torch.testing.assert_close(v[..., 1], torch.full((2, 3, 1, 1), -10.0))
+    mask = torch.tensor([0.0, 1.0]).reshape(1, 1, 1, 1, 2).expand(2, 1, 1, 1, 2)
+    assert gate_loss(logits, mask) < 1e-6 < gate_loss(-logits, mask)

@@ -83,7 +83,15 @@ def test_built_model_checks_its_channels_and_conditions_change_the_output():
     model = build_transformer(tiny_transformer_config(C, D), seed=0)
     with pytest.raises(ValueError, match="widen_patch_embedding"):
         build_transformer({**tiny_transformer_config(C, D), "in_channels": C})
+    with pytest.raises(ValueError, match="widen_patch_embedding"):
+        build_transformer(tiny_transformer_config(C, D, out_channels=C + 2))
+    gated = build_transformer(tiny_transformer_config(C, D, out_channels=C + 1), seed=0)
     noisy, tokens, mask = inputs()
+    gated_v = predict_velocity(
+        gated, noisy, torch.tensor(0.5), noisy, None, tokens, mask, tokens.mean(1),
+        prediction="source_gated",
+    )  # fmt: skip
+    assert gated_v.shape == noisy.shape  # the gate channel is consumed
     sigma = torch.tensor(0.5)
     pooled = pooled_vector(tokens, mask, "instructor_mean")
     out = predict_velocity(model, noisy, sigma, noisy, None, tokens, mask, pooled)

@@ -66,15 +66,49 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> to
     return (1 - s) * x0 + s * noise
 
 
+def perturbed_input(
+    noisy: torch.Tensor, perturbation: torch.Tensor, sigmas: torch.Tensor
+) -> torch.Tensor:
+    """``x_sigma + sigma·d``: the noisy input with its noise perturbed by ``d`` (``[B, ...]``,
+    e.g. ``gamma·N(0, 1)``) while the training target stays the velocity of the unperturbed
+    path.
+
+    At sampling time the model reads states that its own earlier steps got slightly wrong,
+    never the exact noisy training points; trained only on those, it takes such errors for
+    signal and keeps them (exposure bias). Perturbed inputs teach it to pull them back (the
+    input perturbation of DDPM-IP).
+    """
+    s = sigmas.reshape(-1, *([1] * (noisy.ndim - 1))).to(noisy.dtype)
+    return noisy + s * perturbation.to(noisy.dtype)
+
+
 def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """The regression target ``v = ε - x0`` (the path's constant velocity), ``[B, ...]``."""
     return noise - x0
 
 
-#: What the editing DiT's output means. ``velocity``: the velocity itself (diffusers, SD3 and
-#: HunyuanVideo checkpoints; the paper's setting). ``source_residual``: the clean target minus
-#: the source latents, turned into a velocity by :func:`velocity_from_prediction`.
-PREDICTIONS = ("velocity", "source_residual")
+#: What the editing DiT's output means (:func:`velocity_from_prediction`). ``velocity``: the
+#: velocity itself (diffusers, SD3 and HunyuanVideo checkpoints; the paper's setting).
+#: ``source_residual``: the clean target minus the source latents. ``source_gated``: that
+#: residual and, in one more channel, where to apply it (an edit gate).
+PREDICTIONS = ("velocity", "source_residual", "source_gated")
+
+
+def output_channels(latent_channels: int, prediction: str) -> int:
+    """Channels the DiT outputs for ``latent_channels`` latents: one more for the edit gate."""
+    return latent_channels + (prediction == "source_gated")
+
+
+def edit_gate_logits(output: torch.Tensor, prediction: str) -> torch.Tensor | None:
+    """The edit gate's logits ``[B, 1, ...]`` of a ``source_gated`` output, else None."""
+    return output[:, -1:] if prediction == "source_gated" else None
+
+
+def gate_loss(logits: torch.Tensor, mask_latent: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the edit gate against the (area-resized, fractional) edit mask
+    ``[B, 1, t, h, w]``: the gate learns where edits happen from the pairs' masks, and the
+    model alone decides where they happen at inference."""
+    return F.binary_cross_entropy_with_logits(logits.float(), mask_latent.float())
 
 
 def velocity_from_prediction(
@@ -92,16 +126,22 @@ def velocity_from_prediction(
     objective as with ``velocity`` (it equals ``(x̂0 - x0)² / sigma²``), but what the network has
     to produce where nothing changes is zero, instead of a copy of its noisy input through a
     narrow patch embedding: the unchanged background comes back exactly, and a zero-initialised
-    output layer starts as the identity edit. ``sigmas``: ``[B]`` or 0-dim, all > 0 (the
-    sampler never evaluates the model at sigma = 0). Computed in float32, returned in
-    ``output``'s dtype.
+    output layer starts as the identity edit. ``source_gated``: the output's last channel is a
+    gate ``g = sigmoid(logit)`` and ``x̂0 = source + g·residual``: where the gate is shut the
+    source comes back exactly, however imprecise the residual there, and shutting it takes one
+    logit instead of a whole vector held at zero. ``sigmas``: ``[B]`` or 0-dim, all > 0 (the
+    sampler never evaluates the model at sigma = 0). Returns ``[B, C, ...]`` (the gate channel
+    consumed); computed in float32, returned in ``output``'s dtype.
     """
     if prediction == "velocity":
         return output
-    if prediction != "source_residual":
+    if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction {prediction!r}; known: {', '.join(PREDICTIONS)}")
     s = sigmas.float().expand(output.shape[0]).reshape(-1, *([1] * (output.ndim - 1)))
-    clean = source.float() + output.float()
+    residual = output.float()
+    if prediction == "source_gated":
+        residual = torch.sigmoid(residual[:, -1:]) * residual[:, :-1]
+    clean = source.float() + residual
     return ((noisy.float() - clean) / s).to(output.dtype)
 
 

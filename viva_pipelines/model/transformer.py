@@ -30,18 +30,32 @@ POOLED_SOURCES = ("instructor_last", "instructor_mean", "none")
 
 
 def tiny_transformer_config(
-    latent_channels: int, text_embed_dim: int, *, pooled_dim: int | None = None
+    latent_channels: int,
+    text_embed_dim: int,
+    *,
+    pooled_dim: int | None = None,
+    heads: int = 4,
+    head_dim: int = 32,
+    dual_layers: int = 2,
+    single_layers: int = 2,
+    out_channels: int | None = None,
 ) -> dict[str, Any]:
-    """A ~2 M-parameter HunyuanVideo config that trains on a CPU in minutes (DESIGN §7):
-    2 dual-stream + 2 single-stream blocks, 4 heads of 32, patch 2, no guidance embedding
-    (VIVA uses real classifier-free guidance, not a distilled guidance input)."""
+    """A small HunyuanVideo config trained from scratch; the defaults (~2 M parameters: 2
+    dual-stream + 2 single-stream blocks, 4 heads of 32) train on a CPU in minutes. Patch 2,
+    no guidance embedding (VIVA uses real classifier-free guidance, not a distilled guidance
+    input). The rotary axes split ``head_dim`` as HunyuanVideo does (time a quarter, then
+    height and width equally). ``out_channels``: default ``latent_channels`` (see
+    :func:`~viva_pipelines.model.flow_matching.output_channels`)."""
+    if head_dim % 8:
+        raise ValueError(f"head_dim must be a multiple of 8 for the rotary axes, got {head_dim}")
+    time_axis = head_dim // 4
     return {
         "in_channels": CONDITION_STREAMS * latent_channels,
-        "out_channels": latent_channels,
-        "num_attention_heads": 4,
-        "attention_head_dim": 32,
-        "num_layers": 2,
-        "num_single_layers": 2,
+        "out_channels": out_channels or latent_channels,
+        "num_attention_heads": heads,
+        "attention_head_dim": head_dim,
+        "num_layers": dual_layers,
+        "num_single_layers": single_layers,
         "num_refiner_layers": 1,
         "mlp_ratio": 4.0,
         "patch_size": 2,
@@ -51,7 +65,7 @@ def tiny_transformer_config(
         "text_embed_dim": text_embed_dim,
         "pooled_projection_dim": pooled_dim or text_embed_dim,
         "rope_theta": 256.0,
-        "rope_axes_dim": (8, 12, 12),
+        "rope_axes_dim": (time_axis, (head_dim - time_axis) // 2, (head_dim - time_axis) // 2),
     }
 
 
@@ -67,9 +81,11 @@ def build_transformer(
 
 
 def check_editing_channels(model: HunyuanVideoTransformer3DModel) -> None:
-    """An editing DiT reads noisy + source + reference latents and predicts the noisy ones."""
-    expected = CONDITION_STREAMS * model.config.out_channels
-    if model.config.in_channels != expected:
+    """An editing DiT reads noisy + source + reference latents and predicts the noisy ones
+    (plus, for a gated output, one edit-gate channel)."""
+    latent, extra = divmod(model.config.in_channels, CONDITION_STREAMS)
+    if extra or model.config.out_channels not in (latent, latent + 1):
+        expected = CONDITION_STREAMS * model.config.out_channels
         raise ValueError(
             f"the editing transformer needs in_channels = {CONDITION_STREAMS} x out_channels "
             f"= {expected} (noisy, source, reference latents), got {model.config.in_channels}; "
@@ -147,6 +163,36 @@ def pooled_vector(tokens: torch.Tensor, attention_mask: torch.Tensor, source: st
     return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
+def predict_output(
+    transformer: torch.nn.Module,
+    noisy: torch.Tensor,
+    sigma: torch.Tensor,
+    source: torch.Tensor,
+    reference: torch.Tensor | None,
+    tokens: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pooled: torch.Tensor,
+    *,
+    embedded_guidance: float | None = None,
+) -> torch.Tensor:
+    """The DiT's raw output ``[B, C', t, h, w]`` (what it means: ``prediction``, see
+    :func:`predict_velocity`, which takes the same arguments)."""
+    batch = noisy.shape[0]
+    timestep = (sigma.to(noisy.device, torch.float32) * 1000).expand(batch)
+    guidance = None
+    if embedded_guidance is not None:
+        guidance = torch.full((batch,), embedded_guidance * 1000, device=noisy.device)
+    return transformer(
+        hidden_states=editing_input(noisy, source, reference),
+        timestep=timestep,
+        encoder_hidden_states=tokens.to(noisy.dtype),
+        encoder_attention_mask=attention_mask,
+        pooled_projections=pooled.to(noisy.dtype),
+        guidance=guidance,
+        return_dict=False,
+    )[0]
+
+
 def predict_velocity(
     transformer: torch.nn.Module,
     noisy: torch.Tensor,
@@ -169,18 +215,8 @@ def predict_velocity(
     ``prediction``: what the network's output means (see
     :func:`~viva_pipelines.model.flow_matching.velocity_from_prediction`).
     """
-    batch = noisy.shape[0]
-    timestep = (sigma.to(noisy.device, torch.float32) * 1000).expand(batch)
-    guidance = None
-    if embedded_guidance is not None:
-        guidance = torch.full((batch,), embedded_guidance * 1000, device=noisy.device)
-    output = transformer(
-        hidden_states=editing_input(noisy, source, reference),
-        timestep=timestep,
-        encoder_hidden_states=tokens.to(noisy.dtype),
-        encoder_attention_mask=attention_mask,
-        pooled_projections=pooled.to(noisy.dtype),
-        guidance=guidance,
-        return_dict=False,
-    )[0]
+    output = predict_output(
+        transformer, noisy, sigma, source, reference, tokens, attention_mask, pooled,
+        embedded_guidance=embedded_guidance,
+    )  # fmt: skip
     return velocity_from_prediction(output, noisy, source, sigma.to(noisy.device), prediction)

@@ -45,6 +45,15 @@ class DataConfig(SampleOptions):
     region_name: str | None = None
 
 
+class ScratchSize(_Section):
+    """The DiT trained from scratch when ``models.transformer`` is null (the demo)."""
+
+    heads: int = Field(4, ge=1)
+    head_dim: int = Field(32, ge=8, multiple_of=8)
+    dual_layers: int = Field(2, ge=0)
+    single_layers: int = Field(2, ge=0)
+
+
 class ModelOptions(_Section):
     """How the editing model is put together (the ``sft.model`` section of ``conf/``)."""
 
@@ -58,7 +67,8 @@ class ModelOptions(_Section):
     embedded_guidance: float = 1.0  # only for guidance-distilled checkpoints
     # What the DiT outputs: the velocity (pretrained checkpoints, the paper) or the clean
     # target minus the source (model.flow_matching.velocity_from_prediction).
-    prediction: Literal["velocity", "source_residual"] = "velocity"
+    prediction: Literal["velocity", "source_residual", "source_gated"] = "velocity"
+    scratch: ScratchSize = ScratchSize()
 
 
 class ModelConfig(ModelOptions):
@@ -88,6 +98,9 @@ class LossConfig(_Section):
     # Per-sample weight of the velocity error: none (velocity, the paper) or sigma^2 (clean:
     # the implied clean video's error, equal at every noise level; model.flow_matching).
     weighting: Literal["velocity", "clean"] = "velocity"
+    # Extra noise gamma on the model's input only (exposure bias; model.flow_matching); 0 = off.
+    input_perturbation: float = Field(0.0, ge=0)
+    gate_weight: float = Field(0.2, ge=0)  # edit-gate BCE (prediction: source_gated only)
     instruction_dropout: float = Field(0.1, ge=0, le=1)  # empty instruction + black image
     source_dropout: float = Field(0.05, ge=0, le=1)  # zero source latents (source guidance)
 

@@ -33,8 +33,13 @@ from viva_pipelines.model.clips import ClipGeometry, to_uint8_frames
 from viva_pipelines.model.codecs import VideoCodec, load_codec
 from viva_pipelines.model.flow_matching import (
     add_noise,
+    edit_gate_logits,
+    gate_loss,
     masked_flow_matching_loss,
+    output_channels,
+    perturbed_input,
     sigma_loss_weights,
+    velocity_from_prediction,
     velocity_target,
 )
 from viva_pipelines.model.instructor import Instructor, InstructorConfig, load_prompt_template
@@ -50,7 +55,7 @@ from viva_pipelines.model.transformer import (
     CONDITION_STREAMS,
     build_transformer,
     pooled_vector,
-    predict_velocity,
+    predict_output,
     tiny_transformer_config,
     widen_patch_embedding,
 )
@@ -238,9 +243,13 @@ def build_model(
     untrained model returns the source unchanged and training learns only what to change."""
     if config.model.transformer is None:
         model = build_transformer(
-            tiny_transformer_config(latent_channels, token_dim), seed=config.runtime.seed
-        )
-        if config.model.prediction == "source_residual":
+            tiny_transformer_config(
+                latent_channels, token_dim, **config.model.scratch.model_dump(),
+                out_channels=output_channels(latent_channels, config.model.prediction),
+            ),
+            seed=config.runtime.seed,
+        )  # fmt: skip
+        if config.model.prediction != "velocity":
             torch.nn.init.zeros_(model.proj_out.weight)
             torch.nn.init.zeros_(model.proj_out.bias)
         return model
@@ -294,11 +303,17 @@ def forward_loss(
     sigmas: torch.Tensor,
     config: SftConfig,
     autocast: contextlib.AbstractContextManager,
+    perturbation: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The mask-weighted flow-matching loss of one batch (DESIGN §2)."""
+    """The mask-weighted flow-matching loss of one batch (DESIGN §2). ``perturbation``: extra
+    noise added to the model's input only (see :func:`~viva_pipelines.model.flow_matching.
+    perturbed_input`); the target stays the velocity of the unperturbed path."""
     noisy = add_noise(batch.target, noise, sigmas)
+    if perturbation is not None:
+        noisy = perturbed_input(noisy, perturbation, sigmas)
+    prediction = config.model.prediction
     with autocast:
-        velocity = predict_velocity(
+        output = predict_output(
             model,
             noisy,
             sigmas,
@@ -308,13 +323,20 @@ def forward_loss(
             batch.token_mask,
             pooled_vector(batch.tokens, batch.token_mask, config.model.pooled),
             embedded_guidance=_embedded_guidance(model, config),
-            prediction=config.model.prediction,
         )
+    velocity = velocity_from_prediction(output, noisy, batch.source, sigmas, prediction)
     target = velocity_target(batch.target, noise)
-    return masked_flow_matching_loss(
+    loss = masked_flow_matching_loss(
         velocity, target, batch.mask, config.loss.mask_lambda,
         sigma_loss_weights(sigmas, config.loss.weighting),
     )  # fmt: skip
+    gate = edit_gate_logits(output, prediction)
+    if gate is not None:
+        # Without its source (condition dropout) the model makes the whole frame: gate open.
+        dropped = (batch.source == 0).flatten(1).all(1).reshape(-1, 1, 1, 1, 1)
+        wanted = torch.where(dropped, torch.ones_like(batch.mask), batch.mask)
+        loss = loss + config.loss.gate_weight * gate_loss(gate, wanted)
+    return loss
 
 
 def _embedded_guidance(model: torch.nn.Module, config: SftConfig) -> float | None:
@@ -566,6 +588,11 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
         noise = torch.randn(
             (len(plan.positions), *batch.target.shape[1:]), generator=plan.generator
         )
+        perturbation = None
+        if config.loss.input_perturbation:
+            perturbation = config.loss.input_perturbation * torch.randn(
+                noise.shape, generator=plan.generator
+            )
         loss = forward_loss(
             model,
             batch.to(ctx.device),
@@ -573,6 +600,7 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
             plan.sigmas[share].to(ctx.device),
             config,
             autocast(),
+            None if perturbation is None else perturbation[share].to(ctx.device),
         )
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
