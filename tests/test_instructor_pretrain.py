@@ -16,6 +16,7 @@ from viva_pipelines.train.config import PretrainOptions
 from viva_pipelines.train.instructor import (
     DESCRIBE,
     RECORD_KEY,
+    GroundingExample,
     encode_examples,
     grounding_examples,
     prepare_instructor,
@@ -25,8 +26,17 @@ from viva_pipelines.train.instructor import (
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[Storage, pd.DataFrame]:
+    """The tiny dataset, with the square of every video tracked (as ``tracked_masks`` does)."""
     storage = Storage(str(tmp_path_factory.mktemp("root")))
-    return storage, write_tiny_dataset(storage)
+    manifest = write_tiny_dataset(storage).assign(shard="shard-000000")
+    storage.write_parquet("qc_dataset/manifest.parquet", manifest)
+    videos = manifest[manifest["modality"] == "video"].drop_duplicates("video_id")
+    tracks = pd.DataFrame({
+        "video_id": videos["video_id"], "object_id": 1, "label": "red square",
+        "status": "kept", "mask_key": videos["mask_key"],
+    })  # fmt: skip
+    storage.write_parquet("tracked_masks/shard-000000/manifest.parquet", tracks)
+    return storage, manifest
 
 
 def test_examples_ground_each_edit_where_its_mask_is(dataset):
@@ -34,9 +44,12 @@ def test_examples_ground_each_edit_where_its_mask_is(dataset):
     train = grounding_examples(storage, manifest, split="train")
     val = grounding_examples(storage, manifest, split="val", first_frame_only=True)
     edits = [e for e in val if e.task == "edit"]
-    # Val: 2 videos x (remove, color), first frame only, and one caption per video.
+    # Val: 2 videos x (remove, color), first frame only, one caption and one locate per video.
     assert len(edits) == 4 and sum(e.task == "caption" for e in val) == 2
-    assert len(train) > len(val)  # several frames per training video
+    locate = [e for e in val if e.task == "locate"]
+    assert [e.instruction for e in locate] == ["Where is the red square?"] * 2
+    assert all(e.answer == f"{e.position}." for e in locate)
+    assert len(train) > 2 * len(val)  # several frames per training video, and mirrored
     for example in edits:
         assert example.answer.startswith(f"{example.position}: ")
         assert example.frame.shape == (32, 32, 3) and example.frame.dtype == np.uint8
@@ -47,6 +60,18 @@ def test_examples_ground_each_edit_where_its_mask_is(dataset):
     assert caption.instruction == DESCRIBE and caption.answer == row.source_caption
     # The colour edit of video 1 has a reference image; examples carry it to the prompt.
     assert any(e.reference is not None for e in train if e.task == "edit")
+
+
+def test_a_mirrored_example_swaps_left_and_right_everywhere():
+    frame = np.zeros((4, 6, 3), np.uint8)
+    frame[:, 0] = 255
+    example = GroundingExample(
+        "edit", "Add a cat on the left.", frame, None, "on the left: a cat.", "on the left"
+    )
+    mirror = example.mirrored()
+    assert mirror.instruction == "Add a cat on the right." and mirror.position == "on the right"
+    assert mirror.answer == "on the right: a cat." and (mirror.frame[:, -1] == 255).all()
+    assert mirror.mirrored().instruction == example.instruction
 
 
 def test_answers_follow_the_exact_sft_prompt_and_only_they_are_learned(dataset):

@@ -10,18 +10,22 @@ the language-modelling loss of a VLM's instruction tuning, on answers that need 
   editor will show it, answered by where the edit goes (:func:`~viva_pipelines.pairs.captions.
   position_phrase` of the edit mask at that frame: which object the instruction means, and
   where it is) and what the frame shows afterwards (the target caption);
-- ``caption``: "Describe the video." answered by the source caption (what is in the frame).
+- ``caption``: "Describe the video." answered by the source caption (what is in the frame);
+- ``locate``: "Where is the <label>?" for every object ``tracked_masks`` kept, answered by
+  where it is in that frame (naming an object is not enough: it has to be found).
 
 The answer follows the user turn directly, so its first tokens are predicted from the last
 prompt token, whose hidden state is among the condition tokens the editor reads: grounding has
 to be there, not only in a later answer position. Frames other than the first are used too
-(with the mask of that frame), as augmentation. Held-out accuracy is measured on the val split.
+(with the mask of that frame), and every training example also comes mirrored (left and right
+swapped in the frame and in the texts). Held-out accuracy is measured on the val split.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -43,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: The question of the captioning task.
 DESCRIBE = "Describe the video."
+#: The question of the locating task.
+LOCATE = "Where is the {label}?"
 #: Frames per video the grounding examples are cut from (the first one always).
 FRAMES_PER_VIDEO = 5
 
@@ -51,12 +57,31 @@ FRAMES_PER_VIDEO = 5
 class GroundingExample:
     """One (prompt, answer) pair: ``frame`` (and ``reference``) ``uint8 [H, W, 3]``."""
 
-    task: str  # "edit" | "caption"
+    task: str  # "edit" | "caption" | "locate"
     instruction: str
     frame: np.ndarray
     reference: np.ndarray | None
     answer: str
-    position: str | None = None  # the answer's position phrase (edit examples)
+    position: str | None = None  # the answer's position phrase (edit, locate)
+
+    def mirrored(self) -> GroundingExample:
+        """The example seen in a mirror: frame and reference flipped left to right, and
+        "left" and "right" swapped in the instruction, the answer and the position."""
+        return GroundingExample(
+            self.task,
+            _swap_sides(self.instruction),
+            self.frame[:, ::-1].copy(),
+            None if self.reference is None else self.reference[:, ::-1].copy(),
+            _swap_sides(self.answer),
+            None if self.position is None else _swap_sides(self.position),
+        )
+
+
+def _swap_sides(text: str) -> str:
+    return re.sub(r"\b(left|right)\b", lambda m: SIDES[m.group(1)], text)
+
+
+SIDES = {"left": "right", "right": "left"}
 
 
 def edit_answer(position: str, target_caption: str) -> str:
@@ -110,6 +135,37 @@ def grounding_examples(
                     GroundingExample("caption", DESCRIBE, frames[t], None, row.source_caption)
                 )
         captioned.add(row.source_key)
+    examples += _locate_examples(storage, rows, frames_of, first_frame_only)
+    if split == "train":
+        examples += [example.mirrored() for example in examples]
+    return examples
+
+
+def _locate_examples(
+    storage: Storage, rows: pd.DataFrame, frames_of: dict[str, np.ndarray], first_only: bool
+) -> list[GroundingExample]:
+    """ "Where is the <label>?" for each object ``tracked_masks`` kept in the rows' videos."""
+    examples: list[GroundingExample] = []
+    if "shard" not in rows.columns:  # a dataset not built from shards: no tracks to read
+        return examples
+    videos = rows.drop_duplicates("video_id")
+    for shard, group in videos.groupby("shard"):
+        key = f"tracked_masks/{shard}/manifest.parquet"
+        if not storage.exists(key):
+            continue
+        tracks = storage.read_parquet(key)
+        tracks = tracks[(tracks["status"] == "kept") & tracks["video_id"].isin(group["video_id"])]
+        sources = dict(zip(group["video_id"], group["source_key"], strict=True))
+        for track in tracks.itertuples(index=False):
+            frames = frames_of[sources[track.video_id]]
+            masks = load_mask(storage, track.mask_key)
+            question = LOCATE.format(label=track.label)
+            for t in _frame_picks(min(len(frames), len(masks)), first_only):
+                if masks[t].any():
+                    where = position_phrase(masks[t])
+                    examples.append(
+                        GroundingExample("locate", question, frames[t], None, f"{where}.", where)
+                    )
     return examples
 
 
@@ -181,8 +237,9 @@ def grounding_accuracy(
 ) -> dict[str, float]:
     """Teacher-forced accuracy on held-out examples: ``token_accuracy`` over all answer
     tokens, ``answer_accuracy`` (every token of the answer right), ``position_accuracy`` (the
-    position phrase of edit examples right, i.e. which object and where, decoded greedily
-    from the prompt), and ``position_chance`` (always answering the most common position)."""
+    position phrase of edit and locate examples right, i.e. which object and where, decoded
+    greedily from the prompt), and ``position_chance`` (always answering the most common
+    position)."""
     model = instructor.model
     model.eval()
     encoded = encode_examples(instructor, examples)
@@ -201,9 +258,7 @@ def grounding_accuracy(
             answers, answers_right = answers + 1, answers_right + int(ok == count)
             if example.position is not None:
                 span = len(
-                    instructor.tokenizer(f"{example.position}:", add_special_tokens=False)[
-                        "input_ids"
-                    ]
+                    instructor.tokenizer(example.position, add_special_tokens=False)["input_ids"]
                 )
                 first = int(where.nonzero()[0])
                 positions += 1
