@@ -486,9 +486,10 @@ def test_mlflow_down_fails_sft_checkpoint_fast_naming_the_uri_before_training(
     launched = []
     monkeypatch.setattr(training, "launch_training", lambda *a, **k: launched.append(a))
     with dg.instance_for_test() as instance:
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization("qc_dataset", tags={"dagster/data_version": "v1"})
-        )
+        for upstream in ("qc_dataset", "instructor_model"):
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(upstream, tags={"dagster/data_version": "v1"})
+            )
         started = time.monotonic()
         result = defs.resolve_job_def(TRAINING_JOB).execute_in_process(
             instance=instance, asset_selection=[dg.AssetKey("sft_checkpoint")],

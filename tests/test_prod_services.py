@@ -286,14 +286,18 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
         for r in client.search_runs([experiment.experiment_id])
         if "dagster.asset_key" in r.data.tags
     }
-    assert {"sft_checkpoint", "grpo_lora", "benchmark_scores"} <= set(runs)
+    assert {"instructor_model", "sft_checkpoint", "grpo_lora", "benchmark_scores"} <= set(runs)
     for run in runs.values():
         assert run.info.status == "FINISHED" and run.data.tags["dagster.run_id"]
     assert "viva.upstream.qc_dataset.data_version" in runs["sft_checkpoint"].data.tags
     assert "viva.upstream.sft_checkpoint.data_version" in runs["grpo_lora"].data.tags
     assert "grpo/average/clip_if" in runs["benchmark_scores"].data.metrics
     artifacts = _keys(s3, s3_bucket, "mlflow/viva-services/")
-    for name, asset in (("viva-sft", "sft_checkpoint"), ("viva-grpo-lora", "grpo_lora")):
+    registered = {
+        "viva-instructor": "instructor_model", "viva-sft": "sft_checkpoint",
+        "viva-grpo-lora": "grpo_lora",
+    }  # fmt: skip
+    for name, asset in registered.items():
         version = client.get_model_version(name, "1")
         assert version.run_id == runs[asset].info.run_id
         assert version.source.startswith(f"s3://{s3_bucket}/mlflow/viva-services/")
@@ -309,4 +313,8 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
         cur.execute("SELECT count(*) FROM runs")
         assert cur.fetchone()[0] >= 3
         cur.execute("SELECT name FROM registered_models ORDER BY name")
-        assert [row[0] for row in cur.fetchall()] == ["viva-grpo-lora", "viva-sft"]
+        assert [row[0] for row in cur.fetchall()] == [
+            "viva-grpo-lora",
+            "viva-instructor",
+            "viva-sft",
+        ]
