@@ -28,6 +28,7 @@ from PIL import Image
 
 from viva_pipelines.rewards.clip_rewards import ClipScorer, as_frames, pooled_embeddings
 from viva_pipelines.storage import Storage
+from viva_pipelines.train.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -197,15 +198,6 @@ def retrieval_accuracy(scorer: ClipScorer, images: np.ndarray, captions: list[st
     }
 
 
-def _lr_factor(step: int, steps: int) -> float:
-    """Linear warm-up over the first 10% of steps (at most 20), then cosine decay to 10%."""
-    warmup = max(1, min(20, steps // 10))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def train_tiny_clip(
     model_dir: str | Path,
     images: np.ndarray,
@@ -260,7 +252,9 @@ def train_tiny_clip(
 
     model.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, max(1, min(20, steps // 10)), steps, 0.1)
+    )
     generator = torch.Generator().manual_seed(seed)
     batch = min(batch_size, len(images))
     order = torch.empty(0, dtype=torch.long)

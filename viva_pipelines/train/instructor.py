@@ -42,6 +42,7 @@ from viva_pipelines.model.instructor import Instructor, InstructorConfig
 from viva_pipelines.pairs.captions import position_phrase
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.config import PretrainOptions
+from viva_pipelines.train.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -273,14 +274,6 @@ def grounding_accuracy(
     }
 
 
-def _lr_factor(step: int, steps: int) -> float:
-    warmup = max(1, min(50, steps // 10))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def pretrain_instructor(
     model_dir: str | Path,
     train: Sequence[GroundingExample],
@@ -306,7 +299,9 @@ def pretrain_instructor(
     encoded = encode_examples(instructor, train)
     model.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, max(1, min(50, steps // 10)), steps, 0.1)
+    )
     generator = torch.Generator().manual_seed(seed)
     order = torch.empty(0, dtype=torch.long)
     losses: list[float] = []

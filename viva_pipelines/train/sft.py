@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -70,6 +69,7 @@ from viva_pipelines.train.config import TINY, SftConfig
 from viva_pipelines.train.distributed import DistContext, unwrap, wrap_model
 from viva_pipelines.train.ema import WeightEma
 from viva_pipelines.train.reporting import Reporter, run_entry_point
+from viva_pipelines.train.schedule import warmup_cosine
 from viva_pipelines.train.sft_data import (
     IMAGE,
     VIDEO,
@@ -457,19 +457,9 @@ def write_previews(
 
 
 def lr_lambda(config: SftConfig):
-    warmup, total, floor = (
-        config.optim.warmup_steps,
-        config.optim.max_steps,
-        config.optim.min_lr_ratio,
-    )
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+    """The SFT's LR multiplier per optimizer step (``sft.optim`` warm-up, steps, floor)."""
+    optim = config.optim
+    return lambda step: warmup_cosine(step, optim.warmup_steps, optim.max_steps, optim.min_lr_ratio)
 
 
 def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, Any]:
