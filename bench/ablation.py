@@ -26,15 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import dagster as dg
 import pandas as pd
-from bench_common import note
+from bench_common import dataset_version, note, run_trainer
 
 from viva_pipelines.config.loader import load_settings
 from viva_pipelines.defs.benchmark import load_configured_suite
@@ -64,27 +61,6 @@ CONFIGS: list[tuple[str, dict[str, object], bool]] = [
     ("+Edit-GRPO", {}, True),
 ]  # fmt: skip
 REPORTED = ("region_psnr", "target_psnr", "bg_psnr", "clip_if", "clip_t")
-
-
-def dataset_version() -> str:
-    """``qc_dataset``'s data version from the Dagster instance ``make demo`` used."""
-    instance = dg.DagsterInstance.get()
-    event = instance.get_latest_materialization_event(dg.AssetKey("qc_dataset"))
-    if event is None or event.asset_materialization is None:
-        sys.exit("qc_dataset is not materialized: run `make demo` first")
-    return event.asset_materialization.tags["dagster/data_version"]
-
-
-def train(module: str, config, log: Path) -> None:
-    """Run a training entry point as the assets do (one process, no torchrun needed)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "run.yaml")
-        config.to_yaml(path)
-        with open(log, "a") as out:
-            subprocess.run(
-                [sys.executable, "-m", module, "--config", str(path)],
-                check=True, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
 
 
 def main() -> None:
@@ -117,13 +93,13 @@ def main() -> None:
             config = sft_config(settings, version, instructor_location(store))
             started = time.perf_counter()
             note(f"seed {seed} {label}: SFT {config.output_prefix}")
-            train("viva_pipelines.train.sft", config, log)
+            run_trainer("viva_pipelines.train.sft", config, log)
             model_dir = store.uri(f"{config.output_prefix}/model")
             pipeline = VivaEditPipeline.from_pretrained(model_dir)
             if with_grpo:
                 grpo = grpo_config(settings, store, run_key(config), version)
                 note(f"seed {seed} {label}: Edit-GRPO {grpo.output_prefix}")
-                train("viva_pipelines.train.grpo", grpo, log)
+                run_trainer("viva_pipelines.train.grpo", grpo, log)
                 pipeline.load_lora(store.uri(f"{grpo.output_prefix}/lora"))
             trained_s = time.perf_counter() - started
             editors = [PipelineEditor(label, pipeline)]

@@ -1,5 +1,6 @@
 """What every bench here prints the same way: progress on stderr, the machine line, markdown
-tables, millisecond figures, and device synchronisation for honest GPU timings.
+tables, millisecond figures, and device synchronisation for honest GPU timings; and how the
+recipe benches find ``make demo``'s dataset and run a training entry point.
 
 Run the benches as scripts (``.venv/bin/python bench/<name>.py``): their folder is then on the
 import path, so they share this module without being a package."""
@@ -9,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,3 +67,27 @@ def ms(seconds: float) -> str:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def dataset_version() -> str:
+    """``qc_dataset``'s data version from the Dagster instance ``make demo`` used."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    event = instance.get_latest_materialization_event(dg.AssetKey("qc_dataset"))
+    if event is None or event.asset_materialization is None:
+        sys.exit("qc_dataset is not materialized: run `make demo` first")
+    return event.asset_materialization.tags["dagster/data_version"]
+
+
+def run_trainer(module: str, config, log: Path) -> None:
+    """Run a training entry point (``viva_pipelines.train.sft`` / ``.grpo``) on ``config`` as
+    the assets do, in one process (no torchrun needed), its output appended to ``log``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "run.yaml")
+        config.to_yaml(path)
+        with open(log, "a") as out:
+            subprocess.run(
+                [sys.executable, "-m", module, "--config", str(path)],
+                check=True, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip

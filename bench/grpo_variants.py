@@ -16,8 +16,6 @@ benchmark suite is not touched: this is where the GRPO recipe is tuned.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from bench_common import note
-from sft_variants import dataset_version
+from bench_common import dataset_version, note, run_trainer
 
 from viva_pipelines.config.loader import load_settings
 from viva_pipelines.defs.training import grpo_config
@@ -39,17 +36,6 @@ from viva_pipelines.settings import default_conf_dir
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.sft import psnr
 from viva_pipelines.train.sft_data import CachedSamples, collate, load_unconditional, pad_tokens
-
-
-def train(config, log: Path) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "run.yaml")
-        config.to_yaml(path)
-        with open(log, "a") as out:
-            subprocess.run(
-                [sys.executable, "-m", "viva_pipelines.train.grpo", "--config", str(path)],
-                check=True, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
 
 
 class ValSplit:
@@ -127,7 +113,7 @@ def main() -> None:
             note(f"{label}: {config.output_prefix}" + (" (finished before)" if done else ""))
             started = time.perf_counter()
             if not done:
-                train(config, Path(args.log))
+                run_trainer("viva_pipelines.train.grpo", config, Path(args.log))
             timings[label] = None if done else round(time.perf_counter() - started)
             tuned = VivaEditPipeline.from_pretrained(store.uri(f"{args.sft}/model"))
             tuned.load_lora(store.uri(f"{config.output_prefix}/lora"))

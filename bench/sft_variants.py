@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from bench_common import note
+from bench_common import dataset_version, note, run_trainer
 from safetensors.torch import save as save_safetensors
 from sft_eval import edit_psnr
 
@@ -48,16 +46,6 @@ from viva_pipelines.train.sft_data import (
 )
 
 ORACLE_PREFIX = "sft_cache_oracle"
-
-
-def dataset_version() -> str:
-    import dagster as dg
-
-    instance = dg.DagsterInstance.get()
-    event = instance.get_latest_materialization_event(dg.AssetKey("qc_dataset"))
-    if event is None or event.asset_materialization is None:
-        sys.exit("qc_dataset is not materialized: run `make demo` first")
-    return event.asset_materialization.tags["dagster/data_version"]
 
 
 def word_vector(word: str, dim: int) -> torch.Tensor:
@@ -96,17 +84,6 @@ def run_cache_prefix(store: Storage, config) -> str:
 
     instructor = sft.instructor_config(config, torch.device("cpu"), store)
     return sft.cache_prefix_of(store, config, load_codec(config.model.codec), instructor)
-
-
-def train(config, log: Path) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "run.yaml")
-        config.to_yaml(path)
-        with open(log, "a") as out:
-            subprocess.run(
-                [sys.executable, "-m", "viva_pipelines.train.sft", "--config", str(path)],
-                check=True, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
 
 
 def evaluate(
@@ -178,7 +155,7 @@ def main() -> None:
         done = store.exists(f"{config.output_prefix}/summary.json")
         note(f"{label}: {config.output_prefix}" + (" (finished before)" if done else ""))
         if not done:
-            train(config, Path(args.log))
+            run_trainer("viva_pipelines.train.sft", config, Path(args.log))
         took = time.perf_counter() - started
         table = evaluate(store, config.output_prefix, args.sample_steps, args.guidance, args.shift)
         summary = store.read_json(f"{config.output_prefix}/summary.json")
