@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from viva_pipelines.masks.shard import load_frames, load_mask
+from viva_pipelines.masks.shard import load_frames, load_mask, manifest_key
 from viva_pipelines.model.instructor import Instructor, InstructorConfig
 from viva_pipelines.pairs.captions import position_phrase
 from viva_pipelines.storage import Storage
@@ -151,7 +151,7 @@ def _locate_examples(
         return examples
     videos = rows.drop_duplicates("video_id")
     for shard, group in videos.groupby("shard"):
-        key = f"tracked_masks/{shard}/manifest.parquet"
+        key = manifest_key(shard)
         if not storage.exists(key):
             continue
         tracks = storage.read_parquet(key)
