@@ -36,6 +36,8 @@ EXPECTED = {
     "annotated.mp4": None,
     "vfr.mp4": None,
     "rotated.mp4": None,
+    "pts_from_dts.mp4": None,
+    "blink.mp4": "too short once normalised",
     "empty.mp4": "empty",
     "truncated.mp4": "truncated",
     "corrupt.mp4": "corrupt",
@@ -78,6 +80,8 @@ def source_dir(tmp_path: Path) -> Path:
     _annotated_video(src / "annotated.mp4")
     _move(vf.variable_frame_rate(scratch, [0, 100, 150, 400, 500, 900, 1000]), src / "vfr.mp4")
     _move(vf.rotated(scratch, 90, frames=6), src / "rotated.mp4")
+    _move(vf.pts_copied_from_dts(scratch), src / "pts_from_dts.mp4")
+    vf.good_video(src / "blink.mp4", frames=3, size=(64, 48), fps=100)  # one tick at 5 fps
     _move(vf.zero_byte(scratch), src / "empty.mp4")
     _move(vf.truncated(scratch), src / "truncated.mp4")
     _move(vf.corrupt_middle(scratch), src / "corrupt.mp4")
@@ -126,6 +130,14 @@ def test_every_file_gets_one_row_ok_or_rejected_with_its_reason(settings):
     stored = storage.read_parquet(manifest_key("shard-000000"))
     pd.testing.assert_frame_equal(stored, manifest)
     assert manifest_data_version(stored) == manifest_data_version(manifest)
+
+
+def test_timestamp_repairs_are_recorded_in_the_manifest(settings):
+    _, manifest = _ingest(settings)
+    rows = manifest.set_index("source_key")
+    assert "re-timed" in rows.loc["pts_from_dts.mp4", "source_timestamp_repair"]
+    assert pd.isna(rows.loc["good.mp4", "source_timestamp_repair"])
+    assert rows.loc["pts_from_dts.mp4", "frames"] >= 2
 
 
 def test_ok_videos_are_normalised_and_checksummed(settings, source_dir: Path):
@@ -206,8 +218,9 @@ def test_materialize_through_dagster_reports_counts_and_data_version(settings):
         assert result.success
         event = result.asset_materializations_for_node("raw_videos")[0]
         metadata = {k: v.value for k, v in event.metadata.items()}
-        assert metadata["videos_ok"] == 4
-        assert metadata["videos_rejected"] == len(EXPECTED) - 4
+        ok = sum(words is None for words in EXPECTED.values())
+        assert metadata["videos_ok"] == ok
+        assert metadata["videos_rejected"] == len(EXPECTED) - ok
         assert "empty.mp4" in metadata["rejected_reasons"]
         assert metadata["preview"].startswith("![first frames](data:image/png;base64,")
         manifest = storage.read_parquet(manifest_key("shard-000000"))

@@ -10,9 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from tests import video_fixtures as vf
+from viva_pipelines.video.normalise import NormaliseSpec, decode_normalised
 from viva_pipelines.video.probe import (
     DEFAULT_LIMITS,
     VideoLimits,
@@ -49,7 +51,7 @@ def test_good_video_probes_to_what_was_written(tmp_path: Path):
     row = probe.to_dict()
     assert list(row) == [
         "container", "codec", "width", "height", "rotation", "fps", "frame_count",
-        "duration_s", "has_audio", "variable_frame_rate", "bytes",
+        "duration_s", "has_audio", "variable_frame_rate", "bytes", "timestamp_repair",
     ]  # fmt: skip
     assert json.loads(json.dumps(row)) == row  # plain scalars, fit for a Parquet row
 
@@ -74,6 +76,40 @@ def test_raw_stream_without_timestamps_is_timed_by_frame_durations(tmp_path: Pat
     probe = probe_video(vf.raw_h264(tmp_path, frames=10))
     assert (probe.container, probe.frame_count, probe.variable_frame_rate) == ("h264", 10, False)
     assert probe.duration_s == pytest.approx(1.0)
+
+
+def _levels(frames) -> list[int]:
+    return [vf.level_index(np.median(frame[..., 0])) for frame in frames]
+
+
+def test_pts_copied_from_dts_keeps_the_decoder_order_and_is_retimed(tmp_path: Path):
+    """The decoder emits B-frame pictures in presentation order; only their stamps are wrong."""
+    path = vf.pts_copied_from_dts(tmp_path)
+    with av.open(str(path)) as container:
+        stamps = [frame.pts for frame in container.decode(video=0)]
+    assert stamps != sorted(stamps)  # the fixture really is disordered
+    probe = probe_video(path)
+    assert probe.frame_count == len(stamps)
+    assert "re-timed" in probe.timestamp_repair
+    assert not probe.variable_frame_rate  # the sorted stamps are a regular 30 fps grid
+    video = decode_normalised(path, NormaliseSpec(64, 48, fps=30, max_frames=100))
+    levels = _levels(video.frames)
+    assert levels == sorted(levels) and len(set(levels)) == len(levels) == len(stamps)
+
+
+def test_intra_frames_stored_out_of_order_are_sorted_by_their_timestamps(tmp_path: Path):
+    order = [1, 0, 2, 4, 3, 5, 6, 7, 9, 8]
+    path = vf.stamped_out_of_order(tmp_path, order)
+    probe = probe_video(path)
+    assert probe.frame_count == 10 and probe.duration_s == pytest.approx(1.0)
+    assert probe.timestamp_repair == "3 frames moved into timestamp order"
+    video = decode_normalised(path, NormaliseSpec(32, 32, fps=10, max_frames=100))
+    assert _levels(video.frames) == [order.index(t) for t in range(10)]
+
+
+def test_disorder_deeper_than_the_reorder_window_is_rejected(tmp_path: Path):
+    path = vf.stamped_out_of_order(tmp_path, [*range(1, 12), 0])  # the last frame stamped first
+    assert "no presentation order can be recovered" in rejection(path)
 
 
 BAD_FILES: dict[str, tuple[Callable[[Path], Path], list[str]]] = {

@@ -235,6 +235,52 @@ def repeated_timestamps(directory: Path) -> Path:
     return path
 
 
+def pts_copied_from_dts(directory: Path, frames: int = 20) -> Path:
+    """An H.264 MP4 with B-frames whose muxer wrote every packet's pts = its dts.
+
+    Real sample clips come like this: the decoder still emits the pictures in presentation
+    order, but their timestamps come out disordered (0, 1024, 512, ...). Every player shows it.
+    Frames are :func:`indexed_frames` (read the level with a median) with a white bar moving
+    across, which makes the encoder use B-frames.
+    """
+    path = directory / "pts_copied_from_dts.mp4"
+    images = indexed_frames(frames, (64, 48))
+    for index, image in enumerate(images):
+        image[:, 3 * index % 64 : 3 * index % 64 + 3] = 255
+    with av.open(str(path), mode="w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"crf": "12", "bf": "3"}
+        packets = []
+        for index, image in enumerate(images):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, 30)
+            packets += stream.encode(frame)
+        packets += stream.encode()
+        for packet in packets:
+            packet.pts = packet.dts
+            out.mux(packet)
+    return path
+
+
+def stamped_out_of_order(directory: Path, order: Sequence[int]) -> Path:
+    """A Matroska file of intra-only (MJPEG) :func:`indexed_frames` stored in file order whose
+    frame ``i`` is stamped at ``order[i] / 10`` s: the stamps are the only order there is."""
+    path = directory / "stamped_out_of_order.mkv"
+    with av.open(str(path), mode="w", format="matroska") as out:
+        stream = out.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuvj420p"
+        for index, image in enumerate(indexed_frames(len(order), (32, 32))):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuvj420p")
+            frame.pts, frame.time_base = index, Fraction(1, 10)
+            for packet in stream.encode(frame):
+                packet.time_base = Fraction(1, 10)
+                packet.pts, packet.dts = order[index], min(order[index:])  # dts <= pts, monotonic
+                out.mux(packet)
+        out.mux(stream.encode())
+    return path
+
+
 def raw_h264(directory: Path, frames: int = 10) -> Path:
     """A bare H.264 elementary stream (``.h264``): no container, no timestamps, no duration."""
     path = directory / "raw.h264"

@@ -33,7 +33,12 @@ from viva_pipelines.video.annotations import (
     sidecar_keys,
 )
 from viva_pipelines.video.io import write_video
-from viva_pipelines.video.normalise import NormaliseSpec, decode_normalised, normalise_masks
+from viva_pipelines.video.normalise import (
+    NormalisedVideo,
+    NormaliseSpec,
+    decode_normalised,
+    normalise_masks,
+)
 from viva_pipelines.video.probe import VideoLimits, VideoRejected
 
 log = logging.getLogger(__name__)
@@ -41,7 +46,7 @@ log = logging.getLogger(__name__)
 ASSET = "raw_videos"
 OK, REJECTED = "ok", "rejected"
 #: Bumped whenever the bytes this module writes for the same input change.
-CODE_VERSION = "raw_videos-1"
+CODE_VERSION = "raw_videos-2"
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,7 @@ MANIFEST_SCHEMA = {
     "source_codec": "string", "source_width": "Int64", "source_height": "Int64",
     "source_fps": "Float64", "source_frames": "Int64", "source_duration_s": "Float64",
     "source_rotation": "Int64", "source_has_audio": "boolean",
-    "source_variable_frame_rate": "boolean",
+    "source_variable_frame_rate": "boolean", "source_timestamp_repair": "string",
     "video_key": "string", "width": "Int64", "height": "Int64", "fps": "Float64",
     "frames": "Int64", "duration_s": "Float64",
     "annotations_key": "string", "masks_key": "string", "caption": "string",
@@ -163,6 +168,7 @@ def _ingest_one(
             row["source_sha256"] = sha256_file(local)
             video = decode_normalised(local, options.spec, options.limits)
         row.update({f"source_{k}": v for k, v in _probe_columns(video.probe).items()})
+        _check_normalised_length(video, options)
         with tempfile.TemporaryDirectory(prefix="viva-ingest-") as tmp:
             local_video = Path(tmp, "video.mp4")
             write_video(local_video, video.frames, video.fps, crf=options.crf)
@@ -193,6 +199,20 @@ def _ingest_one(
     return row
 
 
+def _check_normalised_length(video: NormalisedVideo, options: IngestOptions) -> None:
+    """The normalised copy is what every later step reads, so ``min_frames`` holds for it too:
+    a source shorter than ``min_frames`` ticks of the ingest frame rate (a very short clip, or
+    a few frames spread over a long time) would otherwise pass as a one-frame video."""
+    frames, needed = len(video.frames), options.limits.min_frames
+    if frames < needed:
+        raise VideoRejected(
+            f"too short once normalised: {frames} frame{'s' * (frames != 1)} at"
+            f" {options.spec.fps:g} fps from a"
+            f" {video.probe.duration_s:.3f} s source (at least {needed} frames needed;"
+            " ingest.fps sets the rate)"
+        )
+
+
 class StorageWriteError(RuntimeError):
     """Writing a shard's output failed (e.g. S3 unreachable). Unlike a bad input file this
     fails the whole step, so its retry redoes the shard instead of recording the video as
@@ -220,6 +240,7 @@ def _probe_columns(probe: Any) -> dict[str, Any]:
         "rotation": values.get("rotation"),
         "has_audio": values.get("has_audio"),
         "variable_frame_rate": values.get("variable_frame_rate"),
+        "timestamp_repair": values.get("timestamp_repair"),
     }
 
 

@@ -9,12 +9,20 @@ The checks run cheapest first: file size; container and streams (opened with str
 decoding disabled, see :func:`_open`); the declared frame size, frame rate and duration; then a
 decode of the frames, which is the only way to know how many there really are, whether their
 timestamps are sane and whether the bitstream is intact.
+
+Timestamps are repaired where an order can be recovered (:class:`_PresentationOrder`): files
+muxed with packet pts = dts, or with frames stamped out of order, are common in real footage and
+play fine everywhere, so they are put in presentation order and the repair is recorded in
+:attr:`VideoProbe.timestamp_repair`; only disorder deeper than a decoder's reorder window is
+rejected.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -34,6 +42,10 @@ _STILL_IMAGE_SUFFIX = "_pipe"
 #: (Matroska's millisecond timestamps put ±6 % jitter on a 60 fps stream; that is still CFR).
 _VFR_TOLERANCE = 0.1
 _BROKEN_MP4 = "corrupt or truncated MP4/MOV file: its index (moov box) is missing or unreadable"
+#: Decoded frames held back to put disordered timestamps in order. H.264 allows up to 16
+#: reordered pictures; real files (B-frame pyramids) use 2-4. Held frames are decoded pictures,
+#: so the window is kept small: 8 frames of the largest accepted size are ~200 MB.
+_REORDER_WINDOW = 8
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,10 @@ class VideoProbe:
     has_audio: bool
     variable_frame_rate: bool
     bytes: int
+    #: What was done to the timestamps to put the frames in presentation order, e.g.
+    #: "6 frames re-timed (timestamps out of order), 1 duplicate timestamp dropped"; None when
+    #: they were fine as stored.
+    timestamp_repair: str | None = None
 
     @property
     def display_width(self) -> int:
@@ -250,6 +266,83 @@ class _Clock:
         return t
 
 
+class _PresentationOrder:
+    """Turns decoded frames with possibly disordered timestamps into a strictly increasing
+    timeline, holding back at most ``window`` frames.
+
+    Two kinds of stream need two repairs. A decoder that reorders pictures (B-frames) already
+    emits them in presentation order, so when their timestamps are out of order the *stamps* are
+    wrong (typically a muxer that copied dts into pts): the frames keep their order and take the
+    sorted timestamps. A decoder that does not reorder emits frames in file order, so the
+    timestamps are the only order there is: the frames are sorted by them. In both cases a
+    timestamp equal to the previous one marks a duplicate, which is dropped, and a timestamp
+    earlier than one already emitted means the disorder is deeper than the window: no order
+    can be recovered and the file is rejected.
+    """
+
+    def __init__(self, window: int, decoder_reorders: Callable[[], bool]) -> None:
+        self.window = window
+        self.decoder_reorders = decoder_reorders
+        self.frames: deque[tuple[float, av.VideoFrame]] = deque()  # in decoder output order
+        self.times: list[float] = []  # heap of the held frames' timestamps
+        self.last: float | None = None  # timestamp of the latest emitted frame
+        self.count = 0  # frames pushed
+        self.retimed = 0
+        self.moved = 0
+        self.duplicates = 0
+
+    def push(self, t: float, frame: av.VideoFrame) -> list[tuple[float, av.VideoFrame]]:
+        """Take the next decoded frame; returns the frames now ready, in presentation order."""
+        self.count += 1
+        if self.last is not None and t < self.last:
+            raise VideoRejected(
+                f"corrupt timestamps: frame {self.count - 1} is stamped {self.last - t:.3f} s"
+                f" before a frame already placed, deeper than the {self.window} frames a decoder"
+                " may reorder; no presentation order can be recovered"
+            )
+        self.frames.append((t, frame))
+        heapq.heappush(self.times, t)
+        ready = []
+        while len(self.frames) > self.window:
+            ready += self._emit()
+        return ready
+
+    def flush(self) -> list[tuple[float, av.VideoFrame]]:
+        """The frames still held, in presentation order (at the end of the stream)."""
+        ready = []
+        while self.frames:
+            ready += self._emit()
+        return ready
+
+    def _emit(self) -> list[tuple[float, av.VideoFrame]]:
+        t = heapq.heappop(self.times)
+        if self.decoder_reorders():
+            stamped, frame = self.frames.popleft()
+            self.retimed += stamped != t
+        else:
+            position = next(i for i, (stamped, _) in enumerate(self.frames) if stamped == t)
+            _, frame = self.frames[position]
+            del self.frames[position]
+            self.moved += position > 0
+        if self.last is not None and t <= self.last:
+            self.duplicates += 1
+            return []
+        self.last = t
+        return [(t, frame)]
+
+    def repair(self, duplicates: int) -> str | None:
+        """One line for the manifest saying what was repaired, or None; ``duplicates`` counts
+        every frame dropped for a repeated timestamp, here and in the demuxed tail."""
+        done = []
+        if self.retimed:
+            done.append(f"{self.retimed} frames re-timed (timestamps out of presentation order)")
+        if self.moved:
+            done.append(f"{self.moved} frames moved into timestamp order")
+        if duplicates:
+            done.append(f"{duplicates} frames with a duplicate timestamp dropped")
+        return ", ".join(done) or None
+
+
 def _decode(
     container: InputContainer,
     stream: VideoStream,
@@ -270,7 +363,8 @@ def _decode(
     codec.options = {"max_pixels": str(limits.max_pixels)}
     codec.thread_type = ThreadType.AUTO
     clock = _Clock(stream.time_base, fps)
-    times: list[float] = []  # seconds from the first decoded frame
+    order = _PresentationOrder(_REORDER_WINDOW, lambda: bool(codec.has_b_frames))
+    times: list[float] = []  # seconds from the first frame
     first: tuple[int, int, int] | None = None  # width, height, rotation of the first frame
     t0 = 0.0
     decoding = True
@@ -279,6 +373,17 @@ def _decode(
         if t - t0 > limits.max_duration_s:
             raise VideoRejected(_too_long(f"a frame at {t - t0:.1f} s", limits))
         times.append(t - t0)
+
+    def place(ready: list[tuple[float, av.VideoFrame]]) -> None:
+        """Record frames that left the reorder window; show them to ``on_frame`` while it
+        still wants pictures."""
+        nonlocal first, t0, decoding
+        for t, frame in ready:
+            if first is None:
+                first, t0 = (frame.width, frame.height, rotation_degrees(frame)), t
+            record(t)
+            if decoding and on_frame and on_frame(len(times) - 1, t - t0, frame):
+                decoding = False
 
     try:
         for packet in container.demux(stream):
@@ -292,34 +397,32 @@ def _decode(
                     record(clock.time(packet.pts, packet.duration))
                 continue
             for frame in stream.decode(packet):
-                t = clock.time(frame.pts, frame.duration)
-                if first is None:
-                    first, t0 = (frame.width, frame.height, rotation_degrees(frame)), t
-                elif t - t0 <= times[-1]:
-                    raise VideoRejected(
-                        f"corrupt timestamps: frame {len(times)} is not later than the one before"
-                    )
-                record(t)
-                if decoding and on_frame and on_frame(len(times) - 1, t - t0, frame):
-                    decoding = False
+                place(order.push(clock.time(frame.pts, frame.duration), frame))
             if not decoding and packet.size:  # (a size-0 packet has flushed the decoder already)
-                # frames still inside the decoder (reordering, threads) belong to the count
+                # frames still held back or inside the decoder belong to the count
+                place(order.flush())
                 for frame in stream.decode(None):
                     record(clock.time(frame.pts, frame.duration))
+        place(order.flush())
     except (av.FFmpegError, OSError) as exc:
         raise VideoRejected(
             f"corrupt or truncated stream: decoding failed after {len(times)} frames"
             f" ({_libav_message(exc)})"
         ) from exc
 
-    if first is None or len(times) < limits.min_frames:
+    timeline = np.unique(np.asarray(times))  # sorted; the demuxed tail may repeat or disorder
+    duplicates = order.duplicates + len(times) - timeline.size
+    if first is None or timeline.size < limits.min_frames:
+        if duplicates:
+            raise VideoRejected(
+                f"corrupt timestamps: {timeline.size + duplicates} frames carry only"
+                f" {timeline.size} distinct presentation times (at least {limits.min_frames}"
+                " needed)"
+            )
         raise VideoRejected(
-            f"too few frames ({len(times)} decoded, at least {limits.min_frames} needed)"
+            f"too few frames ({timeline.size} decoded, at least {limits.min_frames} needed)"
         )
-    timeline = np.sort(np.asarray(times))
     deltas = np.diff(timeline)
-    if deltas.size and deltas.min() <= 0:
-        raise VideoRejected("corrupt timestamps: two frames share a presentation time")
     step = float(np.median(deltas)) if deltas.size else 1.0 / fps
     duration = float(timeline[-1] - timeline[0]) + step
     if duration > limits.max_duration_s:
@@ -332,11 +435,12 @@ def _decode(
         height=first[1],
         rotation=first[2],
         fps=fps,
-        frame_count=len(times),
+        frame_count=int(timeline.size),
         duration_s=round(duration, 6),
         has_audio=bool(container.streams.audio),
         variable_frame_rate=bool(np.any(np.abs(deltas - step) > jitter)),
         bytes=size,
+        timestamp_repair=order.repair(duplicates),
     )
 
 
