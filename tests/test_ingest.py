@@ -92,6 +92,7 @@ def source_dir(tmp_path: Path) -> Path:
     _move(vf.single_frame(scratch), src / "single.mp4")
     _move(vf.huge_declared_size(scratch), src / "huge.mp4")
     assert sorted(p.name for p in src.glob("*.mp4")) == sorted(EXPECTED)
+    (src / "notes.txt").write_text("not a video")
     return src
 
 
@@ -222,6 +223,7 @@ def test_materialize_through_dagster_reports_counts_and_data_version(settings):
         assert metadata["videos_ok"] == ok
         assert metadata["videos_rejected"] == len(EXPECTED) - ok
         assert "empty.mp4" in metadata["rejected_reasons"]
+        assert metadata["source_files_skipped"] == {".txt": 1}  # sidecars are not counted
         assert metadata["preview"].startswith("![first frames](data:image/png;base64,")
         manifest = storage.read_parquet(manifest_key("shard-000000"))
         assert event.tags["dagster/data_version"] == manifest_data_version(manifest)

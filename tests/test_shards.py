@@ -10,12 +10,13 @@ from viva_pipelines.ingest.shards import (
     REGISTRY_COLUMNS,
     assign_new_videos,
     load_registry,
+    load_skipped,
     plan_shard_runs,
     scan_and_register,
     shard_members,
     video_id_for,
 )
-from viva_pipelines.ingest.sources import list_source_videos
+from viva_pipelines.ingest.sources import list_source, skipped_text
 from viva_pipelines.storage import Storage
 
 EXTENSIONS = [".mp4", ".mov"]
@@ -97,16 +98,40 @@ def test_scan_and_register_persists_and_ignores_non_videos(tmp_path: Path):
     assert list(shard_members(registry2, "shard-000001")["key"]) == ["cam/a.mp4", "d.mp4"]
 
 
+def test_skipped_files_are_counted_by_extension_but_sidecars_are_not(tmp_path: Path):
+    source_dir = tmp_path / "src"
+    (source_dir / "clip.masks").mkdir(parents=True)
+    names = [
+        "clip.mp4", "clip.json", "clip.masks.npz", "clip.masks/00000.png",  # a video + sidecars
+        "old.MPG", "b.mpg", "notes.txt", "orphan.json", "README", ".DS_Store",
+    ]  # fmt: skip
+    for name in names:
+        (source_dir / name).write_bytes(b"data")
+    storage, source = Storage(str(tmp_path / "root")), Storage(str(source_dir))
+    assert load_skipped(storage) == {}
+    registry, _ = scan_and_register(storage, source, EXTENSIONS, shard_size=2)
+    assert list(registry["key"]) == ["clip.mp4"]
+    expected = {"(hidden)": 1, "(no extension)": 1, ".json": 1, ".mpg": 2, ".txt": 1}
+    assert load_skipped(storage) == expected
+    assert skipped_text(expected) == (
+        "6 files: (hidden) 1, (no extension) 1, .json 1, .mpg 2, .txt 1"
+    )
+    # with the MPEG extension configured they are listed, and the count follows
+    scan_and_register(storage, source, [*EXTENSIONS, ".mpg"], shard_size=2)
+    assert load_skipped(storage) == {"(hidden)": 1, "(no extension)": 1, ".json": 1, ".txt": 1}
+
+
 def test_s3_listing_with_boto3_matches_the_filesystem_listing(s3_endpoint: str, s3_bucket: str):
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     for key in ["in/a.mp4", "in/sub/b.mov", "in/readme.md", "other/c.mp4"]:
         client.put_object(Bucket=s3_bucket, Key=key, Body=b"1234")
     source = Storage(f"s3://{s3_bucket}/in", endpoint_url=s3_endpoint)
-    with_boto = list_source_videos(source, EXTENSIONS, s3_client=client)
-    with_fs = list_source_videos(source, EXTENSIONS)
-    assert list(with_boto["key"]) == ["a.mp4", "sub/b.mov"]
-    assert list(with_fs["key"]) == list(with_boto["key"])
-    assert list(with_boto["size"]) == [4, 4]
+    with_boto = list_source(source, EXTENSIONS, s3_client=client)
+    with_fs = list_source(source, EXTENSIONS)
+    assert list(with_boto.videos["key"]) == ["a.mp4", "sub/b.mov"]
+    assert list(with_fs.videos["key"]) == list(with_boto.videos["key"])
+    assert list(with_boto.videos["size"]) == [4, 4]
+    assert with_boto.skipped == with_fs.skipped == {".md": 1}
 
 
 @pytest.mark.parametrize("size", [0, -1])

@@ -88,7 +88,8 @@ def _ingest(args: argparse.Namespace) -> int:
     from viva_pipelines.defs.jobs import SHARD_JOB
     from viva_pipelines.defs.partitions import video_shards
     from viva_pipelines.ingest.raw_videos import manifest_key, shard_is_current
-    from viva_pipelines.ingest.shards import scan_and_register, shard_members
+    from viva_pipelines.ingest.shards import load_skipped, scan_and_register, shard_members
+    from viva_pipelines.ingest.sources import skipped_text
     from viva_pipelines.pairs.shard import manifest_key as pairs_manifest_key
 
     settings, defs = _definitions()
@@ -101,7 +102,7 @@ def _ingest(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(
         f"source {source.root_uri}: {len(registry)} videos in {registry['shard'].nunique()} "
-        f"shards ({len(new)} new)"
+        f"shards ({len(new)} new); skipped {skipped_text(load_skipped(storage))}"
     )
     if registry.empty:
         print("nothing to ingest; put videos in the source or run `viva demo-data`")

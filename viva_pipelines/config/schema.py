@@ -94,9 +94,20 @@ class MlflowSettings(Section):
     )
 
 
+#: Common video containers; a source's other files are counted, not read.
+VIDEO_EXTENSIONS = (
+    ".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+    ".flv", ".wmv", ".3gp", ".ogv",
+)  # fmt: skip
+
+
 class VideoSourceSettings(Section):
     uri: Location
-    extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+    extensions: tuple[str, ...] = Field(
+        VIDEO_EXTENSIONS,
+        description="File name endings taken as videos (case-insensitive); other files are"
+        " counted by extension in the ingest output",
+    )
 
 
 class SourcesSettings(Section):

@@ -14,10 +14,12 @@ from viva_pipelines.defs.resources import StorageResource
 from viva_pipelines.ingest.raw_videos import CODE_VERSION, IngestOptions, ingest_shard
 from viva_pipelines.ingest.shards import (
     load_registry,
+    load_skipped,
     plan_shard_runs,
     scan_and_register,
     shard_members,
 )
+from viva_pipelines.ingest.sources import skipped_text
 from viva_pipelines.manifests import markdown_table
 from viva_pipelines.previews import markdown_image
 from viva_pipelines.video.normalise import NormaliseSpec
@@ -69,8 +71,10 @@ def build_ingest_defs(settings: Settings) -> dg.Definitions:
             context.log.info(f"[{done}/{total}] {row['source_key']}: {status}")
 
         result = ingest_shard(store, video_source.get(), shard, members, options, progress)
+        metadata = _shard_metadata(result.manifest, result.manifest_uri, result.preview_png)
+        metadata["source_files_skipped"] = dg.MetadataValue.json(load_skipped(store))
         return dg.MaterializeResult(
-            metadata=_shard_metadata(result.manifest, result.manifest_uri, result.preview_png),
+            metadata=metadata,
             data_version=dg.DataVersion(result.data_version),
         )
 
@@ -100,6 +104,9 @@ def build_ingest_defs(settings: Settings) -> dg.Definitions:
         runs, cursor = plan_shard_runs(
             registry, json.loads(context.cursor or "{}"), settings.sensor.max_runs_per_tick
         )
+        skipped = load_skipped(storage.get())
+        if skipped:
+            context.log.info(f"skipped (not a listed extension) {skipped_text(skipped)}")
         if new.shape[0]:
             shown = ", ".join(new_shards[:3]) + (
                 f", ... {new_shards[-1]}" if len(new_shards) > 3 else ""

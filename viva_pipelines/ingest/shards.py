@@ -9,6 +9,7 @@ Dagster instance, so the CLI and the sensor share it and it survives a new Dagst
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -16,11 +17,13 @@ from typing import Any
 
 import pandas as pd
 
-from viva_pipelines.ingest.sources import list_source_videos
+from viva_pipelines.ingest.sources import list_source
 from viva_pipelines.storage import Storage
 
 REGISTRY_KEY = "video_shards/registry.parquet"
 REGISTRY_COLUMNS = ["key", "size", "version", "shard", "video_id"]
+#: What the latest listing passed over, by extension (see ``ingest.sources``).
+SKIPPED_KEY = "video_shards/skipped.json"
 
 
 def shard_name(index: int) -> str:
@@ -79,12 +82,22 @@ def scan_and_register(
     s3_client: Any | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """List the source, give new videos a shard and save the registry (atomically) if it
-    changed. Returns ``(registry, new_rows)``; shared by the sensor and the CLI."""
-    listing = list_source_videos(source, extensions, s3_client=s3_client)
-    registry, new = assign_new_videos(load_registry(storage), listing, shard_size)
+    changed, and the count of skipped files (:func:`load_skipped`) likewise. Returns
+    ``(registry, new_rows)``; shared by the sensor and the CLI."""
+    listing = list_source(source, extensions, s3_client=s3_client)
+    registry, new = assign_new_videos(load_registry(storage), listing.videos, shard_size)
     if not new.empty:
         storage.write_parquet(REGISTRY_KEY, registry)
+    if listing.skipped != load_skipped(storage):
+        storage.write_bytes(SKIPPED_KEY, json.dumps(listing.skipped).encode())
     return registry, new
+
+
+def load_skipped(storage: Storage) -> dict[str, int]:
+    """Files the latest source listing passed over, by extension (``{}`` before any)."""
+    if not storage.exists(SKIPPED_KEY):
+        return {}
+    return json.loads(storage.read_bytes(SKIPPED_KEY))
 
 
 def shard_members(registry: pd.DataFrame, shard: str) -> pd.DataFrame:
