@@ -164,8 +164,11 @@ def test_run_benchmark_scores_every_pair_and_records_failures(suite, scorer, tmp
         rows.loc[(first, "identity"), "region_psnr"] < rows.loc[(first, "identity"), "target_psnr"]
     )
     assert "out of memory" in rows.loc[(first, "broken"), "error"]
+    assert rows.loc[(first, "broken"), "status"] == "failed"
+    assert rows.loc[(first, "identity"), "status"] == rows.loc[(first, "oracle"), "status"] == "ok"
     for model in ("identity", "oracle", "broken"):
         assert instances[1].source_video in rows.loc[(second, model), "error"]
+        assert rows.loc[(second, model), "status"] == "failed"
     assert set(run.clips[first]) == {"source", "target", "identity", "oracle"}
 
     table = bench.category_table(run.rows)
@@ -178,6 +181,30 @@ def test_run_benchmark_scores_every_pair_and_records_failures(suite, scorer, tmp
 
 
 # -- tables and sanity ---------------------------------------------------------------------------
+
+
+def test_a_scoring_failure_is_a_one_line_failed_row(suite, scorer, monkeypatch):
+    """An exception inside the scoring of one edit (not the edit itself) fails that row only."""
+    storage, instances = suite
+    real = bench.score_edit
+
+    def score_edit(scorer_, instance, *args, **kwargs):
+        if instance.id == instances[0].id:
+            raise ValueError("metric blew up\nsecond line of a long message")
+        return real(scorer_, instance, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "score_edit", score_edit)
+    run = bench.run_benchmark(
+        storage, instances[:3], [bench.IdentityEditor(GEOMETRY)], scorer, SPEC
+    )
+    rows = run.rows.set_index("id")
+    assert rows.loc[instances[0].id, "status"] == "failed"
+    assert rows.loc[instances[0].id, "error"] == (
+        "ValueError: metric blew up second line of a long message"
+    )
+    for instance in instances[1:3]:
+        assert rows.loc[instance.id, "status"] == "ok"
+        assert rows.loc[instance.id, "bg_psnr"] == math.inf
 
 
 def _rows(values: list[tuple[str, str, str, float, float]]) -> pd.DataFrame:

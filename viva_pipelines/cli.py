@@ -131,10 +131,13 @@ def _ingest(args: argparse.Namespace) -> int:
             continue
         manifest = storage.read_parquet(manifest_key(shard))
         ok = int((manifest["status"] == "ok").sum())
-        pairs = len(storage.read_parquet(pairs_manifest_key(shard)))
+        pair_status = storage.read_parquet(pairs_manifest_key(shard))["status"]
+        failures = int((pair_status == "failed").sum())
         print(
-            f"{shard}: {ok} videos ok, {len(manifest) - ok} rejected, {pairs} edit pairs "
-            f"in {time.perf_counter() - started:.1f}s"
+            f"{shard}: {ok} videos ok, {len(manifest) - ok} rejected, "
+            f"{int((pair_status == 'ok').sum())} edit pairs"
+            + (f" ({failures} failed, see the manifest)" if failures else "")
+            + f" in {time.perf_counter() - started:.1f}s"
         )
     print(f"{len(pending)} shards materialized, {len(shards) - len(pending)} already current")
     return 1 if failed else 0

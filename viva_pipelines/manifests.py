@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from viva_pipelines.storage import is_storage_outage
+
 if TYPE_CHECKING:
     from viva_pipelines.storage import Storage
+
+log = logging.getLogger(__name__)
+
+#: Status of a manifest row whose item raised: the rest of the shard went on without it.
+FAILED = "failed"
+#: Longest reason kept in a manifest row.
+_REASON_CHARS = 300
 
 
 @dataclass
@@ -26,6 +37,29 @@ def typed_frame(rows: Iterable[Mapping[str, Any]], schema: Mapping[str, str]) ->
     """Rows as a DataFrame with exactly ``schema``'s columns and nullable dtypes, so that it
     is identical after a Parquet round trip (and so is its content hash)."""
     return pd.DataFrame(list(rows), columns=list(schema)).astype(dict(schema))
+
+
+def item_failure(exc: Exception, item: str) -> str:
+    """The one-line ``reason`` of an item (a video, a pair, an edit) whose step raised ``exc``.
+
+    Per-item handlers call this so that one bad item becomes a ``failed`` row and the shard
+    goes on. A storage outage is not the item's fault: it is re-raised, so the step fails and
+    Dagster retries it instead of recording good inputs as broken. The traceback goes to the
+    log, never to the manifest.
+    """
+    if is_storage_outage(exc):
+        raise exc
+    log.warning("%s failed", item, exc_info=exc)
+    message = " ".join(str(exc).split())  # one line, whatever the exception printed
+    reason = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return reason if len(reason) <= _REASON_CHARS else reason[: _REASON_CHARS - 1] + "…"
+
+
+def reason_counts(reasons: pd.Series) -> dict[str, int]:
+    """How many rows gave each reason, with the numbers inside reasons masked (``#``) so that
+    "lost: visible in 20% of frames" and "... 35% ..." count as one kind."""
+    kinds = reasons.dropna().astype(str).map(lambda text: re.sub(r"\d+(\.\d+)?", "#", text))
+    return {str(k): int(n) for k, n in kinds.value_counts().items()}
 
 
 def content_hash(

@@ -28,7 +28,7 @@ from viva_pipelines.evaluation.suite import (
     suite_frame,
     training_video_hashes,
 )
-from viva_pipelines.manifests import markdown_table
+from viva_pipelines.manifests import markdown_table, reason_counts
 from viva_pipelines.previews import markdown_image
 from viva_pipelines.qc import dataset as qc
 from viva_pipelines.rewards.models import RECORD_KEY as REWARDS_RECORD
@@ -193,6 +193,7 @@ def build_benchmark_defs(settings: Settings) -> dg.Definitions:
             "instances": len(instances),
             "models": ", ".join(editor.name for editor in editors),
             "failed_edits": failed,
+            "failures_by_reason": dg.MetadataValue.json(reason_counts(run.rows["error"])),
             "sanity": "ok" if not problems else "; ".join(problems),
             "lineage": dg.MetadataValue.md(f"```\n{lineage.render()}\n```"),
         }

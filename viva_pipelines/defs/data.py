@@ -8,7 +8,7 @@ from viva_pipelines.defs.execution import step_options
 from viva_pipelines.defs.partitions import video_shards
 from viva_pipelines.defs.resources import StorageResource, vlm_backend
 from viva_pipelines.ingest import raw_videos as ingest
-from viva_pipelines.manifests import markdown_table
+from viva_pipelines.manifests import FAILED, markdown_table, reason_counts
 from viva_pipelines.masks import shard as masks
 from viva_pipelines.masks.tracks import TrackRules
 from viva_pipelines.masks.types import MaskBackend
@@ -79,6 +79,11 @@ def _progress(context: dg.AssetExecutionContext):
     return log
 
 
+def _failed(manifest):
+    """The rows of items that raised (see ``manifests.item_failure``)."""
+    return manifest[manifest["status"] == FAILED]
+
+
 def _read_upstream(storage, key: str, what: str, shard: str):
     if not storage.exists(key):
         raise dg.Failure(
@@ -115,14 +120,23 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
         )
         m = result.manifest
         kept = m[m["status"] == masks.KEPT]
+        without = masks.videos_without_masks(m)
+        if len(without):
+            context.log.warning(
+                f"{len(without)} videos have no masks: {reason_counts(without)}; they get"
+                " global edit pairs only (masks.backend sam2 tracks objects in any footage)"
+            )
         return dg.MaterializeResult(
             metadata={
                 "objects_kept": len(kept),
-                "objects_dropped": int(m["object_id"].notna().sum()) - len(kept),
-                "videos_without_objects": int(m["object_id"].isna().sum()),
+                "objects_dropped": int(
+                    (m["object_id"].notna() & (m["status"] == masks.DROPPED)).sum()
+                ),
+                "videos_without_masks": dg.MetadataValue.json(reason_counts(without)),
+                "failures": dg.MetadataValue.json(reason_counts(_failed(m)["reason"])),
                 "mean_stability": float(kept["stability"].mean()) if len(kept) else 0.0,
                 "drop_reasons": dg.MetadataValue.json(
-                    m.loc[m["status"] != masks.KEPT, "reason"].value_counts().to_dict()
+                    reason_counts(m.loc[m["status"] == masks.DROPPED, "reason"])
                 ),
                 "manifest": dg.MetadataValue.path(result.manifest_uri),
             },
@@ -155,14 +169,22 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
         )
         m = result.manifest
         preview = pairs.write_preview(store, shard, m)
+        gaps = pairs.local_edit_gaps(raw, tracks, m)
         return dg.MaterializeResult(
             metadata={
                 "preview": dg.MetadataValue.md(markdown_image(preview, "source | target | mask"))
                 if preview
                 else "no pairs",
                 "pairs": int((m["status"] == "ok").sum()),
-                "failed_videos": int((m["status"] != "ok").sum()),
-                "pairs_by_type": dg.MetadataValue.json(m["edit_type"].value_counts().to_dict()),
+                "failed": int((m["status"] == FAILED).sum()),
+                "failures": dg.MetadataValue.json(reason_counts(_failed(m)["reason"])),
+                "videos_without_pairs": dg.MetadataValue.json(
+                    reason_counts(m.loc[m["status"] == pairs.NO_PAIRS, "reason"])
+                ),
+                "videos_without_local_pairs": dg.MetadataValue.json(reason_counts(gaps)),
+                "pairs_by_type": dg.MetadataValue.json(
+                    m.loc[m["status"] == "ok", "edit_type"].value_counts().to_dict()
+                ),
                 "manifest": dg.MetadataValue.path(result.manifest_uri),
             },
             data_version=dg.DataVersion(result.data_version),
@@ -213,6 +235,9 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
                 "accepted_video_pairs": int((accepted["modality"] == "video").sum()),
                 "accepted_image_pairs": int((accepted["modality"] == "image").sum()),
                 "rejected_pairs": int((result.manifest["status"] == qc.REJECTED).sum()),
+                "failures": dg.MetadataValue.json(
+                    reason_counts(_failed(result.manifest)["reason"])
+                ),
                 "by_edit_type": dg.MetadataValue.md(markdown_table(result.summary())),
                 "rejection_reasons": dg.MetadataValue.json(result.rejection_reasons().to_dict()),
                 "manifest": dg.MetadataValue.path(result.manifest_uri),

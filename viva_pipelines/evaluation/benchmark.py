@@ -31,7 +31,7 @@ from tqdm import tqdm
 from viva_pipelines.evaluation.judge import judge_edit
 from viva_pipelines.evaluation.metrics import video_metrics
 from viva_pipelines.evaluation.suite import CATEGORIES, BenchInstance
-from viva_pipelines.manifests import markdown_table
+from viva_pipelines.manifests import FAILED, item_failure, markdown_table
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.previews import grid, to_png
 from viva_pipelines.storage import Storage
@@ -314,19 +314,21 @@ def run_benchmark(
         base = {"id": instance.id, "category": instance.category}
         try:
             media = load_media(storage, instance, spec)
-        except MediaError as exc:
+        except Exception as exc:  # unreadable media: a failed row per model, the suite goes on
+            reason = str(exc) if isinstance(exc, MediaError) else item_failure(exc, instance.id)
             if log:
-                log(f"{instance.id}: skipped, {exc}")
-            rows += [{**base, "model": e.name, "error": str(exc)} for e in editors]
+                log(f"{instance.id}: skipped, {reason}")
+            rows += [{**base, "model": e.name, "status": FAILED, "error": reason} for e in editors]
             continue
         for editor in editors:
-            row = {**base, "model": editor.name, "error": None}
-            geometry = editor.geometry
-            source = geometry.cut(media.source)
-            target = None if media.target is None else geometry.cut(media.target)
-            mask = None if media.mask is None else _cut_mask(geometry, media.mask)
+            row = {**base, "model": editor.name, "status": "ok", "error": None}
+            edited = None
             started = time.perf_counter()
             try:
+                geometry = editor.geometry
+                source = geometry.cut(media.source)
+                target = None if media.target is None else geometry.cut(media.target)
+                mask = None if media.mask is None else _cut_mask(geometry, media.mask)
                 edited = editor.edit(media, instance)
                 row["edit_s"] = time.perf_counter() - started
                 scores = score_edit(
@@ -335,10 +337,9 @@ def run_benchmark(
                 )  # fmt: skip
                 row.update(scores)
             except Exception as exc:  # one failed edit is a recorded row, not a failed suite
-                row["error"] = f"{type(exc).__name__}: {exc}"
+                row.update(status=FAILED, error=item_failure(exc, f"{instance.id} / {editor.name}"))
                 if log:
                     log(f"{instance.id} / {editor.name}: failed, {row['error']}")
-                edited = None
             rows.append(row)
             if keep_clips(instance) and edited is not None:
                 kept = clips.setdefault(instance.id, {"source": source})
@@ -346,9 +347,9 @@ def run_benchmark(
                     kept["target"] = target
                 kept[editor.name] = edited
     frame = pd.DataFrame(rows)
-    for column in (*CRITERIA, "edit_s", "error"):
+    for column in (*CRITERIA, "edit_s", "status", "error"):
         if column not in frame:
-            frame[column] = None if column == "error" else math.nan
+            frame[column] = None if column in ("status", "error") else math.nan
     return BenchmarkRun(frame, clips)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,18 +16,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from viva_pipelines.manifests import ManifestResult, write_manifest
+from viva_pipelines.manifests import FAILED, ManifestResult, item_failure, write_manifest
 from viva_pipelines.masks.tracks import TrackRules, track_rejection, track_stats
 from viva_pipelines.masks.types import MaskBackend, NoObjects, TrackedObject
-from viva_pipelines.storage import Storage, is_storage_outage
+from viva_pipelines.storage import Storage
 from viva_pipelines.video.annotations import Annotations
 from viva_pipelines.video.io import read_video
 
-log = logging.getLogger(__name__)
-
 ASSET = "tracked_masks"
 CODE_VERSION = "tracked_masks-1"
-KEPT, DROPPED = "kept", "dropped"
+KEPT, DROPPED = "kept", "dropped"  # and manifests.FAILED
 
 MANIFEST_SCHEMA = {
     "video_id": "string", "object_id": "Int64", "label": "string", "status": "string",
@@ -102,7 +99,8 @@ def track_shard(
     on_progress: Callable[[int, int, str], None] | None = None,
 ) -> ManifestResult:
     """Track the objects of every ``ok`` video in ``raw_manifest`` (the shard's ``raw_videos``
-    manifest). A video that fails is recorded and the shard goes on."""
+    manifest). A video or an object that fails becomes a ``failed`` row with its reason and the
+    shard goes on; a video that yields nothing to track is a ``dropped`` row saying why."""
     videos = raw_manifest[raw_manifest["status"] == "ok"]
     rows: list[dict[str, Any]] = []
     for done, video in enumerate(tqdm(videos.itertuples(), total=len(videos), desc=shard), 1):
@@ -112,23 +110,46 @@ def track_shard(
             frames = load_frames(storage, video.video_key)
             objects = backend.track(frames, load_annotations(storage, video), base["caption"])
             if not objects:
-                raise NoObjects("no object found")
+                raise NoObjects("nothing detected")
         except NoObjects as exc:
+            objects = []
             rows.append({**base, "status": DROPPED, "reason": str(exc)})
-            continue
-        except Exception as exc:  # a broken video must not stop the shard
-            if is_storage_outage(exc):
-                raise  # the storage is unreachable, the video is fine: fail the step (retried)
-            log.exception("tracking failed for %s", video.video_id)
-            rows.append({**base, "status": DROPPED, "reason": f"{type(exc).__name__}: {exc}"})
-            continue
+        except Exception as exc:
+            objects = []
+            reason = item_failure(exc, f"tracking {video.video_id}")
+            rows.append({**base, "status": FAILED, "reason": reason})
         for obj in objects:
-            rows.append({**base, **_object_row(storage, shard, video.video_id, obj, rules)})
+            try:
+                row = _object_row(storage, shard, video.video_id, obj, rules)
+            except Exception as exc:
+                reason = item_failure(exc, f"object {obj.object_id} of {video.video_id}")
+                row = {"object_id": obj.object_id, "label": obj.label, "status": FAILED,
+                       "reason": reason}  # fmt: skip
+            rows.append({**base, **row})
         if on_progress:
             on_progress(done, len(videos), video.video_id)
     return write_manifest(
         storage, manifest_key(shard), rows, MANIFEST_SCHEMA, sort_by=["video_id", "object_id"]
     )
+
+
+def videos_without_masks(manifest: pd.DataFrame) -> pd.Series:
+    """Why each video of a ``tracked_masks`` manifest has no kept object (video_id → reason):
+    the backend found none ("the video has no annotations ...", "nothing detected"), tracking
+    failed, or every track was dropped, with the rules that dropped them ("all 3 tracks
+    dropped: lost 2, degenerate 1")."""
+    reasons = {}
+    for video_id, rows in manifest.groupby("video_id", sort=True):
+        if (rows["status"] == KEPT).any():
+            continue
+        objects = rows[rows["object_id"].notna()]
+        if objects.empty:
+            reasons[video_id] = str(rows["reason"].iloc[0])
+            continue
+        rules = objects["reason"].astype(str).str.split(":").str[0].value_counts()
+        named = ", ".join(f"{rule} {count}" for rule, count in rules.items())
+        reasons[video_id] = f"all {len(objects)} tracks dropped: {named}"
+    return pd.Series(reasons, dtype="string", name="reason")
 
 
 def _object_row(

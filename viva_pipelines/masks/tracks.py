@@ -37,8 +37,8 @@ def track_stats(masks: np.ndarray) -> TrackStats:
             continue
         ys, xs = np.flatnonzero(rows[frame]), np.flatnonzero(cols[frame])
         bboxes.append((int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1))
-    inter = (masks[1:] & masks[:-1]).reshape(t - 1, -1).sum(axis=1)
-    union = (masks[1:] | masks[:-1]).reshape(t - 1, -1).sum(axis=1)
+    inter = (masks[1:] & masks[:-1]).reshape(t - 1, h * w).sum(axis=1)  # (empty for one frame)
+    union = (masks[1:] | masks[:-1]).reshape(t - 1, h * w).sum(axis=1)
     valid = union > 0
     stability = float((inter[valid] / union[valid]).mean()) if valid.any() else 1.0
     return TrackStats(

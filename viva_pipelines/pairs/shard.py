@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,20 +21,26 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from viva_pipelines.manifests import ManifestResult, write_manifest
-from viva_pipelines.masks.shard import KEPT, load_frames, load_mask, save_mask
+from viva_pipelines.manifests import FAILED, ManifestResult, item_failure, write_manifest
+from viva_pipelines.masks.shard import (
+    KEPT,
+    load_frames,
+    load_mask,
+    save_mask,
+    videos_without_masks,
+)
 from viva_pipelines.masks.types import TrackedObject
-from viva_pipelines.pairs.generators import generate_pairs, load_templates
-from viva_pipelines.pairs.types import EditBackend, EditPair
+from viva_pipelines.pairs.generators import Templates, generate_pairs, load_templates
+from viva_pipelines.pairs.types import LOCAL_EDITS, EditBackend, EditPair
 from viva_pipelines.previews import grid, to_png
 from viva_pipelines.qc.rules import pair_metrics
-from viva_pipelines.storage import Storage, is_storage_outage
+from viva_pipelines.storage import Storage
 from viva_pipelines.video.io import write_video
 
-log = logging.getLogger(__name__)
-
 ASSET = "synthetic_pairs"
-CODE_VERSION = "synthetic_pairs-1"
+CODE_VERSION = "synthetic_pairs-2"
+#: Status of the one row of a video that yields no pair (besides "ok" and manifests.FAILED).
+NO_PAIRS = "no_pairs"
 
 MANIFEST_SCHEMA = {
     "pair_id": "string", "video_id": "string", "shard": "string", "edit_type": "string",
@@ -101,13 +106,19 @@ def pair_shard(
     options: PairOptions,
     on_progress: Callable[[int, int, str], None] | None = None,
 ) -> ManifestResult:
-    """Generate, store and measure the pairs of every ``ok`` video of the shard."""
+    """Generate, store and measure the pairs of every ``ok`` video of the shard.
+
+    Each video ends with its pairs, or ``failed`` rows (one per edit type or pair that raised,
+    with the reason), or one ``no_pairs`` row saying why it has none; the shard always
+    completes unless the storage itself is unreachable.
+    """
     videos = raw_manifest[raw_manifest["status"] == "ok"]
     kept = tracks[tracks["status"] == KEPT]
+    no_masks = videos_without_masks(tracks)
     templates = load_templates()  # once per shard: a bad templates file fails before any video
     rows: list[dict[str, Any]] = []
     for done, video in enumerate(tqdm(videos.itertuples(), total=len(videos), desc=shard), 1):
-        caption = "" if pd.isna(video.caption) else str(video.caption)
+        base = {"video_id": video.video_id, "shard": shard, "backend": backend.name}
         try:
             frames = load_frames(storage, video.video_key)
             objects = [
@@ -115,29 +126,81 @@ def pair_shard(
                               float(t.score))
                 for t in kept[kept["video_id"] == video.video_id].itertuples()
             ]  # fmt: skip
-            pairs = generate_pairs(
-                frames, objects, caption, list(options.edit_types), backend,
-                seed=_video_seed(options.seed, video.video_id), per_type=options.per_type,
-                dilation=options.dilation, templates=templates,
-            )  # fmt: skip
-        except Exception as exc:  # one bad video must not stop the shard
-            if is_storage_outage(exc):
-                raise  # the storage is unreachable, the video is fine: fail the step (retried)
-            log.exception("pair generation failed for %s", video.video_id)
-            rows.append({"pair_id": f"{video.video_id}-failed", "video_id": video.video_id,
-                         "shard": shard, "status": "failed", "backend": backend.name,
-                         "reason": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+        except Exception as exc:
+            reason = item_failure(exc, f"loading {video.video_id}")
+            rows.append({**base, "pair_id": f"{video.video_id}-failed", "status": FAILED,
+                         "reason": reason})  # fmt: skip
             continue
-        counts: dict[str, int] = {}
-        for pair in pairs:
-            index = counts[pair.edit_type] = counts.get(pair.edit_type, -1) + 1
-            pair_id = f"{video.video_id}-{pair.edit_type}-{index}"
-            rows.append(
-                _store_pair(storage, shard, pair_id, video, frames, pair, backend.name, options)
+        video_rows = []
+        for edit_type in dict.fromkeys(options.edit_types):
+            video_rows += _pairs_of_type(
+                storage, shard, video, frames, objects, edit_type, backend, options, templates
             )
+        if not video_rows:
+            why = no_masks.get(video.video_id, "no object covers the minimum area")
+            video_rows.append({**base, "pair_id": f"{video.video_id}-none", "status": NO_PAIRS,
+                               "reason": f"only local edit types configured; {why}"})  # fmt: skip
+        rows += video_rows
         if on_progress:
             on_progress(done, len(videos), video.video_id)
     return write_manifest(storage, manifest_key(shard), rows, MANIFEST_SCHEMA, sort_by="pair_id")
+
+
+def _pairs_of_type(
+    storage: Storage,
+    shard: str,
+    video: Any,
+    frames: np.ndarray,
+    objects: list[TrackedObject],
+    edit_type: str,
+    backend: EditBackend,
+    options: PairOptions,
+    templates: Templates,
+) -> list[dict[str, Any]]:
+    """The manifest rows of one video's pairs of one edit type: stored pairs, or ``failed``
+    rows for the generation or a pair that raised. Each type draws from its own random
+    stream, so generating the types one by one gives the same pairs as all at once."""
+    base = {"video_id": video.video_id, "shard": shard, "backend": backend.name,
+            "edit_type": edit_type, "status": FAILED}  # fmt: skip
+    caption = "" if pd.isna(video.caption) else str(video.caption)
+    try:
+        pairs = generate_pairs(
+            frames, objects, caption, [edit_type], backend,
+            seed=_video_seed(options.seed, video.video_id), per_type=options.per_type,
+            dilation=options.dilation, templates=templates,
+        )  # fmt: skip
+    except Exception as exc:
+        reason = item_failure(exc, f"{edit_type} pairs of {video.video_id}")
+        return [{**base, "pair_id": f"{video.video_id}-{edit_type}-failed", "reason": reason}]
+    rows = []
+    for index, pair in enumerate(pairs):
+        pair_id = f"{video.video_id}-{edit_type}-{index}"
+        try:
+            rows.append(
+                _store_pair(storage, shard, pair_id, video, frames, pair, backend.name, options)
+            )
+        except Exception as exc:
+            reason = item_failure(exc, f"pair {pair_id}")
+            storage.delete(f"{ASSET}/{shard}/{pair_id}")  # what it wrote before failing
+            rows.append({**base, "pair_id": pair_id, "reason": reason})
+    return rows
+
+
+def local_edit_gaps(
+    raw_manifest: pd.DataFrame, tracks: pd.DataFrame, pairs: pd.DataFrame
+) -> pd.Series:
+    """Why each ``ok`` video of the shard got no local edit pair (video_id → reason), e.g.
+    real footage without annotations under the ``annotations`` mask backend: it still gets
+    global pairs (style, tone), and this says why it got nothing else."""
+    videos = raw_manifest.loc[raw_manifest["status"] == "ok", "video_id"]
+    ok = pairs[(pairs["status"] == "ok") & pairs["edit_type"].isin([*LOCAL_EDITS, "hybrid"])]
+    with_local = set(ok["video_id"])
+    no_masks = videos_without_masks(tracks)
+    gaps = {
+        v: no_masks.get(v, "no object covers the minimum area") for v in videos
+        if v not in with_local
+    }  # fmt: skip
+    return pd.Series(gaps, dtype="string", name="reason")
 
 
 def _store_pair(

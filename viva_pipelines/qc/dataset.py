@@ -17,7 +17,8 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from viva_pipelines.manifests import ManifestResult, write_manifest
+from viva_pipelines.manifests import FAILED, ManifestResult, item_failure, write_manifest
+from viva_pipelines.pairs.shard import NO_PAIRS
 from viva_pipelines.qc.rules import QcThresholds, qc_rejection
 from viva_pipelines.storage import Storage
 from viva_pipelines.vlm.review import PairVerdict
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 ASSET = "qc_dataset"
 CODE_VERSION = "qc_dataset-1"
 MANIFEST_KEY = f"{ASSET}/manifest.parquet"
-ACCEPTED, REJECTED = "accepted", "rejected"
+ACCEPTED, REJECTED = "accepted", "rejected"  # and manifests.FAILED
 TRAIN, VAL = "train", "val"
 
 MANIFEST_SCHEMA = {
@@ -100,10 +101,16 @@ def build_qc_dataset(
     """Filter, review, split; write ``qc_dataset/manifest.parquet`` (video and image rows).
     ``extra_rows`` are samples from elsewhere (e.g. an external image-pair manifest)."""
     pairs = pd.concat(list(pair_manifests), ignore_index=True)
+    pairs = pairs[pairs["status"] != NO_PAIRS]  # a video's note that it has none, not a pair
     rows: list[dict[str, Any]] = []
     for pair in tqdm(pairs.itertuples(), total=len(pairs), desc="qc"):
-        row = _video_row(pair, config)
-        reason = _rejection(pair, config, reviewer, row)
+        try:
+            row = _video_row(pair, config)
+            reason = _rejection(pair, config, reviewer, row)
+        except Exception as exc:  # one pair that cannot be checked must not stop the dataset
+            reason = item_failure(exc, f"QC of {pair.pair_id}")
+            rows.append(_failed_row(pair, config, reason))
+            continue
         row.update(status=REJECTED if reason else ACCEPTED, reason=reason)
         rows.append(row)
         if not reason:
@@ -125,6 +132,16 @@ def _video_row(pair: Any, config: QcConfig) -> dict[str, Any]:
         original_instruction=pair.instruction,
     )
     return row
+
+
+def _failed_row(pair: Any, config: QcConfig, reason: str) -> dict[str, Any]:
+    """The row of a pair whose checks raised: who it is and why, nothing taken from it."""
+    return {
+        "sample_id": str(pair.pair_id), "pair_id": str(pair.pair_id), "modality": "video",
+        "split": split_of(str(pair.video_id), config.val_fraction, config.split_seed),
+        "status": FAILED, "reason": reason, "edit_type": getattr(pair, "edit_type", None),
+        "video_id": str(pair.video_id), "shard": getattr(pair, "shard", None),
+    }  # fmt: skip
 
 
 def _image_row(pair: Any, video_row: dict[str, Any]) -> dict[str, Any]:
