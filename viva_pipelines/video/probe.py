@@ -46,6 +46,9 @@ _BROKEN_MP4 = "corrupt or truncated MP4/MOV file: its index (moov box) is missin
 #: reordered pictures; real files (B-frame pyramids) use 2-4. Held frames are decoded pictures,
 #: so the window is kept small: 8 frames of the largest accepted size are ~200 MB.
 _REORDER_WINDOW = 8
+#: Frame period (as a rate) given to frames without a timestamp in a stream that declares no
+#: frame rate either; only raw elementary streams of unusual codecs need it.
+_FALLBACK_FPS = 25.0
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,8 @@ class VideoProbe:
 
     ``width``/``height`` are the stored (decoded) picture size; ``rotation`` is the display
     matrix's counter-clockwise rotation in degrees (0, 90, 180 or 270) that turns stored frames
-    upright. ``fps`` is the container's declared average rate; ``frame_count``,
+    upright. ``fps`` is the container's declared average rate, or, where it declares none
+    (variable-rate ASF/WMV, some FLV), the rate of the decoded timestamps; ``frame_count``,
     ``duration_s`` and ``variable_frame_rate`` come from the decoded timestamps.
     """
 
@@ -221,17 +225,18 @@ def _video_stream(container: InputContainer, path: str | os.PathLike) -> VideoSt
     return stream
 
 
-def _check_header(container: InputContainer, stream: VideoStream, limits: VideoLimits) -> float:
-    """Reject on what the headers declare, before decoding anything; returns the declared fps."""
+def _check_header(
+    container: InputContainer, stream: VideoStream, limits: VideoLimits
+) -> float | None:
+    """Reject on what the headers declare, before decoding anything; returns the declared
+    average frame rate, or None when the container gives none (then the decoded timestamps
+    decide: see :func:`_decode`)."""
     width, height = stream.codec_context.width, stream.codec_context.height
     if width * height > limits.max_pixels:
         raise VideoRejected(
             f"frame size too large ({width}x{height} declared = {width * height / 1e6:.1f} MP"
             f" > limit {limits.max_pixels / 1e6:.1f} MP)"
         )
-    rate = stream.average_rate
-    if not rate or rate <= 0:
-        raise VideoRejected("frame rate is 0 or unknown")
     if container.duration is not None:
         declared = container.duration / av.time_base
     elif stream.duration is not None and stream.time_base:
@@ -240,7 +245,8 @@ def _check_header(container: InputContainer, stream: VideoStream, limits: VideoL
         declared = 0.0
     if declared > limits.max_duration_s:
         raise VideoRejected(_too_long(f"{declared:.1f} s declared", limits))
-    return float(rate)
+    rate = stream.average_rate
+    return float(rate) if rate and rate > 0 else None
 
 
 def _too_long(what: str, limits: VideoLimits) -> str:
@@ -335,18 +341,22 @@ class _PresentationOrder:
         every frame dropped for a repeated timestamp, here and in the demuxed tail."""
         done = []
         if self.retimed:
-            done.append(f"{self.retimed} frames re-timed (timestamps out of presentation order)")
+            done.append(f"{_frames(self.retimed)} re-timed (timestamps out of presentation order)")
         if self.moved:
-            done.append(f"{self.moved} frames moved into timestamp order")
+            done.append(f"{_frames(self.moved)} moved into timestamp order")
         if duplicates:
-            done.append(f"{duplicates} frames with a duplicate timestamp dropped")
+            done.append(f"{_frames(duplicates)} with a duplicate timestamp dropped")
         return ", ".join(done) or None
+
+
+def _frames(count: int) -> str:
+    return f"{count} frame{'s' * (count != 1)}"
 
 
 def _decode(
     container: InputContainer,
     stream: VideoStream,
-    fps: float,
+    fps: float | None,
     size: int,
     limits: VideoLimits,
     on_frame: FrameCallback | None,
@@ -362,7 +372,7 @@ def _decode(
     # to a larger size after its (checked) header.
     codec.options = {"max_pixels": str(limits.max_pixels)}
     codec.thread_type = ThreadType.AUTO
-    clock = _Clock(stream.time_base, fps)
+    clock = _Clock(stream.time_base, fps or _FALLBACK_FPS)
     order = _PresentationOrder(_REORDER_WINDOW, lambda: bool(codec.has_b_frames))
     times: list[float] = []  # seconds from the first frame
     first: tuple[int, int, int] | None = None  # width, height, rotation of the first frame
@@ -415,15 +425,16 @@ def _decode(
     if first is None or timeline.size < limits.min_frames:
         if duplicates:
             raise VideoRejected(
-                f"corrupt timestamps: {timeline.size + duplicates} frames carry only"
-                f" {timeline.size} distinct presentation times (at least {limits.min_frames}"
-                " needed)"
+                f"{'corrupt timestamps' if fps else 'frame rate is 0 or unknown'}:"
+                f" {timeline.size + duplicates} frames carry only {timeline.size} distinct"
+                f" presentation times (at least {limits.min_frames} needed)"
             )
         raise VideoRejected(
             f"too few frames ({timeline.size} decoded, at least {limits.min_frames} needed)"
         )
     deltas = np.diff(timeline)
-    step = float(np.median(deltas)) if deltas.size else 1.0 / fps
+    step = float(np.median(deltas)) if deltas.size else 1.0 / (fps or _FALLBACK_FPS)
+    fps = fps or 1.0 / step
     duration = float(timeline[-1] - timeline[0]) + step
     if duration > limits.max_duration_s:
         raise VideoRejected(_too_long(f"{duration:.1f} s decoded", limits))
