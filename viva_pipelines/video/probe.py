@@ -427,7 +427,8 @@ def _decode(
             raise VideoRejected(
                 f"{'corrupt timestamps' if fps else 'frame rate is 0 or unknown'}:"
                 f" {timeline.size + duplicates} frames carry only {timeline.size} distinct"
-                f" presentation times (at least {limits.min_frames} needed)"
+                f" presentation time{'s' * (timeline.size != 1)} (at least {limits.min_frames}"
+                " needed)"
             )
         raise VideoRejected(
             f"too few frames ({timeline.size} decoded, at least {limits.min_frames} needed)"
