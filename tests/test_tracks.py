@@ -14,6 +14,7 @@ from viva_pipelines.masks.shard import (
     load_mask,
     manifest_key,
     track_shard,
+    videos_without_masks,
 )
 from viva_pipelines.masks.tracks import TrackRules, track_rejection, track_stats
 from viva_pipelines.storage import Storage
@@ -43,6 +44,28 @@ def test_track_stats_by_hand():
         ({"stability": 0.1}, "unstable"),
     ],
 )
+def test_track_stats_of_a_one_frame_clip():
+    mask = np.zeros((1, 4, 6), bool)
+    mask[0, 1:3, 2:5] = True
+    stats = track_stats(mask)
+    assert stats.areas == [6] and stats.bboxes == [(2, 1, 5, 3)]
+    assert stats.stability == 1.0 and stats.visible_fraction == 1.0
+
+
+def test_videos_without_masks_say_why():
+    manifest = pd.DataFrame([
+        {"video_id": "a", "object_id": None, "status": "dropped", "reason": "nothing detected"},
+        {"video_id": "b", "object_id": 1, "status": "dropped", "reason": "lost: visible in 20%"},
+        {"video_id": "b", "object_id": 2, "status": "dropped", "reason": "lost: visible in 10%"},
+        {"video_id": "b", "object_id": 3, "status": "dropped", "reason": "degenerate: area 90%"},
+        {"video_id": "c", "object_id": 1, "status": "kept", "reason": None},
+        {"video_id": "c", "object_id": 2, "status": "dropped", "reason": "lost: visible in 5%"},
+    ])  # fmt: skip
+    assert videos_without_masks(manifest).to_dict() == {
+        "a": "nothing detected", "b": "all 3 tracks dropped: lost 2, degenerate 1",
+    }  # fmt: skip
+
+
 def test_bad_tracks_are_dropped_with_a_reason(stats_change, word):
     masks = np.zeros((3, 20, 20), bool)
     masks[:, 5:10, 5:10] = True
