@@ -35,15 +35,6 @@ def test_track_stats_by_hand():
     assert stats.stability == pytest.approx((2 / 6 + 1 + 0) / 3)
 
 
-@pytest.mark.parametrize(
-    ("stats_change", "word"),
-    [
-        ({"visible_fraction": 0.2}, "lost"),
-        ({"area_fraction": 0.0001}, "degenerate"),
-        ({"area_fraction": 0.9}, "degenerate"),
-        ({"stability": 0.1}, "unstable"),
-    ],
-)
 def test_track_stats_of_a_one_frame_clip():
     mask = np.zeros((1, 4, 6), bool)
     mask[0, 1:3, 2:5] = True
@@ -66,6 +57,15 @@ def test_videos_without_masks_say_why():
     }  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("stats_change", "word"),
+    [
+        ({"visible_fraction": 0.2}, "lost"),
+        ({"area_fraction": 0.0001}, "degenerate"),
+        ({"area_fraction": 0.9}, "degenerate"),
+        ({"stability": 0.1}, "unstable"),
+    ],
+)
 def test_bad_tracks_are_dropped_with_a_reason(stats_change, word):
     masks = np.zeros((3, 20, 20), bool)
     masks[:, 5:10, 5:10] = True
