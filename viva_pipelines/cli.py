@@ -9,7 +9,9 @@
 - ``viva edit``: edit a video with a trained model (and LoRA);
 - ``viva report``: print the latest benchmark table;
 - ``viva lineage TARGET``: the chain from a benchmark run or model back to raw video files;
-- ``viva config``: print the resolved configuration of ``VIVA_ENV``.
+- ``viva config``: print the resolved configuration of ``VIVA_ENV``;
+- ``viva runs clean``: fail the local runs whose worker died and free their pool slots (``viva
+  materialize`` and ``viva ingest`` do it before each run).
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -119,12 +125,18 @@ def _ingest(args: argparse.Namespace) -> int:
         or not storage.exists(pairs_manifest_key(s))
     ]  # fmt: skip
     job = defs.resolve_job_def(SHARD_JOB)
+    pools = {node.definition.pool for node in job.graph.nodes} - {None}
     failed = []
     for shard in pending:
         started = time.perf_counter()
-        result = job.execute_in_process(
-            partition_key=shard, instance=instance, raise_on_error=False, run_config=QUIET
-        )
+        result = _execute(
+            instance,
+            lambda tags, shard=shard: job.execute_in_process(
+                partition_key=shard, instance=instance, raise_on_error=False,
+                run_config=QUIET, tags=tags,
+            ),
+            pools,
+        )  # fmt: skip
         if not result.success:
             failed.append(shard)
             print(f"{shard}: FAILED (see `make dev`, run {result.run_id})")
@@ -149,10 +161,16 @@ def _materialize(args: argparse.Namespace) -> int:
     _, defs = _definitions()
     instance = _dagster_instance()
     selection = [dg.AssetKey(name) for name in args.assets]
+    pools = {defs.resolve_assets_def(key).op.pool for key in selection} - {None}
     started = time.perf_counter()
-    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        asset_selection=selection, instance=instance, raise_on_error=False, run_config=QUIET
-    )
+    result = _execute(
+        instance,
+        lambda tags: defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            asset_selection=selection, instance=instance, raise_on_error=False,
+            run_config=QUIET, tags=tags,
+        ),
+        pools,
+    )  # fmt: skip
     for check in result.get_asset_check_evaluations():
         status = "passed" if check.passed else "FAILED"
         print(f"check {check.asset_check_key.name}: {status} ({check.metadata['result'].value})")
@@ -162,6 +180,61 @@ def _materialize(args: argparse.Namespace) -> int:
         f"(run {result.run_id})"
     )
     return 0 if result.success else 1
+
+
+def _execute(instance, run: Callable[[dict[str, str]], Any], pools: set[str]) -> Any:
+    """``run(tags)`` (an ``execute_in_process``) with crash recovery around it.
+
+    Before: the runs of workers that died (killed, OOM) are failed and their pool slots freed,
+    and the CLI says whom a full pool makes it wait for. During: the run executes in a thread,
+    so SIGINT/SIGTERM reach this process at once even while Dagster waits for a pool slot (it
+    defers interrupts to step boundaries of the main thread); on a signal the run is failed, its
+    slots freed and the process exits; its training processes stop with it (their watchdog).
+    """
+    from viva_pipelines.defs.runs import WORKER_TAG, pool_waits, release_dead_runs, worker_tags
+
+    for line in [*release_dead_runs(instance), *pool_waits(instance, pools)]:
+        print(line, flush=True)
+    tags = worker_tags()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = run(tags)
+        except BaseException as exc:  # re-raised in the main thread
+            outcome["error"] = exc
+
+    def stop(signum: int, _frame: Any) -> None:
+        print(
+            f"viva: {signal.Signals(signum).name}: stopping; a retry resumes training from its"
+            " last checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
+        for line in release_dead_runs(instance, ending=tags[WORKER_TAG]):
+            print(line, flush=True)
+        os._exit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    worker = threading.Thread(target=target, name="viva-run", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _runs_clean(args: argparse.Namespace) -> int:
+    from viva_pipelines.defs.runs import release_dead_runs
+
+    done = release_dead_runs(_dagster_instance())
+    print("\n".join(done) if done else "nothing to clean: no dead run holds a run or a slot")
+    return 0
 
 
 def _edit(args: argparse.Namespace) -> int:
@@ -307,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("config", help="print the resolved configuration").set_defaults(
         handler=_config
     )
+    runs = commands.add_parser("runs", help="local Dagster runs").add_subparsers(
+        dest="runs_command", required=True
+    )
+    runs.add_parser(
+        "clean", help="fail runs whose worker died and free the pool slots they hold"
+    ).set_defaults(handler=_runs_clean)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

@@ -11,6 +11,7 @@ import dagster as dg
 from viva_pipelines.config import Settings
 from viva_pipelines.defs.execution import step_options
 from viva_pipelines.defs.resources import MlflowResource, StorageResource
+from viva_pipelines.defs.runs import worker_tags
 from viva_pipelines.previews import markdown_image
 from viva_pipelines.qc import dataset as qc
 from viva_pipelines.rewards.models import RECORD_KEY as REWARDS_RECORD
@@ -24,6 +25,7 @@ from viva_pipelines.tracking import (
     tag_model_version,
 )
 from viva_pipelines.train.config import GrpoConfig, RunConfig, SftConfig
+from viva_pipelines.train.supervision import launcher_environment
 
 #: Where instructor_model records its instructor (``viva_pipelines.train.instructor``; not
 #: imported from there: that module loads torch, and the definitions must load fast).
@@ -166,8 +168,11 @@ def launch_training(
     with tempfile.TemporaryDirectory(prefix="viva-train-") as tmp:
         config_path = Path(tmp, "run.yaml")
         config.to_yaml(config_path)
+        context.instance.add_run_tags(context.run_id, worker_tags())  # for dead-run cleanup
         result = client.run(
-            command=torchrun_command(nproc, module, str(config_path)), context=context
+            command=torchrun_command(nproc, module, str(config_path)),
+            context=context,
+            env=launcher_environment(context.run_id),
         ).get_materialize_result()
         local = store.get_dir(f"{config.output_prefix}/{artifact_prefix}", Path(tmp, "model"))
         version = register_model_dir(local, run_id, register_as)

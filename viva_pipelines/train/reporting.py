@@ -14,11 +14,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
+from viva_pipelines.storage import Storage
 from viva_pipelines.train.distributed import distributed
+from viva_pipelines.train.supervision import RunLease, watch_launcher
 
 log = logging.getLogger("viva_pipelines.train")
 
@@ -81,18 +83,28 @@ def run_entry_point(
     train: Callable[[Any, Any, Reporter], dict[str, Any]],
 ) -> int:
     """The ``python -m viva_pipelines.train.<loop> --config <yaml>`` entry point both loops
-    share: join the torchrun group, report from rank 0 (Pipes materialization, MLflow), and
-    print the run's summary (without its history) as the last line of stdout."""
+    share: die with the launcher, join the torchrun group, hold the run folder's lease (rank 0),
+    report from rank 0 (Pipes materialization, MLflow), and print the run's summary (without
+    its history) as the last line of stdout."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="the run's YAML config")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = load_config(args.config)
+    watch_launcher()
     with distributed(config.runtime.device) as ctx:
         tracking = config.tracking
-        with Reporter(
-            enabled=ctx.is_main, tracking_uri=tracking.tracking_uri, run_id=tracking.run_id
-        ) as report:
+        data = config.data
+        storage = Storage(
+            data.storage_root, endpoint_url=data.endpoint_url, region_name=data.region_name
+        )
+        lease = RunLease(storage, config.output_prefix) if ctx.is_main else nullcontext()
+        with (
+            lease,
+            Reporter(
+                enabled=ctx.is_main, tracking_uri=tracking.tracking_uri, run_id=tracking.run_id
+            ) as report,
+        ):
             summary = train(config, ctx, report)
             report.materialization(
                 {k: v for k, v in summary.items() if k != "history" and not isinstance(v, dict)}
