@@ -4,6 +4,8 @@ cleanup of runs whose worker died."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -156,3 +158,48 @@ def test_the_cli_frees_the_slot_of_a_run_whose_worker_died_and_names_a_live_hold
         assert instance.get_run_by_id(crashed).status == dg.DagsterRunStatus.FAILURE
         assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
         assert pool_waits(instance, {"gpu"}) == []
+
+
+WAITER = """
+import sys, dagster as dg
+from viva_pipelines import cli
+
+@dg.asset(pool="gpu")
+def toy():
+    return 1
+
+instance = dg.DagsterInstance.get()
+job = dg.Definitions(assets=[toy]).resolve_implicit_global_asset_job_def()
+cli._execute(instance, lambda tags: job.execute_in_process(instance=instance, tags=tags), {"gpu"})
+print("the run was not blocked", flush=True)
+"""
+
+
+def test_a_cli_run_waiting_for_a_slot_says_for_whom_and_ends_promptly_on_sigterm(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\n")
+    script = tmp_path / "waiter.py"
+    script.write_text(WAITER)
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        holder = _claim(instance, process_identity())  # this live process holds the slot
+        waiter = subprocess.Popen(
+            [sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        lines = []
+        for line in waiter.stdout:
+            lines.append(line)
+            if line.startswith("waiting for pool gpu"):
+                break
+        assert f"held by run {holder} (step sft_checkpoint" in lines[-1], lines
+        time.sleep(2)  # blocked in Dagster's slot loop
+        waiter.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert waiter.wait(timeout=10) == 128 + signal.SIGTERM
+        assert time.monotonic() - started < 5
+        rest = waiter.stdout.read()
+        assert "viva: SIGTERM: stopping" in rest and "marked failed" in rest, rest
+        waiting = [r for r in instance.get_runs() if r.run_id != holder]
+        assert [r.status for r in waiting] == [dg.DagsterRunStatus.FAILURE]
