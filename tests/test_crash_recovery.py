@@ -218,3 +218,26 @@ def test_a_killed_run_worker_leaves_no_trainer_and_the_retry_resumes(project, as
     assert "freed the slot" in cleaned.stdout
     _retry(dagster, asset, root, env)
     _assert_same(_weights(run_folder / WEIGHTS[asset]), expected)
+
+
+@pytest.mark.slow
+def test_terminating_a_dagster_run_ends_its_trainer(project):
+    """What "Terminate" in the UI does: the run worker is asked to stop (SIGTERM to it alone,
+    not its group); the step is interrupted, Pipes passes SIGINT to torchrun, and whatever
+    survives stops with its launcher."""
+    root, env = project
+    for folder in (root / "data" / "sft_checkpoint").glob("*/checkpoints"):
+        shutil.rmtree(folder.parent)
+    command = [str(BIN / "dagster"), "job", "execute", "-m", "viva_pipelines.definitions",
+               "-j", "__ASSET_JOB", "-o", "sft_checkpoint"]  # fmt: skip
+    launched = Launched(command, env, root)
+    running = _until(lambda: _processes("-m viva_pipelines.train.sft --config "), timeout=120)
+    assert running, launched.text()[-3000:]
+    config_path = running[0].split(" --config ", 1)[1].split()[0]
+    launched.process.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    assert _until(lambda: not _processes(config_path) and "gone", timeout=30), _processes(
+        config_path
+    )
+    print(f"\nterminated: trainer gone {time.monotonic() - stopped:.1f} s after SIGTERM")
+    assert launched.wait(timeout=60) != 0
