@@ -105,7 +105,8 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
                   "--instruction", "Remove the red circle.", "--out", str(out), "--steps", "2"],
                  project, home)  # fmt: skip
     assert edited.returncode == 0, edited.stderr[-3000:]
-    assert read_video(out)[0].shape == (2, 16, 16, 3)
+    assert read_video(out)[0].shape == (12, 48, 64, 3)  # the source's frames and size
+    assert "wrote " in edited.stdout and "12 frames of 64x48" in edited.stdout
 
     # Reward models (tiny CLIP trained on the dataset) and Edit-GRPO over the SFT model.
     write_conf(project, "local", "grpo.yaml", {
@@ -130,7 +131,7 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
                   "--video", str(next(source.glob("*.mp4"))), "--instruction", "Remove it.",
                   "--out", str(with_lora), "--steps", "2"], project, home)  # fmt: skip
     assert edited.returncode == 0, edited.stderr[-3000:]
-    assert read_video(with_lora)[0].shape == (2, 16, 16, 3)
+    assert read_video(with_lora)[0].shape == (12, 48, 64, 3)
 
     # The benchmark: the rendered one-per-category suite, every model, the report.
     write_conf(
@@ -173,8 +174,11 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     assert unknown.returncode == 2 and "not found in MLflow" in unknown.stderr
 
     missing = run(["edit", "--model", str(project / "nope"), "--video", str(out),
-                   "--instruction", "x", "--out", str(out)], project, home)  # fmt: skip
+                   "--instruction", "x", "--out", str(project / "never.mp4")], project, home)  # fmt: skip
     assert missing.returncode == 2 and "not a VIVA model directory" in missing.stderr
+    exists = run(["edit", "--model", str(project / "nope"), "--video", str(out),
+                  "--instruction", "x", "--out", str(out)], project, home)  # fmt: skip
+    assert exists.returncode == 2 and "exists (pass --overwrite" in exists.stderr
 
     os.environ["DAGSTER_HOME"], previous = str(home), os.environ.get("DAGSTER_HOME")
     try:

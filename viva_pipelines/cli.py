@@ -238,23 +238,37 @@ def _runs_clean(args: argparse.Namespace) -> int:
 
 
 def _edit(args: argparse.Namespace) -> int:
-    from viva_pipelines.model.pipeline import edit_video, resolve_model
+    import av
+
+    from viva_pipelines.model.pipeline import resolve_model
+    from viva_pipelines.model.whole_video import EditRequestError, check_request, edit_video
     from viva_pipelines.tracking import use_s3_endpoint
 
     try:
+        check_request(args.video, args.instruction, args.out, args.reference,
+                      overwrite=args.overwrite)  # fmt: skip
         settings = get_settings()
         use_s3_endpoint(settings.storage.s3.endpoint_url)
         tracking_uri = settings.mlflow_tracking_uri
         model_dir = resolve_model(args.model, tracking_uri=tracking_uri)
         lora = args.lora and resolve_model(args.lora, tracking_uri=tracking_uri, lora=True)
-        out = edit_video(
-            model_dir, args.video, args.instruction, args.out, lora=lora, reference=args.reference,
-            num_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+        edited = edit_video(
+            model_dir, args.video, args.instruction, args.out, lora=lora or None,
+            reference=args.reference, overwrite=args.overwrite, crf=args.crf,
+            preserve_unchanged=args.preserve_unchanged, num_steps=args.steps,
+            guidance_scale=args.guidance, seed=args.seed,
         )  # fmt: skip
-    except (FileNotFoundError, ValueError) as exc:
+    except (EditRequestError, FileNotFoundError, ValueError) as exc:
         print(f"viva edit: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {out}")
+    except av.FFmpegError as exc:
+        print(f"viva edit: video {args.video}: decoding failed ({exc})", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {edited.path}: {edited.frames} frames of {edited.width}x{edited.height} at"
+        f" {edited.fps:g} fps{' with audio' if edited.has_audio else ''}"
+        f" ({edited.windows} windows, {edited.seconds:.1f}s)"
+    )
     return 0
 
 
@@ -364,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     edit.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     edit.add_argument("--guidance", type=float, help="instruction guidance scale")
     edit.add_argument("--seed", type=int, default=0)
+    edit.add_argument("--crf", type=int, default=18, help="H.264 quality (lower = better)")
+    edit.add_argument(
+        "--preserve-unchanged", action="store_true",
+        help="keep the original full-resolution pixels wherever the model changed nothing",
+    )  # fmt: skip
+    edit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     edit.set_defaults(handler=_edit)
     commands.add_parser("report", help="print the latest benchmark table").set_defaults(
         handler=_report

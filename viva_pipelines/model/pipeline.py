@@ -243,46 +243,75 @@ class VivaEditPipeline:
         )
 
     @torch.no_grad()
-    def edit(
+    def prepare(
+        self, instruction: str, first_frame: np.ndarray, reference: np.ndarray | None = None
+    ) -> PreparedEdit:
+        """What every clip of one edit request shares: the instructor's encodings of the
+        instruction with the video's first frame (and reference), and the reference's latent."""
+        cond, uncond = self.conditions([instruction], [first_frame], [reference])
+        ref_latent = None
+        if reference is not None:
+            ref_pixels = to_model_pixels(self.spec.geometry.fit(reference)[None])[None]
+            ref_latent = self.codec.encode(ref_pixels.to(self.device))
+        return PreparedEdit(cond, uncond, ref_latent)
+
+    @torch.no_grad()
+    def edit_clip(
         self,
-        frames: np.ndarray,
-        instruction: str,
+        clip: np.ndarray,
+        prepared: PreparedEdit,
         *,
-        reference: np.ndarray | None = None,
         num_steps: int | None = None,
         guidance_scale: float | None = None,
         source_guidance_scale: float | None = None,
         seed: int = 0,
         progress: bool = False,
     ) -> np.ndarray:
-        """Edit ``frames`` (``uint8 [T, H, W, 3]``, the whole clip; the model's frame count is
-        taken every ``frame_stride`` frames) and return ``uint8 [t, height, width, 3]``."""
-        spec = self.spec
-        geometry = spec.geometry
-        clip = to_model_pixels(geometry.cut(frames))
-        source = self.codec.encode(clip[None].to(self.device))
-        ref_latent = None
-        if reference is not None:
-            ref_pixels = to_model_pixels(geometry.fit(reference)[None])[None].to(self.device)
-            ref_latent = self.codec.encode(ref_pixels)
-        cond, uncond = self.conditions([instruction], [frames[0]], [reference])
-        sampling = spec.sampling
+        """Edit one clip already at the model's geometry (``uint8 [frames, height, width, 3]``).
+        The same ``seed`` gives every clip the same start noise."""
+        source = self.codec.encode(to_model_pixels(clip)[None].to(self.device))
+        sampling = self.spec.sampling
         latents = sample_edit(
             self.transformer,
             source,
-            ref_latent,
-            cond,
-            uncond,
+            prepared.ref_latent,
+            prepared.cond,
+            prepared.uncond,
             num_steps=num_steps or sampling.num_steps,
             guidance_scale=sampling.guidance_scale if guidance_scale is None else guidance_scale,
             source_guidance_scale=source_guidance_scale or sampling.source_guidance_scale,
             shift=sampling.shift,
-            embedded_guidance=spec.embedded_guidance,
-            prediction=spec.prediction,
+            embedded_guidance=self.spec.embedded_guidance,
+            prediction=self.spec.prediction,
             generator=torch.Generator().manual_seed(seed),
             progress=progress,
         )
         return to_uint8_frames(self.codec.decode(latents)[0])
+
+    def edit(
+        self,
+        frames: np.ndarray,
+        instruction: str,
+        *,
+        reference: np.ndarray | None = None,
+        seed: int = 0,
+        **sampling: Any,
+    ) -> np.ndarray:
+        """Edit ``frames`` (``uint8 [T, H, W, 3]``, the whole clip; the model's frame count is
+        taken every ``frame_stride`` frames) and return ``uint8 [t, height, width, 3]``.
+        ``sampling``: ``num_steps``, ``guidance_scale``, ``source_guidance_scale``,
+        ``progress`` (see :meth:`edit_clip`)."""
+        prepared = self.prepare(instruction, frames[0], reference)
+        return self.edit_clip(self.spec.geometry.cut(frames), prepared, seed=seed, **sampling)
+
+
+@dataclass(frozen=True)
+class PreparedEdit:
+    """One edit request's instructor encodings (and reference latent), shared by its clips."""
+
+    cond: Conditions
+    uncond: Conditions
+    ref_latent: torch.Tensor | None
 
 
 def _dir_size(path: Path) -> int:
@@ -315,44 +344,3 @@ def resolve_model(
     if not (path / MODEL_FILE).is_file():
         raise FileNotFoundError(f"{path}: not a VIVA model directory (no {MODEL_FILE})")
     return path
-
-
-def edit_video(
-    model: str | Path | VivaEditPipeline,
-    video: str | Path,
-    instruction: str,
-    out: str | Path,
-    *,
-    lora: str | Path | None = None,
-    reference: str | Path | None = None,
-    num_steps: int | None = None,
-    guidance_scale: float | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> Path:
-    """Edit a video file with a model directory (or a loaded pipeline) and write ``out`` (MP4)."""
-    from PIL import Image
-
-    from viva_pipelines.video.io import read_video, write_video
-
-    pipeline = (
-        model if isinstance(model, VivaEditPipeline) else VivaEditPipeline.from_pretrained(model)
-    )
-    frames, fps = read_video(video)
-    ref = None
-    if reference is not None:
-        with Image.open(reference) as image:
-            ref = np.asarray(image.convert("RGB"))
-    edited = pipeline.edit(
-        frames,
-        instruction,
-        reference=ref,
-        num_steps=num_steps,
-        guidance_scale=guidance_scale,
-        seed=seed,
-        progress=progress,
-    )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_video(out, edited, fps / pipeline.spec.frame_stride)
-    return out

@@ -1,0 +1,379 @@
+"""Edit a whole video of any length, size and frame rate with a model that edits short clips.
+
+**Time.** The model edits clips of ``geometry.frames`` frames. A video is covered by windows of
+that many *consecutive* source frames, each overlapping the previous one by ``overlap`` frames;
+every window starts from the same noise (one seed), so the model makes the same choices in
+each, and the edits are cross-faded over the overlap with triangular weights. Conditioning a
+window on the previous one's last frames would need a model input that VIVA's DiT does not
+have; the blend needs none. Every source frame gets exactly one output frame, written at the
+source's frame rate.
+
+**Size.** Each frame is brought to the model's resolution the way ingest does (one scale
+factor, centre crop); the edited crop is scaled back and put in its place in the source frame,
+so the output keeps the source's width and height, and the margins the crop cut away keep the
+source's pixels. With ``preserve_unchanged``, pixels where the model itself changed nothing (its
+own edit-vs-source difference at model resolution, thresholded, dilated and feathered) keep the
+original full-resolution pixels too: no external mask is used.
+
+**Memory.** Decoding, editing and encoding stream window by window: at most one window of
+source frames (full resolution) is held, whatever the video's length. Audio packets are copied
+as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from viva_pipelines.model.clips import ClipGeometry
+from viva_pipelines.model.pipeline import VivaEditPipeline
+from viva_pipelines.video.probe import rotation_degrees
+
+#: Grey levels (0-255, at model resolution) below which the model is taken to have changed
+#: nothing, and how far (model pixels) the changed region is grown and then feathered.
+CHANGE_THRESHOLD = 12
+CHANGE_DILATION = 1
+CHANGE_FEATHER = 1.0
+
+
+@dataclass(frozen=True)
+class EditedVideo:
+    path: Path
+    frames: int
+    fps: float
+    width: int
+    height: int
+    windows: int
+    seconds: float
+    has_audio: bool
+
+
+def window_starts(frames: int, size: int, overlap: int) -> list[int]:
+    """First frame of each window of ``size`` covering ``frames`` frames, consecutive windows
+    sharing ``overlap`` frames; the last window ends at the last frame (it may share more)."""
+    if not 0 <= overlap < size:
+        raise ValueError(f"overlap must be in [0, {size}), got {overlap}")
+    if frames <= size:
+        return [0]
+    step = size - overlap
+    starts = list(range(0, frames - size, step))
+    return [*starts, frames - size]
+
+
+def blend_weights(size: int, overlap: int) -> np.ndarray:
+    """``float [size]``: a window's weight per frame, rising over its first ``overlap`` frames
+    and falling over its last ones (triangular cross-fade), never 0."""
+    ramp = np.arange(1, overlap + 1, dtype=np.float64) / (overlap + 1)
+    weights = np.ones(size)
+    if overlap:
+        weights[:overlap] = ramp
+        weights[size - overlap :] = np.minimum(weights[size - overlap :], ramp[::-1])
+    return weights
+
+
+def crop_box(width: int, height: int, geometry: ClipGeometry) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``: the region of a ``width x height`` frame that the model sees
+    (the inverse of :meth:`ClipGeometry.fit`'s scale and centre crop)."""
+    scale = max(geometry.width / width, geometry.height / height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    left, top = (new_w - geometry.width) // 2, (new_h - geometry.height) // 2
+    x0, y0 = round(left / scale), round(top / scale)
+    x1 = min(width, round((left + geometry.width) / scale))
+    y1 = min(height, round((top + geometry.height) / scale))
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def change_map(source: np.ndarray, edited: np.ndarray) -> np.ndarray:
+    """``float [h, w]`` in [0, 1]: where the model changed its input (model resolution)."""
+    diff = np.abs(edited.astype(np.int16) - source.astype(np.int16)).max(axis=-1)
+    changed = (diff > CHANGE_THRESHOLD).astype(np.uint8)
+    if CHANGE_DILATION:
+        kernel = np.ones((2 * CHANGE_DILATION + 1,) * 2, np.uint8)
+        changed = cv2.dilate(changed, kernel)
+    soft = changed.astype(np.float32)
+    if CHANGE_FEATHER:
+        soft = cv2.GaussianBlur(soft, (0, 0), CHANGE_FEATHER)
+    return np.clip(soft, 0.0, 1.0)
+
+
+def put_back(
+    frame: np.ndarray,
+    edited: np.ndarray,
+    geometry: ClipGeometry,
+    source_small: np.ndarray | None = None,
+) -> np.ndarray:
+    """The source ``frame`` with the model's ``edited`` crop scaled into its place; with
+    ``source_small`` (the model's input), only where the model changed something."""
+    height, width = frame.shape[:2]
+    x0, y0, x1, y1 = crop_box(width, height, geometry)
+    region = cv2.resize(edited, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
+    out = frame.copy()
+    if source_small is None:
+        out[y0:y1, x0:x1] = region
+        return out
+    alpha = cv2.resize(change_map(source_small, edited), (x1 - x0, y1 - y0))[..., None]
+    original = frame[y0:y1, x0:x1].astype(np.float32)
+    out[y0:y1, x0:x1] = (original + alpha * (region.astype(np.float32) - original)).round()
+    return out
+
+
+@dataclass
+class _Pending:
+    """A source frame read but not yet written, with its blended edit so far."""
+
+    frame: np.ndarray  # uint8 [H, W, 3], full resolution
+    small: np.ndarray  # uint8 [h, w, 3], the model's view of it
+    total: np.ndarray | float = 0.0  # sum of weight * edited frame
+    weight: float = 0.0
+
+
+class _AudioCopy:
+    """Copies the source's audio packets into the output as they are demuxed; packets that
+    come before the video stream exists (the output's header is written at the first mux)
+    wait for :meth:`open`."""
+
+    def __init__(self, sink, source_stream) -> None:
+        self.sink = sink
+        self.stream = sink.add_stream_from_template(source_stream)
+        self.waiting: list[av.Packet] | None = []
+
+    def open(self) -> None:
+        for packet in self.waiting or []:
+            self.sink.mux(packet)
+        self.waiting = None
+
+    def __call__(self, packet: av.Packet) -> None:
+        if packet.dts is None:
+            return
+        packet.stream = self.stream
+        if self.waiting is None:
+            self.sink.mux(packet)
+        else:
+            self.waiting.append(packet)
+
+
+def _decoded(container, audio: _AudioCopy | None) -> Iterator[np.ndarray]:
+    """Upright RGB frames of the first video stream; audio packets go to ``audio``."""
+    video = container.streams.video[0]
+    source_audio = container.streams.audio[0] if audio is not None else None
+    streams = [video] + ([source_audio] if source_audio is not None else [])
+    for packet in container.demux(*streams):
+        if packet.stream is source_audio:
+            audio(packet)
+            continue
+        for frame in packet.decode():
+            rgb = frame.to_ndarray(format="rgb24")
+            yield np.ascontiguousarray(np.rot90(rgb, rotation_degrees(frame) // 90))
+
+
+def edit_whole_video(
+    pipeline: VivaEditPipeline,
+    video: str | os.PathLike,
+    instruction: str,
+    out: str | os.PathLike,
+    *,
+    reference: np.ndarray | None = None,
+    overlap: int | None = None,
+    preserve_unchanged: bool = False,
+    crf: int = 18,
+    seed: int = 0,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    progress: bool = True,
+) -> EditedVideo:
+    """Edit every frame of ``video`` and write ``out`` (H.264 MP4, the source's size and frame
+    rate, its audio copied). Written to a temporary name first and renamed when complete."""
+    started = time.perf_counter()
+    geometry = pipeline.spec.geometry
+    size = geometry.frames
+    overlap = size // 2 if overlap is None else overlap
+    weights = blend_weights(size, overlap)
+    out = Path(out)
+    partial = out.with_name(f".{out.name}.partial.mp4")
+    try:
+        with av.open(os.fspath(video)) as source, av.open(os.fspath(partial), "w") as sink:
+            stream = source.streams.video[0]
+            total = stream.frames or 0
+            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            audio = _AudioCopy(sink, source.streams.audio[0]) if source.streams.audio else None
+            frames = _decoded(source, audio)
+            result = _edit_stream(
+                pipeline, frames, instruction, sink, rate, audio, reference=reference,
+                weights=weights, overlap=overlap, preserve_unchanged=preserve_unchanged,
+                crf=crf, seed=seed, num_steps=num_steps, guidance_scale=guidance_scale,
+                bar=tqdm(total=total or None, unit="frame", disable=not progress, desc="edit"),
+            )  # fmt: skip
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    count, width, height, windows = result
+    return EditedVideo(out, count, float(rate), width, height, windows,
+                       time.perf_counter() - started, audio is not None)  # fmt: skip
+
+
+def _edit_stream(
+    pipeline: VivaEditPipeline,
+    frames: Iterator[np.ndarray],
+    instruction: str,
+    sink,
+    rate: Fraction,
+    audio: _AudioCopy | None,
+    *,
+    reference: np.ndarray | None,
+    weights: np.ndarray,
+    overlap: int,
+    preserve_unchanged: bool,
+    crf: int,
+    seed: int,
+    num_steps: int | None,
+    guidance_scale: float | None,
+    bar: tqdm,
+) -> tuple[int, int, int, int]:
+    """Window by window: edit, cross-fade, put back at full size, encode. Returns (frames
+    written, width, height, windows)."""
+    geometry = pipeline.spec.geometry
+    size = len(weights)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError("the video has no decodable frames")
+    height, width = first.shape[:2]
+    encoder = sink.add_stream("libx264", rate=rate)
+    encoder.width, encoder.height = width, height
+    # yuv420p (plays everywhere) needs even sides; odd ones keep full chroma instead
+    encoder.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+    encoder.options = {"crf": str(crf)}
+    if audio is not None:
+        audio.open()
+    prepared = pipeline.prepare(instruction, first, reference)
+    sampling = {"num_steps": num_steps, "guidance_scale": guidance_scale, "seed": seed}
+
+    history: deque[np.ndarray] = deque(maxlen=size + 1)  # model-size frames, latest last
+    pending: deque[_Pending] = deque()  # frames read but not yet written, in order
+    upcoming = iter([first])
+    written = windows = 0
+    exhausted = False
+
+    def fill() -> None:
+        nonlocal exhausted
+        while len(pending) <= size and not exhausted:  # one frame of look-ahead
+            frame = next(upcoming, None)
+            frame = next(frames, None) if frame is None else frame
+            if frame is None:
+                exhausted = True
+                return
+            small = geometry.fit(frame)
+            history.append(small)
+            pending.append(_Pending(frame, small))
+
+    def emit(count: int) -> None:
+        nonlocal written
+        for _ in range(min(count, len(pending))):
+            entry = pending.popleft()
+            edited = (entry.total / entry.weight).round().clip(0, 255).astype(np.uint8)
+            small = entry.small if preserve_unchanged else None
+            full = put_back(entry.frame, edited, geometry, small)
+            for packet in encoder.encode(av.VideoFrame.from_ndarray(full, format="rgb24")):
+                sink.mux(packet)
+            written += 1
+            bar.update(1)
+
+    fill()
+    while pending:
+        last = exhausted and len(pending) <= size  # no later window: write all after this one
+        if len(pending) >= size:  # a full window starting at the first unwritten frame
+            clip, offset = [entry.small for entry in list(pending)[:size]], 0
+        else:  # the last window ends at the last frame, over frames written already
+            clip = list(history)[-size:]
+            offset = len(clip) - len(pending)
+            clip += [clip[-1]] * (size - len(clip))  # a video shorter than one window
+        edited = pipeline.edit_clip(np.stack(clip), prepared, **sampling)
+        windows += 1
+        for index, entry in enumerate(list(pending)[: size - offset]):
+            weight = weights[offset + index]
+            entry.total = entry.total + weight * edited[offset + index]
+            entry.weight += weight
+        emit(len(pending) if last else size - overlap)
+        fill()
+    for packet in encoder.encode():
+        sink.mux(packet)
+    bar.close()
+    return written, width, height, windows
+
+
+class EditRequestError(ValueError):
+    """An edit request that cannot be carried out; the message names the file or value."""
+
+
+def check_request(
+    video: str | os.PathLike,
+    instruction: str,
+    out: str | os.PathLike,
+    reference: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Refuse a bad request before any model is loaded, naming what is wrong."""
+    video, out = Path(video), Path(out)
+    if not video.is_file():
+        raise EditRequestError(f"video {video}: no such file")
+    try:
+        with av.open(os.fspath(video)) as container:
+            if not container.streams.video:
+                raise EditRequestError(f"video {video}: has no video stream")
+    except av.FFmpegError as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise EditRequestError(f"video {video}: not a readable video ({reason})") from exc
+    if not instruction or not instruction.strip():
+        raise EditRequestError("the instruction is empty")
+    if reference is not None and not Path(reference).is_file():
+        raise EditRequestError(f"reference {reference}: no such file")
+    if out.exists() and not overwrite:
+        raise EditRequestError(f"{out} exists (pass --overwrite to replace it)")
+    folder = out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EditRequestError(f"cannot create the output folder {folder}: {exc.strerror}") from exc
+    if not os.access(folder, os.W_OK):
+        raise EditRequestError(f"the output folder {folder} is not writable")
+
+
+def edit_video(
+    model: str | os.PathLike | VivaEditPipeline,
+    video: str | os.PathLike,
+    instruction: str,
+    out: str | os.PathLike,
+    *,
+    lora: str | os.PathLike | None = None,
+    reference: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    **options,
+) -> EditedVideo:
+    """Check the request, load the model (a directory or a loaded pipeline, plus an Edit-GRPO
+    LoRA) and edit the whole video (:func:`edit_whole_video`; ``options`` are its keywords)."""
+    check_request(video, instruction, out, reference, overwrite=overwrite)
+    ref = None
+    if reference is not None:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(reference) as image:
+                ref = np.asarray(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise EditRequestError(f"reference {reference}: not a readable image") from exc
+    pipeline = (
+        model if isinstance(model, VivaEditPipeline) else VivaEditPipeline.from_pretrained(model)
+    )
+    if lora is not None:
+        pipeline.load_lora(lora)
+    return edit_whole_video(pipeline, video, instruction, out, reference=ref, **options)
