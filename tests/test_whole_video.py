@@ -24,6 +24,7 @@ from viva_pipelines.model.whole_video import (
     blend_weights,
     check_request,
     crop_box,
+    edit_batch,
     edit_whole_video,
     put_back,
     window_starts,
@@ -153,3 +154,33 @@ def test_bad_requests_are_refused_naming_the_thing(tmp_path):
     code = cli.main(["edit", "--model", str(tmp_path), "--video", str(tmp_path / "nope.mp4"),
                      "--instruction", "x", "--out", str(tmp_path / "o.mp4")])  # fmt: skip
     assert code == 2 and not (tmp_path / "o.mp4").exists()
+
+
+def test_a_batch_loads_the_model_once_and_records_every_bad_line(tmp_path):
+    vf.good_video(tmp_path / "a.mp4", frames=6)
+    vf.good_video(tmp_path / "b.mp4", frames=5, size=(48, 32))
+    lines = [
+        '{"video": "a.mp4", "instruction": "invert", "out": "out/a.mp4"}',
+        "{not json",
+        '{"video": "missing.mp4", "instruction": "x", "out": "out/m.mp4"}',
+        '{"video": "a.mp4", "out": "out/n.mp4"}',
+        "",
+        '{"video": "b.mp4", "instruction": "invert", "out": "out/b.mp4"}',
+    ]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("\n".join(lines))
+    loads = []
+
+    def load():
+        loads.append(1)
+        return Negative()
+
+    results = edit_batch(load, requests, progress=False)
+    assert len(loads) == 1
+    assert [(r["line"], r["status"]) for r in results] == [
+        (1, "ok"), (2, "failed"), (3, "failed"), (4, "failed"), (6, "ok")
+    ]  # fmt: skip
+    assert results[1]["reason"].startswith("not JSON")
+    assert "missing.mp4: no such file" in results[2]["reason"]
+    assert results[3]["reason"] == "EditRequestError: missing instruction"
+    assert probe_video(tmp_path / "out" / "b.mp4").frame_count == 5

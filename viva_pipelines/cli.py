@@ -241,22 +241,37 @@ def _edit(args: argparse.Namespace) -> int:
     import av
 
     from viva_pipelines.model.pipeline import resolve_model
-    from viva_pipelines.model.whole_video import EditRequestError, check_request, edit_video
+    from viva_pipelines.model.whole_video import (
+        EditRequestError,
+        check_request,
+        edit_video,
+    )
     from viva_pipelines.tracking import use_s3_endpoint
 
+    single = [args.video, args.instruction, args.out]
+    if bool(args.batch) == any(single) or (not args.batch and not all(single)):
+        print("viva edit: give --video, --instruction and --out, or --batch", file=sys.stderr)
+        return 2
+    options = {
+        "crf": args.crf, "preserve_unchanged": args.preserve_unchanged,
+        "num_steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
+    }  # fmt: skip
     try:
-        check_request(args.video, args.instruction, args.out, args.reference,
-                      overwrite=args.overwrite)  # fmt: skip
+        if not args.batch:
+            check_request(args.video, args.instruction, args.out, args.reference,
+                          overwrite=args.overwrite)  # fmt: skip
+        elif not Path(args.batch).is_file():
+            raise EditRequestError(f"requests {args.batch}: no such file")
         settings = get_settings()
         use_s3_endpoint(settings.storage.s3.endpoint_url)
         tracking_uri = settings.mlflow_tracking_uri
         model_dir = resolve_model(args.model, tracking_uri=tracking_uri)
         lora = args.lora and resolve_model(args.lora, tracking_uri=tracking_uri, lora=True)
+        if args.batch:
+            return _edit_batch(args, model_dir, lora, options)
         edited = edit_video(
             model_dir, args.video, args.instruction, args.out, lora=lora or None,
-            reference=args.reference, overwrite=args.overwrite, crf=args.crf,
-            preserve_unchanged=args.preserve_unchanged, num_steps=args.steps,
-            guidance_scale=args.guidance, seed=args.seed,
+            reference=args.reference, overwrite=args.overwrite, **options,
         )  # fmt: skip
     except (EditRequestError, FileNotFoundError, ValueError) as exc:
         print(f"viva edit: {exc}", file=sys.stderr)
@@ -270,6 +285,29 @@ def _edit(args: argparse.Namespace) -> int:
         f" ({edited.windows} windows, {edited.seconds:.1f}s)"
     )
     return 0
+
+
+def _edit_batch(args: argparse.Namespace, model_dir: Path, lora, options: dict) -> int:
+    """``viva edit --batch``: every request, one line of outcome each, the model loaded once;
+    the outcomes also go to ``<requests>.results.jsonl``. Exit 1 when any request failed."""
+    from viva_pipelines.model.pipeline import VivaEditPipeline
+    from viva_pipelines.model.whole_video import edit_batch
+
+    def load() -> VivaEditPipeline:
+        pipeline = VivaEditPipeline.from_pretrained(model_dir)
+        return pipeline.load_lora(lora) if lora else pipeline
+
+    def say(result: dict) -> None:
+        where = result.get("out") or f"line {result['line']}"
+        detail = f"{result['frames']} frames" if result["status"] == "ok" else result["reason"]
+        print(f"{result['status']}: {where}: {detail}", flush=True)
+
+    results = edit_batch(load, args.batch, overwrite=args.overwrite, on_result=say, **options)
+    report = Path(args.batch).with_suffix(".results.jsonl")
+    report.write_text("".join(json.dumps(r) + "\n" for r in results))
+    failed = sum(r["status"] != "ok" for r in results)
+    print(f"{len(results) - failed} edited, {failed} failed; outcomes in {report}")
+    return 1 if failed else 0
 
 
 def _definitions():
@@ -371,10 +409,13 @@ def main(argv: list[str] | None = None) -> int:
     edit.add_argument(
         "--lora", help="an Edit-GRPO LoRA: directory or MLflow URI (models:/viva-grpo-lora/1)"
     )
-    edit.add_argument("--video", required=True, help="input video file")
-    edit.add_argument("--instruction", required=True, help='e.g. "Remove the red ball."')
+    edit.add_argument("--video", help="input video file")
+    edit.add_argument("--instruction", help='e.g. "Remove the red ball."')
     edit.add_argument("--reference", help="reference image for ref_add / ref_swap edits")
-    edit.add_argument("--out", required=True, help="output MP4")
+    edit.add_argument("--out", help="output MP4")
+    edit.add_argument(
+        "--batch", help='a JSONL file of {"video", "instruction", "reference"?, "out"} lines'
+    )
     edit.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     edit.add_argument("--guidance", type=float, help="instruction guidance scale")
     edit.add_argument("--seed", type=int, default=0)

@@ -22,13 +22,15 @@ as they are.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -372,8 +374,53 @@ def edit_video(
         except (UnidentifiedImageError, OSError) as exc:
             raise EditRequestError(f"reference {reference}: not a readable image") from exc
     pipeline = (
-        model if isinstance(model, VivaEditPipeline) else VivaEditPipeline.from_pretrained(model)
+        VivaEditPipeline.from_pretrained(model) if isinstance(model, (str, os.PathLike)) else model
     )
     if lora is not None:
         pipeline.load_lora(lora)
     return edit_whole_video(pipeline, video, instruction, out, reference=ref, **options)
+
+
+def edit_batch(
+    load: Callable[[], VivaEditPipeline],
+    requests: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Edit every request of a JSONL file (one ``{"video", "instruction", "reference"?,
+    "out"}`` per line; relative paths are relative to the file's folder), loading the model
+    once (``load()``, at the first valid request). A bad line, a bad request or a failed edit
+    is a ``failed`` result with its one-line reason, and the rest go on."""
+    requests = Path(requests)
+    folder = requests.parent
+    results: list[dict[str, Any]] = []
+    pipeline: VivaEditPipeline | None = None
+    for number, line in enumerate(requests.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        result: dict[str, Any] = {"line": number, "status": "failed"}
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise EditRequestError("a request must be a JSON object")
+            missing = [k for k in ("video", "instruction", "out") if not request.get(k)]
+            if missing:
+                raise EditRequestError(f"missing {', '.join(missing)}")
+            video, out = folder / request["video"], folder / request["out"]
+            reference = folder / request["reference"] if request.get("reference") else None
+            result.update(video=str(video), out=str(out))
+            check_request(video, request["instruction"], out, reference, overwrite=overwrite)
+            pipeline = pipeline or load()
+            edited = edit_video(pipeline, video, request["instruction"], out,
+                                reference=reference, overwrite=overwrite, **options)  # fmt: skip
+            result.update(status="ok", frames=edited.frames, seconds=round(edited.seconds, 1))
+        except json.JSONDecodeError as exc:
+            result["reason"] = f"not JSON: {exc.msg} (column {exc.colno})"
+        except Exception as exc:  # one bad request must not stop the batch
+            result["reason"] = " ".join(f"{type(exc).__name__}: {exc}".split())
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return results
