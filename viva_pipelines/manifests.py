@@ -50,7 +50,12 @@ def item_failure(exc: Exception, item: str) -> str:
     if is_storage_outage(exc):
         raise exc
     log.warning("%s failed", item, exc_info=exc)
-    message = " ".join(str(exc).split())  # one line, whatever the exception printed
+    return one_line_reason(exc)
+
+
+def one_line_reason(exc: BaseException) -> str:
+    """``"Type: message"`` on one line (whatever the exception printed), at most 300 chars."""
+    message = " ".join(str(exc).split())
     reason = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return reason if len(reason) <= _REASON_CHARS else reason[: _REASON_CHARS - 1] + "…"
 

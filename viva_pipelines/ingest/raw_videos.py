@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from viva_pipelines.manifests import content_hash, write_manifest
+from viva_pipelines.manifests import content_hash, one_line_reason, write_manifest
 from viva_pipelines.previews import grid, to_png
 from viva_pipelines.storage import Storage, is_storage_outage
 from viva_pipelines.video.annotations import (
@@ -192,7 +192,7 @@ def _ingest_one(
         if is_storage_outage(exc):
             raise  # reading the source failed, not the video: fail the step (retried)
         log.exception("unexpected failure ingesting %s", key)
-        row.update(status=REJECTED, reason=f"unexpected error: {type(exc).__name__}: {exc}")
+        row.update(status=REJECTED, reason=f"unexpected error: {one_line_reason(exc)}")
     if row["status"] == REJECTED:
         for stale in (video_key, json_key, masks_key):
             storage.delete(stale)

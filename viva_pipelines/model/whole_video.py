@@ -22,6 +22,7 @@ as they are.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -37,6 +38,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from viva_pipelines.manifests import one_line_reason
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.model.pipeline import VivaEditPipeline
 from viva_pipelines.video.probe import rotation_degrees
@@ -261,15 +263,14 @@ def _edit_stream(
 
     history: deque[np.ndarray] = deque(maxlen=size + 1)  # model-size frames, latest last
     pending: deque[_Pending] = deque()  # frames read but not yet written, in order
-    upcoming = iter([first])
+    frames = itertools.chain([first], frames)
     written = windows = 0
     exhausted = False
 
     def fill() -> None:
         nonlocal exhausted
         while len(pending) <= size and not exhausted:  # one frame of look-ahead
-            frame = next(upcoming, None)
-            frame = next(frames, None) if frame is None else frame
+            frame = next(frames, None)
             if frame is None:
                 exhausted = True
                 return
@@ -419,7 +420,7 @@ def edit_batch(
         except json.JSONDecodeError as exc:
             result["reason"] = f"not JSON: {exc.msg} (column {exc.colno})"
         except Exception as exc:  # one bad request must not stop the batch
-            result["reason"] = " ".join(f"{type(exc).__name__}: {exc}".split())
+            result["reason"] = one_line_reason(exc)
         results.append(result)
         if on_result:
             on_result(result)

@@ -41,6 +41,8 @@ ASSET = "synthetic_pairs"
 CODE_VERSION = "synthetic_pairs-2"
 #: Status of the one row of a video that yields no pair (besides "ok" and manifests.FAILED).
 NO_PAIRS = "no_pairs"
+#: Why a video with kept tracks still has no local edit: none is large enough to edit.
+NO_USABLE_OBJECT = "no object covers the minimum area"
 
 MANIFEST_SCHEMA = {
     "pair_id": "string", "video_id": "string", "shard": "string", "edit_type": "string",
@@ -137,7 +139,7 @@ def pair_shard(
                 storage, shard, video, frames, objects, edit_type, backend, options, templates
             )
         if not video_rows:
-            why = no_masks.get(video.video_id, "no object covers the minimum area")
+            why = no_masks.get(video.video_id, NO_USABLE_OBJECT)
             video_rows.append({**base, "pair_id": f"{video.video_id}-none", "status": NO_PAIRS,
                                "reason": f"only local edit types configured; {why}"})  # fmt: skip
         rows += video_rows
@@ -197,7 +199,7 @@ def local_edit_gaps(
     with_local = set(ok["video_id"])
     no_masks = videos_without_masks(tracks)
     gaps = {
-        v: no_masks.get(v, "no object covers the minimum area") for v in videos
+        v: no_masks.get(v, NO_USABLE_OBJECT) for v in videos
         if v not in with_local
     }  # fmt: skip
     return pd.Series(gaps, dtype="string", name="reason")
