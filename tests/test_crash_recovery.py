@@ -11,6 +11,7 @@ checkpoint, and ends with the weights of an uninterrupted run of the same config
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -62,7 +63,8 @@ class Launched:
 
 
 def _processes(marker: str) -> list[str]:
-    """The live processes whose command line contains ``marker``: "pid ppid session command"."""
+    """The live processes whose command line contains ``marker``: "pid ppid session command"
+    (the whole command line: the caller reads the config path from it)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
@@ -72,7 +74,21 @@ def _processes(marker: str) -> list[str]:
             except OSError:
                 continue
             if marker in command:
-                found.append(f"{entry.name} {stat[1]} {stat[3]} {command[:160]}")
+                found.append(f"{entry.name} {stat[1]} {stat[3]} {command}")
+    return found
+
+
+def _processes_of(root: Path) -> list[int]:
+    """The live processes started for the project at ``root`` (their VIVA_CONF_DIR says so)."""
+    marker = f"VIVA_CONF_DIR={root / 'conf'}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
     return found
 
 
@@ -117,6 +133,15 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
         )  # fmt: skip
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root, env
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_behind(project):
+    """A failed check must not leave its run holding the pool slot for the next test."""
+    yield
+    for pid in _processes_of(project[0]):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _kill_after_first_checkpoint(command: list[str], asset: str, root: Path, env) -> Path:
