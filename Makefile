@@ -34,7 +34,7 @@ demo: install
 	$(BIN)/viva materialize qc_dataset && \
 	$(BIN)/viva materialize instructor_model sft_checkpoint && \
 	$(BIN)/viva materialize reward_models grpo_lora && \
-	$(BIN)/viva materialize benchmark_suite benchmark_scores && \
+	$(BIN)/viva materialize benchmark_suite benchmark_scores edited_videos && \
 	$(BIN)/viva report && \
 	echo "demo materialized in $$(( $$(date +%s) - start ))s" && \
 	echo "" && \

@@ -173,6 +173,39 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     unknown = run(["lineage", "models:/viva-sft/99"], project, home)
     assert unknown.returncode == 2 and "not found in MLflow" in unknown.stderr
 
+    # edited_videos: demo-data's requests plus three bad ones, edited by registered versions.
+    requests = project / "data" / "edit_requests.jsonl"
+    assert "wrote 3 demo edit requests" in made.stdout and requests.is_file()
+    with requests.open("a") as handle:
+        handle.write('{"video": "source_videos/gone.mp4", "instruction": "x", "out": "g.mp4"}\n')
+        handle.write("{not json\n")
+        handle.write('{"video": "../../etc/passwd", "instruction": "x", "out": "e.mp4"}\n')
+    write_conf(project, "local", "inference.yaml", {"inference": {
+        "model": "models:/viva-sft/1", "lora": "models:/viva-grpo-lora/1", "num_steps": 2,
+    }})  # fmt: skip
+    inferred = run(["materialize", "edited_videos"], project, home)
+    assert inferred.returncode == 0, inferred.stdout + inferred.stderr[-3000:]
+    key = next(k for k in storage.list("edited_videos") if k.endswith("manifest.parquet"))
+    outcomes = storage.read_parquet(key)
+    assert outcomes["status"].tolist() == ["ok"] * 3 + ["failed"] * 3
+    assert "gone.mp4: no such file" in outcomes["reason"][3]
+    assert "not JSON" in outcomes["reason"][4] and "escapes its root" in outcomes["reason"][5]
+    for row in outcomes.head(3).itertuples():
+        assert read_video(row.uri)[0].shape == (12, 48, 64, 3)  # the source's frames and size
+        assert Path(row.preview).is_file()
+    audited = run(["lineage", "edited_videos", "--json"], project, home)
+    assert audited.returncode == 0, audited.stderr[-3000:]
+    found = nodes_by_asset(json.loads(audited.stdout[audited.stdout.index("{") :]))
+    assert {"sft_checkpoint", "grpo_lora", "qc_dataset", "raw_videos"} <= set(found)
+    assert found["sft_checkpoint"][0]["details"]["registered_model"] == "viva-sft/1"
+    details = found["edited_videos"][0]["details"]
+    assert details["model_uri"] == "models:/viva-sft/1"
+    for video in details["videos"]:  # each output and its source, by checksum
+        assert hashlib.sha256(Path(video["uri"]).read_bytes()).hexdigest() == video["sha256"]
+        source_file = project / "data" / video["source"]
+        assert hashlib.sha256(source_file.read_bytes()).hexdigest() == video["source_sha256"]
+    assert len(details["videos"]) == 3
+
     missing = run(["edit", "--model", str(project / "nope"), "--video", str(out),
                    "--instruction", "x", "--out", str(project / "never.mp4")], project, home)  # fmt: skip
     assert missing.returncode == 2 and "not a VIVA model directory" in missing.stderr

@@ -15,7 +15,10 @@ from viva_pipelines.definitions import build_definitions
 from viva_pipelines.defs.execution import CELERY_QUEUE_TAG, GPU_POOL, K8S_CONFIG_TAG
 from viva_pipelines.defs.jobs import EVALUATION_JOB, SHARD_JOB, TRAINING_JOB
 
-GPU_ASSETS = ("tracked_masks", "synthetic_pairs", "sft_checkpoint", "grpo_lora", "benchmark_scores")
+GPU_ASSETS = (
+    "tracked_masks", "synthetic_pairs", "sft_checkpoint", "grpo_lora", "benchmark_scores",
+    "edited_videos",
+)  # fmt: skip
 NETWORK_ASSETS = ("raw_videos", "qc_dataset", "reward_models", "benchmark_suite")
 
 
@@ -72,7 +75,7 @@ def test_local_data_steps_are_cpu_only_and_training_keeps_the_gpu_pool(make_sett
     defs = build_definitions(make_settings())
     for name in ("tracked_masks", "synthetic_pairs"):
         assert defs.resolve_assets_def(name).op.pool is None
-    for name in ("sft_checkpoint", "grpo_lora", "benchmark_scores"):
+    for name in ("sft_checkpoint", "grpo_lora", "benchmark_scores", "edited_videos"):
         assert defs.resolve_assets_def(name).op.pool == GPU_POOL
 
 

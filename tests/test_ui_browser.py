@@ -66,6 +66,7 @@ EXPECTED_ASSETS = {
     "grpo_lora",
     "benchmark_suite",
     "benchmark_scores",
+    "edited_videos",
 }
 #: The asset materialized from the UI: cheap, no upstream, validates a tiny rendered suite.
 TARGET = "benchmark_suite"

@@ -21,6 +21,7 @@ from viva_pipelines import cli
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.model.whole_video import (
     EditRequestError,
+    beside,
     blend_weights,
     check_request,
     crop_box,
@@ -166,6 +167,7 @@ def test_a_batch_loads_the_model_once_and_records_every_bad_line(tmp_path):
         '{"video": "a.mp4", "out": "out/n.mp4"}',
         "",
         '{"video": "b.mp4", "instruction": "invert", "out": "out/b.mp4"}',
+        '{"video": "b.mp4", "instruction": "invert", "out": "out/c.mp4", "prompt": "x"}',
     ]
     requests = tmp_path / "requests.jsonl"
     requests.write_text("\n".join(lines))
@@ -175,12 +177,22 @@ def test_a_batch_loads_the_model_once_and_records_every_bad_line(tmp_path):
         loads.append(1)
         return Negative()
 
-    results = edit_batch(load, requests, progress=False)
+    results = edit_batch(
+        load, requests.read_text().splitlines(), beside(tmp_path), progress=False,
+        preview_frames=3,
+    )  # fmt: skip
     assert len(loads) == 1
     assert [(r["line"], r["status"]) for r in results] == [
-        (1, "ok"), (2, "failed"), (3, "failed"), (4, "failed"), (6, "ok")
+        (1, "ok"), (2, "failed"), (3, "failed"), (4, "failed"), (6, "ok"), (7, "failed"),
     ]  # fmt: skip
-    assert results[1]["reason"].startswith("not JSON")
+    assert "not JSON" in results[1]["reason"]
+    assert "unknown key prompt" in results[5]["reason"]
+    # source | edit for the first, middle and last frame (5 frames: 0, 2, 4), at 120 px high
+    preview = results[4]["preview"]
+    assert preview.shape == (3 * 120, 2 * 180, 3)
+    # inside the model's centre crop (x 8..40 of 48: 30..150 of 180) the edit is the negative
+    left, right = preview[:, 45:135].astype(int), preview[:, 225:315].astype(int)
+    assert np.abs(255 - left - right).mean() < 12
     assert "missing.mp4: no such file" in results[2]["reason"]
     assert results[3]["reason"] == "EditRequestError: missing instruction"
     assert probe_video(tmp_path / "out" / "b.mp4").frame_count == 5

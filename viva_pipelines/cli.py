@@ -78,6 +78,7 @@ def _demo_data(args: argparse.Namespace) -> int:
         f"wrote {len(paths)} demo videos with annotations to {out} "
         f"in {time.perf_counter() - started:.1f}s"
     )
+    _write_demo_requests(settings, [Path(p) for p in paths])
     if args.suite_per_category:
         started = time.perf_counter()
         instances = build_demo_suite(
@@ -88,6 +89,27 @@ def _demo_data(args: argparse.Namespace) -> int:
             f"in {time.perf_counter() - started:.1f}s"
         )
     return 0
+
+
+def _write_demo_requests(settings, videos: list[Path]) -> None:
+    """A few edit requests over the demo videos at ``inference.requests`` (what
+    ``edited_videos`` edits), when that file is local and the videos are under
+    ``inference.root``."""
+    from viva_pipelines.config.schema import is_remote
+    from viva_pipelines.demo_world.dataset import demo_edit_requests
+
+    cfg = settings.inference
+    root = Path(cfg.root).resolve()
+    if cfg.requests is None or is_remote(cfg.requests) or is_remote(cfg.root):
+        return
+    if not all(video.resolve().is_relative_to(root) for video in videos):
+        print(f"no demo edit requests: the videos are not under inference.root {cfg.root}")
+        return
+    requests = demo_edit_requests([v.resolve() for v in videos], root)
+    target = Path(cfg.requests)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    print(f"wrote {len(requests)} demo edit requests to {target}")
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -291,7 +313,7 @@ def _edit_batch(args: argparse.Namespace, model_dir: Path, lora, options: dict) 
     """``viva edit --batch``: every request, one line of outcome each, the model loaded once;
     the outcomes also go to ``<requests>.results.jsonl``. Exit 1 when any request failed."""
     from viva_pipelines.model.pipeline import VivaEditPipeline
-    from viva_pipelines.model.whole_video import edit_batch
+    from viva_pipelines.model.whole_video import beside, edit_batch
 
     def load() -> VivaEditPipeline:
         pipeline = VivaEditPipeline.from_pretrained(model_dir)
@@ -302,8 +324,10 @@ def _edit_batch(args: argparse.Namespace, model_dir: Path, lora, options: dict) 
         detail = f"{result['frames']} frames" if result["status"] == "ok" else result["reason"]
         print(f"{result['status']}: {where}: {detail}", flush=True)
 
-    results = edit_batch(load, args.batch, overwrite=args.overwrite, on_result=say, **options)
-    report = Path(args.batch).with_suffix(".results.jsonl")
+    requests = Path(args.batch)
+    results = edit_batch(load, requests.read_text().splitlines(), beside(requests.parent),
+                         overwrite=args.overwrite, on_result=say, **options)  # fmt: skip
+    report = requests.with_suffix(".results.jsonl")
     report.write_text("".join(json.dumps(r) + "\n" for r in results))
     failed = sum(r["status"] != "ok" for r in results)
     print(f"{len(results) - failed} edited, {failed} failed; outcomes in {report}")

@@ -6,6 +6,7 @@ from viva_pipelines.config import Settings
 from viva_pipelines.defs.benchmark import build_benchmark_defs
 from viva_pipelines.defs.data import build_data_defs
 from viva_pipelines.defs.execution import build_executor
+from viva_pipelines.defs.inference import build_inference_defs
 from viva_pipelines.defs.ingest import build_ingest_defs
 from viva_pipelines.defs.jobs import evaluation_job, shard_job, training_job
 from viva_pipelines.defs.resources import build_resources
@@ -23,6 +24,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         build_training_defs(settings),
         build_reward_defs(settings),
         build_benchmark_defs(settings),
+        build_inference_defs(settings),
         build_schedule_defs(settings),
         dg.Definitions(
             jobs=[shard_job, training_job, evaluation_job],

@@ -412,6 +412,34 @@ class BenchmarkSettings(Section):
     judge: VlmSettings = VlmSettings(max_new_tokens=128)
 
 
+class InferenceSettings(Section):
+    """Editing videos on request (``edited_videos``; README: Editing whole videos)."""
+
+    root: Location = Field(
+        description="folder or s3:// prefix the requests' video and reference keys are under"
+    )
+    requests: Location | None = Field(
+        None,
+        description='the JSONL requests file ({"video", "instruction", "reference"?, "out"} per '
+        "line; local path or URI); null = nothing to edit",
+    )
+    model: str | None = Field(
+        None,
+        description="models:/viva-sft/3, runs:/<id>/model or a model directory; null = the "
+        "latest sft_checkpoint",
+    )
+    lora: str | None = Field(
+        None, description="an Edit-GRPO LoRA (models:/viva-grpo-lora/2 or a directory); null = none"
+    )
+    num_steps: PositiveInt | None = None  # sampling steps; null = the model's default
+    guidance_scale: Annotated[float, Field(ge=1)] | None = None
+    seed: int = 0
+    crf: Annotated[int, Field(ge=0, le=51)] = 18
+    preserve_unchanged: bool = False
+    preview_frames: Annotated[int, Field(ge=0)] = 3
+    device: str = "auto"
+
+
 class Settings(Section):
     env: str = "base"
     storage: StorageSettings
@@ -432,6 +460,7 @@ class Settings(Section):
     rewards: RewardsSettings = RewardsSettings()
     grpo: GrpoSettings = GrpoSettings()
     benchmark: BenchmarkSettings
+    inference: InferenceSettings
 
     @model_validator(mode="after")
     def _mlflow_needs_server_for_remote_root(self) -> Settings:

@@ -20,7 +20,7 @@ GPU_POOL = "gpu"
 CELERY_QUEUE_TAG = "dagster-celery/queue"
 K8S_CONFIG_TAG = "dagster-k8s/config"
 #: Assets that train or run the video model: on a GPU wherever one exists.
-ALWAYS_GPU = frozenset({"sft_checkpoint", "grpo_lora", "benchmark_scores"})
+ALWAYS_GPU = frozenset({"sft_checkpoint", "grpo_lora", "benchmark_scores", "edited_videos"})
 
 
 def requests_gpu(tags: dict[str, Any]) -> bool:

@@ -25,6 +25,10 @@ VERSION_TAG = "dagster/data_version"
 PAGE = 5_000
 #: Assets whose upstream is partitioned by shard although they are not.
 SHARDED_UPSTREAM = {"qc_dataset": "synthetic_pairs"}
+#: Metadata of an asset that names exactly which materializations it read (asset → event
+#: storage id), replacing Dagster's pointers: ``edited_videos`` edits with a configured model
+#: version, not necessarily the latest one its dependency points to.
+UPSTREAM_EVENTS = "upstream_events"
 #: Metadata worth showing in the audit, per asset.
 SHOWN_METADATA = (
     "registered_model", "base_model", "model_uri", "lora_uri", "clip", "pickscore", "root",
@@ -79,7 +83,10 @@ class LineageNode:
         for key, value in self.details.items():
             if key == "videos":
                 for video in value:
-                    lines.append(f"{indent}    {video['uri']}  sha256 {video['sha256']}")
+                    line = f"{indent}    {video['uri']}  sha256 {video['sha256']}"
+                    if "source" in video:  # an edited video: what it was made from
+                        line += f"  from {video['source']} (sha256 {video['source_sha256']})"
+                    lines.append(line)
             else:
                 lines.append(f"{indent}    {key}: {value}")
         lines += [node.render(indent + "  ", seen) for node in self.upstream]
@@ -162,20 +169,51 @@ def build_lineage(
     built[record.storage_id] = node
     if mlflow_client is not None and "mlflow_run_id" in node.details:
         node.details.update(_mlflow_details(mlflow_client, node.details["mlflow_run_id"]))
-    for tag, value in sorted(materialization.tags.items()):
-        if not tag.startswith(POINTER_TAG):
-            continue
-        upstream = tag.removeprefix(POINTER_TAG)
+    for upstream, event in _upstream_events(materialization):
         if SHARDED_UPSTREAM.get(asset) == upstream:
-            records = _shards_at(instance, upstream, int(value))
+            records = _shards_at(instance, upstream, event)
         else:
-            records = [_record(instance, upstream, int(value))]
+            records = [_record(instance, upstream, event)]
         node.upstream += [
             build_lineage(instance, r, storage, mlflow_client, built) for r in records
         ]
     if asset == "raw_videos" and node.partition:
         _raw_videos(storage, node)
+    if asset == "edited_videos" and "manifest" in node.details:
+        _edited_videos(storage, node)
     return node
+
+
+def _upstream_events(materialization: dg.AssetMaterialization) -> list[tuple[str, int]]:
+    """(upstream asset, event storage id) of what a materialization read: its own
+    ``upstream_events`` metadata when it has some, else Dagster's input pointers."""
+    stated = materialization.metadata.get(UPSTREAM_EVENTS)
+    if stated is not None:
+        return sorted((asset, int(event)) for asset, event in stated.value.items())
+    return [
+        (tag.removeprefix(POINTER_TAG), int(value))
+        for tag, value in sorted(materialization.tags.items())
+        if tag.startswith(POINTER_TAG)
+    ]
+
+
+def _edited_videos(storage: Storage, node: LineageNode) -> None:
+    """Each edited video with its checksum and its source's, from the run's manifest."""
+    try:
+        manifest = storage.read_parquet(storage.key_of(node.details["manifest"]))
+    except (OSError, ValueError):
+        node.details["videos_note"] = "manifest no longer in storage"
+        return
+    edited = manifest[manifest["status"] == "ok"]
+    node.details["videos"] = [
+        {
+            "uri": row.uri,
+            "sha256": row.sha256,
+            "source": row.video,
+            "source_sha256": row.source_sha256,
+        }
+        for row in edited.itertuples()
+    ]
 
 
 def _mlflow_details(client: Any, run_id: str) -> dict[str, Any]:
@@ -198,13 +236,18 @@ def _mlflow_details(client: Any, run_id: str) -> dict[str, Any]:
 def _materialization_of_run(
     instance: dg.DagsterInstance, asset: str, dagster_run_id: str
 ) -> dg.EventLogRecord:
-    records = instance.get_records_for_run(
-        dagster_run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
-    ).records
-    for record in records:
-        if record.asset_key == dg.AssetKey(asset):
-            return record
-    raise LineageError(f"Dagster run {dagster_run_id} has no materialization of {asset}")
+    """The materialization of ``asset`` that a Dagster run made, as the asset's event index
+    holds it (its storage id is the one other materializations point to; a run's own event
+    records may number events differently)."""
+    cursor = None
+    while True:  # newest first, a page at a time
+        page = instance.fetch_materializations(dg.AssetKey(asset), limit=PAGE, cursor=cursor)
+        for record in page.records:
+            if record.run_id == dagster_run_id:
+                return record
+        if not page.has_more:
+            raise LineageError(f"Dagster run {dagster_run_id} has no materialization of {asset}")
+        cursor = page.cursor
 
 
 def resolve_target(instance: dg.DagsterInstance, target: str, client: Any) -> dg.EventLogRecord:

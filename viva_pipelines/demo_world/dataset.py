@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -68,3 +69,29 @@ def generate_demo_videos(
         )
         paths.append(write_scene(scene, out_dir, f"scene_{index:04d}"))
     return paths
+
+
+def demo_edit_requests(videos: list[Path], root: str | os.PathLike) -> list[dict[str, str]]:
+    """Edit requests for the first demo videos, in ``viva edit --batch`` / ``edited_videos``
+    form (paths relative to ``root``): remove one video's object, recolour another's, set a
+    third at night, worded like the training instructions."""
+    from viva_pipelines.pairs.generators import load_templates
+
+    wordings = load_templates().instructions
+    asks = [
+        lambda label: wordings["remove"][0].format(object=label),
+        lambda label: wordings["color"][0].format(
+            object=label, colour="red" if not label.startswith("red") else "blue"
+        ),
+        lambda label: wordings["tone"][0].format(style="at night"),
+    ]
+    requests = []
+    for video, ask in zip(videos, asks, strict=False):
+        annotations = json.loads(video.with_suffix(".json").read_text())
+        label = annotations["objects"][0]["label"] if annotations["objects"] else "object"
+        requests.append({
+            "video": os.path.relpath(video, root).replace(os.sep, "/"),
+            "instruction": ask(label),
+            "out": f"{video.stem}.mp4",
+        })  # fmt: skip
+    return requests

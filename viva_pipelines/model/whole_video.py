@@ -27,8 +27,9 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from tqdm.auto import tqdm
 from viva_pipelines.manifests import one_line_reason
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.model.pipeline import VivaEditPipeline
+from viva_pipelines.previews import grid
+from viva_pipelines.storage import is_storage_outage
 from viva_pipelines.video.probe import rotation_degrees
 
 #: Grey levels (0-255, at model resolution) below which the model is taken to have changed
@@ -60,6 +63,8 @@ class EditedVideo:
     windows: int
     seconds: float
     has_audio: bool
+    #: ``uint8 [H, W, 3]``: source | edit side by side, one row per sampled frame (when asked)
+    preview: np.ndarray | None = None
 
 
 def window_starts(frames: int, size: int, overlap: int) -> list[int]:
@@ -193,10 +198,13 @@ def edit_whole_video(
     seed: int = 0,
     num_steps: int | None = None,
     guidance_scale: float | None = None,
+    preview_frames: int = 0,
     progress: bool = True,
 ) -> EditedVideo:
     """Edit every frame of ``video`` and write ``out`` (H.264 MP4, the source's size and frame
-    rate, its audio copied). Written to a temporary name first and renamed when complete."""
+    rate, its audio copied). Written to a temporary name first and renamed when complete.
+    ``preview_frames``: that many frames, evenly spread, come back side by side with their
+    sources in :attr:`EditedVideo.preview` (kept as they stream past, at preview size)."""
     started = time.perf_counter()
     geometry = pipeline.spec.geometry
     size = geometry.frames
@@ -215,14 +223,41 @@ def edit_whole_video(
                 pipeline, frames, instruction, sink, rate, audio, reference=reference,
                 weights=weights, overlap=overlap, preserve_unchanged=preserve_unchanged,
                 crf=crf, seed=seed, num_steps=num_steps, guidance_scale=guidance_scale,
+                previews=_Previews(preview_frames, total),
                 bar=tqdm(total=total or None, unit="frame", disable=not progress, desc="edit"),
             )  # fmt: skip
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
-    count, width, height, windows = result
+    count, width, height, windows, preview = result
     return EditedVideo(out, count, float(rate), width, height, windows,
-                       time.perf_counter() - started, audio is not None)  # fmt: skip
+                       time.perf_counter() - started, audio is not None, preview)  # fmt: skip
+
+
+class _Previews:
+    """Source and edited frames at ``count`` evenly spread indices of a ``total``-frame video
+    (the first ``count`` when the container does not say how many), kept small."""
+
+    HEIGHT = 120
+
+    def __init__(self, count: int, total: int) -> None:
+        if count and total:
+            self.wanted = {round(i * (total - 1) / max(count - 1, 1)) for i in range(count)}
+        else:
+            self.wanted = set(range(count))
+        self.rows: list[list[np.ndarray]] = []
+
+    def offer(self, index: int, source: np.ndarray, edited: np.ndarray) -> None:
+        if index in self.wanted:
+            self.rows.append([_small(source, self.HEIGHT), _small(edited, self.HEIGHT)])
+
+    def image(self) -> np.ndarray | None:
+        return grid(self.rows, self.HEIGHT) if self.rows else None
+
+
+def _small(frame: np.ndarray, height: int) -> np.ndarray:
+    width = max(1, round(frame.shape[1] * height / frame.shape[0]))
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def _edit_stream(
@@ -241,10 +276,11 @@ def _edit_stream(
     seed: int,
     num_steps: int | None,
     guidance_scale: float | None,
+    previews: _Previews,
     bar: tqdm,
-) -> tuple[int, int, int, int]:
+) -> tuple[int, int, int, int, np.ndarray | None]:
     """Window by window: edit, cross-fade, put back at full size, encode. Returns (frames
-    written, width, height, windows)."""
+    written, width, height, windows, preview)."""
     geometry = pipeline.spec.geometry
     size = len(weights)
     first = next(frames, None)
@@ -285,6 +321,7 @@ def _edit_stream(
             edited = (entry.total / entry.weight).round().clip(0, 255).astype(np.uint8)
             small = entry.small if preserve_unchanged else None
             full = put_back(entry.frame, edited, geometry, small)
+            previews.offer(written, entry.frame, full)
             for packet in encoder.encode(av.VideoFrame.from_ndarray(full, format="rgb24")):
                 sink.mux(packet)
             written += 1
@@ -310,7 +347,7 @@ def _edit_stream(
     for packet in encoder.encode():
         sink.mux(packet)
     bar.close()
-    return written, width, height, windows
+    return written, width, height, windows, previews.image()
 
 
 class EditRequestError(ValueError):
@@ -382,44 +419,113 @@ def edit_video(
     return edit_whole_video(pipeline, video, instruction, out, reference=ref, **options)
 
 
+@dataclass(frozen=True)
+class EditRequest:
+    """One line of a requests file: ``{"video", "instruction", "reference"?, "out"}``, paths
+    as the file gives them (where they lead is the caller's :data:`Placement`)."""
+
+    line: int
+    video: str
+    instruction: str
+    out: str
+    reference: str | None = None
+
+
+REQUEST_KEYS = ("video", "instruction", "reference", "out")
+
+
+def parse_request(line: int, text: str) -> EditRequest:
+    """Line ``line`` of a requests file, or an :class:`EditRequestError` saying what is wrong
+    with it (not JSON, not an object, a missing or unknown key, a value that is not text)."""
+    try:
+        request = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EditRequestError(f"not JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(request, dict):
+        raise EditRequestError("a request must be a JSON object")
+    unknown = sorted(set(request) - set(REQUEST_KEYS))
+    if unknown:
+        raise EditRequestError(
+            f"unknown key {', '.join(unknown)} (known: {', '.join(REQUEST_KEYS)})"
+        )
+    missing = [k for k in ("video", "instruction", "out") if not request.get(k)]
+    if missing:
+        raise EditRequestError(f"missing {', '.join(missing)}")
+    wrong = [k for k, v in request.items() if v is not None and not isinstance(v, str)]
+    if wrong:
+        raise EditRequestError(f"{', '.join(wrong)} must be text")
+    return EditRequest(line, request["video"], request["instruction"], request["out"],
+                       request.get("reference") or None)  # fmt: skip
+
+
+@dataclass
+class Placed:
+    """Where one request's files are on this machine; ``details`` (e.g. where the output was
+    uploaded) go into its result."""
+
+    video: Path
+    out: Path
+    reference: Path | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+#: ``placement(request)``: a context manager giving the request's local files. It may fetch
+#: the inputs first and deliver the output when the block ends without error (then filling
+#: ``details``); what it raises makes the request a failure, except a storage outage.
+Placement = Callable[[EditRequest], AbstractContextManager[Placed]]
+
+
+def beside(folder: str | os.PathLike) -> Placement:
+    """The placement of a local requests file: paths relative to ``folder``."""
+    folder = Path(folder)
+
+    @contextmanager
+    def place(request: EditRequest) -> Iterator[Placed]:
+        reference = folder / request.reference if request.reference else None
+        yield Placed(folder / request.video, folder / request.out, reference)
+
+    return place
+
+
 def edit_batch(
     load: Callable[[], VivaEditPipeline],
-    requests: str | os.PathLike,
+    lines: Iterable[str],
+    place: Placement,
     *,
     overwrite: bool = False,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
-    """Edit every request of a JSONL file (one ``{"video", "instruction", "reference"?,
-    "out"}`` per line; relative paths are relative to the file's folder), loading the model
-    once (``load()``, at the first valid request). A bad line, a bad request or a failed edit
-    is a ``failed`` result with its one-line reason, and the rest go on."""
-    requests = Path(requests)
-    folder = requests.parent
+    """Edit every request of a requests file's ``lines`` (:func:`parse_request`), loading the
+    model once (``load()``, at the first valid request) and placing files with ``place``. A
+    bad line, a bad request or a failed edit is a ``failed`` result with its one-line reason,
+    and the rest go on; a storage outage is raised (the batch is retried, not its inputs
+    blamed). ``options``: :func:`edit_whole_video`'s keywords (``preview_frames`` included)."""
     results: list[dict[str, Any]] = []
     pipeline: VivaEditPipeline | None = None
-    for number, line in enumerate(requests.read_text().splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         result: dict[str, Any] = {"line": number, "status": "failed"}
         try:
-            request = json.loads(line)
-            if not isinstance(request, dict):
-                raise EditRequestError("a request must be a JSON object")
-            missing = [k for k in ("video", "instruction", "out") if not request.get(k)]
-            if missing:
-                raise EditRequestError(f"missing {', '.join(missing)}")
-            video, out = folder / request["video"], folder / request["out"]
-            reference = folder / request["reference"] if request.get("reference") else None
-            result.update(video=str(video), out=str(out))
-            check_request(video, request["instruction"], out, reference, overwrite=overwrite)
-            pipeline = pipeline or load()
-            edited = edit_video(pipeline, video, request["instruction"], out,
-                                reference=reference, overwrite=overwrite, **options)  # fmt: skip
-            result.update(status="ok", frames=edited.frames, seconds=round(edited.seconds, 1))
-        except json.JSONDecodeError as exc:
-            result["reason"] = f"not JSON: {exc.msg} (column {exc.colno})"
+            request = parse_request(number, line)
+            result.update(video=request.video, instruction=request.instruction,
+                          reference=request.reference, out=request.out)  # fmt: skip
+            with place(request) as placed:
+                check_request(placed.video, request.instruction, placed.out, placed.reference,
+                              overwrite=overwrite)  # fmt: skip
+                pipeline = pipeline or load()
+                edited = edit_video(pipeline, placed.video, request.instruction, placed.out,
+                                    reference=placed.reference, overwrite=overwrite,
+                                    **options)  # fmt: skip
+            result.update(status="ok", frames=edited.frames, fps=edited.fps, width=edited.width,
+                          height=edited.height, seconds=round(edited.seconds, 1),
+                          **placed.details)  # fmt: skip
+            if edited.preview is not None:
+                result["preview"] = edited.preview
         except Exception as exc:  # one bad request must not stop the batch
+            if is_storage_outage(exc):
+                raise
             result["reason"] = one_line_reason(exc)
         results.append(result)
         if on_result:

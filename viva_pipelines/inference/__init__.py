@@ -1,0 +1,1 @@
+"""Editing videos on request, outside training: batches of stored requests."""
