@@ -132,6 +132,14 @@ def test_training_learns_caches_and_writes_a_loadable_model(dataset_root, monkey
     assert edited.shape == (2, 16, 16, 3) and edited.dtype == np.uint8
     again_edit = pipeline.edit(frames, "Remove the red square.", num_steps=3)
     assert np.array_equal(edited, again_edit)  # seeded
+    # windows edited in one batch come out as each does alone (one start noise, one request)
+    prepared = pipeline.prepare("Remove the red square.", frames[0])
+    small = np.stack([pipeline.spec.geometry.fit(frame) for frame in frames])
+    clips = np.stack([small[:2], small[2:4], small[1:3]])
+    batched = pipeline.edit_clips(clips, prepared, num_steps=3).astype(int)
+    for clip, got in zip(clips, batched, strict=True):
+        alone = pipeline.edit_clips(clip[None], prepared, num_steps=3)[0]
+        assert np.abs(alone.astype(int) - got).max() <= 1  # float sums in another order
     out = edit_video(model_dir, dataset_root / "raw_videos/shard-000000/v0.mp4",
                      "Make the red square blue.", dataset_root / "out.mp4", num_steps=2,
                      progress=False)  # fmt: skip

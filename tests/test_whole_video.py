@@ -7,6 +7,8 @@ model's path is exercised by the SFT and CLI tests.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +20,7 @@ import pytest
 from tests import video_fixtures as vf
 from tests.footage import ClipSpec, write_clip
 from viva_pipelines import cli
+from viva_pipelines.inference.batch import edit_stored_requests
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.model.whole_video import (
     EditRequestError,
@@ -27,9 +30,11 @@ from viva_pipelines.model.whole_video import (
     crop_box,
     edit_batch,
     edit_whole_video,
+    plan_windows,
     put_back,
     window_starts,
 )
+from viva_pipelines.storage import Storage
 from viva_pipelines.video.probe import probe_video, rotation_degrees
 
 GEOMETRY = ClipGeometry(frames=4, frame_stride=4, height=16, width=16)
@@ -46,10 +51,10 @@ class Negative:
     def prepare(self, instruction, first_frame, reference):
         return instruction
 
-    def edit_clip(self, clip, prepared, **sampling):
-        assert clip.shape == (4, 16, 16, 3)
-        self.clips.append(len(clip))
-        return 255 - clip
+    def edit_clips(self, clips, prepared, **sampling):
+        assert clips.shape[1:] == (4, 16, 16, 3)
+        self.clips += [len(clip) for clip in clips]
+        return 255 - clips
 
 
 def _upright_frames(path: Path) -> list[np.ndarray]:
@@ -68,6 +73,47 @@ def test_windows_cover_every_frame_and_cross_fade():
     np.testing.assert_allclose(blend_weights(4, 0), [1, 1, 1, 1])
     with pytest.raises(ValueError, match="overlap"):
         window_starts(10, 4, 4)
+
+
+@pytest.mark.parametrize("frames", [1, 3, 4, 5, 10, 11, 23])
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_batched_windows_are_the_windows_edited_one_at_a_time(frames, batch):
+    """Windows planned for a batch are the ones planned one at a time (starts as
+    window_starts gives them), each frame final once no later window reaches it."""
+    size, step = 4, 2
+    starts, written, read, exhausted = [], 0, 0, False
+    while written < frames:
+        # read as the stream does: the batch's frames plus one, or to the end
+        read = min(frames, written + (batch - 1) * step + size + 1)
+        exhausted = read == frames
+        plan, done = plan_windows(read - written, exhausted, size, step, batch, min(written, 3))
+        assert 1 <= len(plan) <= batch and done >= 1
+        for start, first_open in plan:
+            assert first_open >= 0 and start <= first_open
+        starts += [written + start for start, _ in plan]
+        written += done
+    assert written == frames
+    assert starts == [max(s, 0) for s in window_starts(frames, size, size - step)]
+
+
+class WindowMean(Negative):
+    """Each frame edited into its window's mean frame: the output depends on the windows."""
+
+    def edit_clips(self, clips, prepared, **sampling):
+        self.clips += [len(clip) for clip in clips]
+        return np.repeat(clips.mean(axis=1, keepdims=True), clips.shape[1], axis=1).round()
+
+
+def test_a_batch_of_windows_gives_the_video_of_one_window_at_a_time(tmp_path):
+    source = write_clip(tmp_path / "in.mp4", CLIPS["odd_rotated.mp4"])
+    one = edit_whole_video(WindowMean(), source, "x", tmp_path / "1.mp4", window_batch=1,
+                           progress=False)  # fmt: skip
+    model = WindowMean()
+    many = edit_whole_video(model, source, "x", tmp_path / "3.mp4", window_batch=3,
+                            progress=False)  # fmt: skip
+    assert one.windows == many.windows == len(model.clips)
+    for a, b in zip(_upright_frames(one.path), _upright_frames(many.path), strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_the_edited_crop_goes_back_where_the_model_saw_it():
@@ -119,9 +165,9 @@ def test_preserve_unchanged_keeps_the_original_pixels_where_the_model_changed_no
         "mp4-h264", 128, 96, Fraction(25), 8, "yuv444p"))  # fmt: skip
 
     class CornerOnly(Negative):
-        def edit_clip(self, clip, prepared, **sampling):
-            out = clip.copy()
-            out[:, :6, :6] = 255 - out[:, :6, :6]
+        def edit_clips(self, clips, prepared, **sampling):
+            out = clips.copy()
+            out[:, :, :6, :6] = 255 - out[:, :, :6, :6]
             return out
 
     plain = edit_whole_video(CornerOnly(), source, "x", tmp_path / "a.mp4", progress=False)
@@ -196,3 +242,36 @@ def test_a_batch_loads_the_model_once_and_records_every_bad_line(tmp_path):
     assert "missing.mp4: no such file" in results[2]["reason"]
     assert results[3]["reason"] == "EditRequestError: missing instruction"
     assert probe_video(tmp_path / "out" / "b.mp4").frame_count == 5
+
+
+def test_stored_requests_on_s3_are_fetched_edited_uploaded_and_checksummed(
+    tmp_path, s3_endpoint, s3_bucket
+):
+    """edited_videos' library half: requests and videos on S3, outputs to S3, one manifest
+    row per line with the checksums that tie each output to its input."""
+    root = Storage(f"s3://{s3_bucket}/requests", endpoint_url=s3_endpoint)
+    sink = Storage(f"s3://{s3_bucket}/out", endpoint_url=s3_endpoint)
+    video = vf.good_video(tmp_path / "a.mp4", frames=6)
+    root.put_file(video, "clips/a.mp4")
+    lines = [
+        {"video": "clips/a.mp4", "instruction": "invert", "out": "a.mp4"},
+        {"video": "clips/a.mp4", "instruction": "invert", "out": "./a.mp4"},  # taken
+        {"video": "clips/../../a.mp4", "instruction": "invert", "out": "b.mp4"},
+        {"video": "clips/a.mp4", "instruction": "invert", "out": "../c.mp4"},
+    ]
+    root.write_bytes("requests.jsonl", "".join(json.dumps(r) + "\n" for r in lines).encode())
+    done = edit_stored_requests(
+        Negative, f"s3://{s3_bucket}/requests/requests.jsonl", root, sink, "run-1",
+        tmp_path / "scratch", endpoint_url=s3_endpoint, progress=False, preview_frames=2,
+    )  # fmt: skip
+    rows = done.manifest
+    assert rows["status"].tolist() == ["ok", "failed", "failed", "failed"]
+    assert "a.mp4 is already line 1's output" in rows["reason"][1]
+    assert "escapes its root" in rows["reason"][2] and "escapes its root" in rows["reason"][3]
+    assert sink.exists("run-1/manifest.parquet") and sink.exists("run-1/previews/line-1.png")
+    assert rows["uri"][0] == f"s3://{s3_bucket}/out/run-1/a.mp4"
+    with sink.local_path("run-1/a.mp4") as local:
+        assert hashlib.sha256(local.read_bytes()).hexdigest() == rows["sha256"][0]
+        assert probe_video(local).frame_count == 6
+    assert rows["source_sha256"][0] == hashlib.sha256(video.read_bytes()).hexdigest()
+    assert not list((tmp_path / "scratch").rglob("*.mp4"))  # uploaded, not kept

@@ -276,6 +276,7 @@ def _edit(args: argparse.Namespace) -> int:
         return 2
     options = {
         "crf": args.crf, "preserve_unchanged": args.preserve_unchanged,
+        "window_batch": args.window_batch,
         "num_steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
     }  # fmt: skip
     try:
@@ -447,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     edit.add_argument(
         "--preserve-unchanged", action="store_true",
         help="keep the original full-resolution pixels wherever the model changed nothing",
+    )  # fmt: skip
+    edit.add_argument(
+        "--window-batch", type=int, default=4,
+        help="windows edited per model call (more: faster on a GPU, more memory)",
     )  # fmt: skip
     edit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     edit.set_defaults(handler=_edit)

@@ -437,6 +437,7 @@ class InferenceSettings(Section):
     crf: Annotated[int, Field(ge=0, le=51)] = 18
     preserve_unchanged: bool = False
     preview_frames: Annotated[int, Field(ge=0)] = 3
+    window_batch: PositiveInt = 4  # windows per model call
     device: str = "auto"
 
 

@@ -86,6 +86,7 @@ def build_inference_defs(settings: Settings) -> dg.Definitions:
                     endpoint_url=s3.endpoint_url, on_result=say, progress=False,
                     preview_frames=cfg.preview_frames, crf=cfg.crf,
                     preserve_unchanged=cfg.preserve_unchanged, seed=cfg.seed,
+                    window_batch=cfg.window_batch,
                     num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale,
                 )  # fmt: skip
                 rows = outcome.manifest

@@ -79,6 +79,14 @@ class Conditions:
     ) -> Conditions:
         return cls(tokens, mask, pooled_vector(tokens, mask, pooled_source))
 
+    def repeat(self, times: int) -> Conditions:
+        """The batch repeated ``times`` times (one request's conditions for many clips)."""
+        return Conditions(
+            self.tokens.repeat(times, 1, 1),
+            self.mask.repeat(times, 1),
+            self.pooled.repeat(times, 1),
+        )
+
 
 @torch.no_grad()
 def sample_edit(
@@ -95,17 +103,20 @@ def sample_edit(
     embedded_guidance: float | None = None,
     prediction: str = "velocity",
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Edited latents ``[B, C, t, h, w]`` for source latents of the same shape.
 
     Classifier-free guidance in one batched model call per step: the unconditional branch has
     the empty instruction and no reference; with ``source_guidance_scale`` a third branch
-    drops the source latents as well (see :func:`guided_velocity`). Starts from noise drawn
-    from ``generator`` and follows the :func:`inference_sigmas` schedule.
+    drops the source latents as well (see :func:`guided_velocity`). Starts from ``noise``
+    (broadcast to the source's shape), else from noise drawn from ``generator``, and follows
+    the :func:`inference_sigmas` schedule.
     """
-    noise = torch.randn(source.shape, generator=generator, dtype=torch.float32)
-    x = noise.to(source.device, source.dtype)
+    if noise is None:
+        noise = torch.randn(source.shape, generator=generator, dtype=torch.float32)
+    x = noise.expand(source.shape).to(source.device, source.dtype)
     zeros = torch.zeros_like(source)
     no_reference = torch.zeros_like(reference) if reference is not None else None
     if source_guidance_scale is None:
@@ -256,9 +267,9 @@ class VivaEditPipeline:
         return PreparedEdit(cond, uncond, ref_latent)
 
     @torch.no_grad()
-    def edit_clip(
+    def edit_clips(
         self,
-        clip: np.ndarray,
+        clips: np.ndarray,
         prepared: PreparedEdit,
         *,
         num_steps: int | None = None,
@@ -267,26 +278,34 @@ class VivaEditPipeline:
         seed: int = 0,
         progress: bool = False,
     ) -> np.ndarray:
-        """Edit one clip already at the model's geometry (``uint8 [frames, height, width, 3]``).
-        The same ``seed`` gives every clip the same start noise."""
-        source = self.codec.encode(to_model_pixels(clip)[None].to(self.device))
+        """Edit clips already at the model's geometry (``uint8 [n, frames, height, width, 3]``,
+        e.g. consecutive windows of one video) in one batch; returns the same shape. Every
+        clip starts from the same noise (drawn from ``seed``), so a clip comes out as it
+        would alone and windows of one video agree with each other."""
+        pixels = torch.stack([to_model_pixels(clip) for clip in clips]).to(self.device)
+        source = self.codec.encode(pixels)
+        batch = len(clips)
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn((1, *source.shape[1:]), generator=generator, dtype=torch.float32)
         sampling = self.spec.sampling
+        ref = prepared.ref_latent
         latents = sample_edit(
             self.transformer,
             source,
-            prepared.ref_latent,
-            prepared.cond,
-            prepared.uncond,
+            None if ref is None else ref.expand(batch, *ref.shape[1:]),
+            prepared.cond.repeat(batch),
+            prepared.uncond.repeat(batch),
             num_steps=num_steps or sampling.num_steps,
             guidance_scale=sampling.guidance_scale if guidance_scale is None else guidance_scale,
             source_guidance_scale=source_guidance_scale or sampling.source_guidance_scale,
             shift=sampling.shift,
             embedded_guidance=self.spec.embedded_guidance,
             prediction=self.spec.prediction,
-            generator=torch.Generator().manual_seed(seed),
+            noise=noise,
             progress=progress,
         )
-        return to_uint8_frames(self.codec.decode(latents)[0])
+        decoded = self.codec.decode(latents)
+        return np.stack([to_uint8_frames(clip) for clip in decoded])
 
     def edit(
         self,
@@ -300,9 +319,10 @@ class VivaEditPipeline:
         """Edit ``frames`` (``uint8 [T, H, W, 3]``, the whole clip; the model's frame count is
         taken every ``frame_stride`` frames) and return ``uint8 [t, height, width, 3]``.
         ``sampling``: ``num_steps``, ``guidance_scale``, ``source_guidance_scale``,
-        ``progress`` (see :meth:`edit_clip`)."""
+        ``progress`` (see :meth:`edit_clips`)."""
         prepared = self.prepare(instruction, frames[0], reference)
-        return self.edit_clip(self.spec.geometry.cut(frames), prepared, seed=seed, **sampling)
+        clip = self.spec.geometry.cut(frames)
+        return self.edit_clips(clip[None], prepared, seed=seed, **sampling)[0]
 
 
 @dataclass(frozen=True)

@@ -199,12 +199,17 @@ def edit_whole_video(
     num_steps: int | None = None,
     guidance_scale: float | None = None,
     preview_frames: int = 0,
+    window_batch: int = 4,
     progress: bool = True,
 ) -> EditedVideo:
     """Edit every frame of ``video`` and write ``out`` (H.264 MP4, the source's size and frame
     rate, its audio copied). Written to a temporary name first and renamed when complete.
     ``preview_frames``: that many frames, evenly spread, come back side by side with their
-    sources in :attr:`EditedVideo.preview` (kept as they stream past, at preview size)."""
+    sources in :attr:`EditedVideo.preview` (kept as they stream past, at preview size).
+    ``window_batch``: windows edited in one model call (a GPU's throughput; memory holds that
+    many windows of full-size frames, plus one window)."""
+    if window_batch < 1:
+        raise ValueError(f"window_batch must be >= 1, got {window_batch}")
     started = time.perf_counter()
     geometry = pipeline.spec.geometry
     size = geometry.frames
@@ -223,7 +228,7 @@ def edit_whole_video(
                 pipeline, frames, instruction, sink, rate, audio, reference=reference,
                 weights=weights, overlap=overlap, preserve_unchanged=preserve_unchanged,
                 crf=crf, seed=seed, num_steps=num_steps, guidance_scale=guidance_scale,
-                previews=_Previews(preview_frames, total),
+                window_batch=window_batch, previews=_Previews(preview_frames, total),
                 bar=tqdm(total=total or None, unit="frame", disable=not progress, desc="edit"),
             )  # fmt: skip
         os.replace(partial, out)
@@ -260,6 +265,33 @@ def _small(frame: np.ndarray, height: int) -> np.ndarray:
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
 
+def plan_windows(
+    frames: int, exhausted: bool, size: int, step: int, batch: int, written: int
+) -> tuple[list[tuple[int, int]], int]:
+    """The next windows to edit together, over ``frames`` frames read and not yet written
+    (``exhausted``: no more will come; ``written``: earlier frames still at hand, at most
+    ``size - 1``): up to ``batch`` of ``(start, first_open)``, frame indices relative to the
+    first unwritten frame, and how many frames are final once they are edited.
+
+    Windows advance by ``step``; each is edited while at least one frame follows it, so the
+    last one can end exactly at the video's end (``start`` < 0: it reaches back into written
+    frames; a video shorter than a window is padded with its last frame). A window adds its
+    edit only to frames from ``first_open`` on, those not yet final when it comes in turn, so
+    a batch of windows gives the same video as editing them one at a time.
+    """
+    windows: list[tuple[int, int]] = []
+    position = 0
+    while len(windows) < batch and position < frames:
+        remaining = frames - position
+        if not exhausted and remaining <= size:
+            break  # read on first: a later window may still cover these frames
+        last = exhausted and remaining <= size
+        start = position if remaining >= size else max(frames - size, -written)
+        windows.append((start, position))
+        position = frames if last else position + step
+    return windows, position
+
+
 def _edit_stream(
     pipeline: VivaEditPipeline,
     frames: Iterator[np.ndarray],
@@ -276,6 +308,7 @@ def _edit_stream(
     seed: int,
     num_steps: int | None,
     guidance_scale: float | None,
+    window_batch: int,
     previews: _Previews,
     bar: tqdm,
 ) -> tuple[int, int, int, int, np.ndarray | None]:
@@ -297,26 +330,26 @@ def _edit_stream(
     prepared = pipeline.prepare(instruction, first, reference)
     sampling = {"num_steps": num_steps, "guidance_scale": guidance_scale, "seed": seed}
 
-    history: deque[np.ndarray] = deque(maxlen=size + 1)  # model-size frames, latest last
+    written_small: deque[np.ndarray] = deque(maxlen=size)  # model views of written frames
     pending: deque[_Pending] = deque()  # frames read but not yet written, in order
     frames = itertools.chain([first], frames)
+    step = size - overlap
+    look_ahead = (window_batch - 1) * step + size + 1  # frames for a batch, plus one
     written = windows = 0
     exhausted = False
 
     def fill() -> None:
         nonlocal exhausted
-        while len(pending) <= size and not exhausted:  # one frame of look-ahead
+        while len(pending) < look_ahead and not exhausted:
             frame = next(frames, None)
             if frame is None:
                 exhausted = True
                 return
-            small = geometry.fit(frame)
-            history.append(small)
-            pending.append(_Pending(frame, small))
+            pending.append(_Pending(frame, geometry.fit(frame)))
 
     def emit(count: int) -> None:
         nonlocal written
-        for _ in range(min(count, len(pending))):
+        for _ in range(count):
             entry = pending.popleft()
             edited = (entry.total / entry.weight).round().clip(0, 255).astype(np.uint8)
             small = entry.small if preserve_unchanged else None
@@ -324,25 +357,29 @@ def _edit_stream(
             previews.offer(written, entry.frame, full)
             for packet in encoder.encode(av.VideoFrame.from_ndarray(full, format="rgb24")):
                 sink.mux(packet)
+            written_small.append(entry.small)
             written += 1
             bar.update(1)
 
     fill()
     while pending:
-        last = exhausted and len(pending) <= size  # no later window: write all after this one
-        if len(pending) >= size:  # a full window starting at the first unwritten frame
-            clip, offset = [entry.small for entry in list(pending)[:size]], 0
-        else:  # the last window ends at the last frame, over frames written already
-            clip = list(history)[-size:]
-            offset = len(clip) - len(pending)
-            clip += [clip[-1]] * (size - len(clip))  # a video shorter than one window
-        edited = pipeline.edit_clip(np.stack(clip), prepared, **sampling)
-        windows += 1
-        for index, entry in enumerate(list(pending)[: size - offset]):
-            weight = weights[offset + index]
-            entry.total = entry.total + weight * edited[offset + index]
-            entry.weight += weight
-        emit(len(pending) if last else size - overlap)
+        plan, done = plan_windows(
+            len(pending), exhausted, size, step, window_batch, len(written_small)
+        )
+        views = [*written_small, *(entry.small for entry in pending)]
+        shift = len(written_small)  # pending frame i is views[shift + i]
+        clips = np.stack([
+            [views[shift + min(start + i, len(pending) - 1)] for i in range(size)]
+            for start, _ in plan
+        ])  # fmt: skip
+        edited = pipeline.edit_clips(clips, prepared, **sampling)
+        windows += len(plan)
+        for (start, first_open), clip in zip(plan, edited, strict=True):
+            for index in range(max(start, first_open), min(start + size, len(pending))):
+                entry = pending[index]
+                entry.total = entry.total + weights[index - start] * clip[index - start]
+                entry.weight += weights[index - start]
+        emit(done)
         fill()
     for packet in encoder.encode():
         sink.mux(packet)
