@@ -21,6 +21,7 @@ from tests import video_fixtures as vf
 from tests.footage import ClipSpec, write_clip
 from viva_pipelines import cli
 from viva_pipelines.inference.batch import edit_stored_requests
+from viva_pipelines.model import whole_video
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.model.whole_video import (
     EditRequestError,
@@ -104,15 +105,23 @@ class WindowMean(Negative):
         return np.repeat(clips.mean(axis=1, keepdims=True), clips.shape[1], axis=1).round()
 
 
-def test_a_batch_of_windows_gives_the_video_of_one_window_at_a_time(tmp_path):
+def test_a_batch_of_windows_gives_the_video_of_one_window_at_a_time(tmp_path, monkeypatch):
     source = write_clip(tmp_path / "in.mp4", CLIPS["odd_rotated.mp4"])
+    blended: list[np.ndarray] = []  # each frame's cross-faded edit, before encoding
+
+    def recording_put_back(frame, edited, geometry, source_small=None):
+        blended.append(edited)
+        return put_back(frame, edited, geometry, source_small)
+
+    monkeypatch.setattr(whole_video, "put_back", recording_put_back)
     one = edit_whole_video(WindowMean(), source, "x", tmp_path / "1.mp4", window_batch=1,
                            progress=False)  # fmt: skip
+    singly, blended[:] = list(blended), []
     model = WindowMean()
     many = edit_whole_video(model, source, "x", tmp_path / "3.mp4", window_batch=3,
                             progress=False)  # fmt: skip
-    assert one.windows == many.windows == len(model.clips)
-    for a, b in zip(_upright_frames(one.path), _upright_frames(many.path), strict=True):
+    assert one.windows == many.windows == len(model.clips) and len(blended) == one.frames
+    for a, b in zip(singly, blended, strict=True):
         assert np.array_equal(a, b)
 
 
