@@ -58,8 +58,9 @@ from bench_common import machine, ms, note, sync, table
 from viva_pipelines.model.codecs import PixelCodec
 from viva_pipelines.model.pipeline import Conditions, ModelSpec, VivaEditPipeline
 from viva_pipelines.model.transformer import build_transformer, tiny_transformer_config
-from viva_pipelines.rewards.clip_rewards import ClipScorer, RewardWeights
+from viva_pipelines.rewards.clip_rewards import ClipScorer
 from viva_pipelines.rewards.tiny_clip import build_tiny_clip
+from viva_pipelines.train.config import RewardWeights
 from viva_pipelines.train.grpo import (
     CandidateBatch,
     EditContext,

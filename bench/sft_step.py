@@ -219,11 +219,7 @@ class Setup:
             pools={VIDEO: self.pool},
             video_fraction=1.0,
             batch_size=config.optim.batch_size,
-            sigma_mean=config.loss.sigma_mean,
-            sigma_std=config.loss.sigma_std,
-            sigma_shift=config.loss.sigma_shift,
-            instruction_dropout=config.loss.instruction_dropout,
-            source_dropout=config.loss.source_dropout,
+            loss=config.loss,
         )
 
 

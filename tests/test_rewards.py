@@ -19,7 +19,6 @@ from tests.sft_fixtures import write_tiny_dataset
 from viva_pipelines.masks.shard import load_frames
 from viva_pipelines.rewards.clip_rewards import (
     ClipScorer,
-    RewardWeights,
     edit_rewards,
     instruction_following,
     pickscore,
@@ -32,6 +31,7 @@ from viva_pipelines.rewards.tiny_clip import (
     train_tiny_clip,
 )
 from viva_pipelines.storage import Storage
+from viva_pipelines.train.config import RewardWeights
 
 CAPTIONS = ["a red square", "a blue square", "a green circle"]
 TEXTS = [*CAPTIONS, "a red square on a grey floor", "an empty room", "a yellow star"]
@@ -182,9 +182,12 @@ def test_group_scored_together_equals_each_alone(
     scorer: ClipScorer, videos: tuple[np.ndarray, np.ndarray]
 ) -> None:
     source, edited = videos
-    together = edit_rewards(scorer, scorer, source, edited, "a red square", CAPTIONS)
+    weights = RewardWeights()
+    together = edit_rewards(scorer, scorer, source, edited, "a red square", CAPTIONS, weights)
     for g in range(G):
-        alone = edit_rewards(scorer, scorer, source, edited[g : g + 1], "a red square", CAPTIONS[g])
+        alone = edit_rewards(
+            scorer, scorer, source, edited[g : g + 1], "a red square", CAPTIONS[g], weights
+        )
         for key, values in together.items():
             torch.testing.assert_close(alone[key], values[g : g + 1], atol=1e-5, rtol=0)
 
@@ -220,7 +223,8 @@ def test_edit_rewards_terms_and_weighted_total(
         ({"pickscore": float("nan")}, ValueError),
         ({"preservation": float("inf")}, ValueError),
         ({"instruction": 0.0, "preservation": 0.0, "pickscore": 0.0}, ValueError),
-        ({"instruction": "1"}, TypeError),
+        ({"instruction": "1"}, ValueError),
+        ({"instruction": True}, ValueError),
     ],
 )
 def test_reward_weights_are_validated(kwargs: dict, error: type[Exception]) -> None:
@@ -229,8 +233,10 @@ def test_reward_weights_are_validated(kwargs: dict, error: type[Exception]) -> N
 
 
 def test_reward_weights_defaults_and_zero_terms() -> None:
-    assert RewardWeights() == RewardWeights(1.0, 1.0, 1.0)
+    # PickScore is a logit (~100 x a cosine) while R_IF and R_SP are cosines: weighted 0.01
+    assert RewardWeights() == RewardWeights(instruction=1.0, preservation=1.0, pickscore=0.01)
     assert RewardWeights(pickscore=0).pickscore == 0
+    assert RewardWeights(instruction=2).instruction == 2.0  # a YAML integer is a number
 
 
 # -- lineage and loading --------------------------------------------------------------------------

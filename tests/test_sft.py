@@ -18,7 +18,7 @@ from viva_pipelines.model.whole_video import edit_video
 from viva_pipelines.storage import Storage
 from viva_pipelines.train import sft
 from viva_pipelines.train.checkpoint import completed_checkpoints
-from viva_pipelines.train.config import ConfigFileError, SftConfig
+from viva_pipelines.train.config import ConfigFileError, LossConfig, SftConfig
 from viva_pipelines.train.distributed import DistContext
 from viva_pipelines.train.reporting import Reporter
 from viva_pipelines.train.sft_data import collate, pad_tokens, plan_step
@@ -66,8 +66,8 @@ def test_config_round_trips_and_fingerprints_what_changes_weights(tmp_path):
 
 def test_step_plan_is_a_pure_function_of_seed_and_step():
     pools = {"video": np.arange(0, 10), "image": np.arange(10, 30)}
-    kwargs = dict(seed=3, pools=pools, video_fraction=0.4, batch_size=8,
-                  instruction_dropout=0.5, source_dropout=0.5)  # fmt: skip
+    loss = LossConfig(instruction_dropout=0.5, source_dropout=0.5)
+    kwargs = dict(seed=3, pools=pools, video_fraction=0.4, batch_size=8, loss=loss)
     a, b = plan_step(5, **kwargs), plan_step(5, **kwargs)
     assert a.modality == b.modality and torch.equal(a.positions, b.positions)
     assert torch.equal(a.sigmas, b.sigmas) and torch.equal(a.drop_instruction, b.drop_instruction)

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from viva_pipelines.train.config import (
+    GRPO_RUNTIME,
     EvalConfig,
     GrpoEval,
     GrpoOptim,
@@ -30,6 +31,7 @@ from viva_pipelines.train.config import (
     ModelOptions,
     OptimConfig,
     PretrainOptions,
+    RewardWeights,
     RuntimeConfig,
     SampleOptions,
 )
@@ -122,7 +124,7 @@ class LimitsSettings(Section):
 
 
 class IngestSettings(Section):
-    shard_size: PositiveInt = 64
+    shard_size: PositiveInt = 8
     width: EvenSize = 128
     height: EvenSize = 128
     fps: PositiveFloat = 8
@@ -351,17 +353,11 @@ class InstructorSettings(Section):
     pretrain: PretrainOptions = PretrainOptions()
 
 
-class RewardWeightSettings(Section):
-    instruction: float = Field(1.0, ge=0)  # R_IF
-    preservation: float = Field(1.0, ge=0)  # R_SP
-    pickscore: float = Field(1.0, ge=0)  # R_PS
-
-
 class RewardsSettings(Section):
     """``reward_models``: CLIP and PickScore from ``models.clip`` / ``models.pickscore``, or
     (both null) a tiny CLIP trained on the dataset's frames and captions for the demo."""
 
-    weights: RewardWeightSettings = RewardWeightSettings()
+    weights: RewardWeights = RewardWeights()
     pickscore_processor: str | None = None  # PickScore_v1 ships no processor: CLIP-H's
     tiny_clip_steps: PositiveInt = 300
     frames_per_video: PositiveInt = 2
@@ -378,7 +374,7 @@ class GrpoSettings(Section):
     sampling: GrpoSampling = GrpoSampling()
     optim: GrpoOptim = GrpoOptim()
     eval: GrpoEval = GrpoEval()
-    runtime: RuntimeConfig = RuntimeConfig()
+    runtime: RuntimeConfig = GRPO_RUNTIME
 
 
 class ModelSettings(Section):

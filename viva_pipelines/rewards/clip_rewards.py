@@ -31,15 +31,15 @@ have different sizes.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from viva_pipelines.train.config import RewardWeights
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -53,27 +53,6 @@ _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 
 Frames = np.ndarray | torch.Tensor
 Captions = str | Sequence[str]
-
-
-@dataclass(frozen=True)
-class RewardWeights:
-    """``w_IF``, ``w_SP``, ``w_PS`` of the total reward. Non-negative and finite (a negative
-    weight would reward the opposite of the term), and not all zero (the total would carry no
-    signal)."""
-
-    instruction: float = 1.0
-    preservation: float = 1.0
-    pickscore: float = 1.0
-
-    def __post_init__(self) -> None:
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"reward weight {field.name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"reward weight {field.name} must be finite and >= 0, got {value}")
-        if self.instruction == self.preservation == self.pickscore == 0:
-            raise ValueError("reward weights are all zero: the total reward would be constant")
 
 
 # -- the scorer ---------------------------------------------------------------------------------
@@ -441,7 +420,7 @@ def edit_rewards(
     edited: Frames,
     source_captions: Captions,
     target_captions: Captions,
-    weights: RewardWeights | None = None,
+    weights: RewardWeights,
 ) -> dict[str, torch.Tensor]:
     """All three rewards of a group and their weighted sum, each ``float32 [G]``: keys
     ``instruction``, ``preservation``, ``pickscore``, ``total``.
@@ -450,7 +429,6 @@ def edit_rewards(
     once in all when ``pick is clip``), the source once, and each distinct caption once.
     ``source``: ``[T, H, W, 3]`` or ``[G, T, H, W, 3]``; ``edited``: ``[G, T, H, W, 3]``;
     captions: one string or one per candidate."""
-    weights = weights or RewardWeights()
     edited = as_frames(edited, 5, "edited")
     groups = len(edited)
     targets = _caption_list(target_captions, groups, "target_captions")

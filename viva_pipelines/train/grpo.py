@@ -25,11 +25,11 @@ from viva_pipelines.model.flow_matching import guided_velocity, inference_sigmas
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline, pad_conditions
 from viva_pipelines.model.sde import sde_step_with_logprob
 from viva_pipelines.model.transformer import predict_velocity
-from viva_pipelines.rewards.clip_rewards import ClipScorer, RewardWeights, edit_rewards
+from viva_pipelines.rewards.clip_rewards import ClipScorer, edit_rewards
 from viva_pipelines.rewards.models import load_scorers
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.checkpoint import load_latest_checkpoint, save_checkpoint
-from viva_pipelines.train.config import GrpoConfig
+from viva_pipelines.train.config import GrpoConfig, RewardWeights
 from viva_pipelines.train.distributed import DistContext
 from viva_pipelines.train.grpo_math import group_advantages, kl_to_reference, ppo_clipped_loss
 from viva_pipelines.train.reporting import Reporter, run_entry_point
@@ -423,7 +423,7 @@ def train_grpo(config: GrpoConfig, ctx: DistContext, report: Reporter) -> dict[s
 
 def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dict[str, Any]:
     runtime, sampling, optim = config.runtime, config.sampling, config.optim
-    weights = RewardWeights(**config.reward_weights.model_dump())
+    weights = config.reward_weights
     train_groups = load_groups(storage, config, "train")
     val_groups = load_groups(storage, config, "val")
     unconditional = load_unconditional(storage, config.sft_cache)

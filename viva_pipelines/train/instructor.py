@@ -278,11 +278,8 @@ def pretrain_instructor(
     model_dir: str | Path,
     train: Sequence[GroundingExample],
     val: Sequence[GroundingExample],
+    options: PretrainOptions,
     *,
-    steps: int = 600,
-    batch_size: int = 32,
-    lr: float = 2e-3,
-    seed: int = 0,
     prompt_template: str = "instructor.md",
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -298,24 +295,25 @@ def pretrain_instructor(
     before = grounding_accuracy(instructor, val) if val else {}
     encoded = encode_examples(instructor, train)
     model.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, max(1, min(50, steps // 10)), steps, 0.1)
+        optimizer,
+        lambda s: warmup_cosine(s, max(1, min(50, options.steps // 10)), options.steps, 0.1),
     )
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(options.seed)
     order = torch.empty(0, dtype=torch.long)
     losses: list[float] = []
-    iterator = range(steps)
+    iterator = range(options.steps)
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(iterator, desc="instructor")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(options.seed)
         for _ in iterator:
-            if len(order) < batch_size:
+            if len(order) < options.batch_size:
                 order = torch.cat([order, torch.randperm(len(train), generator=generator)])
-            picked, order = order[:batch_size], order[batch_size:]
+            picked, order = order[: options.batch_size], order[options.batch_size :]
             loss = model(**training_batch(instructor, [encoded[i] for i in picked])).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -331,7 +329,7 @@ def pretrain_instructor(
         **{f"val_{k}_untrained": v for k, v in before.items() if k != "position_chance"},
         "train_loss_first": losses[0],
         "train_loss_last": float(np.mean(losses[-20:])),
-        "steps": steps,
+        "steps": options.steps,
         "train_examples": len(train),
         "val_examples": len(val),
     }
@@ -379,10 +377,7 @@ def prepare_instructor(
         val = grounding_examples(storage, manifest, split="val", first_frame_only=True)
         with tempfile.TemporaryDirectory(prefix="viva-instructor-") as tmp:
             shutil.copytree(ensure_tiny_instructor(), tmp, dirs_exist_ok=True)
-            metrics = pretrain_instructor(
-                tmp, train, val, steps=options.steps, batch_size=options.batch_size,
-                lr=options.lr, seed=options.seed, prompt_template=prompt_template,
-            )  # fmt: skip
+            metrics = pretrain_instructor(tmp, train, val, options, prompt_template=prompt_template)
             digest = weights_sha256(Path(tmp))
             location = storage.put_dir(tmp, f"{ASSET}/{digest[:16]}")
         record = {"location": location, "sha256": digest, "trained": metrics}

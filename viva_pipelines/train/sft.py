@@ -566,11 +566,7 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
             pools=pools,
             video_fraction=config.data.video_fraction if config.data.use_images else 1.0,
             batch_size=config.optim.batch_size,
-            sigma_mean=config.loss.sigma_mean,
-            sigma_std=config.loss.sigma_std,
-            sigma_shift=config.loss.sigma_shift,
-            instruction_dropout=config.loss.instruction_dropout,
-            source_dropout=config.loss.source_dropout,
+            loss=config.loss,
         )
         share = plan.share(ctx.rank, ctx.world_size)
         items = [dataset[int(p)] for p in plan.positions[share]]

@@ -37,6 +37,7 @@ from viva_pipelines.masks.shard import load_frames, load_mask
 from viva_pipelines.model.clips import ClipGeometry, to_model_pixels
 from viva_pipelines.model.flow_matching import resize_mask_to_latents, sample_sigmas
 from viva_pipelines.storage import Storage
+from viva_pipelines.train.config import LossConfig
 
 log = logging.getLogger(__name__)
 
@@ -368,14 +369,11 @@ def plan_step(
     pools: dict[str, np.ndarray],
     video_fraction: float,
     batch_size: int,
-    sigma_mean: float = 0.0,
-    sigma_std: float = 1.0,
-    sigma_shift: float = 1.0,
-    instruction_dropout: float = 0.0,
-    source_dropout: float = 0.0,
+    loss: LossConfig,
 ) -> StepPlan:
     """Choose the modality (video with probability ``video_fraction`` when both pools have
-    samples), the samples (uniform with replacement), noise levels and dropped conditions."""
+    samples), the samples (uniform with replacement), noise levels (``loss.sigma_*``) and
+    dropped conditions (``loss.*_dropout``)."""
     generator = step_generator(seed, step)
     use_video = torch.rand((), generator=generator).item() < video_fraction
     available = [m for m in (VIDEO, IMAGE) if len(pools.get(m, ())) > 0]
@@ -387,13 +385,17 @@ def plan_step(
     pool = pools[modality]
     picks = torch.randint(len(pool), (batch_size,), generator=generator)
     sigmas = sample_sigmas(
-        batch_size, mean=sigma_mean, std=sigma_std, shift=sigma_shift, generator=generator
+        batch_size,
+        mean=loss.sigma_mean,
+        std=loss.sigma_std,
+        shift=loss.sigma_shift,
+        generator=generator,
     )
     return StepPlan(
         modality=modality,
         positions=torch.from_numpy(np.array(pool))[picks],
         sigmas=sigmas,
-        drop_instruction=torch.rand(batch_size, generator=generator) < instruction_dropout,
-        drop_source=torch.rand(batch_size, generator=generator) < source_dropout,
+        drop_instruction=torch.rand(batch_size, generator=generator) < loss.instruction_dropout,
+        drop_source=torch.rand(batch_size, generator=generator) < loss.source_dropout,
         generator=generator,
     )
