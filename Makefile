@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip setuptools wheel
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,sam2-runtime,prod]'
-	# SAM 2 ships as an sdist that compiles CUDA code and pulls torchvision (DESIGN §7):
+	# SAM 2 ships as an sdist that compiles CUDA code and pulls torchvision, which must never be installed on CPU machines:
 	# build it without either, against the torch already installed.
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation --no-deps sam2==1.1.0
 	touch $@

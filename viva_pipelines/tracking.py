@@ -1,4 +1,4 @@
-"""MLflow runs that carry the lineage of what produced them (DESIGN §4).
+"""MLflow runs that carry the lineage of what produced them (docs/architecture.md).
 
 Each run is tagged with the Dagster run id, asset key, partition, code version, git commit and the
 data versions of its upstream assets, so a benchmark number can be traced back to raw files.

@@ -393,7 +393,7 @@ class ModelSettings(Section):
 
 
 class BenchmarkSettings(Section):
-    """The benchmark suite and how ``benchmark_scores`` runs it (README: Benchmark)."""
+    """The benchmark suite and how ``benchmark_scores`` runs it (docs/benchmark.md)."""
 
     root: Location = Field(description="folder or s3:// prefix the manifest's paths are under")
     manifest: Location | None = Field(
@@ -409,7 +409,7 @@ class BenchmarkSettings(Section):
 
 
 class InferenceSettings(Section):
-    """Editing videos on request (``edited_videos``; README: Editing whole videos)."""
+    """Editing videos on request (``edited_videos``; docs/assets.md)."""
 
     root: Location = Field(
         description="folder or s3:// prefix the requests' video and reference keys are under"

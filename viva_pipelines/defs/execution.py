@@ -1,5 +1,5 @@
 """How steps run, from ``conf/``'s ``execution`` section: the executor, and the op tags, pool and
-retry policy each asset gets (DESIGN section 6). Every asset takes its step options from
+retry policy each asset gets (docs/operations.md). Every asset takes its step options from
 ``step_options`` so a GPU or network step cannot forget its pool or its retries.
 
 ``dagster_k8s`` and ``dagster_celery`` (the ``prod`` extra) are imported only when conf selects

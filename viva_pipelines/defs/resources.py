@@ -30,7 +30,7 @@ class StorageResource(dg.ConfigurableResource):
 
 
 class MlflowResource(dg.ConfigurableResource):
-    """Opens MLflow runs tagged with the Dagster materialization that owns them (DESIGN §4)."""
+    """Opens MLflow runs tagged with the Dagster materialization that owns them (docs/architecture.md)."""
 
     tracking_uri: str
     experiment: str = "viva-pipelines"

@@ -1,6 +1,6 @@
 """The editing DiT: ``diffusers.HunyuanVideoTransformer3DModel`` with context-aware noise tokens.
 
-VIVA conditions the video DiT in two ways (DESIGN §2):
+VIVA conditions the video DiT in two ways (docs/method.md):
 
 - the VLM instructor's hidden states go through the model's trainable token refiner
   (``context_embedder``) as the text tokens, with a pooled vector beside them;
@@ -127,7 +127,7 @@ def widen_patch_embedding(
 def editing_input(
     noisy: torch.Tensor, source: torch.Tensor, reference: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Channel-concatenate the context (DESIGN §2): ``[B, 3C, t, h, w]``.
+    """Channel-concatenate the context (docs/method.md): ``[B, 3C, t, h, w]``.
 
     ``noisy``, ``source``: ``[B, C, t, h, w]``; ``reference``: ``[B, C, 1, h, w]`` (one image
     latent, repeated over the ``t`` latent frames) or ``None`` (zeros: no reference).

@@ -1,4 +1,4 @@
-"""CLIP-based rewards for Edit-GRPO (DESIGN section 2).
+"""CLIP-based rewards for Edit-GRPO (docs/method.md).
 
 A group of ``G`` candidate edits of one source video is scored as
 

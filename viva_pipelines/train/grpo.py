@@ -1,4 +1,4 @@
-"""Edit-GRPO (DESIGN §2): reward post-training of the SFT model through a LoRA.
+"""Edit-GRPO (docs/method.md): reward post-training of the SFT model through a LoRA.
 
 One iteration: for each (source video, instruction) group draw G candidates in one batch with
 the stochastic sampler (:func:`rollout`, keeping every step's latents and log-probs), score

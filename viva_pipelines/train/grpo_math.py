@@ -1,4 +1,4 @@
-"""The arithmetic of Edit-GRPO, as small pure functions (DESIGN §2 "Edit-GRPO").
+"""The arithmetic of Edit-GRPO, as small pure functions (docs/method.md, "Edit-GRPO").
 
 Conventions we chose: advantages use the population std (ddof=0) of each group; a singleton or
 constant group gets advantage 0, never NaN; advantages are clipped to +-5; the KL term compares

@@ -1,4 +1,4 @@
-"""Context-aware SFT of the VIVA editing model (DESIGN §2), one readable loop.
+"""Context-aware SFT of the VIVA editing model (docs/method.md), one readable loop.
 
     torchrun --nproc_per_node N -m viva_pipelines.train.sft --config sft.yaml
 
@@ -305,7 +305,7 @@ def forward_loss(
     autocast: contextlib.AbstractContextManager,
     perturbation: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The mask-weighted flow-matching loss of one batch (DESIGN §2). ``perturbation``: extra
+    """The mask-weighted flow-matching loss of one batch (docs/method.md). ``perturbation``: extra
     noise added to the model's input only (see :func:`~viva_pipelines.model.flow_matching.
     perturbed_input`); the target stays the velocity of the unperturbed path."""
     noisy = add_noise(batch.target, noise, sigmas)
