@@ -314,16 +314,14 @@ def _edit_batch(args: argparse.Namespace, model_dir: Path, lora, options: dict) 
     """``viva edit --batch``: every request, one line of outcome each, the model loaded once;
     the outcomes also go to ``<requests>.results.jsonl``. Exit 1 when any request failed."""
     from viva_pipelines.model.pipeline import VivaEditPipeline
-    from viva_pipelines.model.whole_video import beside, edit_batch
+    from viva_pipelines.model.whole_video import beside, edit_batch, outcome_line
 
     def load() -> VivaEditPipeline:
         pipeline = VivaEditPipeline.from_pretrained(model_dir)
         return pipeline.load_lora(lora) if lora else pipeline
 
     def say(result: dict) -> None:
-        where = result.get("out") or f"line {result['line']}"
-        detail = f"{result['frames']} frames" if result["status"] == "ok" else result["reason"]
-        print(f"{result['status']}: {where}: {detail}", flush=True)
+        print(outcome_line(result), flush=True)
 
     requests = Path(args.batch)
     results = edit_batch(load, requests.read_text().splitlines(), beside(requests.parent),

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from viva_pipelines.manifests import typed_frame
+from viva_pipelines.config.schema import InferenceSettings
+from viva_pipelines.manifests import FAILED, typed_frame
 from viva_pipelines.model.pipeline import VivaEditPipeline
 from viva_pipelines.model.whole_video import (
     EditRequest,
@@ -62,6 +63,12 @@ class StoredEdits:
     manifest: pd.DataFrame
     manifest_key: str
     previews: list[tuple[int, bytes]]  # (line, PNG: source | edit, one row per sampled frame)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        failed = int(self.manifest["status"].eq(FAILED).sum())
+        return {"requests": len(self.manifest), "edited": len(self.manifest) - failed,
+                "failed": failed}  # fmt: skip
 
 
 def sha256_of(path: Path) -> str:
@@ -161,3 +168,54 @@ def edit_stored_requests(
     manifest_key = f"{prefix}/{MANIFEST}"
     sink.write_parquet(manifest_key, manifest)
     return StoredEdits(manifest, manifest_key, previews)
+
+
+def run_edit_requests(
+    cfg: InferenceSettings,
+    model_dir: Path,
+    lora_dir: Path | None,
+    root: Storage,
+    sink: Storage,
+    prefix: str,
+    scratch: Path,
+    *,
+    endpoint_url: str | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> StoredEdits:
+    """``cfg.requests`` edited by the model in ``model_dir`` (plus the LoRA in ``lora_dir``)
+    with ``cfg``'s sampling, output and preview settings, on ``cfg.device``; the model is
+    loaded at the first valid request (:func:`edit_stored_requests`)."""
+    from viva_pipelines.train.distributed import pick_device
+
+    device = str(pick_device(cfg.device, 0))
+
+    def load() -> VivaEditPipeline:
+        pipeline = VivaEditPipeline.from_pretrained(model_dir, device=device)
+        return pipeline.load_lora(lora_dir) if lora_dir else pipeline
+
+    return edit_stored_requests(
+        load, cfg.requests, root, sink, prefix, scratch, endpoint_url=endpoint_url,
+        on_result=on_result, progress=False, preview_frames=cfg.preview_frames, crf=cfg.crf,
+        preserve_unchanged=cfg.preserve_unchanged, seed=cfg.seed, window_batch=cfg.window_batch,
+        num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale,
+    )  # fmt: skip
+
+
+def log_edits(outcome: StoredEdits, cfg: InferenceSettings, model_uri: str) -> None:
+    """Into the active MLflow run: what was edited with, the counts, the manifest and the
+    previews (not the videos: they stay in storage)."""
+    import tempfile
+
+    import mlflow
+
+    from viva_pipelines.tracking import log_metrics, log_params, set_tags
+
+    log_params({"requests": cfg.requests, "model": model_uri, "lora": cfg.lora or "",
+                "preserve_unchanged": cfg.preserve_unchanged, "crf": cfg.crf})  # fmt: skip
+    log_metrics(outcome.counts)
+    set_tags({"viva.model_uri": model_uri, "viva.lora_uri": cfg.lora or ""})
+    with tempfile.TemporaryDirectory() as folder:
+        outcome.manifest.to_parquet(Path(folder, MANIFEST))
+        for line, png in outcome.previews:
+            Path(folder, f"line-{line}.png").write_bytes(png)
+        mlflow.log_artifacts(folder, "edited_videos")

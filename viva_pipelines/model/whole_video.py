@@ -524,6 +524,15 @@ def beside(folder: str | os.PathLike) -> Placement:
     return place
 
 
+def outcome_line(result: dict[str, Any]) -> str:
+    """One batch result as a line of progress: ``ok: out.mp4: 48 frames in 6.1 s`` or
+    ``failed: line 3: <reason>``."""
+    where = result.get("out") or f"line {result['line']}"
+    if result["status"] == "ok":
+        return f"ok: {where}: {result['frames']} frames in {result['seconds']} s"
+    return f"{result['status']}: {where}: {result['reason']}"
+
+
 def edit_batch(
     load: Callable[[], VivaEditPipeline],
     lines: Iterable[str],
