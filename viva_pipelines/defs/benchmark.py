@@ -2,6 +2,7 @@
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -34,7 +35,6 @@ from viva_pipelines.qc import dataset as qc
 from viva_pipelines.rewards.models import RECORD_KEY as REWARDS_RECORD
 from viva_pipelines.rewards.models import load_scorers
 from viva_pipelines.storage import Storage, file_location
-from viva_pipelines.tracking import set_tags
 
 SUITE_CODE_VERSION = "benchmark_suite-1"
 SCORES_CODE_VERSION = "benchmark_scores-1"
@@ -132,76 +132,35 @@ def build_benchmark_defs(settings: Settings) -> dg.Definitions:
         its Edit-GRPO LoRA when one exists, and the identity baseline), scored with CLIP-T,
         CLIP-F, CLIP instruction following, background and ground-truth PSNR/SSIM and, when
         ``benchmark.judge`` is on, the VLM judge; tabulated per category and model."""
+        from mlflow import MlflowClient
+
         store = storage.get()
-        versions = {
-            "benchmark_suite": latest_data_version(context, BENCHMARK_SUITE),
-            "sft_checkpoint": latest_data_version(context, SFT_CHECKPOINT),
-            "reward_models": latest_data_version(context, REWARD_MODELS),
-            "qc_dataset": latest_data_version(context, QC_DATASET),
-        }
-        if "grpo" in cfg.models:
-            try:
-                versions["grpo_lora"] = latest_data_version(context, GRPO_LORA)
-            except dg.Failure:
-                context.log.warning("grpo_lora not materialized yet: benchmarking without it")
+        versions = _evaluated_versions(context, cfg.models)
         media, instances = load_configured_suite(settings)
         judge = vlm_backend(cfg.judge, store) if cfg.judge.enabled else None
-        from viva_pipelines.train.distributed import pick_device  # torch: only when it runs
-
         with tempfile.TemporaryDirectory(prefix="viva-bench-") as tmp:
             sft_dir = store.local_dir(
                 f"{SFT_PREFIX}/{versions['sft_checkpoint']}/model", Path(tmp, "sft")
             )
-            lora_dir = None
-            if "grpo_lora" in versions:
-                lora_dir = store.local_dir(
-                    f"{GRPO_PREFIX}/{versions['grpo_lora']}/lora", Path(tmp, "lora")
-                )
-            editors = bench.model_editors(
-                sft_dir, lora_dir, cfg.models, device=str(pick_device(cfg.device, 0)),
-                num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, seed=cfg.seed,
-            )  # fmt: skip
+            lora_dir = "grpo_lora" in versions and store.local_dir(
+                f"{GRPO_PREFIX}/{versions['grpo_lora']}/lora", Path(tmp, "lora")
+            )
             clip, _ = load_scorers(store, store.read_json(REWARDS_RECORD), Path(tmp, "rewards"))
-            kept = bench.first_per_category(instances, cfg.previews_per_category)
-            run = bench.run_benchmark(
-                media, instances, editors, clip, ingest_options(settings).spec,
-                judge=judge, judge_cache=store if judge else None,
-                keep_clips=lambda instance: instance.id in kept, log=context.log.warning,
+            result = bench.evaluate_models(
+                media, instances, sft_dir, lora_dir or None, cfg, clip,
+                ingest_options(settings).spec, judge=judge, judge_cache=store if judge else None,
+                log=context.log.warning,
             )  # fmt: skip
-        table = bench.category_table(run.rows)
-        report = bench.markdown_report(table)
-        problems = bench.sanity_problems(table)
         with mlflow.start_run(context, upstream_data_versions=versions) as mlflow_run:
             prefix = f"{SCORES_PREFIX}/{mlflow_run.info.run_id}"
-            keys = bench.write_report(store, prefix, run, table)
-            from mlflow import MlflowClient
-
-            lineage = pending_lineage(
-                context.instance, "benchmark_scores", list(versions), store,
-                MlflowClient(mlflow.tracking_uri),
-            )  # fmt: skip
+            keys = bench.log_benchmark(store, prefix, result, versions)
+            lineage = pending_lineage(context.instance, "benchmark_scores", list(versions), store,
+                                      MlflowClient(mlflow.tracking_uri))  # fmt: skip
             store.write_json(f"{prefix}/lineage.json", lineage.to_dict())
-            _log_to_mlflow(store, prefix, table, versions, problems)
-        for problem in problems:
+        for problem in result.problems:
             context.log.error(f"sanity: {problem}")
-        failed = int(run.rows["error"].notna().sum())
-        context.log.info("\n" + report)
-        metadata = {
-            "report": dg.MetadataValue.md(report),
-            "scores": dg.MetadataValue.path(store.uri(keys["scores"])),
-            "table": dg.MetadataValue.path(store.uri(keys["table"])),
-            "instances": len(instances),
-            "models": ", ".join(editor.name for editor in editors),
-            "failed_edits": failed,
-            "failures_by_reason": dg.MetadataValue.json(reason_counts(run.rows["error"])),
-            "sanity": "ok" if not problems else "; ".join(problems),
-            "lineage": dg.MetadataValue.md(f"```\n{lineage.render()}\n```"),
-        }
-        if "preview" in keys:
-            columns = " | ".join(["source", "target", *(editor.name for editor in editors)])
-            metadata["preview"] = dg.MetadataValue.md(
-                f"{columns}\n\n" + markdown_image(store.read_bytes(keys["preview"]), "previews")
-            )
+        context.log.info("\n" + result.report)
+        metadata = _scores_metadata(store, keys, result, len(instances), lineage.render())
         return dg.MaterializeResult(metadata=metadata)
 
     return dg.Definitions(
@@ -209,19 +168,44 @@ def build_benchmark_defs(settings: Settings) -> dg.Definitions:
     )
 
 
-def _log_to_mlflow(store: Storage, prefix: str, table, versions: dict, problems: list) -> None:
-    """Per-category metrics ``{model}/{category}/{criterion}``, the report files as
-    artifacts, and the models' lineage as tags."""
-    import mlflow
-
-    metrics = {
-        f"{model}/{category}/{criterion}": float(value)
-        for category, row in table.iterrows()
-        for (model, criterion), value in row.items()
-        if value == value  # NaN: not applicable
+def _evaluated_versions(context: dg.AssetExecutionContext, models: list[str]) -> dict[str, str]:
+    """The data versions of what benchmark_scores evaluates: the suite, the SFT model, the
+    reward models, the dataset and, when one exists and ``grpo`` is asked for, the LoRA."""
+    versions = {
+        "benchmark_suite": latest_data_version(context, BENCHMARK_SUITE),
+        "sft_checkpoint": latest_data_version(context, SFT_CHECKPOINT),
+        "reward_models": latest_data_version(context, REWARD_MODELS),
+        "qc_dataset": latest_data_version(context, QC_DATASET),
     }
-    mlflow.log_metrics(metrics)
-    set_tags({f"viva.version.{name}": version for name, version in versions.items()})
-    set_tags({"viva.benchmark.sanity": "ok" if not problems else "; ".join(problems)})
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_artifacts(str(store.get_dir(prefix, tmp)), "benchmark")
+    if "grpo" in models:
+        try:
+            versions["grpo_lora"] = latest_data_version(context, GRPO_LORA)
+        except dg.Failure:
+            context.log.warning("grpo_lora not materialized yet: benchmarking without it")
+    return versions
+
+
+def _scores_metadata(
+    store: Storage, keys: dict[str, str], result: bench.BenchmarkResult, instances: int,
+    lineage: str,
+) -> dict[str, Any]:  # fmt: skip
+    """The report, where the files are, failures by reason, the sanity verdict, the lineage
+    and the side-by-side previews."""
+    errors = result.run.rows["error"]
+    metadata: dict[str, Any] = {
+        "report": dg.MetadataValue.md(result.report),
+        "scores": dg.MetadataValue.path(store.uri(keys["scores"])),
+        "table": dg.MetadataValue.path(store.uri(keys["table"])),
+        "instances": instances,
+        "models": ", ".join(result.models),
+        "failed_edits": int(errors.notna().sum()),
+        "failures_by_reason": dg.MetadataValue.json(reason_counts(errors)),
+        "sanity": "; ".join(result.problems) or "ok",
+        "lineage": dg.MetadataValue.md(f"```\n{lineage}\n```"),
+    }
+    if "preview" in keys:
+        columns = " | ".join(["source", "target", *result.models])
+        metadata["preview"] = dg.MetadataValue.md(
+            f"{columns}\n\n" + markdown_image(store.read_bytes(keys["preview"]), "previews")
+        )
+    return metadata

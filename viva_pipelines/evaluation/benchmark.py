@@ -41,6 +41,7 @@ from viva_pipelines.video.probe import VideoRejected
 from viva_pipelines.vlm.base import VlmBackend
 
 if TYPE_CHECKING:
+    from viva_pipelines.config.schema import BenchmarkSettings
     from viva_pipelines.model.pipeline import VivaEditPipeline
     from viva_pipelines.rewards.clip_rewards import ClipScorer
 
@@ -460,4 +461,75 @@ def write_report(
         rows = [[clip[len(clip) // 2] for clip in clips.values()] for clips in run.clips.values()]
         keys["preview"] = f"{prefix}/previews.png"
         storage.write_bytes(keys["preview"], to_png(grid(rows)))
+    return keys
+
+
+# -- the whole evaluation -----------------------------------------------------------------------
+
+
+@dataclass
+class BenchmarkResult:
+    """Every model of a benchmark run scored: rows, the per-category table, its report."""
+
+    run: BenchmarkRun
+    table: pd.DataFrame
+    report: str
+    problems: list[str]  # broken sanity rules (see :func:`sanity_problems`)
+    models: list[str]
+
+
+def evaluate_models(
+    media: Storage,
+    instances: Sequence[BenchInstance],
+    model_dir: str | Path,
+    lora_dir: str | Path | None,
+    cfg: BenchmarkSettings,
+    scorer: ClipScorer,
+    spec: NormaliseSpec,
+    *,
+    judge: VlmBackend | None = None,
+    judge_cache: object | None = None,
+    log: Callable[[str], None] | None = None,
+) -> BenchmarkResult:
+    """The models ``cfg.models`` names (the model in ``model_dir``, with the LoRA in
+    ``lora_dir`` when given, and the identity baseline) edit every instance, on
+    ``cfg.device`` with ``cfg``'s sampling settings; scored, tabulated per category, checked
+    for sanity. ``cfg.previews_per_category`` instances per category keep their clips."""
+    from viva_pipelines.train.distributed import pick_device
+
+    editors = model_editors(
+        model_dir, lora_dir, cfg.models, device=str(pick_device(cfg.device, 0)),
+        num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, seed=cfg.seed,
+    )  # fmt: skip
+    kept = first_per_category(instances, cfg.previews_per_category)
+    run = run_benchmark(
+        media, instances, editors, scorer, spec, judge=judge, judge_cache=judge_cache,
+        keep_clips=lambda instance: instance.id in kept, log=log,
+    )  # fmt: skip
+    table = category_table(run.rows)
+    return BenchmarkResult(run, table, markdown_report(table), sanity_problems(table),
+                           [editor.name for editor in editors])  # fmt: skip
+
+
+def log_benchmark(
+    storage: Storage, prefix: str, result: BenchmarkResult, versions: dict[str, str]
+) -> dict[str, str]:
+    """Write the report files under ``prefix`` (:func:`write_report`) and log to the active
+    MLflow run: every ``{model}/{category}/{criterion}`` metric, the files as artifacts, the
+    versions of what was evaluated and the sanity verdict as tags. Returns the keys written."""
+    import mlflow
+
+    from viva_pipelines.tracking import set_tags
+
+    keys = write_report(storage, prefix, result.run, result.table)
+    mlflow.log_metrics({
+        f"{model}/{category}/{criterion}": float(value)
+        for category, row in result.table.iterrows()
+        for (model, criterion), value in row.items()
+        if value == value  # NaN: not applicable
+    })  # fmt: skip
+    set_tags({f"viva.version.{name}": version for name, version in versions.items()})
+    set_tags({"viva.benchmark.sanity": "; ".join(result.problems) or "ok"})
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifacts(str(storage.get_dir(prefix, tmp)), "benchmark")
     return keys
