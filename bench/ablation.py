@@ -36,7 +36,6 @@ from bench_common import dataset_version, note, run_trainer
 from viva_pipelines.config.loader import load_settings
 from viva_pipelines.defs.benchmark import load_configured_suite
 from viva_pipelines.defs.ingest import ingest_options
-from viva_pipelines.defs.training import grpo_config, instructor_location, run_key, sft_config
 from viva_pipelines.evaluation.benchmark import (
     CRITERIA,
     IdentityEditor,
@@ -49,6 +48,14 @@ from viva_pipelines.model.pipeline import VivaEditPipeline
 from viva_pipelines.rewards.models import RECORD_KEY, load_scorers
 from viva_pipelines.settings import default_conf_dir
 from viva_pipelines.storage import Storage
+from viva_pipelines.train.runs import (
+    grpo_config,
+    instructor_location,
+    lora_key,
+    model_key,
+    run_key,
+    sft_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 #: (label, SFT overrides, with Edit-GRPO); overrides are on top of conf/base.
@@ -94,13 +101,13 @@ def main() -> None:
             started = time.perf_counter()
             note(f"seed {seed} {label}: SFT {config.output_prefix}")
             run_trainer("viva_pipelines.train.sft", config, log)
-            model_dir = store.uri(f"{config.output_prefix}/model")
+            model_dir = store.uri(model_key(config.output_prefix))
             pipeline = VivaEditPipeline.from_pretrained(model_dir)
             if with_grpo:
                 grpo = grpo_config(settings, store, run_key(config), version)
                 note(f"seed {seed} {label}: Edit-GRPO {grpo.output_prefix}")
                 run_trainer("viva_pipelines.train.grpo", grpo, log)
-                pipeline.load_lora(store.uri(f"{grpo.output_prefix}/lora"))
+                pipeline.load_lora(store.uri(lora_key(grpo.output_prefix)))
             trained_s = time.perf_counter() - started
             editors = [PipelineEditor(label, pipeline)]
             if label == CONFIGS[0][0]:

@@ -27,13 +27,13 @@ import yaml
 from bench_common import dataset_version, note, run_trainer
 
 from viva_pipelines.config.loader import load_settings
-from viva_pipelines.defs.training import grpo_config
 from viva_pipelines.model.clips import to_uint8_frames
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline, sample_edit
 from viva_pipelines.rewards.clip_rewards import instruction_following
 from viva_pipelines.rewards.models import RECORD_KEY, load_scorers
 from viva_pipelines.settings import default_conf_dir
 from viva_pipelines.storage import Storage
+from viva_pipelines.train.runs import grpo_config, lora_key, model_key, summary_key
 from viva_pipelines.train.sft import psnr
 from viva_pipelines.train.sft_data import CachedSamples, collate, load_unconditional, pad_tokens
 
@@ -42,7 +42,7 @@ class ValSplit:
     """The val video clips of an SFT run's cache, batched, with their captions."""
 
     def __init__(self, store: Storage, sft_run: str):
-        summary = store.read_json(f"{sft_run}/summary.json")
+        summary = store.read_json(summary_key(sft_run))
         cache = store.key_of(summary["cache_uri"])
         index = store.read_parquet(f"{cache}/index.parquet")
         val = index[(index["split"] == "val") & (index["modality"] == "video")]
@@ -102,23 +102,23 @@ def main() -> None:
     split = ValSplit(store, args.sft)
     with tempfile.TemporaryDirectory() as tmp:
         clip, _ = load_scorers(store, store.read_json(RECORD_KEY), tmp)
-        base = VivaEditPipeline.from_pretrained(store.uri(f"{args.sft}/model"))
+        base = VivaEditPipeline.from_pretrained(store.uri(model_key(args.sft)))
         tables = {"sft": score(base, split, clip)}
         timings = {"sft": None}
         for label, *pairs in args.variant:
             overrides = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs)}
             variant = load_settings(default_conf_dir(), overrides=overrides)
             config = grpo_config(variant, store, args.sft.rsplit("/", 1)[-1], version)
-            done = store.exists(f"{config.output_prefix}/summary.json")
+            done = store.exists(summary_key(config.output_prefix))
             note(f"{label}: {config.output_prefix}" + (" (finished before)" if done else ""))
             started = time.perf_counter()
             if not done:
                 run_trainer("viva_pipelines.train.grpo", config, Path(args.log))
             timings[label] = None if done else round(time.perf_counter() - started)
-            tuned = VivaEditPipeline.from_pretrained(store.uri(f"{args.sft}/model"))
-            tuned.load_lora(store.uri(f"{config.output_prefix}/lora"))
+            tuned = VivaEditPipeline.from_pretrained(store.uri(model_key(args.sft)))
+            tuned.load_lora(store.uri(lora_key(config.output_prefix)))
             tables[label] = score(tuned, split, clip)
-            summary = store.read_json(f"{config.output_prefix}/summary.json")
+            summary = store.read_json(summary_key(config.output_prefix))
             note(
                 f"{label}: held-out reward {summary.get('eval/total_first'):.4f} -> "
                 f"{summary.get('eval/total_last'):.4f}; {tables[label].mean(numeric_only=True)}"

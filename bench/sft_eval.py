@@ -21,6 +21,7 @@ from diffusers import HunyuanVideoTransformer3DModel
 from viva_pipelines.model.clips import to_uint8_frames
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline, sample_edit
 from viva_pipelines.storage import Storage
+from viva_pipelines.train.runs import model_key, summary_key
 from viva_pipelines.train.sft import psnr
 from viva_pipelines.train.sft_data import CachedSamples, collate, load_unconditional, pad_tokens
 
@@ -57,13 +58,13 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the run's)")
     args = parser.parse_args()
     storage = Storage(args.root)
-    summary = storage.read_json(f"{args.run}/summary.json")
+    summary = storage.read_json(summary_key(args.run))
     cache = storage.key_of(summary["cache_uri"])
     index = storage.read_parquet(f"{cache}/index.parquet")
     val = index[(index["split"] == "val") & (index["modality"] == "video")].reset_index(drop=True)
     samples = CachedSamples(storage, val)
     unconditional = load_unconditional(storage, cache)
-    pipeline = VivaEditPipeline.from_pretrained(storage.uri(f"{args.run}/model"))
+    pipeline = VivaEditPipeline.from_pretrained(storage.uri(model_key(args.run)))
     spec = pipeline.spec
     items = [samples[i] for i in range(len(val))]
     keep = torch.zeros(len(items), dtype=torch.bool)

@@ -34,10 +34,10 @@ from safetensors.torch import save as save_safetensors
 from sft_eval import edit_psnr
 
 from viva_pipelines.config.loader import load_settings
-from viva_pipelines.defs.training import instructor_location, sft_config
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline
 from viva_pipelines.settings import default_conf_dir
 from viva_pipelines.storage import Storage
+from viva_pipelines.train.runs import instructor_location, model_key, sft_config, summary_key
 from viva_pipelines.train.sft_data import (
     CachedSamples,
     collate,
@@ -89,13 +89,13 @@ def run_cache_prefix(store: Storage, config) -> str:
 def evaluate(
     store: Storage, run: str, steps: int | None, guidance: float | None, shift: float | None
 ) -> pd.DataFrame:
-    summary = store.read_json(f"{run}/summary.json")
+    summary = store.read_json(summary_key(run))
     cache = store.key_of(summary["cache_uri"])
     index = store.read_parquet(f"{cache}/index.parquet")
     val = index[(index["split"] == "val") & (index["modality"] == "video")].reset_index(drop=True)
     samples = CachedSamples(store, val)
     unconditional = load_unconditional(store, cache)
-    pipeline = VivaEditPipeline.from_pretrained(store.uri(f"{run}/model"))
+    pipeline = VivaEditPipeline.from_pretrained(store.uri(model_key(run)))
     spec = pipeline.spec
     items = [samples[i] for i in range(len(val))]
     keep = torch.zeros(len(items), dtype=torch.bool)
@@ -152,13 +152,13 @@ def main() -> None:
             )
             make_oracle_cache(store, plain, run_cache_prefix(store, config))
         started = time.perf_counter()
-        done = store.exists(f"{config.output_prefix}/summary.json")
+        done = store.exists(summary_key(config.output_prefix))
         note(f"{label}: {config.output_prefix}" + (" (finished before)" if done else ""))
         if not done:
             run_trainer("viva_pipelines.train.sft", config, Path(args.log))
         took = time.perf_counter() - started
         table = evaluate(store, config.output_prefix, args.sample_steps, args.guidance, args.shift)
-        summary = store.read_json(f"{config.output_prefix}/summary.json")
+        summary = store.read_json(summary_key(config.output_prefix))
         rows.append({
             "variant": label, "train s": round(took) if not done else None,
             "val loss": summary.get("val_loss_last"),

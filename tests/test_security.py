@@ -207,7 +207,7 @@ def _assert_no_sentinel(text: str) -> None:
 
 
 def test_training_params_hold_no_env_secret(secret_env, make_settings):
-    from viva_pipelines.defs.training import sft_config
+    from viva_pipelines.train.runs import sft_config
 
     settings_ = make_settings()
     sft = sft_config(settings_, "v1")

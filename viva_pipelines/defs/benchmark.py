@@ -12,11 +12,9 @@ from viva_pipelines.defs.ingest import ingest_options
 from viva_pipelines.defs.lineage import pending_lineage
 from viva_pipelines.defs.resources import MlflowResource, StorageResource, vlm_backend
 from viva_pipelines.defs.training import (
-    GRPO_PREFIX,
     QC_DATASET,
     REWARD_MODELS,
     SFT_CHECKPOINT,
-    SFT_PREFIX,
     latest_data_version,
 )
 from viva_pipelines.evaluation import benchmark as bench
@@ -35,6 +33,7 @@ from viva_pipelines.qc import dataset as qc
 from viva_pipelines.rewards.models import RECORD_KEY as REWARDS_RECORD
 from viva_pipelines.rewards.models import load_scorers
 from viva_pipelines.storage import Storage, file_location
+from viva_pipelines.train.runs import grpo_run, lora_key, model_key, sft_run
 
 SUITE_CODE_VERSION = "benchmark_suite-1"
 SCORES_CODE_VERSION = "benchmark_scores-1"
@@ -140,10 +139,10 @@ def build_benchmark_defs(settings: Settings) -> dg.Definitions:
         judge = vlm_backend(cfg.judge, store) if cfg.judge.enabled else None
         with tempfile.TemporaryDirectory(prefix="viva-bench-") as tmp:
             sft_dir = store.local_dir(
-                f"{SFT_PREFIX}/{versions['sft_checkpoint']}/model", Path(tmp, "sft")
+                model_key(sft_run(versions["sft_checkpoint"])), Path(tmp, "sft")
             )
             lora_dir = "grpo_lora" in versions and store.local_dir(
-                f"{GRPO_PREFIX}/{versions['grpo_lora']}/lora", Path(tmp, "lora")
+                lora_key(grpo_run(versions["grpo_lora"])), Path(tmp, "lora")
             )
             clip, _ = load_scorers(store, store.read_json(REWARDS_RECORD), Path(tmp, "rewards"))
             result = bench.evaluate_models(

@@ -10,10 +10,11 @@ from viva_pipelines.config import Settings
 from viva_pipelines.defs.execution import step_options
 from viva_pipelines.defs.lineage import UPSTREAM_EVENTS, LineageError, resolve_target
 from viva_pipelines.defs.resources import MlflowResource, StorageResource
-from viva_pipelines.defs.training import SFT_CHECKPOINT, SFT_PREFIX, latest_data_version
+from viva_pipelines.defs.training import SFT_CHECKPOINT, latest_data_version
 from viva_pipelines.manifests import markdown_table, reason_counts
 from viva_pipelines.previews import markdown_image
 from viva_pipelines.storage import Storage
+from viva_pipelines.train.runs import model_key, sft_run
 
 CODE_VERSION = "edited_videos-1"
 EDITED_PREFIX = "edited_videos"
@@ -78,7 +79,7 @@ def _model(
     if model is not None:
         return model, resolve_model(model, tracking_uri=mlflow.tracking_uri)
     version = latest_data_version(context, SFT_CHECKPOINT)
-    uri = store.uri(f"{SFT_PREFIX}/{version}/model")
+    uri = store.uri(model_key(sft_run(version)))
     return uri, Path(store.local_dir(uri, scratch))
 
 

@@ -24,108 +24,31 @@ from viva_pipelines.tracking import (
     set_tags,
     tag_model_version,
 )
-from viva_pipelines.train.config import GrpoConfig, RunConfig, SftConfig
+from viva_pipelines.train.config import RunConfig
+from viva_pipelines.train.runs import (
+    grpo_config,
+    instructor_location,
+    lora_key,
+    model_key,
+    run_key,
+    sft_config,
+    summary_key,
+)
 from viva_pipelines.train.supervision import launcher_environment
-
-#: Where instructor_model records its instructor (``viva_pipelines.train.instructor``; not
-#: imported from there: that module loads torch, and the definitions must load fast).
-INSTRUCTOR_RECORD = "instructor_model/instructor.json"
 
 INSTRUCTOR_CODE_VERSION = "instructor_model-1"
 SFT_CODE_VERSION = "sft-2"
-SFT_PREFIX = "sft_checkpoint"
 GRPO_CODE_VERSION = "grpo-1"
-GRPO_PREFIX = "grpo_lora"
 QC_DATASET = dg.AssetKey("qc_dataset")
 INSTRUCTOR_MODEL = dg.AssetKey("instructor_model")
 SFT_CHECKPOINT = dg.AssetKey("sft_checkpoint")
 REWARD_MODELS = dg.AssetKey("reward_models")
 
 
-def dataset_location(settings: Settings, dataset_version: str) -> dict[str, str | None]:
-    """Where a training run finds ``qc_dataset`` (the ``data`` keys every run config has)."""
-    return {
-        "storage_root": settings.storage.root,
-        "manifest_key": qc.MANIFEST_KEY,
-        "dataset_version": dataset_version,
-        "endpoint_url": settings.storage.s3.endpoint_url,
-        "region_name": settings.storage.s3.region_name,
-    }
-
-
-def sft_config(
-    settings: Settings, dataset_version: str, instructor: str | None = None
-) -> SftConfig:
-    """The training config of this code location: ``conf/``'s ``sft`` section plus storage,
-    dataset version and weights. Its fingerprint names the output prefix, so re-materializing
-    with the same config and data resumes (or finds finished) the same run. ``instructor``:
-    where ``instructor_model`` put the instructor (:func:`instructor_location`); without it,
-    the untrained tiny one is built."""
-    sft = settings.sft
-    codec = dict(sft.model.codec)
-    if codec.get("kind") == "hunyuan_vae" and not codec.get("model") and settings.models.vae:
-        codec["model"] = settings.models.vae
-    doc = {
-        "output_prefix": SFT_PREFIX,
-        "data": {**sft.data.model_dump(), **dataset_location(settings, dataset_version)},
-        "model": {
-            **sft.model.model_dump(),
-            "codec": codec,
-            "instructor": settings.models.instructor or instructor or "tiny",
-            "transformer": settings.models.transformer,
-        },
-        "optim": sft.optim.model_dump(),
-        "loss": sft.loss.model_dump(),
-        "eval": sft.eval.model_dump(),
-        "runtime": {**sft.runtime.model_dump(), "threads": sft.threads_per_process},
-    }
-    config = SftConfig.from_mapping(doc, origin="conf: sft")
-    return config.model_copy(update={"output_prefix": f"{SFT_PREFIX}/{config.fingerprint()}"})
-
-
-def instructor_location(store: Storage) -> str | None:
-    """The instructor ``instructor_model`` recorded (None before its first materialization)."""
-    if not store.exists(INSTRUCTOR_RECORD):
-        return None
-    return store.read_json(INSTRUCTOR_RECORD)["location"]
-
-
-def grpo_config(
-    settings: Settings, store: Storage, sft_version: str, dataset_version: str
-) -> GrpoConfig:
-    """The GRPO run of this code location over the SFT run whose fingerprint is
-    ``sft_version``: its model directory, its cache (source latents and tokens) and the
-    reward models' record; the output prefix is named by the config's own fingerprint."""
-    grpo = settings.grpo
-    sft_prefix = f"{SFT_PREFIX}/{sft_version}"
-    summary = store.read_json(f"{sft_prefix}/summary.json")
-    doc = {
-        "output_prefix": GRPO_PREFIX,
-        "data": dataset_location(settings, dataset_version),
-        "sft_model": f"{sft_prefix}/model",
-        "sft_cache": store.key_of(summary["cache_uri"]),
-        "rewards_record": REWARDS_RECORD,
-        "reward_weights": settings.rewards.weights.model_dump(),
-        "lora": grpo.lora.model_dump(),
-        "sampling": grpo.sampling.model_dump(),
-        "optim": grpo.optim.model_dump(),
-        "eval": grpo.eval.model_dump(),
-        "runtime": {**grpo.runtime.model_dump(), "threads": grpo.threads_per_process},
-    }
-    config = GrpoConfig.from_mapping(doc, origin="conf: grpo")
-    return config.model_copy(update={"output_prefix": f"{GRPO_PREFIX}/{config.fingerprint()}"})
-
-
 def _latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dict:
     event = context.instance.get_latest_materialization_event(key)
     metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
     return {name: getattr(value, "value", value) for name, value in metadata.items()}
-
-
-def run_key(config: RunConfig) -> str:
-    """The run's name under its asset's prefix (the fingerprint of its config): also the
-    asset's data version, so downstream assets find the run's files from it."""
-    return config.output_prefix.rsplit("/", 1)[-1]
 
 
 def latest_data_version(context: dg.AssetExecutionContext, key: dg.AssetKey) -> str:
@@ -277,11 +200,11 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
                 run_id=run.info.run_id, tracking_uri=mlflow.tracking_uri,
                 artifact_prefix="model", register_as=sft.register_model,
             )  # fmt: skip
-            summary = store.read_json(f"{config.output_prefix}/summary.json")
+            summary = store.read_json(summary_key(config.output_prefix))
             preview = _last_preview(store, config.output_prefix)
         metadata = {
             **reported,
-            "model_uri": dg.MetadataValue.path(store.uri(f"{config.output_prefix}/model")),
+            "model_uri": dg.MetadataValue.path(store.uri(model_key(config.output_prefix))),
             "registered_model": f"{sft.register_model}/{version}",
             "dataset_version": dataset_version,
             "run_key": run_key(config),
@@ -335,7 +258,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
                 artifact_prefix="lora", register_as=settings.grpo.register_model,
             )  # fmt: skip
             tag_model_version(settings.grpo.register_model, version, links)
-            summary = store.read_json(f"{config.output_prefix}/summary.json")
+            summary = store.read_json(summary_key(config.output_prefix))
         context.log.info(
             f"held-out reward {summary.get('eval/total_first', float('nan')):.4f} -> "
             f"{summary.get('eval/total_last', float('nan')):.4f}"
@@ -343,7 +266,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         return dg.MaterializeResult(
             metadata={
                 **reported,
-                "lora_uri": dg.MetadataValue.path(store.uri(f"{config.output_prefix}/lora")),
+                "lora_uri": dg.MetadataValue.path(store.uri(lora_key(config.output_prefix))),
                 "base_model": sft_model,
                 "base_model_uri": dg.MetadataValue.path(store.uri(config.sft_model)),
                 "registered_model": f"{settings.grpo.register_model}/{version}",

@@ -33,6 +33,7 @@ from viva_pipelines.train.config import GrpoConfig, RewardWeights
 from viva_pipelines.train.distributed import DistContext
 from viva_pipelines.train.grpo_math import group_advantages, kl_to_reference, ppo_clipped_loss
 from viva_pipelines.train.reporting import Reporter, run_entry_point
+from viva_pipelines.train.runs import lora_key, summary_key
 from viva_pipelines.train.sft import summarise
 from viva_pipelines.train.sft_data import (
     CachedSamples,
@@ -512,13 +513,13 @@ def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dic
             )  # fmt: skip
     summary = summarise(history, config.optim.iterations, start)
     summary["lora_uri"] = save_adapter(storage, config, transformer)
-    storage.write_json(f"{config.output_prefix}/summary.json", summary)
+    storage.write_json(summary_key(config.output_prefix), summary)
     return summary
 
 
 def save_adapter(storage: Storage, config: GrpoConfig, transformer: torch.nn.Module) -> str:
     """The LoRA (peft format, ``save_lora_adapter``) with a note of its base model."""
-    prefix = f"{config.output_prefix}/lora"
+    prefix = lora_key(config.output_prefix)
     with tempfile.TemporaryDirectory() as tmp:
         transformer.save_lora_adapter(tmp)
         Path(tmp, ADAPTER_BASE_FILE).write_text(

@@ -42,6 +42,7 @@ from viva_pipelines.model.instructor import Instructor, InstructorConfig
 from viva_pipelines.pairs.captions import position_phrase
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.config import PretrainOptions
+from viva_pipelines.train.runs import INSTRUCTOR_RECORD
 from viva_pipelines.train.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -340,7 +341,7 @@ def pretrain_instructor(
 # -- the asset's library call ------------------------------------------------------------------
 
 ASSET = "instructor_model"
-RECORD_KEY = f"{ASSET}/instructor.json"
+RECORD_KEY = INSTRUCTOR_RECORD  # read by sft_config through instructor_location
 
 
 def prepare_instructor(

@@ -69,6 +69,7 @@ from viva_pipelines.train.config import TINY, SftConfig
 from viva_pipelines.train.distributed import DistContext, unwrap, wrap_model
 from viva_pipelines.train.ema import WeightEma
 from viva_pipelines.train.reporting import Reporter, run_entry_point
+from viva_pipelines.train.runs import model_key, summary_key
 from viva_pipelines.train.schedule import warmup_cosine
 from viva_pipelines.train.sft_data import (
     IMAGE,
@@ -636,7 +637,7 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
             export.load_state_dict(weights)
     if ctx.is_main:
         summary["model_uri"] = save_model(storage, config, export, codec)
-        storage.write_json(f"{config.output_prefix}/summary.json", summary)
+        storage.write_json(summary_key(config.output_prefix), summary)
     ctx.barrier()
     return summary
 
@@ -677,7 +678,7 @@ def save_model(
         lineage={"dataset_version": config.data.dataset_version, "config": config.fingerprint()},
     )
     pipeline = VivaEditPipeline(transformer, codec, spec)
-    prefix = f"{config.output_prefix}/model"
+    prefix = model_key(config.output_prefix)
     with tempfile.TemporaryDirectory() as tmp:
         pipeline.save_pretrained(tmp)
         return storage.put_dir(tmp, prefix)
