@@ -12,9 +12,8 @@ from viva_pipelines.definitions import build_definitions
 from viva_pipelines.defs.jobs import SHARD_JOB
 from viva_pipelines.defs.lineage import build_lineage, resolve_target
 from viva_pipelines.demo_world import generate_demo_videos
-from viva_pipelines.ingest.raw_videos import sha256_file
 from viva_pipelines.ingest.shards import scan_and_register
-from viva_pipelines.storage import Storage
+from viva_pipelines.storage import Storage, sha256_file
 
 SHARDS = ["shard-000000", "shard-000001"]
 

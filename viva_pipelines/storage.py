@@ -11,6 +11,7 @@ Every asset writes under ``{root}/{asset}/{partition}/…`` through this class, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -250,6 +251,15 @@ class Storage:
 
 
 TEMP_SUFFIX = ".tmp"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a local file, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def is_storage_outage(exc: BaseException) -> bool:

@@ -10,7 +10,6 @@ or a failed edit is a ``failed`` row with its reason while the rest go on.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from viva_pipelines.model.whole_video import (
     edit_batch,
 )
 from viva_pipelines.previews import to_png
-from viva_pipelines.storage import Storage, file_location, normalise_key
+from viva_pipelines.storage import Storage, file_location, normalise_key, sha256_file
 
 MANIFEST = "manifest.parquet"
 #: One row per request line: what was asked, what came out (or why not), and the checksums
@@ -69,14 +68,6 @@ class StoredEdits:
         failed = int(self.manifest["status"].eq(FAILED).sum())
         return {"requests": len(self.manifest), "edited": len(self.manifest) - failed,
                 "failed": failed}  # fmt: skip
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _input(root: Storage, name: str, what: str, endpoint_url: str | None) -> tuple[Storage, str]:
@@ -124,8 +115,8 @@ def stored_placement(
             key = f"{prefix}/{out}"
             placed.details = {
                 "uri": sink.put_file(local_out, key),
-                "sha256": sha256_of(local_out),
-                "source_sha256": sha256_of(video),
+                "sha256": sha256_file(local_out),
+                "source_sha256": sha256_file(video),
             }
             taken[out] = request.line
             local_out.unlink()

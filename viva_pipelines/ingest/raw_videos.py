@@ -8,7 +8,6 @@ aligned with the normalised frames), ``manifest.parquet`` and ``preview.png``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from viva_pipelines.manifests import content_hash, one_line_reason, write_manifest
 from viva_pipelines.previews import grid, to_png
-from viva_pipelines.storage import Storage, is_storage_outage
+from viva_pipelines.storage import Storage, is_storage_outage, sha256_file
 from viva_pipelines.video.annotations import (
     AnnotationError,
     Annotations,
@@ -80,14 +79,6 @@ def shard_prefix(shard: str) -> str:
 
 def manifest_key(shard: str) -> str:
     return f"{shard_prefix(shard)}/manifest.parquet"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 #: Where the source lives is left out of the data version, so moving the source folder does

@@ -30,18 +30,13 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLHunyuanVideo
 
+from viva_pipelines.model.sources import dtype_of
+
 CODEC_FILE = "codec.json"
 """Name of the file that records a saved codec's kind and options."""
 
 VAE_SUBFOLDER = "vae"
 """Where :meth:`HunyuanVideoVaeCodec.save_pretrained` puts the diffusers VAE."""
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -49,10 +44,7 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     dtypes can come straight from YAML."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    name = str(dtype).removeprefix("torch.")
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
+    return dtype_of(str(dtype).removeprefix("torch."))
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -29,18 +29,13 @@ import numpy as np
 import torch
 import yaml
 
+from viva_pipelines.model.sources import dtype_of, local_model_dir
 from viva_pipelines.settings import PACKAGE_DIR
 
 log = logging.getLogger(__name__)
 
 #: Where prompt templates named by file name live: the repository's ``assets/prompts/``.
 PROMPTS_DIR = PACKAGE_DIR.parent / "assets" / "prompts"
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
 #: Placeholders of a template's prompt body, each required exactly once.
 _BODY_FIELDS = ("source", "reference", "instruction")
@@ -168,26 +163,6 @@ class PromptTemplate:
 # -- the instructor -----------------------------------------------------------------------------
 
 
-def _check_model_source(model: str) -> None:
-    """Fail early, naming the path, when ``model`` is clearly meant as a local directory (an
-    absolute or explicitly relative path, or more than ``owner/name``) and is not there;
-    anything else may be a hub id and is left to ``from_pretrained``."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise NotADirectoryError(f"instructor model path is not a directory: {path}")
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"instructor model directory {path} has no config.json (not a saved checkpoint)"
-            )
-        return
-    looks_local = (
-        path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model
-    )
-    if looks_local:
-        raise FileNotFoundError(f"instructor model directory not found: {path}")
-
-
 def _image_token_count(model_config: Any) -> int:
     """Tokens one image expands to: the vision tower's patches, plus its CLS token unless the
     LLaVA feature strategy is ``"default"`` (which drops it). The model itself checks the count
@@ -211,8 +186,7 @@ class Instructor:
             LlavaForConditionalGeneration,
         )
 
-        if config.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {config.dtype!r}; known: {', '.join(DTYPES)}")
+        dtype = dtype_of(config.dtype)
         if config.max_length < 1:
             raise ValueError(f"max_length must be positive, got {config.max_length}")
         self.config = config
@@ -220,7 +194,7 @@ class Instructor:
             load_prompt_template(config.prompt_template),
             str(resolve_prompt_template(config.prompt_template)),
         )
-        _check_model_source(config.model)
+        local_model_dir(config.model, "instructor model")
         self.device = torch.device(config.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(config.model)
@@ -232,9 +206,7 @@ class Instructor:
                 if config.text_only
                 else AutoImageProcessor.from_pretrained(config.model, backend="pil")
             )
-            self.model = LlavaForConditionalGeneration.from_pretrained(
-                config.model, dtype=DTYPES[config.dtype]
-            )
+            self.model = LlavaForConditionalGeneration.from_pretrained(config.model, dtype=dtype)
         except (OSError, ValueError) as exc:
             # transformers reports a missing or unreadable tokenizer as a ValueError.
             raise OSError(

@@ -34,10 +34,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from viva_pipelines.model.sources import dtype_of, local_model_dir
+
+#: The dtypes a diffusers pipeline runs in (float64 weights are not a pipeline option).
+PIPELINE_DTYPES = ("float16", "bfloat16", "float32")
+
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
-
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,10 @@ class DiffusersBackendConfig:
     negative_prompt: str = "blurry, low quality, distorted"
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in PIPELINE_DTYPES:
+            raise ValueError(
+                f"dtype must be one of {', '.join(PIPELINE_DTYPES)}, got {self.dtype!r}"
+            )
         if self.resolution < 8 or self.resolution % 8:
             raise ValueError(f"resolution must be a positive multiple of 8, got {self.resolution}")
         if self.batch_size < 1 or self.num_inference_steps < 1 or self.mask_dilation < 0:
@@ -110,7 +115,7 @@ class DiffusersBackend:
 
         self.config = config
         load_kwargs = {
-            "dtype": DTYPES[config.dtype],
+            "dtype": dtype_of(config.dtype),
             "safety_checker": None,
             "requires_safety_checker": False,
         }
@@ -256,16 +261,10 @@ def _from_pretrained(
 ) -> DiffusionPipeline:
     """Load ``model`` (local folder or hub id), with errors that name what was asked for:
     diffusers' own message for a missing folder talks about connecting to the hub."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "model_index.json").is_file():
-            raise FileNotFoundError(
-                f"{path} is not a diffusers pipeline folder: no model_index.json"
-            )
-        return auto_class.from_pretrained(path, **load_kwargs)
+    local = local_model_dir(str(model), "diffusers pipeline", marker="model_index.json")
+    if local is not None:
+        return auto_class.from_pretrained(local, **load_kwargs)
     text = str(model)
-    if path.is_absolute() or text.startswith((".", "~")) or text.count("/") != 1:
-        raise FileNotFoundError(f"diffusers model folder not found: {path}")
     try:
         return auto_class.from_pretrained(text, **load_kwargs)
     except OSError as err:

@@ -39,13 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from viva_pipelines.model.sources import dtype_of, local_model_dir
+from viva_pipelines.storage import sha256_file
 from viva_pipelines.train.config import RewardWeights
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
 #: Weight files looked at (in this order of preference) for a local checkpoint's sha256;
 #: ``from_pretrained`` prefers safetensors too.
@@ -58,42 +54,6 @@ Captions = str | Sequence[str]
 # -- the scorer ---------------------------------------------------------------------------------
 
 
-def _looks_local(model: str) -> bool:
-    """Whether ``model`` is clearly meant as a local path rather than a hub id ``owner/name``."""
-    return (
-        Path(model).expanduser().is_absolute()
-        or model.startswith((".", "~"))
-        or model.count("/") > 1
-        or "\\" in model
-    )
-
-
-def _check_model_source(model: str, *, need_config: bool = True) -> Path | None:
-    """The local directory ``model`` names, or None for a hub id. A path that is meant to be
-    local and is missing (or, for a model, holds no ``config.json``) fails here, naming the
-    path."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise NotADirectoryError(f"CLIP model path is not a directory: {path}")
-        if need_config and not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"CLIP model directory {path} has no config.json (not a saved checkpoint)"
-            )
-        return path
-    if _looks_local(model):
-        raise FileNotFoundError(f"CLIP model directory not found: {path}")
-    return None
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_sha256(directory: Path) -> str | None:
     """The sha256 of a local checkpoint's weights: of the single weights file, or, for a
     sharded checkpoint, of the lines ``"<file name> <file sha256>"`` in name order. None when
@@ -101,9 +61,9 @@ def weights_sha256(directory: Path) -> str | None:
     for pattern in _WEIGHT_PATTERNS:
         files = sorted(directory.glob(pattern))
         if len(files) == 1:
-            return _sha256_file(files[0])
+            return sha256_file(files[0])
         if files:
-            lines = "".join(f"{f.name} {_sha256_file(f)}\n" for f in files)
+            lines = "".join(f"{f.name} {sha256_file(f)}\n" for f in files)
             return hashlib.sha256(lines.encode()).hexdigest()
     return None
 
@@ -194,14 +154,13 @@ class ClipScorer:
         # reward weights (Dagster definitions, configs) should not pay for it.
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+        torch_dtype = dtype_of(dtype)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         name = str(model)
         processor_name = name if processor is None else str(processor)
-        self.local_dir: Path | None = _check_model_source(name)
-        processor_local = _check_model_source(processor_name, need_config=False)
+        self.local_dir: Path | None = local_model_dir(name, "CLIP model")
+        processor_local = local_model_dir(processor_name, "CLIP processor", marker=None)
         self.batch_size = batch_size
         self.device = torch.device(device)
         if self.local_dir is None:
@@ -216,7 +175,7 @@ class ClipScorer:
             self.image_processor = AutoImageProcessor.from_pretrained(
                 processor_name, revision=processor_revision, backend="pil"
             )
-            self.model = CLIPModel.from_pretrained(name, revision=revision, dtype=DTYPES[dtype])
+            self.model = CLIPModel.from_pretrained(name, revision=revision, dtype=torch_dtype)
         except (OSError, ValueError) as exc:
             # transformers reports a missing or unreadable tokenizer as a ValueError.
             raise OSError(
