@@ -337,41 +337,6 @@ def _source_embeddings(
     return scorer.video_embeddings(source)
 
 
-def instruction_following(
-    scorer: ClipScorer,
-    edited: Frames,
-    target_captions: Captions,
-    source_captions: Captions,
-) -> torch.Tensor:
-    """``R_IF [G]`` of ``G`` edited videos ``uint8 [G, T, H, W, 3]``: frame-averaged cosine
-    with the target caption minus that with the source caption (one string or ``G``)."""
-    edited = as_frames(edited, 5, "edited")
-    groups = len(edited)
-    targets = _caption_list(target_captions, groups, "target_captions")
-    sources = _caption_list(source_captions, groups, "source_captions")
-    videos = scorer.video_embeddings(edited)
-    target, source = _text_table(scorer, targets, sources)
-    return _video_text_similarity(videos, target) - _video_text_similarity(videos, source)
-
-
-def source_preservation(scorer: ClipScorer, source: Frames, edited: Frames) -> torch.Tensor:
-    """``R_SP [G]``: cosine of edited frame ``k`` with source frame ``k``, averaged over the
-    ``T`` frames. ``source``: ``uint8 [T, H, W, 3]`` (one source for the whole group, embedded
-    once) or ``[G, T, H, W, 3]``; ``edited``: ``uint8 [G, T, H', W', 3]``."""
-    edited = as_frames(edited, 5, "edited")
-    source_embeddings = _source_embeddings(scorer, source, edited.shape)
-    return _preservation(source_embeddings, scorer.video_embeddings(edited))
-
-
-def pickscore(scorer: ClipScorer, edited: Frames, target_captions: Captions) -> torch.Tensor:
-    """``R_PS [G]``: frame-averaged PickScore, ``exp(logit_scale) * cos(frame, target)``, with
-    ``scorer`` a PickScore_v1-like CLIPModel."""
-    edited = as_frames(edited, 5, "edited")
-    targets = _caption_list(target_captions, len(edited), "target_captions")
-    (target,) = _text_table(scorer, targets)
-    return scorer.logit_scale * _video_text_similarity(scorer.video_embeddings(edited), target)
-
-
 def edit_rewards(
     clip: ClipScorer,
     pick: ClipScorer,
