@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 import yaml
 
+from tests.chat_server import API_KEY, KEY_ENV, ChatServer
 from viva_pipelines.config import Settings, load_settings
+from viva_pipelines.vlm import ChatCompletionsClient, RetryPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,3 +74,33 @@ def s3_bucket(s3_endpoint: str) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return name
+
+
+# -- the scripted chat-completions server (tests/chat_server.py) ---------------------------------
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # loopback must never go via a proxy
+    chat = ChatServer()
+    thread = threading.Thread(target=chat.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield chat
+    chat.shutdown()
+    chat.server_close()
+
+
+@pytest.fixture
+def make_client(
+    server: ChatServer, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., ChatCompletionsClient]:
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+
+    def make(**overrides: Any) -> ChatCompletionsClient:
+        options: dict[str, Any] = {
+            "api_key_env": KEY_ENV,
+            "retry": RetryPolicy(max_attempts=3, backoff_s=0.01, max_backoff_s=2.0),
+            "timeout_s": 5.0,
+        }
+        options.update(overrides)
+        return ChatCompletionsClient(server.base_url, "test-vlm", **options)
+
+    return make

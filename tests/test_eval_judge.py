@@ -1,5 +1,5 @@
 """The VIE-Bench-style judge: strict score parsing, and judge_edit against the scripted
-chat-completions server on 127.0.0.1 from ``tests/test_vlm.py`` (retry, failure records, cache)."""
+chat-completions server on 127.0.0.1 (``tests/chat_server.py``; retry, failure records, cache)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests import test_vlm as vlm_tests
-from tests.test_vlm import Reply, clip
+from tests.chat_server import KEY_ENV, Reply, clip
 from viva_pipelines.evaluation.judge import (
     JUDGE_RUBRIC_PROMPT,
     JudgeParseError,
@@ -21,11 +20,6 @@ from viva_pipelines.evaluation.judge import (
 from viva_pipelines.vlm import ChatCompletionsClient, DirectoryStore, VlmError
 from viva_pipelines.vlm.messages import decode_image_url
 from viva_pipelines.vlm.review import load_prompt, sample_frames
-
-# Reuse the loopback server and client fixtures (assigned, not imported, so that pytest registers
-# them here without collecting test_vlm's tests a second time).
-server = vlm_tests.server
-make_client = vlm_tests.make_client
 
 GOOD = {"instruction_following": 8, "source_fidelity": 6, "edit_quality": 7}
 INSTRUCTION = "Turn the red ball blue"
@@ -132,7 +126,7 @@ def test_cache_hit_makes_no_request_and_failures_are_not_cached(server, make_cli
 
     judge_edit(make_client(), clip(0), clip(1, frames=5), "Turn the ball green", cache=store)
     assert len(server.requests) == requests_so_far + 1  # another instruction, another key
-    other_model = ChatCompletionsClient(server.base_url, "other-vlm", api_key_env=vlm_tests.KEY_ENV)
+    other_model = ChatCompletionsClient(server.base_url, "other-vlm", api_key_env=KEY_ENV)
     judge(other_model, cache=store)
     assert len(server.requests) == requests_so_far + 2  # another model, another key
     rubric = load_prompt(JUDGE_RUBRIC_PROMPT) + "\nBe lenient."

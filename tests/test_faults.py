@@ -27,7 +27,7 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from tests import test_vlm as vlm_tests
+from tests import chat_server
 from tests.sft_fixtures import (
     prepare_grpo_inputs,
     tiny_grpo_config,
@@ -538,15 +538,12 @@ def test_an_answering_tracking_server_is_reachable_whatever_it_answers(monkeypat
 # endpoint that never answers in time (and one that only answers garbage), through the real
 # client, into the QC manifest and the judge's result.
 
-server = vlm_tests.server  # the scripted loopback chat server (assigned: not re-collected)
-make_client = vlm_tests.make_client
-
 
 @pytest.mark.parametrize(
     ("reply", "requests", "words"),
     [
-        (vlm_tests.Reply("{}", delay_s=1.0), 3, ("timed out", "after 3 attempt(s)")),
-        (vlm_tests.Reply("The edit looks great, 9/10."), 2, ("after one corrective retry",)),
+        (chat_server.Reply("{}", delay_s=1.0), 3, ("timed out", "after 3 attempt(s)")),
+        (chat_server.Reply("The edit looks great, 9/10."), 2, ("after one corrective retry",)),
     ],
     ids=["times-out", "garbage"],
 )
@@ -562,7 +559,7 @@ def test_a_failing_vlm_is_retried_a_bounded_number_of_times_and_recorded(
     client = make_client(timeout_s=0.2)  # RetryPolicy(max_attempts=3) in the fixture
 
     def reviewer(pair):
-        return review_pair(client, vlm_tests.clip(0), vlm_tests.clip(1), pair.instruction,
+        return review_pair(client, chat_server.clip(0), chat_server.clip(1), pair.instruction,
                            pair.edit_type)  # fmt: skip
 
     storage = Storage(str(tmp_path))
@@ -575,7 +572,7 @@ def test_a_failing_vlm_is_retried_a_bounded_number_of_times_and_recorded(
     assert len(server.requests) == requests * len(reviewed)  # bounded, per pair
 
     server.requests.clear()
-    result = judge_edit(client, vlm_tests.clip(0), vlm_tests.clip(1, frames=5), "Make it blue")
+    result = judge_edit(client, chat_server.clip(0), chat_server.clip(1, frames=5), "Make it blue")
     assert result.scores is None and not result.ok
     assert all(w in result.error for w in words), result.error
     assert len(server.requests) == requests

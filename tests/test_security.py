@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.chat_server import API_KEY, KEY_ENV, ChatServer
 from tests.conftest import REPO
-from tests.test_vlm import API_KEY, KEY_ENV, ChatServer
 from viva_pipelines.cli import main
 from viva_pipelines.evaluation.suite import SuiteError, load_suite
 from viva_pipelines.qc.dataset import REJECTED
@@ -152,7 +152,7 @@ def test_vlm_key_stays_out_of_repr_logs_errors_and_cache(
     caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
 ):
-    from tests.test_vlm import Reply
+    from tests.chat_server import Reply
 
     monkeypatch.setenv(KEY_ENV, API_KEY)
     cache = tmp_path / "cache"
