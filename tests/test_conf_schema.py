@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from tests.conftest import REPO
+from viva_pipelines.config.reference import configuration_reference
 from viva_pipelines.config.schema import Settings
 
 #: Keys conf/base sets to the demo's own files where the schema has no default location.
@@ -64,3 +65,14 @@ def test_conf_base_gives_the_schema_defaults():
     for file in sorted((REPO / "conf" / "base").glob("*.yaml")):
         conf.update(yaml.safe_load(file.read_text()))
     assert _disagreements(Settings, conf, None, "") == []
+
+
+def test_the_configuration_reference_is_generated_from_the_schema():
+    """docs/configuration-reference.md is `viva config --reference`'s output for this schema:
+    a changed setting changes the page, or this fails (regenerate it with that command)."""
+    written = (REPO / "docs" / "configuration-reference.md").read_text()
+    generated = configuration_reference(Settings, REPO / "conf" / "base")
+    assert written == generated, (
+        "regenerate: viva config --reference > docs/configuration-reference.md"
+    )
+    assert "| `sft.optim.lr` | float | `0.002` | > 0 |" in generated  # type, default, bound

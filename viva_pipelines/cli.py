@@ -399,6 +399,12 @@ def _lineage(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
+    if args.reference:
+        from viva_pipelines.config.reference import configuration_reference
+        from viva_pipelines.config.schema import Settings
+
+        print(configuration_reference(Settings, PACKAGE_DIR.parent / "conf" / "base"), end="")
+        return 0
     print(yaml.safe_dump(get_settings().model_dump(mode="json"), sort_keys=False), end="")
     return 0
 
@@ -465,9 +471,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     lineage.add_argument("--json", action="store_true", help="print JSON instead of a tree")
     lineage.set_defaults(handler=_lineage)
-    commands.add_parser("config", help="print the resolved configuration").set_defaults(
-        handler=_config
-    )
+    config = commands.add_parser("config", help="print the resolved configuration")
+    config.add_argument(
+        "--reference", action="store_true",
+        help="print every key's type, default, bounds and meaning instead (Markdown)",
+    )  # fmt: skip
+    config.set_defaults(handler=_config)
     runs = commands.add_parser("runs", help="local Dagster runs").add_subparsers(
         dest="runs_command", required=True
     )

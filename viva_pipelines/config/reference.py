@@ -1,0 +1,181 @@
+"""The configuration reference, generated from the schema: every key with its type, default,
+bounds and one-line doc (``viva config --reference``; ``docs/configuration-reference.md`` is
+this output, kept in sync by a test).
+
+A key's doc is its field's ``description``, else the comment at the end of its line in the
+class that declares it, else the comment beside the key in ``conf/base`` (where most of them
+were first written).
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import tokenize
+from functools import cache
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from annotated_types import Ge, Gt, Le, Lt, MultipleOf
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+HEADER = """# Configuration reference
+
+Generated from `viva_pipelines/config/schema.py` by `viva config --reference`; do not edit.
+Every key of `conf/` with its type, default (the embedded profile's), bounds and meaning. How
+the layers combine, and what production changes: [configuration.md](configuration.md).
+"""
+
+_BOUNDS = ((Ge, "≥", "ge"), (Gt, ">", "gt"), (Le, "≤", "le"), (Lt, "<", "lt"))
+
+
+@cache
+def _line_comments(model: type) -> dict[str, str]:
+    """``{field: comment}`` from the ``name: type = default  # comment`` lines of every class
+    in ``model``'s MRO (a subclass's own comment wins)."""
+    comments: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if cls is BaseModel or not issubclass(cls, BaseModel):
+            continue
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):
+            continue
+        field_on_line: dict[int, str] = {}
+        for number, line in enumerate(source.splitlines(), 1):
+            name = line.strip().split(":", 1)[0]
+            if line.startswith("    ") and not line.startswith("     ") and name.isidentifier():
+                field_on_line[number] = name
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.COMMENT and token.start[0] in field_on_line:
+                comments[field_on_line[token.start[0]]] = token.string.lstrip("# ").strip()
+    return comments
+
+
+def conf_comments(conf_dir: Path) -> dict[str, str]:
+    """``{dotted key: comment}`` from ``key: value  # comment`` lines of the YAML files in
+    ``conf_dir`` (nesting by indentation; comments that wrap onto their own lines are left
+    out)."""
+    comments: dict[str, str] = {}
+    for file in sorted(conf_dir.glob("*.yaml")):
+        path: list[tuple[int, str]] = []
+        for line in file.read_text().splitlines():
+            stripped = line.strip()
+            if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
+                continue
+            indent = len(line) - len(line.lstrip())
+            key = stripped.split(":", 1)[0].strip()
+            if not key.isidentifier():
+                continue
+            path = [(i, k) for i, k in path if i < indent] + [(indent, key)]
+            value = stripped.split(":", 1)[1]
+            tokens = list(tokenize.generate_tokens(io.StringIO(value).readline))
+            comment = next((t.string for t in tokens if t.type == tokenize.COMMENT), None)
+            if comment:
+                comments[".".join(k for _, k in path)] = comment.lstrip("# ").strip()
+    return comments
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _type_name(annotation: Any) -> str:
+    """A readable type: ``int | None``, ``one of 'crop', 'pad'``, ``list[str]``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin in (Union, UnionType):
+        return " \\| ".join(_type_name(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(arg) for arg in args)
+    if origin is not None:
+        inner = ", ".join("..." if arg is Ellipsis else _type_name(arg) for arg in args)
+        return f"{getattr(origin, '__name__', origin)}[{inner}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _constraints(annotation: Any, metadata: list[Any]) -> list[Any]:
+    """The field's own constraints and those inside ``Annotated`` types of its annotation."""
+    found = list(metadata)
+    for arg in get_args(annotation):
+        if get_origin(arg) is Annotated:
+            found += [m for m in get_args(arg)[1:]]
+            found += [c for m in get_args(arg)[1:] for c in getattr(m, "metadata", [])]
+        elif get_args(arg):
+            found += _constraints(arg, [])
+    if get_origin(annotation) is Annotated:
+        found += [c for m in get_args(annotation)[1:] for c in getattr(m, "metadata", [])]
+    return found
+
+
+def _bounds(constraints: list[Any]) -> str:
+    found = []
+    for item in constraints:
+        for kind, symbol, attribute in _BOUNDS:
+            if isinstance(item, kind):
+                found.append(f"{symbol} {getattr(item, attribute)}")
+        if isinstance(item, MultipleOf):
+            found.append(f"multiple of {item.multiple_of}")
+    return ", ".join(dict.fromkeys(found))
+
+
+def _default(value: Any) -> str:
+    if value is PydanticUndefined:
+        return "**required**"
+    if isinstance(value, BaseModel):
+        return "(section)"
+    text = repr(value.model_dump() if isinstance(value, BaseModel) else value)
+    return f"`{text}`".replace("|", "\\|")
+
+
+def _rows(
+    model: type[BaseModel], defaults: BaseModel | None, prefix: str, conf: dict[str, str]
+) -> list[list[str]]:
+    rows, nested = [], []
+    comments = _line_comments(model)
+    for name, field in model.model_fields.items():
+        if defaults is not None:
+            default = getattr(defaults, name)
+        elif field.default is PydanticUndefined and field.default_factory is None:
+            default = PydanticUndefined
+        else:
+            default = field.get_default(call_default_factory=True)
+        section = _section(field.annotation)
+        if section is not None:
+            inner = default if isinstance(default, BaseModel) else None
+            nested.append((section, inner, f"{prefix}{name}."))
+            continue
+        doc = field.description or comments.get(name) or conf.get(f"{prefix}{name}", "")
+        rows.append([f"`{prefix}{name}`", _type_name(field.annotation), _default(default),
+                     _bounds(_constraints(field.annotation, field.metadata)), doc.replace("|", "\\|")])  # fmt: skip
+    for section, inner, path in nested:
+        rows += _rows(section, inner, path, conf)
+    return rows
+
+
+def configuration_reference(settings: type[BaseModel], conf_dir: Path) -> str:
+    """The Markdown reference of ``settings`` (the root schema): one table per top-level
+    section, keys in declaration order, nested sections flattened to dotted keys; docs
+    missing from the schema come from the comments in ``conf_dir`` (``conf/base``)."""
+    conf = conf_comments(conf_dir)
+    parts = [HEADER]
+    for name, field in settings.model_fields.items():
+        section = _section(field.annotation)
+        if section is None:
+            continue
+        doc = inspect.cleandoc(section.__dict__.get("__doc__") or "")
+        default = field.get_default(call_default_factory=True)
+        inner = default if isinstance(default, BaseModel) else None
+        rows = _rows(section, inner, f"{name}.", conf)
+        table = ["| key | type | default | bounds | meaning |", "| --- | --- | --- | --- | --- |"]
+        table += ["| " + " | ".join(row) + " |" for row in rows]
+        parts.append(f"## `{name}`\n\n" + (f"{doc}\n\n" if doc else "") + "\n".join(table) + "\n")
+    return "\n".join(parts)
