@@ -199,14 +199,6 @@ def trainable_steps(num_stochastic: int, count: int, generator: torch.Generator)
     return sorted(torch.randperm(num_stochastic, generator=generator)[:count].tolist())
 
 
-@dataclass
-class UpdateStats:
-    loss: float
-    policy_loss: float
-    kl: float
-    clip_fraction: float
-
-
 def grpo_loss_for_step(
     transformer: torch.nn.Module,
     run: Rollout,
