@@ -20,6 +20,7 @@ from viva_pipelines.masks.shard import load_frames
 from viva_pipelines.rewards.clip_rewards import (
     ClipScorer,
     edit_rewards,
+    instruction_following,
 )
 from viva_pipelines.rewards.tiny_clip import (
     build_tiny_clip,
@@ -37,13 +38,6 @@ G, T = 3, 4
 
 def frames(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
-
-
-def instruction_following(scorer, edited, target_captions, source_captions):
-    """R_IF alone, as Edit-GRPO computes it (the source frames do not enter it)."""
-    edited = np.asarray(edited)
-    frames = edited[0] if edited.ndim == 5 else edited
-    return _terms(scorer, scorer, frames, edited, source_captions, target_captions)["instruction"]
 
 
 def source_preservation(scorer, source, edited):

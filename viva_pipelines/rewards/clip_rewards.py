@@ -337,6 +337,31 @@ def _source_embeddings(
     return scorer.video_embeddings(source)
 
 
+def _instruction_following(
+    videos: torch.Tensor, target: torch.Tensor, source: torch.Tensor
+) -> torch.Tensor:
+    """``R_IF [G]`` from embeddings: frames ``[G, T, E]``, target and source captions
+    ``[G, E]``."""
+    return _video_text_similarity(videos, target) - _video_text_similarity(videos, source)
+
+
+def instruction_following(
+    scorer: ClipScorer,
+    edited: Frames,
+    target_captions: Captions,
+    source_captions: Captions,
+) -> torch.Tensor:
+    """``R_IF [G]`` alone (the benchmark's CLIP-IF) of ``G`` edited videos
+    ``uint8 [G, T, H, W, 3]``: frame-averaged cosine with the target caption minus that with
+    the source caption (one string or ``G``); :func:`edit_rewards` computes the same term."""
+    edited = as_frames(edited, 5, "edited")
+    groups = len(edited)
+    targets = _caption_list(target_captions, groups, "target_captions")
+    sources = _caption_list(source_captions, groups, "source_captions")
+    target, source = _text_table(scorer, targets, sources)
+    return _instruction_following(scorer.video_embeddings(edited), target, source)
+
+
 def edit_rewards(
     clip: ClipScorer,
     pick: ClipScorer,
@@ -361,9 +386,7 @@ def edit_rewards(
     source_embeddings = _source_embeddings(clip, source, edited.shape)
     clip_videos = clip.video_embeddings(edited)
     target, source_text = _text_table(clip, targets, sources)
-    instruction = _video_text_similarity(clip_videos, target) - _video_text_similarity(
-        clip_videos, source_text
-    )
+    instruction = _instruction_following(clip_videos, target, source_text)
     preservation = _preservation(source_embeddings, clip_videos)
     if pick is clip:
         pick_videos, pick_target = clip_videos, target
