@@ -601,14 +601,21 @@ def test_training_rows_rejects_a_bad_manifest_with_a_clear_value_error(
     except ValueError as exc:
         assert "qc_dataset/manifest.parquet" in str(exc), exc
     else:
-        # Only harmless changes may pass: nulls where a value is optional, or a status that
-        # drops a row from training.
+        # Only harmless changes may pass: nulls where a value is optional, a status that drops
+        # a row from training, or other text that every accepted row can still train on.
         assert not drop and garbage is None
+        statuses = table.column("status").to_pylist()
+        accepted = [i for i, status in enumerate(statuses) if status == ACCEPTED]
+        allowed = {"modality": {"video", "image"}, "split": {"train", "val"}}
         for name, values in retype.items():
             assert values.type in (pa.null(), pa.string()), (name, values)
-            assert name in NULLABLE_TEXT or (name == "status" and values.type == pa.string())
-        statuses = table.column("status").to_pylist()
-        assert len(rows) == sum(status == ACCEPTED for status in statuses)
+            if name in NULLABLE_TEXT or name == "status":
+                continue
+            seen = [table.column(name).to_pylist()[i] for i in accepted]
+            assert all(isinstance(v, str) and v for v in seen), (name, seen)
+            assert set(seen) <= allowed.get(name, set(seen)), (name, seen)
+            assert name != "sample_id" or len(set(seen)) == len(seen), seen
+        assert len(rows) == len(accepted)
 
 
 def test_training_rows_names_missing_columns_and_bad_dtypes(tmp_path: Path):
