@@ -77,12 +77,14 @@ class S3Settings(Section):
     """Connection to S3 or an S3-compatible server. Credentials are never configured here:
     boto3 and s3fs read them from the standard AWS environment variables or instance roles."""
 
-    endpoint_url: str | None = None
-    region_name: str | None = None
+    endpoint_url: str | None = None  # an S3-compatible server (MinIO, …); null = AWS
+    region_name: str | None = None  # the bucket's region; null = boto3's default
 
 
 class StorageSettings(Section):
-    root: Location
+    """Where every asset writes."""
+
+    root: Location  # a local folder (relative to the project) or s3://bucket/prefix
     s3: S3Settings = S3Settings()
 
 
@@ -90,7 +92,7 @@ class MlflowSettings(Section):
     tracking_uri: str | None = Field(
         None, description="MLflow server URL; default: sqlite:///<storage.root>/mlflow.db"
     )
-    experiment: str = "viva-pipelines"
+    experiment: str = "viva-pipelines"  # the MLflow experiment every asset's runs go to
     artifact_location: str | None = Field(
         None, description="Where new experiments keep artifacts; default <storage.root>/mlflow"
     )
@@ -104,7 +106,7 @@ VIDEO_EXTENSIONS = (
 
 
 class VideoSourceSettings(Section):
-    uri: Location
+    uri: Location  # where new raw videos appear: a local folder or an s3:// prefix
     extensions: tuple[str, ...] = Field(
         VIDEO_EXTENSIONS,
         description="File name endings taken as videos (case-insensitive); other files are"
@@ -117,17 +119,21 @@ class SourcesSettings(Section):
 
 
 class LimitsSettings(Section):
-    max_file_mb: PositiveFloat = 2048
-    max_pixels: PositiveInt = 3840 * 2160 * 2
-    max_duration_s: PositiveFloat = 600
-    min_frames: PositiveInt = 2
+    """Inputs beyond these are rejected at ``raw_videos`` with the reason."""
+
+    max_file_mb: PositiveFloat = 2048  # larger files are not read
+    max_pixels: PositiveInt = 3840 * 2160 * 2  # declared width x height (two 4K frames)
+    max_duration_s: PositiveFloat = 600  # longer videos are rejected, not cut
+    min_frames: PositiveInt = 2  # frames the normalised copy must have
 
 
 class IngestSettings(Section):
-    shard_size: PositiveInt = 8
-    width: EvenSize = 128
-    height: EvenSize = 128
-    fps: PositiveFloat = 8
+    """How ``raw_videos`` shards and normalises the sources."""
+
+    shard_size: PositiveInt = 8  # videos per video_shards partition (production: 64)
+    width: EvenSize = 128  # every normalised copy's width
+    height: EvenSize = 128  # ... height
+    fps: PositiveFloat = 8  # ... frame rate (resampled by presentation time)
     max_frames: PositiveInt = 17
     resize: Literal["crop", "pad"] = "crop"
     crf: Annotated[int, Field(ge=0, le=51)] = 12
@@ -135,17 +141,21 @@ class IngestSettings(Section):
 
 
 class SensorSettings(Section):
-    interval_s: PositiveInt = 30
-    max_runs_per_tick: PositiveInt = 16
+    """``raw_video_sensor``: registers new source files as shards and launches their runs."""
+
+    interval_s: PositiveInt = 30  # seconds between looks at the source
+    max_runs_per_tick: PositiveInt = 16  # shard runs launched per look at most
 
 
 class DemoSettings(Section):
-    videos: PositiveInt = 24
-    seed: int = 0
-    width: EvenSize = 320
-    height: EvenSize = 240
-    frames: PositiveInt = 48
-    fps: PositiveFloat = 24
+    """The procedural demo world ``viva demo-data`` renders (docs/demo.md)."""
+
+    videos: PositiveInt = 24  # scenes rendered
+    seed: int = 0  # the same seed renders the same scenes
+    width: EvenSize = 320  # frame width of the rendered videos
+    height: EvenSize = 240  # ... height
+    frames: PositiveInt = 48  # frames per video
+    fps: PositiveFloat = 24  # frame rate of the rendered videos
 
 
 class TrackRulesSettings(Section):
@@ -380,16 +390,18 @@ class GrpoSettings(Section):
 class ModelSettings(Section):
     """Pretrained weights by local path or hub id; ``None`` selects the tiny demo models."""
 
-    instructor: str | None = None
-    transformer: str | None = None
-    vae: str | None = None
-    text_pooler: str | None = None
-    inpainting: str | None = None
-    img2img: str | None = None
-    grounding_dino: str | None = None
-    sam2: str | None = None
-    clip: str | None = None
-    pickscore: str | None = None
+    instructor: str | None = (
+        None  # the VLM instructor (a LLaVA); null = instructor_model's tiny one
+    )
+    transformer: str | None = None  # a text-to-video HunyuanVideo DiT, widened for editing
+    vae: str | None = None  # the HunyuanVideo VAE (codec kind hunyuan_vae)
+    text_pooler: str | None = None  # not read yet: the pooled vector comes from the instructor
+    inpainting: str | None = None  # diffusers inpainting pipeline (pairs.backend diffusers)
+    img2img: str | None = None  # img2img pipeline for restyles; null = the inpainting one
+    grounding_dino: str | None = None  # open-vocabulary boxes for masks.backend sam2
+    sam2: str | None = None  # SAM 2 video tracking for masks.backend sam2
+    clip: str | None = None  # CLIP of the rewards and metrics; null = the tiny one trained here
+    pickscore: str | None = None  # PickScore_v1 (R_PS); set together with clip, or neither
 
 
 class BenchmarkSettings(Section):
