@@ -390,9 +390,7 @@ class GrpoSettings(Section):
 class ModelSettings(Section):
     """Pretrained weights by local path or hub id; ``None`` selects the tiny demo models."""
 
-    instructor: str | None = (
-        None  # the VLM instructor (a LLaVA); null = instructor_model's tiny one
-    )
+    instructor: str | None = None  # a LLaVA; null = instructor_model's tiny one
     transformer: str | None = None  # a text-to-video HunyuanVideo DiT, widened for editing
     vae: str | None = None  # the HunyuanVideo VAE (codec kind hunyuan_vae)
     text_pooler: str | None = None  # not read yet: the pooled vector comes from the instructor

@@ -35,11 +35,11 @@ class SampleOptions(_Section):
 
     frames: int = Field(4, ge=1)  # frames per video sample (4k+1 for the HunyuanVideo VAE)
     frame_stride: int = Field(4, ge=1)  # take every n-th frame of the stored clip
-    height: int = Field(32, ge=8)
-    width: int = Field(32, ge=8)
+    height: int = Field(32, ge=8)  # training sample size, fitted like ingest (scale, crop)
+    width: int = Field(32, ge=8)  # ... width
     video_fraction: float = Field(0.4, ge=0, le=1)  # share of all-video batches; rest are images
     use_images: bool = True  # ablation: image pairs off
-    cache_prefix: str = "sft_cache"
+    cache_prefix: str = "sft_cache"  # storage prefix of the encoded-sample cache
 
 
 class DataConfig(SampleOptions):
@@ -55,21 +55,22 @@ class DataConfig(SampleOptions):
 class ScratchSize(_Section):
     """The DiT trained from scratch when ``models.transformer`` is null (the demo)."""
 
-    heads: int = Field(4, ge=1)
-    head_dim: int = Field(32, ge=8, multiple_of=8)
-    dual_layers: int = Field(2, ge=0)
-    single_layers: int = Field(2, ge=0)
+    heads: int = Field(4, ge=1)  # attention heads of the from-scratch DiT
+    head_dim: int = Field(32, ge=8, multiple_of=8)  # width per head (rotary axes need 8s)
+    dual_layers: int = Field(2, ge=0)  # dual-stream (video | text) blocks
+    single_layers: int = Field(2, ge=0)  # single-stream blocks after them
 
 
 class ModelOptions(_Section):
     """How the editing model is put together (the ``sft.model`` section of ``conf/``)."""
 
-    instructor_prompt: str = "instructor.md"
-    instructor_layer: int = -1
+    instructor_prompt: str = "instructor.md"  # prompt template in assets/prompts/ (or a path)
+    instructor_layer: int = -1  # hidden layer whose states condition the DiT (-1 = last)
     text_only: bool = False  # ablation: the vanilla text-encoder baseline
-    crop_template: bool = True
+    crop_template: bool = True  # keep only the prompt's instruction and image tokens
     codec: dict[str, Any] = Field(default_factory=lambda: {"kind": "pixel", "factor": 2})
-    transformer_subfolder: str | None = None
+    transformer_subfolder: str | None = None  # of models.transformer (e.g. transformer)
+    # the pooled vector beside the tokens (model.transformer.pooled_vector)
     pooled: Literal["instructor_last", "instructor_mean", "none"] = "instructor_mean"
     embedded_guidance: float = 1.0  # only for guidance-distilled checkpoints
     # What the DiT outputs: the velocity (pretrained checkpoints, the paper) or the clean
@@ -87,23 +88,21 @@ class ModelConfig(ModelOptions):
 
 class OptimConfig(_Section):
     lr: float = Field(2e-3, gt=0)  # 1e-3: -0.4 dB frame PSNR on the val split at 1200 steps
-    weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.01, ge=0)  # AdamW
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    warmup_steps: int = Field(50, ge=0)  # linear warm-up before the cosine decay
     min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decay floor
-    grad_clip: float = Field(1.0, gt=0)
+    grad_clip: float = Field(1.0, gt=0)  # max global gradient norm
     batch_size: int = Field(16, ge=1)  # global: split over the ranks
     ema_decay: float = Field(0.0, ge=0, lt=1)  # EMA of the weights, sampled and shipped; 0 = off
-    max_steps: int = Field(1000, ge=0)
+    max_steps: int = Field(1000, ge=0)  # optimizer steps of the run
 
 
 class LossConfig(_Section):
     mask_lambda: float = Field(2.0, ge=0)  # w = 1 + lambda * M; 0 = plain flow matching
-    sigma_mean: float = 0.0
-    sigma_std: float = Field(1.0, gt=0)
-    sigma_shift: float = Field(
-        3.0, gt=0
-    )  # > 1 trains more at high noise, where the edit is decided
+    sigma_mean: float = 0.0  # logit-normal training noise levels: mean of the logit
+    sigma_std: float = Field(1.0, gt=0)  # ... and its spread
+    sigma_shift: float = Field(3.0, gt=0)  # > 1 trains more at high noise (the edit's layout)
     # Per-sample weight of the velocity error: none (velocity, the paper) or sigma^2 (clean:
     # the implied clean video's error, equal at every noise level; model.flow_matching).
     weighting: Literal["velocity", "clean"] = "velocity"
@@ -116,24 +115,24 @@ class LossConfig(_Section):
 
 class EvalConfig(_Section):
     every: int = Field(300, ge=1)  # validation loss every n steps (and at the first and last)
-    val_samples: int = Field(32, ge=1)
-    sigmas: tuple[float, ...] = (0.25, 0.5, 0.75)
+    val_samples: int = Field(32, ge=1)  # val-split samples of the validation loss
+    sigmas: tuple[float, ...] = (0.25, 0.5, 0.75)  # fixed noise levels of the validation loss
     sample_every: int = Field(0, ge=0)  # sampled previews + PSNR every n steps; 0 = start/end
-    sample_count: int = Field(16, ge=1)
+    sample_count: int = Field(16, ge=1)  # val samples edited for previews and PSNR
     sample_steps: int = Field(8, ge=1)  # the model's default; = grpo.sampling.num_steps
-    guidance_scale: float = 1.5
-    source_guidance_scale: float | None = None
+    guidance_scale: float = 1.5  # instruction guidance when sampling (the model's default)
+    source_guidance_scale: float | None = None  # source-video guidance; null = off
     sample_shift: float = Field(3.0, gt=0)  # time shift of the sampling schedule
 
 
 class RuntimeConfig(_Section):
-    seed: int = 0
+    seed: int = 0  # batches and noise depend only on (seed, step): resumes are exact
     device: str = "auto"  # auto = cuda when available
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto = bf16 on GPU
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"  # auto = on GPU
-    parallel: Literal["ddp", "fsdp"] = "ddp"
-    checkpoint_every: int = Field(300, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2, one shard per block
+    checkpoint_every: int = Field(300, ge=1)  # steps between resumable checkpoints
+    keep_checkpoints: int = Field(2, ge=1)  # newest checkpoints kept
     threads: int | None = None  # torch intra-op threads per rank
 
 
