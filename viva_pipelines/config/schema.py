@@ -345,7 +345,7 @@ class SftSettings(Section):
 
     nproc_per_node: PositiveInt = 1  # torchrun processes (one per GPU in production)
     threads_per_process: PositiveInt | None = None  # torch intra-op threads per process
-    timeout_s: PositiveInt = 6 * 3600
+    timeout_s: PositiveInt = 6 * 3600  # the training process is stopped after this long
     register_model: str = "viva-sft"  # MLflow registered model name
     data: SampleOptions = SampleOptions()
     model: ModelOptions = ModelOptions()
@@ -369,17 +369,17 @@ class RewardsSettings(Section):
 
     weights: RewardWeights = RewardWeights()
     pickscore_processor: str | None = None  # PickScore_v1 ships no processor: CLIP-H's
-    tiny_clip_steps: PositiveInt = 300
-    frames_per_video: PositiveInt = 2
-    seed: int = 0
+    tiny_clip_steps: PositiveInt = 300  # training steps of the demo's tiny CLIP
+    frames_per_video: PositiveInt = 2  # frames per video the tiny CLIP trains on
+    seed: int = 0  # the same seed trains the same tiny CLIP
 
 
 class GrpoSettings(Section):
     """``grpo_lora``: Edit-GRPO over the SFT model (sections of ``train.config.GrpoConfig``)."""
 
-    nproc_per_node: PositiveInt = 1
-    threads_per_process: PositiveInt | None = None
-    register_model: str = "viva-grpo-lora"
+    nproc_per_node: PositiveInt = 1  # torchrun processes (one per GPU in production)
+    threads_per_process: PositiveInt | None = None  # torch intra-op threads per process
+    register_model: str = "viva-grpo-lora"  # MLflow registered model name of the LoRA
     lora: LoraOptions = LoraOptions()
     sampling: GrpoSampling = GrpoSampling()
     optim: GrpoOptim = GrpoOptim()
@@ -411,8 +411,8 @@ class BenchmarkSettings(Section):
     )
     models: list[Literal["sft", "grpo", "identity"]] = ["sft", "grpo", "identity"]
     num_steps: PositiveInt | None = None  # sampling steps; null = each model's default
-    guidance_scale: Annotated[float, Field(ge=1)] | None = None
-    seed: int = 0
+    guidance_scale: Annotated[float, Field(ge=1)] | None = None  # null = each model's default
+    seed: int = 0  # start noise of every edit
     previews_per_category: Annotated[int, Field(ge=0)] = 1
     device: str = "auto"
     judge: VlmSettings = VlmSettings(max_new_tokens=128)
@@ -438,8 +438,8 @@ class InferenceSettings(Section):
         None, description="an Edit-GRPO LoRA (models:/viva-grpo-lora/2 or a directory); null = none"
     )
     num_steps: PositiveInt | None = None  # sampling steps; null = the model's default
-    guidance_scale: Annotated[float, Field(ge=1)] | None = None
-    seed: int = 0
+    guidance_scale: Annotated[float, Field(ge=1)] | None = None  # null = the model's default
+    seed: int = 0  # start noise of every window
     crf: Annotated[int, Field(ge=0, le=51)] = 18
     preserve_unchanged: bool = False
     preview_frames: Annotated[int, Field(ge=0)] = 3

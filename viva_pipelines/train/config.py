@@ -212,10 +212,10 @@ class PretrainOptions(_Section):
     """How the demo's tiny instructor is pretrained (``instructor.pretrain`` in ``conf/``;
     ``viva_pipelines.train.instructor``)."""
 
-    steps: int = Field(250, ge=1)
-    batch_size: int = Field(32, ge=2)
-    lr: float = Field(2e-3, gt=0)
-    seed: int = 0
+    steps: int = Field(250, ge=1)  # optimizer steps of the pretraining
+    batch_size: int = Field(32, ge=2)  # examples per step
+    lr: float = Field(2e-3, gt=0)  # AdamW, warm-up then cosine
+    seed: int = 0  # the same seed pretrains the same weights
 
 
 class ConfigFileError(ValueError):
@@ -223,37 +223,37 @@ class ConfigFileError(ValueError):
 
 
 class LoraOptions(_Section):
-    rank: int = Field(8, ge=1)
-    alpha: float = Field(8.0, gt=0)
+    rank: int = Field(8, ge=1)  # LoRA rank
+    alpha: float = Field(8.0, gt=0)  # LoRA scale numerator (scale = alpha / rank)
     targets: tuple[str, ...] | None = None  # None = HunyuanVideo's attention + MLP projections
 
 
 class GrpoSampling(_Section):
     group_size: int = Field(4, ge=2)  # G candidates per (source video, instruction)
-    num_steps: int = Field(8, ge=2)
+    num_steps: int = Field(8, ge=2)  # denoising steps of a rollout
     train_steps: int = Field(3, ge=1)  # denoising steps trained per iteration (random subset)
     # Stochastic (and trainable) steps: a window of this many consecutive steps at a random
     # place each iteration, the ODE elsewhere (MixGRPO); null = every step but the last.
     sde_window: int | None = Field(None, ge=1)
     same_noise: bool = True  # a group's candidates start from one noise (Flow-GRPO, DanceGRPO)
-    noise_level: float = Field(0.7, gt=0)
-    shift: float = Field(3.0, gt=0)
-    guidance_scale: float = 1.5
+    noise_level: float = Field(0.7, gt=0)  # the SDE's a: how stochastic the rollouts are
+    shift: float = Field(3.0, gt=0)  # time shift of the rollout schedule
+    guidance_scale: float = 1.5  # instruction guidance of the rollouts
 
 
 class GrpoOptim(_Section):
-    iterations: int = Field(20, ge=0)
+    iterations: int = Field(20, ge=0)  # optimizer steps of the run
     groups_per_iteration: int = Field(2, ge=1)  # groups sampled together in one batch
     accumulate: int = Field(1, ge=1)  # such batches per optimizer step (gradient accumulation)
-    lr: float = Field(1e-3, gt=0)
-    clip_range: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0)  # AdamW on the LoRA weights
+    clip_range: float = Field(1e-3, gt=0)  # PPO's ε: the probability ratio is clipped to 1 ± ε
     beta: float = Field(0.01, ge=0)  # KL to the adapter-disabled reference
     min_group_std: float = Field(0.0, ge=0)  # groups whose rewards spread less teach nothing
-    grad_clip: float = Field(1.0, gt=0)
+    grad_clip: float = Field(1.0, gt=0)  # max global gradient norm
 
 
 class GrpoEval(_Section):
-    every: int = Field(10, ge=1)
+    every: int = Field(10, ge=1)  # iterations between held-out reward evaluations
     groups: int = Field(8, ge=1)  # held-out (val) groups scored before, during and after
 
 
