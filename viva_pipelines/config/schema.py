@@ -161,21 +161,21 @@ class DemoSettings(Section):
 class TrackRulesSettings(Section):
     """Tracks outside these bounds are dropped with the reason (see masks/tracks.py)."""
 
-    min_area_fraction: Annotated[float, Field(ge=0, le=1)] = 0.002
-    max_area_fraction: Annotated[float, Field(ge=0, le=1)] = 0.6
-    min_visible_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
-    min_stability: Annotated[float, Field(ge=0, le=1)] = 0.3
+    min_area_fraction: Annotated[float, Field(ge=0, le=1)] = 0.002  # mean area, of the frame
+    max_area_fraction: Annotated[float, Field(ge=0, le=1)] = 0.6  # ... at most
+    min_visible_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5  # of frames (else "lost")
+    min_stability: Annotated[float, Field(ge=0, le=1)] = 0.3  # consecutive-frame mask IoU
 
 
 class Sam2Settings(Section):
     """Grounding-DINO + SAM 2 tracking; weights come from ``models.grounding_dino/sam2``."""
 
-    config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"
-    image_size: PositiveInt = 1024
-    box_threshold: Annotated[float, Field(ge=0, le=1)] = 0.35
-    text_threshold: Annotated[float, Field(ge=0, le=1)] = 0.25
-    max_objects: PositiveInt = 5
-    device: str = "cpu"
+    config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"  # SAM 2 model config (in its package)
+    image_size: PositiveInt = 1024  # SAM 2's input side (checkpoints are trained at 1024)
+    box_threshold: Annotated[float, Field(ge=0, le=1)] = 0.35  # Grounding-DINO box score
+    text_threshold: Annotated[float, Field(ge=0, le=1)] = 0.25  # Grounding-DINO phrase score
+    max_objects: PositiveInt = 5  # objects tracked per video, best detections first
+    device: str = "cpu"  # where both models run
 
 
 class MasksSettings(Section):
@@ -193,54 +193,55 @@ EditType = Literal[
 class DiffusersSettings(Section):
     """The diffusers backend; weights: ``models.inpainting`` (and ``models.img2img``)."""
 
-    device: str = "cuda"
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    num_inference_steps: PositiveInt = 30
-    guidance_scale: Annotated[float, Field(ge=0)] = 7.5
-    strength: Annotated[float, Field(gt=0, le=1)] = 0.6
-    batch_size: PositiveInt = 4
-    resolution: PositiveInt = 512
+    device: str = "cuda"  # where the pipelines run
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # their weights' dtype
+    num_inference_steps: PositiveInt = 30  # denoising steps per pipeline call
+    guidance_scale: Annotated[float, Field(ge=0)] = 7.5  # classifier-free guidance
+    strength: Annotated[float, Field(gt=0, le=1)] = 0.6  # how far restyles depart (1: ignore)
+    batch_size: PositiveInt = 4  # frames per pipeline call (memory vs throughput)
+    resolution: PositiveInt = 512  # longer side frames are resized to (a multiple of 8)
 
 
 class PairsSettings(Section):
     backend: Literal["opencv", "diffusers"] = "opencv"
-    edit_types: tuple[EditType, ...] = (
-        "remove", "add", "color", "swap", "style", "tone", "hybrid", "ref_add", "ref_swap",
-    )  # fmt: skip
+    edit_types: tuple[EditType, ...] = Field(
+        ("remove", "add", "color", "swap", "style", "tone", "hybrid", "ref_add", "ref_swap"),
+        description="the edit types made for every video",
+    )
     per_type: PositiveInt = 1
-    seed: int = 0
+    seed: int = 0  # the same seed makes the same pairs from the same videos
     dilation: Annotated[int, Field(ge=0)] = 4
     diffusers: DiffusersSettings = DiffusersSettings()
 
 
 class QcThresholdsSettings(Section):
-    min_mask_fraction: Annotated[float, Field(ge=0, le=1)] = 0.002
-    max_mask_fraction: Annotated[float, Field(ge=0, le=1)] = 0.7
-    min_mask_stability: Annotated[float, Field(ge=0, le=1)] = 0.3
-    max_outside_change: Annotated[float, Field(ge=0)] = 3.0
-    min_inside_change: Annotated[float, Field(ge=0)] = 6.0
-    min_total_change: Annotated[float, Field(ge=0)] = 0.5
+    min_mask_fraction: Annotated[float, Field(ge=0, le=1)] = 0.002  # local edit mask, of frame
+    max_mask_fraction: Annotated[float, Field(ge=0, le=1)] = 0.7  # ... at most
+    min_mask_stability: Annotated[float, Field(ge=0, le=1)] = 0.3  # consecutive-frame IoU
+    max_outside_change: Annotated[float, Field(ge=0)] = 3.0  # mean grey levels outside the mask
+    min_inside_change: Annotated[float, Field(ge=0)] = 6.0  # mean grey levels inside it
+    min_total_change: Annotated[float, Field(ge=0)] = 0.5  # below: target ≈ source, rejected
 
 
 class VlmSettings(Section):
     """VLM review of pairs: an OpenAI-compatible endpoint or a local transformers LLaVA.
     The API key is read from the environment variable named by ``api_key_env``."""
 
-    enabled: bool = False
-    backend: Literal["openai", "local"] = "openai"
-    base_url: str | None = None
-    model: str | None = None
-    api_key_env: str | None = "OPENAI_API_KEY"
-    timeout_s: PositiveFloat = 120
-    max_attempts: PositiveInt = 5
-    backoff_s: Annotated[float, Field(ge=0)] = 1.0
-    max_backoff_s: PositiveFloat = 60
-    rate_limit_per_s: PositiveFloat | None = None
-    max_frames: PositiveInt = 4
-    local_model: str | None = None
-    max_new_tokens: PositiveInt = 512
-    device: str = "cpu"
-    min_score: Annotated[float, Field(ge=0, le=10)] = 0
+    enabled: bool = False  # off: no VLM is asked
+    backend: Literal["openai", "local"] = "openai"  # an endpoint, or transformers in-process
+    base_url: str | None = None  # the OpenAI-compatible endpoint (…/v1)
+    model: str | None = None  # the model name the endpoint serves
+    api_key_env: str | None = "OPENAI_API_KEY"  # environment variable holding the key
+    timeout_s: PositiveFloat = 120  # per request
+    max_attempts: PositiveInt = 5  # per request, retries included
+    backoff_s: Annotated[float, Field(ge=0)] = 1.0  # first retry delay (exponential)
+    max_backoff_s: PositiveFloat = 60  # longest retry delay (Retry-After honoured)
+    rate_limit_per_s: PositiveFloat | None = None  # requests per second at most; null = no limit
+    max_frames: PositiveInt = 4  # frames per video shown to the VLM, evenly spread
+    local_model: str | None = None  # a LLaVA directory or hub id (backend local)
+    max_new_tokens: PositiveInt = 512  # answer length cap
+    device: str = "cpu"  # backend local: where it runs
+    min_score: Annotated[float, Field(ge=0, le=10)] = 0  # QC: pairs the VLM scores lower fail
 
     @model_validator(mode="after")
     def _backend_needs_its_model(self) -> VlmSettings:
@@ -254,7 +255,7 @@ class VlmSettings(Section):
 class QcSettings(Section):
     thresholds: QcThresholdsSettings = QcThresholdsSettings()
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
-    split_seed: int = 0
+    split_seed: int = 0  # the same seed splits the same videos the same way
     image_manifest: Location | None = Field(
         None, description="JSONL of external image-editing pairs (local path or s3:// URI)"
     )

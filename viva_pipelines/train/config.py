@@ -70,8 +70,9 @@ class ModelOptions(_Section):
     crop_template: bool = True  # keep only the prompt's instruction and image tokens
     codec: dict[str, Any] = Field(default_factory=lambda: {"kind": "pixel", "factor": 2})
     transformer_subfolder: str | None = None  # of models.transformer (e.g. transformer)
-    # the pooled vector beside the tokens (model.transformer.pooled_vector)
-    pooled: Literal["instructor_last", "instructor_mean", "none"] = "instructor_mean"
+    pooled: Literal["instructor_last", "instructor_mean", "none"] = Field(
+        "instructor_mean", description="the pooled vector beside the tokens (pooled_vector)"
+    )
     embedded_guidance: float = 1.0  # only for guidance-distilled checkpoints
     # What the DiT outputs: the velocity (pretrained checkpoints, the paper) or the clean
     # target minus the source (model.flow_matching.velocity_from_prediction).
