@@ -12,6 +12,8 @@ from __future__ import annotations
 import inspect
 import io
 import tokenize
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import UnionType
@@ -19,6 +21,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from annotated_types import Ge, Gt, Le, Lt, MultipleOf
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 HEADER = """# Configuration reference
@@ -136,11 +139,24 @@ def _default(value: Any) -> str:
     return f"`{text}`".replace("|", "\\|")
 
 
-def _rows(
-    model: type[BaseModel], defaults: BaseModel | None, prefix: str, conf: dict[str, str]
-) -> list[list[str]]:
-    rows, nested = [], []
-    comments = _line_comments(model)
+@dataclass(frozen=True)
+class Setting:
+    """One leaf key of the configuration."""
+
+    key: str  # dotted, e.g. sft.optim.lr
+    section: type[BaseModel]  # the class that declares it
+    name: str
+    field: FieldInfo
+    default: Any  # the effective default; PydanticUndefined when conf must give it
+
+
+def settings_of(
+    model: type[BaseModel], defaults: BaseModel | None = None, prefix: str = ""
+) -> Iterator[Setting]:
+    """Every leaf key below ``model``, a level's own keys before its sections' (flattened to
+    dotted keys), each with its effective default: a section's default instance (e.g. the
+    benchmark judge's ``max_new_tokens``) wins over its class's field defaults."""
+    nested = []
     for name, field in model.model_fields.items():
         if defaults is not None:
             default = getattr(defaults, name)
@@ -152,13 +168,18 @@ def _rows(
         if section is not None:
             inner = default if isinstance(default, BaseModel) else None
             nested.append((section, inner, f"{prefix}{name}."))
-            continue
-        doc = field.description or comments.get(name) or conf.get(f"{prefix}{name}", "")
-        rows.append([f"`{prefix}{name}`", _type_name(field.annotation), _default(default),
-                     _bounds(_constraints(field.annotation, field.metadata)), doc.replace("|", "\\|")])  # fmt: skip
+        else:
+            yield Setting(f"{prefix}{name}", model, name, field, default)
     for section, inner, path in nested:
-        rows += _rows(section, inner, path, conf)
-    return rows
+        yield from settings_of(section, inner, path)
+
+
+def _row(setting: Setting, conf: dict[str, str]) -> list[str]:
+    field = setting.field
+    doc = field.description or _line_comments(setting.section).get(setting.name)
+    doc = doc or conf.get(setting.key, "")
+    return [f"`{setting.key}`", _type_name(field.annotation), _default(setting.default),
+            _bounds(_constraints(field.annotation, field.metadata)), doc.replace("|", "\\|")]  # fmt: skip
 
 
 def configuration_reference(settings: type[BaseModel], conf_dir: Path) -> str:
@@ -174,7 +195,7 @@ def configuration_reference(settings: type[BaseModel], conf_dir: Path) -> str:
         doc = inspect.cleandoc(section.__dict__.get("__doc__") or "")
         default = field.get_default(call_default_factory=True)
         inner = default if isinstance(default, BaseModel) else None
-        rows = _rows(section, inner, f"{name}.", conf)
+        rows = [_row(setting, conf) for setting in settings_of(section, inner, f"{name}.")]
         table = ["| key | type | default | bounds | meaning |", "| --- | --- | --- | --- | --- |"]
         table += ["| " + " | ".join(row) + " |" for row in rows]
         parts.append(f"## `{name}`\n\n" + (f"{doc}\n\n" if doc else "") + "\n".join(table) + "\n")
