@@ -129,25 +129,12 @@ def test_no_unsafe_deserialisation_in_the_package():
 
 
 # -- secrets: env only, never in reprs, logs, caches or params ----------------------------------
-@pytest.fixture
-def chat_server(monkeypatch: pytest.MonkeyPatch):
-    import threading
-
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    server = ChatServer()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 def _files_text(root: Path) -> str:
     return "".join(p.read_bytes().decode("latin-1") for p in root.rglob("*") if p.is_file())
 
 
 def test_vlm_key_stays_out_of_repr_logs_errors_and_cache(
-    chat_server: ChatServer,
+    server: ChatServer,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
@@ -157,7 +144,7 @@ def test_vlm_key_stays_out_of_repr_logs_errors_and_cache(
     monkeypatch.setenv(KEY_ENV, API_KEY)
     cache = tmp_path / "cache"
     client = ChatCompletionsClient(
-        chat_server.base_url,
+        server.base_url,
         "test-vlm",
         api_key_env=KEY_ENV,
         retry=RetryPolicy(max_attempts=2, backoff_s=0.01, max_backoff_s=0.05),
@@ -167,7 +154,7 @@ def test_vlm_key_stays_out_of_repr_logs_errors_and_cache(
     answer = client.complete_json([{"role": "user", "content": "hi"}], lambda data: data)
     assert answer["keep"] is True
     # The key really was sent (so the checks below are not vacuous)...
-    assert chat_server.requests[-1].headers["Authorization"] == f"Bearer {API_KEY}"
+    assert server.requests[-1].headers["Authorization"] == f"Bearer {API_KEY}"
     # ...and is in none of these.
     assert API_KEY not in repr(client) and API_KEY not in str(client)
     assert API_KEY not in client.describe() and API_KEY not in json.dumps(client.params)
@@ -176,7 +163,7 @@ def test_vlm_key_stays_out_of_repr_logs_errors_and_cache(
     assert all(API_KEY not in p.name for p in cache.rglob("*"))
 
     # A server that echoes the rejected credential: the key must not reach logs or errors.
-    chat_server.script = [Reply(status=503, body=f'{{"error": "down; key {API_KEY}"}}')]
+    server.script = [Reply(status=503, body=f'{{"error": "down; key {API_KEY}"}}')]
     with pytest.raises(Exception) as raised:
         client.complete_json([{"role": "user", "content": "again"}], lambda data: data)
     assert "down; key" in str(raised.value)  # the body is quoted...
