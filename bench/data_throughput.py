@@ -18,10 +18,10 @@ from pathlib import Path
 
 from viva_pipelines.demo_world import random_scene, render
 from viva_pipelines.demo_world.dataset import scene_annotations
+from viva_pipelines.embedded.opencv_backend import OpenCVBackend
 from viva_pipelines.masks.shard import AnnotationsBackend
 from viva_pipelines.masks.tracks import track_stats
 from viva_pipelines.pairs.generators import generate_pairs
-from viva_pipelines.pairs.opencv_backend import OpenCVBackend
 from viva_pipelines.pairs.types import EDIT_TYPES
 from viva_pipelines.qc.rules import pair_metrics
 from viva_pipelines.video.io import read_video, write_video

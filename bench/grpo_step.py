@@ -13,7 +13,7 @@ instructor's cached tokens; no reference image), --groups groups of --group-size
 steps (shift 3, noise level 0.7), --train-steps trained steps, clip range 1e-3, KL beta 0.01,
 AdamW lr 1e-3, grad clip 1. The rewards are the trainer's own (grpo.make_reward_fn on a
 VivaEditPipeline with that codec): PixelCodec decode + edit_rewards (R_IF, R_SP, PickScore)
-with a tiny CLIP (rewards.tiny_clip.build_tiny_clip in a temporary directory, on a few
+with a tiny CLIP (embedded.clip.build_tiny_clip in a temporary directory, on a few
 captions, untrained: the cost is the same) used as both the CLIP and the PickScore model.
 
 1. Time split of one GRPO iteration. The phases of grpo.grpo_iteration, timed by calling the
@@ -55,11 +55,11 @@ from pathlib import Path
 import torch
 from bench_common import machine, ms, note, sync, table
 
+from viva_pipelines.embedded.clip import build_tiny_clip
 from viva_pipelines.model.codecs import PixelCodec
 from viva_pipelines.model.pipeline import Conditions, ModelSpec, VivaEditPipeline
 from viva_pipelines.model.transformer import build_transformer, tiny_transformer_config
 from viva_pipelines.rewards.clip_rewards import ClipScorer
-from viva_pipelines.rewards.tiny_clip import build_tiny_clip
 from viva_pipelines.train.config import RewardWeights
 from viva_pipelines.train.grpo import (
     CandidateBatch,

@@ -15,24 +15,24 @@ import pytest
 
 from viva_pipelines.definitions import build_definitions
 from viva_pipelines.demo_world.dataset import scene_seed
-from viva_pipelines.evaluation import benchmark as bench
-from viva_pipelines.evaluation.demo_suite import (
-    MANIFEST,
+from viva_pipelines.demo_world.suite import (
     SUITE_WORLD,
     SuiteGeometry,
     _scene,
     build_demo_suite,
     render_case,
 )
+from viva_pipelines.embedded.clip import build_tiny_clip
+from viva_pipelines.evaluation import benchmark as bench
 from viva_pipelines.evaluation.suite import (
     CATEGORIES,
+    MANIFEST,
     leaked_instances,
     load_suite,
     training_video_hashes,
 )
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.rewards.clip_rewards import ClipScorer
-from viva_pipelines.rewards.tiny_clip import build_tiny_clip
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.normalise import NormaliseSpec
 

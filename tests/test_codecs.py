@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLHunyuanVideo
 
+from viva_pipelines.embedded.vae import tiny_hunyuan_vae
 from viva_pipelines.model.codecs import (
     CODEC_FILE,
     HunyuanVideoVaeCodec,
@@ -17,7 +18,6 @@ from viva_pipelines.model.codecs import (
     VideoCodec,
     check_hunyuan_vae_layout,
     load_codec,
-    tiny_hunyuan_vae,
 )
 
 

@@ -6,9 +6,9 @@ import pytest
 from viva_pipelines.definitions import build_definitions
 from viva_pipelines.defs.jobs import SHARD_JOB
 from viva_pipelines.demo_world import generate_demo_videos
+from viva_pipelines.embedded.masks import build_tiny_grounding_dino
 from viva_pipelines.ingest.shards import scan_and_register
 from viva_pipelines.masks.shard import KEPT, load_mask, manifest_key
-from viva_pipelines.masks.tiny_models import build_tiny_grounding_dino
 from viva_pipelines.storage import Storage
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from viva_pipelines.embedded.diffusers import save_tiny_inpaint_pipeline
 from viva_pipelines.pairs.diffusers_backend import (
     DiffusersBackend,
     DiffusersBackendConfig,
     pipeline_size,
 )
-from viva_pipelines.pairs.tiny_diffusers import save_tiny_inpaint_pipeline
 
 T, H, W = 3, 24, 40  # not square, not the pipeline size: exercises the resize both ways
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
+from viva_pipelines.embedded.clip import build_tiny_clip
 from viva_pipelines.evaluation.metrics import (
     background_preservation,
     clip_frame_consistency,
@@ -22,7 +23,6 @@ from viva_pipelines.evaluation.metrics import (
     video_metrics,
 )
 from viva_pipelines.rewards.clip_rewards import ClipScorer
-from viva_pipelines.rewards.tiny_clip import build_tiny_clip
 
 TEXTS = ["a red square", "a blue circle"]
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from viva_pipelines.embedded.instructor import build_tiny_instructor, instruction_vocabulary
 from viva_pipelines.model.instructor import (
     PROMPTS_DIR,
     Instructor,
@@ -18,7 +19,6 @@ from viva_pipelines.model.instructor import (
     PromptTemplate,
     load_prompt_template,
 )
-from viva_pipelines.model.tiny_instructor import build_tiny_instructor, instruction_vocabulary
 
 #: The tiny model's geometry (build_tiny_instructor defaults): 32 px images in 8 px patches.
 IMAGE_TOKENS = (32 // 8) ** 2

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tests.sft_fixtures import write_tiny_dataset
+from viva_pipelines.embedded.instructor import ensure_tiny_instructor
 from viva_pipelines.model.instructor import Instructor, InstructorConfig
-from viva_pipelines.model.tiny_instructor import ensure_tiny_instructor
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.config import PretrainOptions
 from viva_pipelines.train.instructor import (

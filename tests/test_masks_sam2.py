@@ -14,13 +14,13 @@ import pytest
 import torch
 from transformers import AutoProcessor, GroundingDinoForObjectDetection, GroundingDinoProcessor
 
+from viva_pipelines.embedded.masks import build_tiny_grounding_dino, tiny_sam2_tracking_config
 from viva_pipelines.masks.sam2_backend import (
     Sam2Tracker,
     _distinct_best,
     _grounded_phrase,
     phrases_from_caption,
 )
-from viva_pipelines.masks.tiny_models import build_tiny_grounding_dino, tiny_sam2_tracking_config
 
 PHRASES = ["red square", "coffee cup"]
 T, H, W = 4, 48, 64  # H != W catches transposed masks

@@ -8,6 +8,7 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from viva_pipelines.demo_world import (
     PALETTE,
@@ -16,21 +17,16 @@ from viva_pipelines.demo_world import (
     ObjectSpec,
     SceneSpec,
     Trajectory,
+    object_bank,
     random_scene,
     render,
 )
+from viva_pipelines.embedded.opencv_backend import LOOKS, OpenCVBackend, looks_in
 from viva_pipelines.masks.types import TrackedObject
 from viva_pipelines.pairs import captions
 from viva_pipelines.pairs import generators as gen
 from viva_pipelines.pairs.captions import position_phrase
-from viva_pipelines.pairs.opencv_backend import (
-    LOOKS,
-    OpenCVBackend,
-    dilate_masks,
-    looks_in,
-    recolor,
-    rgb_to_lab,
-)
+from viva_pipelines.pairs.pixels import dilate_masks, recolor, rgb_to_lab
 from viva_pipelines.pairs.types import EDIT_TYPES, GLOBAL_EDITS, EditPair
 
 SMALL = {"width": 64, "height": 64, "num_frames": 8, "fps": 8}
@@ -254,10 +250,13 @@ def test_color_avoids_the_objects_own_colour_when_the_label_does_not_name_it():
 def test_swap_draws_a_different_object_inside_the_mask(edit_type: str):
     scene = crossing_scene()
     frames, objects = clip(scene)
-    bank = [BankEntry("star", "yellow"), BankEntry("circle", "red"), BankEntry("square", "green")]
-    options = dataclasses.replace(options_for(objects), object_bank=bank)
+    vocabulary = dataclasses.replace(
+        TEMPLATES, objects=("yellow star", "red circle", "green square")
+    )
     generate = gen.LOCAL_GENERATORS[edit_type]
-    pair = generate(frames, objects[0], scene.caption(), BACKEND, TEMPLATES, rng(), options)
+    pair = generate(
+        frames, objects[0], scene.caption(), BACKEND, vocabulary, rng(), options_for(objects)
+    )
     # Sharing no word with "red square", the only candidate is the yellow star.
     assert pair.params["new_object"] == "yellow star"
     assert_outside_unchanged(pair)
@@ -446,6 +445,42 @@ def test_bad_templates_fail_naming_the_entry(tmp_path, text: str, error: str):
     path.write_text(text)
     with pytest.raises(ValueError, match=error):
         gen.load_templates(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"colours": {"red": [255, 0, 0]}}, "colours: expected a mapping of at least 2"),
+        ({"colours": {"red": [255, 0, 0], "teal": [0, 128, 300]}}, r"colours\.teal"),
+        ({"colours": {"red": [255, 0, 0], "teal": "#008080"}}, r"colours\.teal"),
+        ({"objects": []}, "objects: expected a list"),
+        ({"objects": ["cat", ""]}, "objects: expected a list"),
+    ],
+)
+def test_bad_vocabulary_fails_naming_the_entry(tmp_path, change: dict, error: str):
+    doc = yaml.safe_load(gen.DEFAULT_TEMPLATES.read_text()) | change
+    path = tmp_path / "vocabulary.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match=error):
+        gen.load_templates(path)
+
+
+def test_the_default_vocabulary_is_what_the_demo_world_draws():
+    """The demo's swaps and recolours must show objects and colours of its own world (its
+    benchmark's ground truth is rendered from them); production code only reads the file."""
+    assert TEMPLATES.colours == PALETTE
+    assert TEMPLATES.objects == tuple(entry.label for entry in object_bank())
+
+
+def test_colour_edits_paint_the_vocabulary_colours(tmp_path):
+    """A production vocabulary replaces the palette: colour edits pick from it and paint it."""
+    scene = crossing_scene()
+    frames, objects = clip(scene)
+    teal = (0, 128, 128)
+    vocabulary = dataclasses.replace(TEMPLATES, colours={"red": PALETTE["red"], "teal": teal})
+    pair = gen.color(frames, objects[0], scene.caption(), BACKEND, vocabulary, rng(), OPTIONS)
+    assert pair.params["colour"] == "teal" and "teal" in pair.instruction
+    assert colour_fraction(pair.target[pair.mask & objects[0].masks], teal, tolerance=12) > 0.9
 
 
 @pytest.mark.parametrize("seed", range(12))

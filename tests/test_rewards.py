@@ -16,17 +16,17 @@ import torch
 from transformers import CLIPModel, CLIPProcessor
 
 from tests.sft_fixtures import write_tiny_dataset
+from viva_pipelines.embedded.clip import (
+    build_tiny_clip,
+    contrastive_loss,
+    dataset_pairs,
+    train_tiny_clip,
+)
 from viva_pipelines.masks.shard import load_frames
 from viva_pipelines.rewards.clip_rewards import (
     ClipScorer,
     edit_rewards,
     instruction_following,
-)
-from viva_pipelines.rewards.tiny_clip import (
-    build_tiny_clip,
-    contrastive_loss,
-    dataset_pairs,
-    train_tiny_clip,
 )
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.config import RewardWeights

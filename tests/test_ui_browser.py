@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, write_conf
-from viva_pipelines.evaluation.demo_suite import SuiteGeometry, build_demo_suite
+from viva_pipelines.demo_world.suite import SuiteGeometry, build_demo_suite
 from viva_pipelines.storage import Storage
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -40,7 +40,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 def _demo_data(args: argparse.Namespace) -> int:
     from viva_pipelines.config.schema import is_remote
     from viva_pipelines.demo_world import generate_demo_videos
-    from viva_pipelines.evaluation.demo_suite import SuiteGeometry, build_demo_suite
+    from viva_pipelines.demo_world.suite import SuiteGeometry, build_demo_suite
     from viva_pipelines.storage import Storage
 
     settings = get_settings()

@@ -211,6 +211,11 @@ class PairsSettings(Section):
     per_type: PositiveInt = 1
     seed: int = 0  # the same seed makes the same pairs from the same videos
     dilation: Annotated[int, Field(ge=0)] = 4
+    vocabulary: str | None = Field(
+        None,
+        description="the edit vocabulary file (instruction templates, tones, styles, colours "
+        "and objects); null: assets/prompts/edit_instructions.yaml",
+    )
     diffusers: DiffusersSettings = DiffusersSettings()
 
 

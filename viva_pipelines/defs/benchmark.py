@@ -18,8 +18,8 @@ from viva_pipelines.defs.training import (
     latest_data_version,
 )
 from viva_pipelines.evaluation import benchmark as bench
-from viva_pipelines.evaluation.demo_suite import MANIFEST
 from viva_pipelines.evaluation.suite import (
+    MANIFEST,
     SuiteError,
     leaked_instances,
     load_suite,

@@ -13,7 +13,6 @@ from viva_pipelines.masks import shard as masks
 from viva_pipelines.masks.tracks import TrackRules
 from viva_pipelines.masks.types import MaskBackend
 from viva_pipelines.pairs import shard as pairs
-from viva_pipelines.pairs.opencv_backend import OpenCVBackend
 from viva_pipelines.pairs.types import EditBackend
 from viva_pipelines.previews import markdown_image
 from viva_pipelines.qc import checks
@@ -45,6 +44,8 @@ def mask_backend(settings: Settings) -> MaskBackend:
 
 def edit_backend(settings: Settings) -> EditBackend:
     if settings.pairs.backend == "opencv":
+        from viva_pipelines.embedded.opencv_backend import OpenCVBackend
+
         return OpenCVBackend()
     if not settings.models.inpainting:
         raise dg.Failure(
@@ -160,13 +161,10 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
         store, shard = storage.get(), context.partition_key
         raw = _read_upstream(store, ingest.manifest_key(shard), "raw_videos", shard)
         tracks = _read_upstream(store, masks.manifest_key(shard), "tracked_masks", shard)
-        options = pairs.PairOptions(
-            edit_types=settings.pairs.edit_types, per_type=settings.pairs.per_type,
-            seed=settings.pairs.seed, dilation=settings.pairs.dilation, crf=settings.ingest.crf,
-        )  # fmt: skip
         result = pairs.pair_shard(
-            store, shard, raw, tracks, edit_backend(settings), options, _progress(context)
-        )
+            store, shard, raw, tracks, edit_backend(settings), settings.pairs,
+            settings.ingest.crf, _progress(context),
+        )  # fmt: skip
         m = result.manifest
         preview = pairs.write_preview(store, shard, m)
         gaps = pairs.local_edit_gaps(raw, tracks, m)

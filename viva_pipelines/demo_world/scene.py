@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from viva_pipelines.pairs.captions import with_article
+
 #: Well-separated colours, so "the red object" is never ambiguous.
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -247,7 +249,3 @@ class SceneSpec:
             seed=doc.get("seed", 0),
             extra=dict(doc.get("extra", {})),
         )
-
-
-def with_article(label: str) -> str:
-    return f"{'an' if label[0] in 'aeiou' else 'a'} {label}"

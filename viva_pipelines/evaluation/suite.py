@@ -29,6 +29,9 @@ CATEGORIES = ("swap", "color", "add", "remove", "style", "tone", "hybrid", "ref_
 REQUIRED = ("id", "category", "source_video", "instruction", "source_caption", "target_caption")
 OPTIONAL = ("reference_image", "target_video", "edit_mask")
 # Fields that name files under the root: checked for escapes and (optionally) existence.
+#: Manifest key of a suite in its media root (where the demo suite is written, and where the
+#: benchmark looks when ``benchmark.manifest`` is not set).
+MANIFEST = "manifest.jsonl"
 PATH_FIELDS = ("source_video", "reference_image", "target_video", "edit_mask")
 # Reference-guided categories are meaningless without the reference image.
 NEEDS_REFERENCE = ("ref_swap", "ref_add")

@@ -14,13 +14,19 @@ import re
 
 import numpy as np
 
-from viva_pipelines.demo_world.scene import PALETTE, with_article
-
 #: Colour words recognised in labels (a recoloured "black dog" becomes a "yellow dog", not a
 #: "yellow black dog").
-COLOUR_WORDS = (*PALETTE, "black", "grey", "gray", "purple", "pink", "brown", "violet")
+COLOUR_WORDS = (
+    *("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "white", "black"),
+    *("grey", "gray", "purple", "pink", "brown", "violet"),
+)
 
 _LIST_ITEM_BEFORE = re.compile(r", (?=(?:a|an|the)\s[^,]*$)", re.IGNORECASE)
+
+
+def with_article(label: str) -> str:
+    """``label`` with its indefinite article: "a red circle", "an orange star"."""
+    return f"{'an' if label[0] in 'aeiou' else 'a'} {label}"
 
 
 def _find(caption: str, label: str) -> re.Match[str] | None:

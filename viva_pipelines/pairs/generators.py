@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from viva_pipelines.demo_world.scene import PALETTE, BankEntry, with_article
-from viva_pipelines.demo_world.scene import object_bank as demo_bank
 from viva_pipelines.masks.types import TrackedObject
 from viva_pipelines.pairs import captions
-from viva_pipelines.pairs.opencv_backend import check_clip, dilate_masks, recolor, rgb_to_lab
+from viva_pipelines.pairs.captions import with_article
+from viva_pipelines.pairs.pixels import check_clip, dilate_masks, recolor, rgb_to_lab
 from viva_pipelines.pairs.types import EDIT_TYPES, GLOBAL_EDITS, LOCAL_EDITS, EditBackend, EditPair
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "prompts"
@@ -50,9 +49,6 @@ HYBRID_RECIPES: tuple[tuple[str, str], ...] = (
     ("style", "tone"),
 )
 
-#: A new object for swaps: a demo-world bank entry or just a label.
-NewObject = BankEntry | str
-
 _TEMPLATE_FIELDS = {
     "object": "red circle",
     "a_object": "a red circle",
@@ -71,12 +67,16 @@ _TEMPLATE_FIELDS = {
 
 @dataclass(frozen=True)
 class Templates:
-    """Instruction wordings per edit type, and the tone / style vocabularies (name -> phrase
-    used in captions, instructions and as the restyle prompt)."""
+    """The edit vocabulary: instruction wordings per edit type; the tone / style vocabularies
+    (name -> phrase used in captions, instructions and as the restyle prompt); the colours
+    ``color`` edits paint (name -> RGB); the objects ``swap`` edits put in (labels, which are
+    also the backend's prompt)."""
 
     instructions: Mapping[str, tuple[str, ...]]
     tones: Mapping[str, str]
     styles: Mapping[str, str]
+    colours: Mapping[str, tuple[int, int, int]]
+    objects: tuple[str, ...]
 
     def instruction(
         self, edit_type: str, rng: np.random.Generator, **fields: str
@@ -89,8 +89,9 @@ class Templates:
 
 def load_templates(path: str | os.PathLike | None = None) -> Templates:
     """Read and check the templates file (default: the repository's
-    ``assets/prompts/edit_instructions.yaml``); a missing edit type, an empty list or an unknown
-    placeholder fails here, naming it, rather than in the middle of a shard."""
+    ``assets/prompts/edit_instructions.yaml``); a missing edit type, an empty list, an unknown
+    placeholder or a colour that is not three bytes fails here, naming it, rather than in the
+    middle of a shard."""
     path = Path(path) if path is not None else DEFAULT_TEMPLATES
     doc = yaml.safe_load(path.read_text())
     if not isinstance(doc, dict):
@@ -115,11 +116,26 @@ def load_templates(path: str | os.PathLike | None = None) -> Templates:
         if not all(isinstance(v, str) for v in vocabulary.values()):
             raise ValueError(f"{path}: {key}: expected a mapping of names to phrases")
         vocabularies[key] = dict(vocabulary)
+    colours = doc.get("colours")
+    if not isinstance(colours, dict) or len(colours) < 2:
+        raise ValueError(f"{path}: colours: expected a mapping of at least 2 names to RGB")
+    for name, rgb in colours.items():
+        if not (isinstance(rgb, list) and len(rgb) == 3 and all(_is_byte(c) for c in rgb)):
+            raise ValueError(f"{path}: colours.{name}: expected [r, g, b] in 0..255, got {rgb!r}")
+    objects = doc.get("objects")
+    if not objects or not all(isinstance(o, str) and o.strip() for o in objects):
+        raise ValueError(f"{path}: objects: expected a list of object labels")
     return Templates(
         {k: tuple(v) for k, v in instructions.items()},
         vocabularies["tones"],
         vocabularies["styles"],
+        {name: tuple(rgb) for name, rgb in colours.items()},
+        tuple(objects),
     )
+
+
+def _is_byte(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
 
 
 @dataclass(frozen=True)
@@ -128,13 +144,11 @@ class LocalOptions:
 
     ``dilation``: pixels an object's mask grows by to form the edit region (its rim and codec
     halo go with it). ``others``: the video's tracked objects (the edited one may be among
-    them), kept out of the edit region and out of what inpainting copies. ``object_bank``: the
-    new objects swaps draw from (default: the demo world's bank).
+    them), kept out of the edit region and out of what inpainting copies.
     """
 
     dilation: int = DEFAULT_DILATION
     others: Sequence[TrackedObject] = ()
-    object_bank: Sequence[NewObject] | None = None
 
 
 #: ``(frames, obj, caption, backend, templates, rng, options) -> EditPair``
@@ -185,10 +199,6 @@ def _object_params(
         "template": template,
         "backend": backend,
     }
-
-
-def _label(new: NewObject) -> str:
-    return new.label if isinstance(new, BankEntry) else new
 
 
 def object_crop(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -292,13 +302,18 @@ def ref_add(
     return _removal_pair("ref_add", frames, obj, caption, backend, templates, rng, options)
 
 
-def _pick_colour(frames: np.ndarray, obj: TrackedObject, rng: np.random.Generator) -> str:
-    """A palette colour other than the one the label names and not close to the object's own
+def _pick_colour(
+    frames: np.ndarray,
+    obj: TrackedObject,
+    colours: Mapping[str, tuple[int, int, int]],
+    rng: np.random.Generator,
+) -> str:
+    """One of ``colours`` other than the one the label names and not close to the object's own
     (so "make the cat orange" is never drawn for an orange cat)."""
     named = captions.label_colour(obj.label)
-    choices = [c for c in PALETTE if c != named]
+    choices = [c for c in colours if c != named]
     own = rgb_to_lab(np.median(frames[obj.masks], axis=0).astype(np.uint8))[0]
-    palette = rgb_to_lab(np.array([PALETTE[c] for c in choices], np.uint8))
+    palette = rgb_to_lab(np.array([colours[c] for c in choices], np.uint8))
     distinct = np.linalg.norm(palette - own, axis=1) >= MIN_COLOUR_CHANGE
     choices = [c for c, keep in zip(choices, distinct, strict=True) if keep] or choices
     return choices[int(rng.integers(len(choices)))]
@@ -313,15 +328,15 @@ def color(
     rng: np.random.Generator,
     options: LocalOptions | None = None,
 ) -> EditPair:
-    """The object recoloured to another palette colour, shading kept (see
-    :func:`~viva_pipelines.pairs.opencv_backend.recolor`).
+    """The object recoloured to another of the vocabulary's colours, shading kept (see
+    :func:`~viva_pipelines.pairs.pixels.recolor`).
 
     Whatever the backend, the colour change is this exact pixel transform: a generative model
     would not keep the object's shape and shading, which is what makes a colour edit a colour
     edit. The backend is taken for a uniform signature only.
     """
     options = options or LocalOptions()
-    colour = _pick_colour(frames, obj, rng)
+    colour = _pick_colour(frames, obj, templates.colours, rng)
     instruction, index = templates.instruction("color", rng, object=obj.label, colour=colour)
     params = {
         **_object_params(obj, "opencv", options, index),
@@ -331,7 +346,7 @@ def color(
     return EditPair(
         "color",
         frames,
-        recolor(frames, obj.masks, PALETTE[colour]),
+        recolor(frames, obj.masks, templates.colours[colour]),
         _footprint(obj, options)[0],
         instruction,
         caption,
@@ -359,11 +374,10 @@ def _swap_pair(
     cat, never a yellow circle (a colour edit) nor a red square (inside the circle's mask, a
     red square is a red circle)."""
     options = options or LocalOptions()
-    bank = options.object_bank or demo_bank()
-    candidates = [n for n in bank if not _words(_label(n)) & _words(obj.label)]
+    candidates = [n for n in templates.objects if not _words(n) & _words(obj.label)]
     if not candidates:
-        raise ValueError(f"no object in the bank differs from {obj.label!r}")
-    new_label = _label(candidates[int(rng.integers(len(candidates)))])
+        raise ValueError(f"no object of the vocabulary differs from {obj.label!r}")
+    new_label = candidates[int(rng.integers(len(candidates)))]
     prompt = with_article(new_label)
     region, removed = _without(frames, obj, backend, options)
     reference = reference_image(backend, prompt) if edit_type == "ref_swap" else None
@@ -397,7 +411,7 @@ def swap(
     rng: np.random.Generator,
     options: LocalOptions | None = None,
 ) -> EditPair:
-    """The object replaced, in its dilated mask, by a different one from the object bank."""
+    """The object replaced, in its dilated mask, by a different one from the vocabulary's objects."""
     return _swap_pair("swap", frames, obj, caption, backend, templates, rng, options)
 
 
@@ -567,7 +581,6 @@ def generate_pairs(
     *,
     seed: int,
     templates: Templates | None = None,
-    object_bank: Sequence[NewObject] | None = None,
     per_type: int = 1,
     dilation: int = DEFAULT_DILATION,
     min_area: float = MIN_AREA,
@@ -586,7 +599,7 @@ def generate_pairs(
         raise ValueError(f"unknown edit types {unknown}; known: {', '.join(EDIT_TYPES)}")
     templates = templates or load_templates()
     usable = usable_objects(frames, objects, min_area)
-    options = LocalOptions(dilation, tuple(objects), object_bank)
+    options = LocalOptions(dilation, tuple(objects))
     pairs = []
     for edit_type in dict.fromkeys(edit_types):
         rng = np.random.default_rng([seed, EDIT_TYPES.index(edit_type)])

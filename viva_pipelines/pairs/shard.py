@@ -12,8 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from viva_pipelines.config.schema import PairsSettings
 from viva_pipelines.manifests import FAILED, ManifestResult, item_failure, write_manifest
 from viva_pipelines.masks.shard import (
     KEPT,
@@ -55,15 +55,6 @@ MANIFEST_SCHEMA = {
     "mask_stability": "Float64", "inside_change": "Float64", "outside_change": "Float64",
     "total_change": "Float64",
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class PairOptions:
-    edit_types: Sequence[str]
-    per_type: int = 1
-    seed: int = 0
-    dilation: int = 4
-    crf: int = 12
 
 
 def manifest_key(shard: str) -> str:
@@ -105,7 +96,8 @@ def pair_shard(
     raw_manifest: pd.DataFrame,
     tracks: pd.DataFrame,
     backend: EditBackend,
-    options: PairOptions,
+    settings: PairsSettings,
+    crf: int,
     on_progress: Callable[[int, int, str], None] | None = None,
 ) -> ManifestResult:
     """Generate, store and measure the pairs of every ``ok`` video of the shard.
@@ -117,7 +109,7 @@ def pair_shard(
     videos = raw_manifest[raw_manifest["status"] == "ok"]
     kept = tracks[tracks["status"] == KEPT]
     no_masks = videos_without_masks(tracks)
-    templates = load_templates()  # once per shard: a bad templates file fails before any video
+    templates = load_templates(settings.vocabulary)  # once per shard: a bad file fails first
     rows: list[dict[str, Any]] = []
     for done, video in enumerate(tqdm(videos.itertuples(), total=len(videos), desc=shard), 1):
         base = {"video_id": video.video_id, "shard": shard, "backend": backend.name}
@@ -134,9 +126,9 @@ def pair_shard(
                          "reason": reason})  # fmt: skip
             continue
         video_rows = []
-        for edit_type in dict.fromkeys(options.edit_types):
+        for edit_type in dict.fromkeys(settings.edit_types):
             video_rows += _pairs_of_type(
-                storage, shard, video, frames, objects, edit_type, backend, options, templates
+                storage, shard, video, frames, objects, edit_type, backend, settings, crf, templates
             )
         if not video_rows:
             why = no_masks.get(video.video_id, NO_USABLE_OBJECT)
@@ -156,7 +148,8 @@ def _pairs_of_type(
     objects: list[TrackedObject],
     edit_type: str,
     backend: EditBackend,
-    options: PairOptions,
+    settings: PairsSettings,
+    crf: int,
     templates: Templates,
 ) -> list[dict[str, Any]]:
     """The manifest rows of one video's pairs of one edit type: stored pairs, or ``failed``
@@ -168,8 +161,8 @@ def _pairs_of_type(
     try:
         pairs = generate_pairs(
             frames, objects, caption, [edit_type], backend,
-            seed=_video_seed(options.seed, video.video_id), per_type=options.per_type,
-            dilation=options.dilation, templates=templates,
+            seed=_video_seed(settings.seed, video.video_id), per_type=settings.per_type,
+            dilation=settings.dilation, templates=templates,
         )  # fmt: skip
     except Exception as exc:
         reason = item_failure(exc, f"{edit_type} pairs of {video.video_id}")
@@ -178,9 +171,9 @@ def _pairs_of_type(
     for index, pair in enumerate(pairs):
         pair_id = f"{video.video_id}-{edit_type}-{index}"
         try:
-            rows.append(
-                _store_pair(storage, shard, pair_id, video, frames, pair, backend.name, options)
-            )
+            stored = _store_pair(storage, shard, pair_id, video, frames, pair, backend.name, crf)
+            rows.append({**stored, **pair_metrics(pair.source, pair.target, pair.mask,
+                                                  dilation=settings.dilation)})  # fmt: skip
         except Exception as exc:
             reason = item_failure(exc, f"pair {pair_id}")
             storage.delete(f"{ASSET}/{shard}/{pair_id}")  # what it wrote before failing
@@ -213,7 +206,7 @@ def _store_pair(
     frames: np.ndarray,
     pair: EditPair,
     backend: str,
-    options: PairOptions,
+    crf: int,
 ) -> dict[str, Any]:
     prefix = f"{ASSET}/{shard}/{pair_id}"
     fps = float(video.fps)
@@ -222,10 +215,10 @@ def _store_pair(
     else:
         source_key = f"{prefix}/source.mp4"
         with storage.staged(source_key) as path:
-            write_video(path, pair.source, fps, crf=options.crf)
+            write_video(path, pair.source, fps, crf=crf)
     target_key = f"{prefix}/target.mp4"
     with storage.staged(target_key) as path:
-        write_video(path, pair.target, fps, crf=options.crf)
+        write_video(path, pair.target, fps, crf=crf)
     save_mask(storage, f"{prefix}/mask.npz", pair.mask)
     reference_key = None
     if pair.reference is not None:
@@ -247,5 +240,4 @@ def _store_pair(
         "target_key": target_key, "mask_key": f"{prefix}/mask.npz",
         "reference_key": reference_key, **{k: v[0] for k, v in keys.items()}, "key_frame": key,
         "fps": fps, "backend": backend, "params": json.dumps(pair.params, sort_keys=True, default=str),
-        **pair_metrics(pair.source, pair.target, pair.mask, dilation=options.dilation),
     }  # fmt: skip

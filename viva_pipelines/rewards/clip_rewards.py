@@ -128,7 +128,7 @@ class ClipScorer:
     batched: the one object the rewards need from a CLIP checkpoint.
 
     ``model``: a local directory (``save_pretrained`` output, e.g. a tiny CLIP from
-    :mod:`viva_pipelines.rewards.tiny_clip`) or a hub id (``openai/clip-vit-large-patch14``,
+    :mod:`viva_pipelines.embedded.clip`) or a hub id (``openai/clip-vit-large-patch14``,
     ``yuvalkirstain/PickScore_v1``; the hub revision is pinned to a commit once, so the model,
     tokenizer and processor come from the same state). ``processor``: where the tokenizer
     and image processor come from when the model's repository has none: PickScore_v1 ships

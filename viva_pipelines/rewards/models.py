@@ -73,8 +73,8 @@ def prepare_reward_models(
 
 
 def _train_tiny(storage: Storage, manifest: pd.DataFrame, options: TinyClipOptions) -> dict:
+    from viva_pipelines.embedded.clip import build_tiny_clip, dataset_pairs, train_tiny_clip
     from viva_pipelines.rewards.clip_rewards import ClipScorer
-    from viva_pipelines.rewards.tiny_clip import build_tiny_clip, dataset_pairs, train_tiny_clip
 
     images, captions, val_images, val_captions = dataset_pairs(
         storage, manifest, frames_per_video=options.frames_per_video

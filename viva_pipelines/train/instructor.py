@@ -359,11 +359,11 @@ def prepare_instructor(
 
     With ``model`` (``models.instructor``: a local path or hub id) nothing is trained: a
     pretrained VLM already grounds instructions. Without it the tiny LLaVA that
-    :func:`~viva_pipelines.model.tiny_instructor.ensure_tiny_instructor` builds is pretrained
+    :func:`~viva_pipelines.embedded.instructor.ensure_tiny_instructor` builds is pretrained
     on the dataset and stored under ``instructor_model/<weights sha256>/``, so a different
     instructor is a different location (and a different SFT cache).
     """
-    from viva_pipelines.model.tiny_instructor import ensure_tiny_instructor
+    from viva_pipelines.embedded.instructor import ensure_tiny_instructor
     from viva_pipelines.rewards.clip_rewards import weights_sha256
 
     if model:

@@ -49,7 +49,6 @@ from viva_pipelines.model.pipeline import (
     VivaEditPipeline,
     sample_edit,
 )
-from viva_pipelines.model.tiny_instructor import ensure_tiny_instructor
 from viva_pipelines.model.transformer import (
     CONDITION_STREAMS,
     build_transformer,
@@ -101,6 +100,8 @@ def local_instructor(storage: Storage, location: str) -> str:
     temp dir under a name derived from its URI (published with an atomic rename, so
     concurrent ranks never see half a model); anything else as given."""
     if location == TINY:
+        from viva_pipelines.embedded.instructor import ensure_tiny_instructor
+
         return str(ensure_tiny_instructor())
     if not (storage.is_remote and location.startswith(storage.root_uri)):
         return location

@@ -43,7 +43,7 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     """A lower-casing byte-level BPE tokenizer in CLIP's shape: ``<|startoftext|> text
     <|endoftext|>``, right-padded with ``<pad>``. The end token matters: CLIP's text tower
     pools the hidden state at the first ``eos_token_id``, so every text must end with one.
-    (The instructor's tokenizer, :func:`viva_pipelines.model.tiny_instructor._train_tokenizer`,
+    (The instructor's tokenizer, :func:`viva_pipelines.embedded.instructor._train_tokenizer`,
     adds no end token and carries chat markup, so it does not fit.)"""
     from tokenizers import (
         Tokenizer,

@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 from viva_pipelines.demo_world.sample import random_scene
-from viva_pipelines.demo_world.scene import PALETTE, TONES, object_bank, with_article
+from viva_pipelines.demo_world.scene import PALETTE, TONES, object_bank
 from viva_pipelines.model.instructor import PromptTemplate, load_prompt_template
 from viva_pipelines.pairs import captions
+from viva_pipelines.pairs.captions import with_article
 from viva_pipelines.pairs.generators import HYBRID_RECIPES, as_clause, load_templates
 
 BOS, EOS, PAD, IMAGE = "<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<image>"

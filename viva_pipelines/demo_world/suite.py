@@ -39,12 +39,12 @@ from viva_pipelines.demo_world.scene import (
     ObjectSpec,
     SceneSpec,
     object_bank,
-    with_article,
 )
-from viva_pipelines.evaluation.suite import CATEGORIES, BenchInstance
+from viva_pipelines.embedded.opencv_backend import OpenCVBackend
+from viva_pipelines.evaluation.suite import CATEGORIES, MANIFEST, BenchInstance
 from viva_pipelines.pairs import captions
+from viva_pipelines.pairs.captions import with_article
 from viva_pipelines.pairs.generators import Templates, as_clause, load_templates, object_crop
-from viva_pipelines.pairs.opencv_backend import OpenCVBackend
 from viva_pipelines.pairs.types import EditPair
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.io import write_video
@@ -55,8 +55,6 @@ SUITE_WORLD = 20_260_611
 MASK_DILATION = 4
 #: Local-then-global recipes of the hybrid category, used in turn.
 HYBRID_RECIPES = (("color", "tone"), ("remove", "style"), ("swap", "tone"), ("remove", "color"))
-#: Manifest key of a rendered suite, relative to its root.
-MANIFEST = "manifest.jsonl"
 
 
 @dataclass(frozen=True)

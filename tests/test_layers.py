@@ -1,0 +1,82 @@
+"""The package's layering, checked on the source: library code has no Dagster in it, and
+production code never imports the demo world nor, at import time, the embedded stand-ins."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import viva_pipelines
+
+PACKAGE = Path(viva_pipelines.__file__).parent
+DEMO = ("viva_pipelines.demo_world",)
+STAND_INS = ("viva_pipelines.embedded",)
+#: Packages that are not production code: the demo world and the embedded profile's stand-ins.
+APART = {"demo_world", "embedded"}
+#: The command line offers the demo's own commands (`viva demo-data`), so it may reach the demo.
+DEMO_ENTRY_POINTS = {"cli.py"}
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in APART)
+
+
+def _imports(path: Path, *, top_level_only: bool) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def _offenders(prefixes: tuple[str, ...], *, top_level_only: bool, exempt=frozenset()) -> list:
+    return [
+        f"{path.relative_to(PACKAGE)}:{line} imports {name}"
+        for path in _modules()
+        if str(path.relative_to(PACKAGE)) not in exempt
+        for line, name in _imports(path, top_level_only=top_level_only)
+        if name.startswith(prefixes)
+    ]
+
+
+def test_production_code_never_imports_the_demo_world():
+    assert _offenders(DEMO, top_level_only=False, exempt=DEMO_ENTRY_POINTS) == []
+
+
+def test_production_code_reaches_the_stand_ins_only_when_configured_to():
+    """Imports of the embedded package sit inside the functions that handle a null
+    ``models.*`` entry or ``pairs.backend: opencv``, never at module level."""
+    assert _offenders(STAND_INS, top_level_only=True) == []
+
+
+def test_library_code_has_no_dagster():
+    """``dagster_pipes`` aside: the small protocol library a training process reports through."""
+    library = [p for p in _modules() if p.relative_to(PACKAGE).parts[0] not in {"defs"}]
+    library = [p for p in library if p.name not in {"definitions.py", "cli.py"}]
+    dagster = [
+        f"{path.relative_to(PACKAGE)}:{line} imports {name}"
+        for path in library
+        for line, name in _imports(path, top_level_only=False)
+        if name == "dagster" or name.startswith(("dagster.", "dagster_"))
+        if not name.startswith("dagster_pipes")
+    ]
+    assert dagster == []
+
+
+def test_loading_the_definitions_loads_neither_the_demo_nor_the_stand_ins():
+    code = (
+        "import sys, viva_pipelines.definitions;"
+        "print(sorted({m.split('.')[1] for m in sys.modules"
+        " if m.startswith('viva_pipelines.') and m.count('.') >= 1}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    loaded = set(ast.literal_eval(out.strip().splitlines()[-1]))
+    assert "defs" in loaded and not loaded & APART
