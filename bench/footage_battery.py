@@ -39,6 +39,7 @@ from bench_common import note, table
 from tests import video_fixtures as vf
 from tests.footage import ClipSpec, write_clip
 from viva_pipelines.config import load_settings
+from viva_pipelines.config.schema import QcSettings
 from viva_pipelines.definitions import build_definitions
 from viva_pipelines.defs.jobs import SHARD_JOB
 from viva_pipelines.ingest import raw_videos
@@ -226,7 +227,7 @@ def outcomes(storage: Storage, shards: list[str]):
     raw, tracks, pair_rows = (pd.concat(x, ignore_index=True) for x in (raw, tracks, pair_rows))
     no_masks = masks.videos_without_masks(tracks)
     gaps = pairs.local_edit_gaps(raw, tracks, pair_rows)
-    dataset = qc.build_qc_dataset(storage, [pair_rows], qc.QcConfig())
+    dataset = qc.build_qc_dataset(storage, [pair_rows], QcSettings())
     return raw, tracks, pair_rows, no_masks, gaps, dataset
 
 

@@ -551,8 +551,9 @@ def test_a_failing_vlm_is_retried_a_bounded_number_of_times_and_recorded(
     server, make_client, tmp_path, reply, requests, words
 ):
     from tests.test_qc import pair_rows
+    from viva_pipelines.config.schema import QcSettings
     from viva_pipelines.evaluation.judge import judge_edit
-    from viva_pipelines.qc.dataset import REJECTED, QcConfig, build_qc_dataset
+    from viva_pipelines.qc.dataset import REJECTED, build_qc_dataset
     from viva_pipelines.vlm import review_pair
 
     server.script = [reply]
@@ -564,7 +565,7 @@ def test_a_failing_vlm_is_retried_a_bounded_number_of_times_and_recorded(
 
     storage = Storage(str(tmp_path))
     started = time.monotonic()
-    qc = build_qc_dataset(storage, [pair_rows(storage)], QcConfig(), reviewer=reviewer)
+    qc = build_qc_dataset(storage, [pair_rows(storage)], QcSettings(), reviewer=reviewer)
     reviewed = qc.manifest[qc.manifest["reason"].fillna("").str.startswith("vlm")]
     assert len(reviewed) >= 1 and set(reviewed["status"]) == {REJECTED}
     for reason in reviewed["reason"]:

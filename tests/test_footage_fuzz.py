@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.footage import ClipSpec, clip_specs, write_clip
+from viva_pipelines.config.schema import QcSettings
 from viva_pipelines.definitions import build_definitions
 from viva_pipelines.defs.jobs import SHARD_JOB
 from viva_pipelines.ingest import raw_videos
@@ -90,6 +91,6 @@ def test_any_footage_flows_through_the_data_graph(make_settings, tmp_path_factor
         assert len(rows), f"{video_id} has neither pairs nor a reason"
         assert (rows["status"] == "ok").any() or rows["reason"].notna().all()
 
-    dataset = qc.build_qc_dataset(storage, [pair_rows], qc.QcConfig())
+    dataset = qc.build_qc_dataset(storage, [pair_rows], QcSettings())
     assert set(dataset.manifest["status"]) <= {qc.ACCEPTED, qc.REJECTED}
     assert not pd.isna(dataset.data_version)

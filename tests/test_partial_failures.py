@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from tests import video_fixtures as vf
+from viva_pipelines.config.schema import QcSettings
 from viva_pipelines.definitions import build_definitions
 from viva_pipelines.defs.jobs import SHARD_JOB
 from viva_pipelines.demo_world import generate_demo_videos
@@ -146,7 +147,7 @@ def test_a_pair_and_an_edit_type_that_fail_leave_the_rest_of_the_shard(shard_set
     }  # fmt: skip
 
     # QC carries the failed pairs as rejected and builds the dataset from the rest
-    result = qc.build_qc_dataset(storage, [manifest.reset_index()], qc.QcConfig())
+    result = qc.build_qc_dataset(storage, [manifest.reset_index()], QcSettings())
     videos = result.manifest[result.manifest["modality"] == "video"]
     assert len(videos) == len(manifest)
     assert (
@@ -168,7 +169,7 @@ def test_a_video_with_only_local_edit_types_and_no_objects_says_why_it_has_no_pa
     row = manifest.loc[_video_id(storage, PLAIN)]
     assert row["status"] == pairs.NO_PAIRS
     assert "has no annotations" in row["reason"]
-    result = qc.build_qc_dataset(storage, [manifest.reset_index()], qc.QcConfig())
+    result = qc.build_qc_dataset(storage, [manifest.reset_index()], QcSettings())
     assert _video_id(storage, PLAIN) not in set(result.manifest["video_id"])
 
 
@@ -190,7 +191,7 @@ def test_a_pair_whose_qc_raises_is_a_failed_row_and_the_dataset_completes(monkey
         return None
 
     monkeypatch.setattr(qc, "qc_rejection", qc_rejection)
-    result = qc.build_qc_dataset(Storage(str(tmp_path)), [rows], qc.QcConfig())
+    result = qc.build_qc_dataset(Storage(str(tmp_path)), [rows], QcSettings())
     videos = result.manifest[result.manifest["modality"] == "video"].set_index("pair_id")
     assert list(videos["status"]) == ["accepted", "failed", "accepted"]
     assert videos.loc["v1-tone-0", "reason"] == "KeyError: 'mask_fraction'"

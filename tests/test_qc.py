@@ -2,15 +2,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from viva_pipelines.config.schema import QcSettings, QcThresholdsSettings, VlmSettings
 from viva_pipelines.qc import checks
 from viva_pipelines.qc.dataset import (
     ACCEPTED,
     REJECTED,
-    QcConfig,
     build_qc_dataset,
     split_of,
 )
-from viva_pipelines.qc.rules import QcThresholds, dilate, pair_metrics, qc_rejection
+from viva_pipelines.qc.rules import dilate, pair_metrics, qc_rejection
 from viva_pipelines.storage import Storage
 from viva_pipelines.vlm.review import PairVerdict
 
@@ -63,7 +63,7 @@ def test_planted_bad_pairs_are_rejected(name, edit_type, make, words):
     if name == "empty mask":
         mask = np.zeros_like(mask)
     target = make(source, mask).astype(np.uint8)
-    reason = qc_rejection(_metrics(source, target, mask), edit_type, QcThresholds())
+    reason = qc_rejection(_metrics(source, target, mask), edit_type, QcThresholdsSettings())
     assert reason is not None and words in reason, (name, reason)
 
 
@@ -71,20 +71,26 @@ def test_a_clean_local_edit_passes_and_global_edits_skip_mask_rules():
     source, mask = clip(), square_mask()
     target = source.copy()
     target[mask] = 200
-    assert qc_rejection(_metrics(source, target, mask), "color", QcThresholds()) is None
+    assert qc_rejection(_metrics(source, target, mask), "color", QcThresholdsSettings()) is None
     everywhere = np.ones_like(mask)
     styled = (source * 0.5).astype(np.uint8)
-    assert qc_rejection(_metrics(source, styled, everywhere), "style", QcThresholds()) is None
-    assert qc_rejection(_metrics(source, styled, everywhere), "hybrid", QcThresholds()) is None
+    assert (
+        qc_rejection(_metrics(source, styled, everywhere), "style", QcThresholdsSettings()) is None
+    )
+    assert (
+        qc_rejection(_metrics(source, styled, everywhere), "hybrid", QcThresholdsSettings()) is None
+    )
     most = everywhere.copy()
     most[:, :2] = False  # 90 % of the frame: still a local edit, and far too large for one
-    assert "too large" in qc_rejection(_metrics(source, styled, most), "color", QcThresholds())
+    assert "too large" in qc_rejection(
+        _metrics(source, styled, most), "color", QcThresholdsSettings()
+    )
 
 
 def test_frame_count_mismatch_is_rejected():
     metrics = _metrics(clip(), clip(value=150), square_mask())
     metrics["frames_target"] = 3
-    assert "frame counts differ" in qc_rejection(metrics, "remove", QcThresholds())
+    assert "frame counts differ" in qc_rejection(metrics, "remove", QcThresholdsSettings())
 
 
 def test_split_is_deterministic_by_video_and_near_the_requested_fraction():
@@ -126,7 +132,7 @@ def pair_rows(storage: Storage) -> pd.DataFrame:
 
 def test_qc_dataset_filters_splits_and_cuts_image_pairs(tmp_path):
     storage = Storage(str(tmp_path))
-    config = QcConfig(edit_types=("remove", "color"), val_fraction=0.5)
+    config = QcSettings(val_fraction=0.5)
     result = build_qc_dataset(storage, [pair_rows(storage)], config)
     m = result.manifest.set_index("sample_id")
     assert m.loc["va-remove-0", "status"] == ACCEPTED
@@ -141,7 +147,7 @@ def test_qc_dataset_filters_splits_and_cuts_image_pairs(tmp_path):
     assert result.summary().loc["remove"].sum() == 4  # 2 videos x (video + image)
     assert result.rejection_reasons().index[0].startswith("changes outside the edit region")
 
-    looser = QcConfig(thresholds=QcThresholds(max_outside_change=10.0), edit_types=("remove",))
+    looser = QcSettings(thresholds=QcThresholdsSettings(max_outside_change=10.0))
     assert (
         build_qc_dataset(storage, [pair_rows(storage)], looser).data_version != result.data_version
     )
@@ -155,7 +161,7 @@ def test_reviewer_can_rewrite_reject_or_fail_without_stopping_the_run(tmp_path):
             return PairVerdict(keep=True, score=9, instruction="Erase the square.", reason="fine")
         raise TimeoutError("endpoint timed out twice")
 
-    result = build_qc_dataset(storage, [pair_rows(storage)], QcConfig(), reviewer=reviewer)
+    result = build_qc_dataset(storage, [pair_rows(storage)], QcSettings(), reviewer=reviewer)
     m = result.manifest.set_index("sample_id")
     assert m.loc["va-remove-0", "instruction"] == "Erase the square."
     assert m.loc["va-remove-0", "original_instruction"] == "remove it"
@@ -167,10 +173,10 @@ def test_reviewer_can_rewrite_reject_or_fail_without_stopping_the_run(tmp_path):
         keep = pair.video_id == "va"
         return PairVerdict(keep=keep, score=4, instruction="Remove it.", reason="blurry target")
 
-    rejected = build_qc_dataset(storage, [pair_rows(storage)], QcConfig(), reviewer=strict)
+    rejected = build_qc_dataset(storage, [pair_rows(storage)], QcSettings(), reviewer=strict)
     assert set(rejected.manifest["reason"].dropna()) >= {"vlm rejected: blurry target"}
     picky = build_qc_dataset(
-        storage, [pair_rows(storage)], QcConfig(min_vlm_score=5), reviewer=strict
+        storage, [pair_rows(storage)], QcSettings(vlm=VlmSettings(min_score=5)), reviewer=strict
     )
     reasons = picky.manifest.set_index("sample_id")["reason"]
     assert reasons["va-remove-0"] == "vlm score too low (4 < 5): blurry target"
@@ -178,7 +184,7 @@ def test_reviewer_can_rewrite_reject_or_fail_without_stopping_the_run(tmp_path):
 
 def test_checks_pass_on_a_good_dataset_and_fail_on_planted_faults(tmp_path):
     storage = Storage(str(tmp_path))
-    result = build_qc_dataset(storage, [pair_rows(storage)], QcConfig(val_fraction=0.0))
+    result = build_qc_dataset(storage, [pair_rows(storage)], QcSettings(val_fraction=0.0))
     m = result.manifest
     assert checks.train_split_non_empty(m)[0]
     assert checks.edit_types_present(m, ["remove"])[0]
@@ -192,7 +198,7 @@ def test_checks_pass_on_a_good_dataset_and_fail_on_planted_faults(tmp_path):
     storage.delete("synthetic_pairs/shard-000000/va-remove-0/target.mp4")
     ok, text = checks.referenced_files_exist(storage, m)
     assert not ok and "va-remove-0/target.mp4" in text
-    all_val = build_qc_dataset(storage, [pair_rows(storage)], QcConfig(val_fraction=0.9999))
+    all_val = build_qc_dataset(storage, [pair_rows(storage)], QcSettings(val_fraction=0.9999))
     assert not checks.train_split_non_empty(all_val.manifest)[0]
 
 
@@ -227,7 +233,7 @@ def test_external_image_pairs_are_validated_copied_and_split(tmp_path):
     assert "leaves the manifest's folder" in by_id["external-d"]["reason"]
     assert "line 5: missing target" in by_id["external-line-5"]["reason"]
     assert "line 6: not valid JSON" in by_id["external-line-6"]["reason"]
-    result = build_qc_dataset(storage, [pair_rows(storage)], QcConfig(), extra_rows=rows)
+    result = build_qc_dataset(storage, [pair_rows(storage)], QcSettings(), extra_rows=rows)
     external = result.manifest[result.manifest["sample_id"].str.startswith("external-")]
     assert (external["modality"] == "image").all() and len(external) == 6
     assert referenced_files_exist(storage, result.manifest)[0]

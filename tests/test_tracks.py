@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from viva_pipelines.config.schema import TrackRulesSettings
 from viva_pipelines.demo_world import random_scene, render
 from viva_pipelines.demo_world.dataset import scene_annotations
 from viva_pipelines.masks.shard import (
@@ -16,7 +17,7 @@ from viva_pipelines.masks.shard import (
     track_shard,
     videos_without_masks,
 )
-from viva_pipelines.masks.tracks import TrackRules, track_rejection, track_stats
+from viva_pipelines.masks.tracks import track_rejection, track_stats
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.annotations import sidecar_keys
 from viva_pipelines.video.io import write_video
@@ -70,9 +71,9 @@ def test_bad_tracks_are_dropped_with_a_reason(stats_change, word):
     masks = np.zeros((3, 20, 20), bool)
     masks[:, 5:10, 5:10] = True
     good = track_stats(masks)
-    assert track_rejection(good, TrackRules()) is None
+    assert track_rejection(good, TrackRulesSettings()) is None
     bad = good.__class__(**{**good.__dict__, **stats_change})
-    assert word in track_rejection(bad, TrackRules())
+    assert word in track_rejection(bad, TrackRulesSettings())
 
 
 def _ingested_shard(storage: Storage, scenes: list, with_annotations: list[bool]) -> pd.DataFrame:
@@ -101,7 +102,7 @@ def test_annotations_backend_tracks_every_object_of_a_shard(tmp_path):
     storage = Storage(str(tmp_path))
     scenes = [random_scene(s, width=64, height=48, num_frames=6, fps=6) for s in (1, 2)]
     raw = _ingested_shard(storage, [*scenes, scenes[0]], [True, True, False])
-    result = track_shard(storage, "shard-000000", raw, AnnotationsBackend(), TrackRules())
+    result = track_shard(storage, "shard-000000", raw, AnnotationsBackend(), TrackRulesSettings())
     m = result.manifest
     for i, scene in enumerate(scenes):
         rows = m[m["video_id"] == f"v{i}"].sort_values("object_id")
@@ -120,7 +121,7 @@ def test_annotations_backend_tracks_every_object_of_a_shard(tmp_path):
     assert list(unannotated["status"]) == [DROPPED]
     assert "no annotations" in unannotated["reason"].iloc[0]
     assert storage.read_parquet(manifest_key("shard-000000")).equals(m)
-    again = track_shard(storage, "shard-000000", raw, AnnotationsBackend(), TrackRules())
+    again = track_shard(storage, "shard-000000", raw, AnnotationsBackend(), TrackRulesSettings())
     assert again.data_version == result.data_version
 
 
@@ -150,5 +151,5 @@ def test_an_unreachable_storage_fails_the_shard_instead_of_dropping_videos(tmp_p
 
     monkeypatch.setattr(masks_shard, "load_frames", flaky)
     with pytest.raises(EndpointConnectionError):
-        track_shard(storage, "shard-000000", raw, AnnotationsBackend(), TrackRules())
+        track_shard(storage, "shard-000000", raw, AnnotationsBackend(), TrackRulesSettings())
     assert not storage.exists(manifest_key("shard-000000"))  # no manifest claiming a drop

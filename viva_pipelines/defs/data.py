@@ -10,7 +10,6 @@ from viva_pipelines.defs.resources import StorageResource, vlm_backend
 from viva_pipelines.ingest import raw_videos as ingest
 from viva_pipelines.manifests import FAILED, markdown_table, reason_counts
 from viva_pipelines.masks import shard as masks
-from viva_pipelines.masks.tracks import TrackRules
 from viva_pipelines.masks.types import MaskBackend
 from viva_pipelines.pairs import shard as pairs
 from viva_pipelines.pairs.types import EditBackend
@@ -19,7 +18,6 @@ from viva_pipelines.qc import checks
 from viva_pipelines.qc import dataset as qc
 from viva_pipelines.qc.external import external_image_rows
 from viva_pipelines.qc.review import make_pair_reviewer
-from viva_pipelines.qc.rules import QcThresholds
 from viva_pipelines.storage import Storage
 
 
@@ -115,9 +113,8 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
         per-object area, bbox and stability; lost or degenerate tracks dropped with a reason."""
         store, shard = storage.get(), context.partition_key
         raw = _read_upstream(store, ingest.manifest_key(shard), "raw_videos", shard)
-        rules = TrackRules(**settings.masks.rules.model_dump())
         result = masks.track_shard(
-            store, shard, raw, mask_backend(settings), rules, _progress(context)
+            store, shard, raw, mask_backend(settings), settings.masks.rules, _progress(context)
         )
         m = result.manifest
         kept = m[m["status"] == masks.KEPT]
@@ -188,15 +185,6 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
             data_version=dg.DataVersion(result.data_version),
         )
 
-    qc_config = qc.QcConfig(
-        thresholds=QcThresholds(**settings.qc.thresholds.model_dump()),
-        edit_types=tuple(settings.pairs.edit_types),
-        val_fraction=settings.qc.val_fraction,
-        split_seed=settings.qc.split_seed,
-        min_vlm_score=settings.qc.vlm.min_score,
-        reviewer=settings.qc.vlm.model_dump(),
-    )
-
     @dg.asset(
         deps=[dg.AssetDep(synthetic_pairs, partition_mapping=dg.AllPartitionMapping())],
         code_version=qc.CODE_VERSION,
@@ -222,7 +210,7 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
         result = qc.build_qc_dataset(
             store,
             (store.read_parquet(pairs.manifest_key(s)) for s in present),
-            qc_config,
+            settings.qc,
             pair_reviewer(settings, store),
             _external_rows(store),
         )

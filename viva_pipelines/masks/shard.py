@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from viva_pipelines.config.schema import TrackRulesSettings
 from viva_pipelines.manifests import FAILED, ManifestResult, item_failure, write_manifest
-from viva_pipelines.masks.tracks import TrackRules, track_rejection, track_stats
+from viva_pipelines.masks.tracks import track_rejection, track_stats
 from viva_pipelines.masks.types import MaskBackend, NoObjects, TrackedObject
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.annotations import Annotations
@@ -95,7 +96,7 @@ def track_shard(
     shard: str,
     raw_manifest: pd.DataFrame,
     backend: MaskBackend,
-    rules: TrackRules,
+    rules: TrackRulesSettings,
     on_progress: Callable[[int, int, str], None] | None = None,
 ) -> ManifestResult:
     """Track the objects of every ``ok`` video in ``raw_manifest`` (the shard's ``raw_videos``
@@ -153,7 +154,7 @@ def videos_without_masks(manifest: pd.DataFrame) -> pd.Series:
 
 
 def _object_row(
-    storage: Storage, shard: str, video_id: str, obj: TrackedObject, rules: TrackRules
+    storage: Storage, shard: str, video_id: str, obj: TrackedObject, rules: TrackRulesSettings
 ) -> dict[str, Any]:
     stats = track_stats(obj.masks)
     reason = track_rejection(stats, rules)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from viva_pipelines.config.schema import TrackRulesSettings
+
 
 @dataclass(frozen=True)
 class TrackStats:
@@ -50,15 +52,7 @@ def track_stats(masks: np.ndarray) -> TrackStats:
     )
 
 
-@dataclass(frozen=True)
-class TrackRules:
-    min_area_fraction: float = 0.002
-    max_area_fraction: float = 0.6
-    min_visible_fraction: float = 0.5
-    min_stability: float = 0.3
-
-
-def track_rejection(stats: TrackStats, rules: TrackRules) -> str | None:
+def track_rejection(stats: TrackStats, rules: TrackRulesSettings) -> str | None:
     """Why a track is unusable for editing, or ``None`` when it is fine."""
     if stats.visible_fraction < rules.min_visible_fraction:
         return (

@@ -8,18 +8,17 @@ review looks at.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
 
+from viva_pipelines.config.schema import QcSettings
 from viva_pipelines.manifests import FAILED, ManifestResult, item_failure, write_manifest
 from viva_pipelines.pairs.shard import NO_PAIRS
-from viva_pipelines.qc.rules import QcThresholds, qc_rejection
+from viva_pipelines.qc.rules import qc_rejection
 from viva_pipelines.storage import Storage
 from viva_pipelines.vlm.review import PairVerdict
 
@@ -46,18 +45,9 @@ MANIFEST_SCHEMA = {
 Reviewer = Callable[[Any], PairVerdict]
 
 
-@dataclass(frozen=True)
-class QcConfig:
-    thresholds: QcThresholds = field(default_factory=QcThresholds)
-    edit_types: Sequence[str] = ()
-    val_fraction: float = 0.2
-    split_seed: int = 0
-    min_vlm_score: float = 0.0
-    reviewer: dict[str, Any] = field(default_factory=dict)  # the VLM settings, for the version
-
-    def fingerprint(self) -> str:
-        doc = json.dumps(asdict(self), sort_keys=True, default=list)
-        return hashlib.sha256(doc.encode()).hexdigest()[:16]
+def fingerprint(settings: QcSettings) -> str:
+    """What of the QC settings goes into the dataset's data version: all of them."""
+    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
 
 
 def split_of(video_id: str, val_fraction: float, seed: int) -> str:
@@ -67,7 +57,7 @@ def split_of(video_id: str, val_fraction: float, seed: int) -> str:
 
 
 class QcResult(ManifestResult):
-    """The dataset manifest; its data version covers the rows and the QC config."""
+    """The dataset manifest; its data version covers the rows and the QC settings."""
 
     @property
     def accepted(self) -> pd.DataFrame:
@@ -94,7 +84,7 @@ class QcResult(ManifestResult):
 def build_qc_dataset(
     storage: Storage,
     pair_manifests: Iterable[pd.DataFrame],
-    config: QcConfig,
+    settings: QcSettings,
     reviewer: Reviewer | None = None,
     extra_rows: Iterable[dict[str, Any]] = (),
 ) -> QcResult:
@@ -105,11 +95,11 @@ def build_qc_dataset(
     rows: list[dict[str, Any]] = []
     for pair in tqdm(pairs.itertuples(), total=len(pairs), desc="qc"):
         try:
-            row = _video_row(pair, config)
-            reason = _rejection(pair, config, reviewer, row)
+            row = _video_row(pair, settings)
+            reason = _rejection(pair, settings, reviewer, row)
         except Exception as exc:  # one pair that cannot be checked must not stop the dataset
             reason = item_failure(exc, f"QC of {pair.pair_id}")
-            rows.append(_failed_row(pair, config, reason))
+            rows.append(_failed_row(pair, settings, reason))
             continue
         row.update(status=REJECTED if reason else ACCEPTED, reason=reason)
         rows.append(row)
@@ -117,28 +107,28 @@ def build_qc_dataset(
             rows.append(_image_row(pair, row))
     rows.extend(extra_rows)
     written = write_manifest(storage, MANIFEST_KEY, rows, MANIFEST_SCHEMA, sort_by="sample_id")
-    rows_and_config = f"{written.data_version}:{config.fingerprint()}"
+    rows_and_config = f"{written.data_version}:{fingerprint(settings)}"
     version = hashlib.sha256(rows_and_config.encode()).hexdigest()[:16]
     return QcResult(written.manifest, written.manifest_uri, version)
 
 
-def _video_row(pair: Any, config: QcConfig) -> dict[str, Any]:
+def _video_row(pair: Any, settings: QcSettings) -> dict[str, Any]:
     names = [c for c in MANIFEST_SCHEMA if hasattr(pair, c)]
     row = {name: getattr(pair, name) for name in names}
     row.update(
         sample_id=pair.pair_id,
         modality="video",
-        split=split_of(pair.video_id, config.val_fraction, config.split_seed),
+        split=split_of(pair.video_id, settings.val_fraction, settings.split_seed),
         original_instruction=pair.instruction,
     )
     return row
 
 
-def _failed_row(pair: Any, config: QcConfig, reason: str) -> dict[str, Any]:
+def _failed_row(pair: Any, settings: QcSettings, reason: str) -> dict[str, Any]:
     """The row of a pair whose checks raised: who it is and why, nothing taken from it."""
     return {
         "sample_id": str(pair.pair_id), "pair_id": str(pair.pair_id), "modality": "video",
-        "split": split_of(str(pair.video_id), config.val_fraction, config.split_seed),
+        "split": split_of(str(pair.video_id), settings.val_fraction, settings.split_seed),
         "status": FAILED, "reason": reason, "edit_type": getattr(pair, "edit_type", None),
         "video_id": str(pair.video_id), "shard": getattr(pair, "shard", None),
     }  # fmt: skip
@@ -157,14 +147,14 @@ def _image_row(pair: Any, video_row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rejection(
-    pair: Any, config: QcConfig, reviewer: Reviewer | None, row: dict[str, Any]
+    pair: Any, settings: QcSettings, reviewer: Reviewer | None, row: dict[str, Any]
 ) -> str | None:
     if pair.status != "ok":
         return f"generation failed: {pair.reason}"
     metrics = {k: getattr(pair, k) for k in (
         "frames_source", "frames_target", "mask_fraction", "mask_stability", "inside_change",
         "outside_change", "total_change")}  # fmt: skip
-    reason = qc_rejection(metrics, pair.edit_type, config.thresholds)
+    reason = qc_rejection(metrics, pair.edit_type, settings.thresholds)
     if reason or reviewer is None:
         return reason
     try:
@@ -175,6 +165,8 @@ def _rejection(
     row.update(vlm_score=verdict.score, instruction=verdict.instruction or pair.instruction)
     if not verdict.keep:
         return f"vlm rejected: {verdict.reason}"
-    if verdict.score < config.min_vlm_score:
-        return f"vlm score too low ({verdict.score:g} < {config.min_vlm_score:g}): {verdict.reason}"
+    if verdict.score < settings.vlm.min_score:
+        return (
+            f"vlm score too low ({verdict.score:g} < {settings.vlm.min_score:g}): {verdict.reason}"
+        )
     return None

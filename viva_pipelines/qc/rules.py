@@ -7,12 +7,12 @@ manifests alone, so changing a threshold never re-reads a video.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
+from viva_pipelines.config.schema import QcThresholdsSettings
 from viva_pipelines.masks.tracks import track_stats
 from viva_pipelines.pairs.types import GLOBAL_EDITS
 
@@ -55,17 +55,9 @@ def pair_metrics(
 FULL_FRAME = 0.999
 
 
-@dataclass(frozen=True)
-class QcThresholds:
-    min_mask_fraction: float = 0.002
-    max_mask_fraction: float = 0.7
-    min_mask_stability: float = 0.3
-    max_outside_change: float = 3.0
-    min_inside_change: float = 6.0
-    min_total_change: float = 0.5
-
-
-def qc_rejection(metrics: dict[str, Any], edit_type: str, thresholds: QcThresholds) -> str | None:
+def qc_rejection(
+    metrics: dict[str, Any], edit_type: str, thresholds: QcThresholdsSettings
+) -> str | None:
     """The first rule a pair breaks, as a sentence, or ``None`` when it passes."""
     t = thresholds
     if metrics["frames_source"] != metrics["frames_target"]:
