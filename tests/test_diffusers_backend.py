@@ -3,16 +3,15 @@ through ``from_pretrained``: shapes, exact compositing, shared noise, determinis
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from viva_pipelines.config.schema import DiffusersSettings
 from viva_pipelines.embedded.diffusers import save_tiny_inpaint_pipeline
 from viva_pipelines.pairs.diffusers_backend import (
     DiffusersBackend,
-    DiffusersBackendConfig,
     pipeline_size,
 )
 
@@ -30,9 +29,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def config(models: dict[str, Path]) -> DiffusersBackendConfig:
-    return DiffusersBackendConfig(
-        inpaint_model=models["inpaint9"],
+def settings() -> DiffusersSettings:
+    return DiffusersSettings(
         device="cpu",
         dtype="float32",
         num_inference_steps=2,
@@ -46,14 +44,14 @@ def config(models: dict[str, Path]) -> DiffusersBackendConfig:
 
 
 @pytest.fixture(scope="module")
-def backend(config: DiffusersBackendConfig) -> DiffusersBackend:
-    return DiffusersBackend(config)
+def backend(settings: DiffusersSettings, models: dict[str, Path]) -> DiffusersBackend:
+    return DiffusersBackend(settings, models["inpaint9"], seed=0)
 
 
 @pytest.fixture(scope="module")
-def plain_backend(models: dict[str, Path], config: DiffusersBackendConfig) -> DiffusersBackend:
+def plain_backend(models: dict[str, Path], settings: DiffusersSettings) -> DiffusersBackend:
     """Over a plain 4-channel UNet: restyle shares it through ``from_pipe``."""
-    return DiffusersBackend(dataclasses.replace(config, inpaint_model=models["plain4"]))
+    return DiffusersBackend(settings, models["plain4"], seed=0)
 
 
 @pytest.fixture
@@ -91,7 +89,7 @@ def test_loads_the_saved_folders_through_from_pretrained(
     backend: DiffusersBackend,
     plain_backend: DiffusersBackend,
     models: dict[str, Path],
-    config: DiffusersBackendConfig,
+    settings: DiffusersSettings,
 ) -> None:
     assert backend.name == "diffusers"
     pipe = backend.inpaint_pipeline
@@ -107,7 +105,7 @@ def test_loads_the_saved_folders_through_from_pretrained(
     assert shared.unet is plain_backend.inpaint_pipeline.unet  # from_pipe: loaded once
     assert shared._progress_bar_config == {"disable": True}
 
-    separate = DiffusersBackend(dataclasses.replace(config, img2img_model=str(models["plain4"])))
+    separate = DiffusersBackend(settings, models["inpaint9"], str(models["plain4"]), seed=0)
     assert type(separate.img2img_pipeline).__name__ == "StableDiffusionImg2ImgPipeline"
     assert separate.img2img_pipeline.unet is not separate.inpaint_pipeline.unet
 
@@ -174,18 +172,19 @@ def test_restyle_changes_the_whole_frame(
 
 def test_same_seed_same_output_other_seed_other_output(
     backend: DiffusersBackend,
-    config: DiffusersBackendConfig,
+    settings: DiffusersSettings,
+    models: dict[str, Path],
     frames: np.ndarray,
     masks: np.ndarray,
 ) -> None:
     first = backend.inpaint(frames, masks)
     assert np.array_equal(backend.inpaint(frames, masks), first)
-    reseeded = DiffusersBackend(dataclasses.replace(config, seed=config.seed + 1))
+    reseeded = DiffusersBackend(settings, models["inpaint9"], seed=1)
     assert not np.array_equal(reseeded.inpaint(frames, masks), first)
 
 
 def test_frames_of_a_clip_share_their_noise(
-    backend: DiffusersBackend, config: DiffusersBackendConfig, frames: np.ndarray
+    backend: DiffusersBackend, settings: DiffusersSettings, models: dict, frames: np.ndarray
 ) -> None:
     """Identical frames come out identical, within and across pipeline batches (3 frames at
     batch size 2). The tolerance of one grey level covers float reduction-order differences
@@ -193,31 +192,32 @@ def test_frames_of_a_clip_share_their_noise(
     clip = np.repeat(frames[:1], T, axis=0)
     out = backend.restyle(clip, "snow").astype(int)
     assert np.abs(out - out[0]).max() <= 1
-    other = DiffusersBackend(dataclasses.replace(config, seed=config.seed + 1))
+    other = DiffusersBackend(settings, models["inpaint9"], seed=1)
     assert np.abs(other.restyle(clip[:1], "snow").astype(int) - out[0]).max() > 10
 
 
 @pytest.mark.parametrize("field", ["inpaint_model", "img2img_model"])
 def test_missing_model_path_is_named(
-    config: DiffusersBackendConfig, tmp_path: Path, field: str
+    settings: DiffusersSettings, models: dict, tmp_path: Path, field: str
 ) -> None:
     missing = tmp_path / "no-such-model"
+    paths = {"inpaint_model": models["inpaint9"], "img2img_model": None} | {field: missing}
     with pytest.raises(FileNotFoundError, match="no-such-model"):
-        DiffusersBackend(dataclasses.replace(config, **{field: missing}))
+        DiffusersBackend(settings, **paths, seed=0)
 
 
 @pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument")  # diffusers' own call
-def test_uncached_hub_id_is_named(config: DiffusersBackendConfig) -> None:
+def test_uncached_hub_id_is_named(settings: DiffusersSettings) -> None:
     """Offline (conftest), a hub id that is not in the local cache fails with its name."""
     with pytest.raises(FileNotFoundError, match="nobody/not-cached"):
-        DiffusersBackend(dataclasses.replace(config, inpaint_model="nobody/not-cached"))
+        DiffusersBackend(settings, "nobody/not-cached", seed=0)
 
 
 def test_folder_without_model_index_is_rejected(
-    config: DiffusersBackendConfig, tmp_path: Path
+    settings: DiffusersSettings, tmp_path: Path
 ) -> None:
     with pytest.raises(FileNotFoundError, match=r"model_index\.json"):
-        DiffusersBackend(dataclasses.replace(config, inpaint_model=tmp_path))
+        DiffusersBackend(settings, tmp_path, seed=0)
 
 
 @pytest.mark.parametrize(
@@ -230,9 +230,9 @@ def test_folder_without_model_index_is_rejected(
         {"batch_size": 0},
     ],
 )
-def test_config_rejects_unusable_values(overrides: dict[str, object]) -> None:
+def test_settings_refuse_unusable_values(overrides: dict[str, object]) -> None:
     with pytest.raises(ValueError):
-        DiffusersBackendConfig(inpaint_model="x", **overrides)
+        DiffusersSettings(**overrides)
 
 
 def test_inputs_are_checked_and_empty_clips_pass(

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoProcessor, GroundingDinoForObjectDetection, GroundingDinoProcessor
 
-from viva_pipelines.embedded.masks import build_tiny_grounding_dino, tiny_sam2_tracking_config
+from viva_pipelines.embedded.masks import build_tiny_grounding_dino, tiny_sam2_settings
 from viva_pipelines.masks.sam2_backend import (
     Sam2Tracker,
     _distinct_best,
@@ -34,10 +34,8 @@ def detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def permissive(detector_dir: Path) -> Sam2Tracker:
     """Every query is a detection grounded in every phrase: detections are deterministic."""
-    config = tiny_sam2_tracking_config(
-        detector_dir, box_threshold=0.0, text_threshold=0.0, max_objects=2
-    )
-    return Sam2Tracker(config)
+    settings = tiny_sam2_settings(box_threshold=0.0, text_threshold=0.0, max_objects=2)
+    return Sam2Tracker(settings, str(detector_dir), None)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +111,7 @@ def test_track_detects_on_frame_zero_and_tracks(permissive: Sam2Tracker, clip: n
 
 
 def test_nothing_found_is_an_empty_list(detector_dir: Path, clip: np.ndarray) -> None:
-    tracker = Sam2Tracker(tiny_sam2_tracking_config(detector_dir, box_threshold=1.01))
+    tracker = Sam2Tracker(tiny_sam2_settings(box_threshold=1.0), str(detector_dir), None)
     assert tracker.track(clip, PHRASES) == []
     assert tracker.track(clip, []) == []
     assert tracker.track(clip, [" . "]) == []
@@ -128,11 +126,9 @@ def test_bad_frames_are_refused(permissive: Sam2Tracker, clip: np.ndarray) -> No
 
 def test_sam2_checkpoint_must_exist_or_match_its_hub_config(detector_dir: Path) -> None:
     with pytest.raises(FileNotFoundError, match="neither a file nor a SAM 2 hub id"):
-        Sam2Tracker(tiny_sam2_tracking_config(detector_dir, sam2_checkpoint="missing.pt"))
+        Sam2Tracker(tiny_sam2_settings(), str(detector_dir), "missing.pt")
     with pytest.raises(ValueError, match=r"sam2\.1_hiera_l\.yaml"):
-        Sam2Tracker(
-            tiny_sam2_tracking_config(detector_dir, sam2_checkpoint="facebook/sam2.1-hiera-large")
-        )
+        Sam2Tracker(tiny_sam2_settings(), str(detector_dir), "facebook/sam2.1-hiera-large")
 
 
 @pytest.mark.parametrize(

@@ -175,6 +175,7 @@ class Sam2Settings(Section):
     box_threshold: Annotated[float, Field(ge=0, le=1)] = 0.35  # Grounding-DINO box score
     text_threshold: Annotated[float, Field(ge=0, le=1)] = 0.25  # Grounding-DINO phrase score
     max_objects: PositiveInt = 5  # objects tracked per video, best detections first
+    nms_iou: Annotated[float, Field(ge=0, le=1)] = 0.8  # above: two detections, one object
     device: str = "cpu"  # where both models run
 
 
@@ -200,6 +201,26 @@ class DiffusersSettings(Section):
     strength: Annotated[float, Field(gt=0, le=1)] = 0.6  # how far restyles depart (1: ignore)
     batch_size: PositiveInt = 4  # frames per pipeline call (memory vs throughput)
     resolution: PositiveInt = 512  # longer side frames are resized to (a multiple of 8)
+    reference_strength: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.8, description="strength of object rendering from a reference pasted into the mask"
+    )
+    mask_dilation: Annotated[int, Field(ge=0)] = 8  # pixels masks grow by before inpainting
+    remove_prompt: str = "background"  # the inpainting prompt that takes an object out
+    remove_negative_prompt: str = "object, person, text"  # ... and its negative prompt
+    negative_prompt: str = "blurry, low quality, distorted"  # of every other pipeline call
+
+    @model_validator(mode="after")
+    def _usable(self) -> DiffusersSettings:
+        if self.resolution % 8:
+            raise ValueError(f"resolution must be a multiple of 8, got {self.resolution}")
+        for name in ("strength", "reference_strength"):
+            # The pipelines run int(steps * strength) denoising steps and refuse zero.
+            if int(self.num_inference_steps * getattr(self, name)) < 1:
+                raise ValueError(
+                    f"{name} {getattr(self, name)} leaves none of the "
+                    f"{self.num_inference_steps} inference steps"
+                )
+        return self
 
 
 class PairsSettings(Section):

@@ -28,16 +28,11 @@ def mask_backend(settings: Settings) -> MaskBackend:
         raise dg.Failure(
             "masks.backend sam2 needs models.grounding_dino (a path or hub id)", allow_retries=False
         )
-    from viva_pipelines.masks.sam2_backend import Sam2MaskBackend, Sam2Tracker, Sam2TrackingConfig
+    from viva_pipelines.masks.sam2_backend import Sam2MaskBackend, Sam2Tracker
 
-    cfg = settings.masks.sam2
-    config = Sam2TrackingConfig(
-        detector=settings.models.grounding_dino, sam2_config=cfg.config,
-        sam2_checkpoint=settings.models.sam2, image_size=cfg.image_size,
-        box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold,
-        max_objects=cfg.max_objects, device=cfg.device,
-    )  # fmt: skip
-    return Sam2MaskBackend(Sam2Tracker(config), settings.masks.phrases)
+    models = settings.models
+    tracker = Sam2Tracker(settings.masks.sam2, models.grounding_dino, models.sam2)
+    return Sam2MaskBackend(tracker, settings.masks.phrases)
 
 
 def edit_backend(settings: Settings) -> EditBackend:
@@ -50,16 +45,12 @@ def edit_backend(settings: Settings) -> EditBackend:
             "pairs.backend diffusers needs models.inpainting (a path or hub id)",
             allow_retries=False,
         )
-    from viva_pipelines.pairs.diffusers_backend import DiffusersBackend, DiffusersBackendConfig
+    from viva_pipelines.pairs.diffusers_backend import DiffusersBackend
 
-    cfg = settings.pairs.diffusers
-    config = DiffusersBackendConfig(
-        inpaint_model=settings.models.inpainting, img2img_model=settings.models.img2img,
-        device=cfg.device, dtype=cfg.dtype, num_inference_steps=cfg.num_inference_steps,
-        guidance_scale=cfg.guidance_scale, strength=cfg.strength, seed=settings.pairs.seed,
-        batch_size=cfg.batch_size, resolution=cfg.resolution,
-    )  # fmt: skip
-    return DiffusersBackend(config)
+    models = settings.models
+    return DiffusersBackend(
+        settings.pairs.diffusers, models.inpainting, models.img2img, seed=settings.pairs.seed
+    )
 
 
 def pair_reviewer(settings: Settings, storage: Storage) -> qc.Reviewer | None:

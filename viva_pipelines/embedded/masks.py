@@ -22,8 +22,8 @@ from transformers import (
     SwinConfig,
 )
 
+from viva_pipelines.config.schema import Sam2Settings
 from viva_pipelines.demo_world.scene import PALETTE, SHAPES, SPRITES
-from viva_pipelines.masks.sam2_backend import Sam2TrackingConfig
 
 # Whole-word tokens for the demo world's object names plus caption glue; any other lower-case
 # word still tokenizes, letter by letter, through the single-character pieces.
@@ -124,13 +124,7 @@ def build_tiny_grounding_dino(out_dir: str | Path, seed: int = 0) -> Path:
     return out_dir
 
 
-def tiny_sam2_tracking_config(detector: str | Path, **overrides: object) -> Sam2TrackingConfig:
-    """Tracking config for a tiny detector folder and random-weight SAM 2.1 tiny at 128 px."""
-    fields: dict = {
-        "detector": str(detector),
-        "sam2_config": TINY_SAM2_CONFIG,
-        "sam2_checkpoint": None,
-        "image_size": TINY_SAM2_IMAGE_SIZE,
-        "device": "cpu",
-    }
-    return Sam2TrackingConfig(**(fields | overrides))
+def tiny_sam2_settings(**overrides: object) -> Sam2Settings:
+    """Tracking settings for random-weight SAM 2.1 tiny at 128 px on the CPU."""
+    fields: dict = {"config": TINY_SAM2_CONFIG, "image_size": TINY_SAM2_IMAGE_SIZE, "device": "cpu"}
+    return Sam2Settings(**(fields | overrides))

@@ -32,39 +32,12 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
+from viva_pipelines.config.schema import Sam2Settings
 from viva_pipelines.masks.types import NoObjects, TrackedObject
 from viva_pipelines.video.annotations import Annotations
 
 if TYPE_CHECKING:
     from sam2.sam2_video_predictor import SAM2VideoPredictor
-
-
-@dataclass(frozen=True)
-class Sam2TrackingConfig:
-    """What the tracker loads and how it filters detections.
-
-    ``detector``: local folder or hub id of a Grounding-DINO model (weights + processor).
-    ``sam2_config``: SAM 2 hydra config name, e.g. ``configs/sam2.1/sam2.1_hiera_l.yaml``.
-    ``sam2_checkpoint``: a ``.pt`` file, a SAM 2 hub id (``facebook/sam2.1-hiera-large``, whose
-    config must be ``sam2_config``), or ``None`` for seeded random weights (tests/demo only).
-    ``image_size``: SAM 2's input side; real checkpoints are trained at 1024, smaller sizes only
-    make random-weight tests fast.
-    ``box_threshold`` / ``text_threshold``: Grounding-DINO's box confidence and the per-token
-    confidence that ties a box to words of the prompt.
-    ``max_objects``: at most this many objects per video, best detections first.
-    ``nms_iou``: a detection overlapping a better one by more than this IoU is the same object
-    (Grounding-DINO often returns several queries for one object).
-    """
-
-    detector: str
-    sam2_config: str
-    sam2_checkpoint: str | None
-    image_size: int = 1024
-    box_threshold: float = 0.35
-    text_threshold: float = 0.25
-    max_objects: int = 5
-    nms_iou: float = 0.8
-    device: str = "cpu"
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,24 +59,28 @@ class Detections:
 class Sam2Tracker:
     """Grounding-DINO + SAM 2 video predictor, loaded once and reused for every video."""
 
-    def __init__(self, config: Sam2TrackingConfig) -> None:
+    def __init__(self, settings: Sam2Settings, detector: str, checkpoint: str | None) -> None:
+        """``detector``: local folder or hub id of a Grounding-DINO model (weights and
+        processor). ``checkpoint``: a SAM 2 ``.pt`` file, a SAM 2 hub id
+        (``facebook/sam2.1-hiera-large``, whose config must be ``settings.config``), or
+        ``None`` for seeded random weights (tests and the embedded profile only)."""
         from sam2.build_sam import build_sam2_video_predictor
 
-        self.config = config
-        self.device = torch.device(config.device)
-        self.processor = AutoProcessor.from_pretrained(config.detector)
-        self.detector = GroundingDinoForObjectDetection.from_pretrained(config.detector)
+        self.settings = settings
+        self.device = torch.device(settings.device)
+        self.processor = AutoProcessor.from_pretrained(detector)
+        self.detector = GroundingDinoForObjectDetection.from_pretrained(detector)
         self.detector.to(self.device).eval()
-        checkpoint = _sam2_checkpoint_path(config)
+        checkpoint = _sam2_checkpoint_path(checkpoint, settings.config)
         # Random weights must be reproducible (the demo's masks are compared across runs), but
         # seeding must not leak into the caller's random state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             self.predictor: SAM2VideoPredictor = build_sam2_video_predictor(
-                config.sam2_config,
+                settings.config,
                 ckpt_path=checkpoint,
-                device=config.device,
-                hydra_overrides_extra=[f"++model.image_size={config.image_size}"],
+                device=settings.device,
+                hydra_overrides_extra=[f"++model.image_size={settings.image_size}"],
             )
         if importlib.util.find_spec("sam2._C") is None:
             # CPU builds of sam2 lack the connected-components kernel that fills small mask
@@ -136,8 +113,8 @@ class Sam2Tracker:
         result = self.processor.post_process_grounded_object_detection(
             outputs,
             inputs["input_ids"],
-            threshold=self.config.box_threshold,
-            text_threshold=self.config.text_threshold,
+            threshold=self.settings.box_threshold,
+            text_threshold=self.settings.text_threshold,
             target_sizes=[(height, width)],
         )[0]
         special = set(self.processor.tokenizer.all_special_tokens)
@@ -148,7 +125,7 @@ class Sam2Tracker:
         boxes = result["boxes"].float().cpu().numpy()[grounded]
         scores = result["scores"].float().cpu().numpy()[grounded]
         boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
-        keep = _distinct_best(boxes, scores, self.config.nms_iou, self.config.max_objects)
+        keep = _distinct_best(boxes, scores, self.settings.nms_iou, self.settings.max_objects)
         return Detections(
             boxes=boxes[keep],
             scores=scores[keep].astype(np.float32),
@@ -325,9 +302,8 @@ def _distinct_best(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int
     return keep
 
 
-def _sam2_checkpoint_path(config: Sam2TrackingConfig) -> str | None:
-    """A local checkpoint file for ``config.sam2_checkpoint``, downloading hub ids."""
-    spec = config.sam2_checkpoint
+def _sam2_checkpoint_path(spec: str | None, sam2_config: str) -> str | None:
+    """A local checkpoint file for ``spec``, downloading hub ids."""
     if spec is None or Path(spec).is_file():
         return spec
     from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
@@ -338,9 +314,9 @@ def _sam2_checkpoint_path(config: Sam2TrackingConfig) -> str | None:
             f"({', '.join(sorted(HF_MODEL_ID_TO_FILENAMES))})"
         )
     hub_config, filename = HF_MODEL_ID_TO_FILENAMES[spec]
-    if hub_config != config.sam2_config:
+    if hub_config != sam2_config:
         raise ValueError(
-            f"SAM 2 checkpoint {spec} goes with config {hub_config}, not {config.sam2_config}"
+            f"SAM 2 checkpoint {spec} goes with config {hub_config}, not {sam2_config}"
         )
     from huggingface_hub import hf_hub_download
 

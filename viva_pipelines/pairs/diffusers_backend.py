@@ -25,7 +25,6 @@ multiples of 8) and come back at their own size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,63 +33,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from viva_pipelines.config.schema import DiffusersSettings
 from viva_pipelines.model.sources import dtype_of, local_model_dir
 
 #: The dtypes a diffusers pipeline runs in (float64 weights are not a pipeline option).
-PIPELINE_DTYPES = ("float16", "bfloat16", "float32")
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
-
-
-@dataclass(frozen=True)
-class DiffusersBackendConfig:
-    """How to load and drive the pipelines.
-
-    ``inpaint_model`` / ``img2img_model``: a local pipeline folder (with ``model_index.json``)
-    or a hub id (resolved from the local Hugging Face cache when offline). ``img2img_model``
-    None reuses the inpainting components for ``restyle`` (see the module docstring).
-    ``strength``: how far ``restyle`` departs from the source (1 ignores it).
-    ``reference_strength``: the same for ``render_object`` given a reference image pasted into
-    the mask (below 1, so the pasted pixels steer the result). ``batch_size``: frames per
-    pipeline call (memory vs throughput). ``resolution``: the longer side frames are resized
-    to for the pipeline, a multiple of 8. ``mask_dilation``: pixels (at frame size) the masks
-    grow by before inpainting and compositing. ``float16`` / ``bfloat16`` need a GPU.
-    """
-
-    inpaint_model: str | Path
-    img2img_model: str | Path | None = None
-    device: str = "cuda"
-    dtype: str = "float16"
-    num_inference_steps: int = 30
-    guidance_scale: float = 7.5
-    strength: float = 0.6
-    reference_strength: float = 0.8
-    seed: int = 0
-    batch_size: int = 4
-    resolution: int = 512
-    mask_dilation: int = 8
-    remove_prompt: str = "background"
-    remove_negative_prompt: str = "object, person, text"
-    negative_prompt: str = "blurry, low quality, distorted"
-
-    def __post_init__(self) -> None:
-        if self.dtype not in PIPELINE_DTYPES:
-            raise ValueError(
-                f"dtype must be one of {', '.join(PIPELINE_DTYPES)}, got {self.dtype!r}"
-            )
-        if self.resolution < 8 or self.resolution % 8:
-            raise ValueError(f"resolution must be a positive multiple of 8, got {self.resolution}")
-        if self.batch_size < 1 or self.num_inference_steps < 1 or self.mask_dilation < 0:
-            raise ValueError("batch_size and num_inference_steps must be >= 1, mask_dilation >= 0")
-        for name in ("strength", "reference_strength"):
-            value = getattr(self, name)
-            # The pipelines run int(steps * strength) denoising steps and refuse zero.
-            if not 0 < value <= 1 or int(self.num_inference_steps * value) < 1:
-                raise ValueError(
-                    f"{name} must be in (0, 1] and leave at least one of the "
-                    f"{self.num_inference_steps} inference steps, got {value}"
-                )
 
 
 def pipeline_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -108,26 +57,38 @@ class DiffusersBackend:
 
     name = "diffusers"
 
-    def __init__(self, config: DiffusersBackendConfig) -> None:
-        # Imported here: diffusers takes seconds to import, and the config above must stay
-        # cheap to import for code (e.g. Dagster definitions) that never runs a model.
+    def __init__(
+        self,
+        settings: DiffusersSettings,
+        inpaint_model: str | Path,
+        img2img_model: str | Path | None = None,
+        *,
+        seed: int,
+    ) -> None:
+        """``inpaint_model`` / ``img2img_model``: a local pipeline folder (with
+        ``model_index.json``) or a hub id (resolved from the local Hugging Face cache when
+        offline); ``img2img_model`` None reuses the inpainting components for ``restyle`` (see
+        the module docstring). ``seed``: the noise of every pipeline call."""
+        # Imported here: diffusers takes seconds to import, and this module must stay cheap to
+        # import for code (e.g. Dagster definitions) that never runs a model.
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
-        self.config = config
+        self.config = settings
+        self.seed = seed
         load_kwargs = {
-            "dtype": dtype_of(config.dtype),
+            "dtype": dtype_of(settings.dtype),
             "safety_checker": None,
             "requires_safety_checker": False,
         }
         self.inpaint_pipeline = _from_pretrained(
-            AutoPipelineForInpainting, config.inpaint_model, load_kwargs
-        ).to(config.device)
+            AutoPipelineForInpainting, inpaint_model, load_kwargs
+        ).to(settings.device)
         #: None when ``restyle`` runs through the inpainting pipeline with a full mask.
         self.img2img_pipeline: DiffusionPipeline | None = None
-        if config.img2img_model is not None:
+        if img2img_model is not None:
             self.img2img_pipeline = _from_pretrained(
-                AutoPipelineForImage2Image, config.img2img_model, load_kwargs
-            ).to(config.device)
+                AutoPipelineForImage2Image, img2img_model, load_kwargs
+            ).to(settings.device)
         elif (
             self.inpaint_pipeline.unet.config.in_channels
             == self.inpaint_pipeline.vae.config.latent_channels
@@ -245,7 +206,7 @@ class DiffusersBackend:
                 "strength": strength,
                 "num_inference_steps": cfg.num_inference_steps,
                 "guidance_scale": cfg.guidance_scale,
-                "generator": [torch.Generator("cpu").manual_seed(cfg.seed) for _ in range(count)],
+                "generator": [torch.Generator("cpu").manual_seed(self.seed) for _ in range(count)],
                 "output_type": "np",
             }
             if mask_images is not None:
