@@ -103,7 +103,8 @@ def prepare_grpo_inputs(root: Path) -> str:
     under ``sft/model`` and the tiny reward models. Returns the SFT cache's key."""
     import torch
 
-    from viva_pipelines.rewards.models import TinyClipOptions, prepare_reward_models
+    from viva_pipelines.config.schema import RewardsSettings
+    from viva_pipelines.rewards.models import prepare_reward_models
     from viva_pipelines.train import sft
     from viva_pipelines.train.distributed import DistContext
     from viva_pipelines.train.reporting import Reporter
@@ -114,7 +115,7 @@ def prepare_grpo_inputs(root: Path) -> str:
     with Reporter(enabled=False, tracking_uri=None, run_id=None) as report:
         summary = sft.train(tiny_sft_config(root, "sft"), cpu, report)
     prepare_reward_models(
-        storage, manifest, clip=None, pickscore=None, tiny=TinyClipOptions(steps=5)
+        storage, manifest, RewardsSettings(tiny_clip_steps=5), clip=None, pickscore=None
     )
     return storage.key_of(summary["cache_uri"])
 

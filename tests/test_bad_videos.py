@@ -13,14 +13,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests import video_fixtures as vf
+from viva_pipelines.config.schema import LimitsSettings
 from viva_pipelines.ingest.raw_videos import OK, REJECTED, IngestOptions, ingest_shard
 from viva_pipelines.ingest.shards import scan_and_register, shard_members
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.normalise import NormaliseSpec, decode_normalised
-from viva_pipelines.video.probe import VideoLimits, VideoRejected, probe_video
+from viva_pipelines.video.probe import VideoRejected, probe_video
 
 SPEC = NormaliseSpec(32, 32, 10, max_frames=12)
-LIMITS = VideoLimits(max_pixels=1920 * 1080)
+LIMITS = LimitsSettings(max_pixels=1920 * 1080)
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -112,7 +113,7 @@ def test_a_shard_with_one_bad_file_among_good_ones_completes(tmp_path: Path, mak
     storage, source = Storage(str(tmp_path / "root")), Storage(str(source_dir))
     registry, _ = scan_and_register(storage, source, [".mp4"], 64)
     members = shard_members(registry, "shard-000000")
-    options = IngestOptions(spec=NormaliseSpec(32, 32, 8, max_frames=5), limits=VideoLimits())
+    options = IngestOptions(NormaliseSpec(32, 32, 8, max_frames=5), LimitsSettings(), crf=12)
     result = ingest_shard(storage, source, "shard-000000", members, options)
     manifest = result.manifest.set_index("source_key")
     assert sorted(manifest.index) == ["bad.mp4", "good0.mp4", "good1.mp4", "good2.mp4"]

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from tests import video_fixtures as vf
+from viva_pipelines.config.schema import LimitsSettings
 from viva_pipelines.video.normalise import NormaliseSpec, decode_normalised
 from viva_pipelines.video.probe import (
     DEFAULT_LIMITS,
-    VideoLimits,
     VideoProbe,
     VideoRejected,
     probe_video,
@@ -25,7 +25,7 @@ from viva_pipelines.video.probe import (
 )
 
 
-def rejection(path: Path, limits: VideoLimits = DEFAULT_LIMITS) -> str:
+def rejection(path: Path, limits: LimitsSettings = DEFAULT_LIMITS) -> str:
     with pytest.raises(VideoRejected) as caught:
         probe_video(path, limits)
     assert str(caught.value) == caught.value.reason
@@ -144,16 +144,16 @@ def test_every_bad_file_is_rejected_with_its_reason(tmp_path: Path, kind: str):
 def test_limits_on_file_size_and_duration(tmp_path: Path):
     path = vf.good_video(tmp_path / "good.mp4", frames=10, fps=10)  # 1.0 s
     size = path.stat().st_size
-    assert rejection(path, VideoLimits(max_file_bytes=1000)) == (
+    assert rejection(path, LimitsSettings(max_file_mb=1000 / 2**20)) == (
         f"file too large ({size} bytes > limit 1000 bytes)"
     )
-    assert "1.0 s declared > limit 0.5 s" in rejection(path, VideoLimits(max_duration_s=0.5))
+    assert "1.0 s declared > limit 0.5 s" in rejection(path, LimitsSettings(max_duration_s=0.5))
     # A raw stream declares no duration: the limit stops the decode itself...
     raw = vf.raw_h264(tmp_path, frames=10)
-    assert "a frame at 0.6 s > limit 0.5 s" in rejection(raw, VideoLimits(max_duration_s=0.5))
+    assert "a frame at 0.6 s > limit 0.5 s" in rejection(raw, LimitsSettings(max_duration_s=0.5))
     # ...and the last frame's own duration counts too (frames at 0.0 .. 0.9 s, ending at 1.0 s).
-    assert "1.0 s decoded > limit 0.95 s" in rejection(raw, VideoLimits(max_duration_s=0.95))
-    assert "too few frames (10 decoded" in rejection(path, VideoLimits(min_frames=11))
+    assert "1.0 s decoded > limit 0.95 s" in rejection(raw, LimitsSettings(max_duration_s=0.95))
+    assert "too few frames (10 decoded" in rejection(path, LimitsSettings(min_frames=11))
 
 
 def test_missing_file_is_a_rejection_not_an_oserror(tmp_path: Path):

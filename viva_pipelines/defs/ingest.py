@@ -23,7 +23,6 @@ from viva_pipelines.ingest.sources import skipped_text
 from viva_pipelines.manifests import markdown_table
 from viva_pipelines.previews import markdown_image
 from viva_pipelines.video.normalise import NormaliseSpec
-from viva_pipelines.video.probe import VideoLimits
 
 
 def ingest_options(settings: Settings) -> IngestOptions:
@@ -33,10 +32,7 @@ def ingest_options(settings: Settings) -> IngestOptions:
             width=cfg.width, height=cfg.height, fps=cfg.fps, max_frames=cfg.max_frames,
             resize=cfg.resize,
         ),
-        limits=VideoLimits(
-            max_file_bytes=int(cfg.limits.max_file_mb * 2**20), max_pixels=cfg.limits.max_pixels,
-            max_duration_s=cfg.limits.max_duration_s, min_frames=cfg.limits.min_frames,
-        ),
+        limits=cfg.limits,
         crf=cfg.crf,
     )  # fmt: skip
 

@@ -6,14 +6,12 @@ from viva_pipelines.config import Settings
 from viva_pipelines.defs.execution import step_options
 from viva_pipelines.defs.resources import StorageResource
 from viva_pipelines.qc import dataset as qc
-from viva_pipelines.rewards.models import RECORD_KEY, TinyClipOptions, prepare_reward_models
+from viva_pipelines.rewards.models import RECORD_KEY, prepare_reward_models
 
 REWARDS_CODE_VERSION = "reward_models-1"
 
 
 def build_reward_defs(settings: Settings) -> dg.Definitions:
-    cfg = settings.rewards
-
     @dg.asset(
         deps=[dg.AssetKey("qc_dataset")],
         code_version=REWARDS_CODE_VERSION,
@@ -31,10 +29,9 @@ def build_reward_defs(settings: Settings) -> dg.Definitions:
         record = prepare_reward_models(
             store,
             store.read_parquet(qc.MANIFEST_KEY),
+            settings.rewards,
             clip=settings.models.clip,
             pickscore=settings.models.pickscore,
-            pickscore_processor=cfg.pickscore_processor,
-            tiny=TinyClipOptions(cfg.tiny_clip_steps, cfg.frames_per_video, cfg.seed),
         )
         trained = record["trained"] or {}
         if trained:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from viva_pipelines.config.schema import LimitsSettings
 from viva_pipelines.manifests import content_hash, one_line_reason, write_manifest
 from viva_pipelines.previews import grid, to_png
 from viva_pipelines.storage import Storage, is_storage_outage, sha256_file
@@ -38,7 +39,7 @@ from viva_pipelines.video.normalise import (
     decode_normalised,
     normalise_masks,
 )
-from viva_pipelines.video.probe import VideoLimits, VideoRejected
+from viva_pipelines.video.probe import VideoRejected
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ CODE_VERSION = "raw_videos-2"
 @dataclass(frozen=True)
 class IngestOptions:
     spec: NormaliseSpec
-    limits: VideoLimits
-    crf: int = 12
+    limits: LimitsSettings
+    crf: int
     preview_videos: int = 8
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from viva_pipelines.config.schema import RewardsSettings
 from viva_pipelines.storage import Storage
 
 if TYPE_CHECKING:
@@ -27,21 +27,13 @@ RECORD_KEY = f"{ASSET}/models.json"
 TINY_PREFIX = f"{ASSET}/tiny_clip"
 
 
-@dataclass(frozen=True)
-class TinyClipOptions:
-    steps: int = 300
-    frames_per_video: int = 2
-    seed: int = 0
-
-
 def prepare_reward_models(
     storage: Storage,
     manifest: pd.DataFrame,
+    settings: RewardsSettings,
     *,
     clip: str | None,
     pickscore: str | None,
-    pickscore_processor: str | None = None,
-    tiny: TinyClipOptions = TinyClipOptions(),
 ) -> dict[str, Any]:
     """Resolve (production) or train (demo) the reward models and write their record.
 
@@ -61,33 +53,33 @@ def prepare_reward_models(
             "clip": {"location": clip, "identity": ClipScorer(clip).identity},
             "pickscore": {
                 "location": pickscore,
-                "processor": pickscore_processor,
-                "identity": ClipScorer(pickscore, processor=pickscore_processor).identity,
+                "processor": settings.pickscore_processor,
+                "identity": ClipScorer(pickscore, processor=settings.pickscore_processor).identity,
             },
             "trained": None,
         }
     else:
-        record = _train_tiny(storage, manifest, tiny)
+        record = _train_tiny(storage, manifest, settings)
     storage.write_bytes(RECORD_KEY, json.dumps(record, indent=1, sort_keys=True).encode())
     return record
 
 
-def _train_tiny(storage: Storage, manifest: pd.DataFrame, options: TinyClipOptions) -> dict:
+def _train_tiny(storage: Storage, manifest: pd.DataFrame, settings: RewardsSettings) -> dict:
     from viva_pipelines.embedded.clip import build_tiny_clip, dataset_pairs, train_tiny_clip
     from viva_pipelines.rewards.clip_rewards import ClipScorer
 
     images, captions, val_images, val_captions = dataset_pairs(
-        storage, manifest, frames_per_video=options.frames_per_video
+        storage, manifest, frames_per_video=settings.frames_per_video
     )
     if len(images) == 0:
         raise ValueError("no captioned frames in the dataset to train the demo CLIP on")
     with tempfile.TemporaryDirectory(prefix="viva-tiny-clip-") as tmp:
-        build_tiny_clip(tmp, [*captions, *val_captions], seed=options.seed)
+        build_tiny_clip(tmp, [*captions, *val_captions], seed=settings.seed)
         metrics = train_tiny_clip(
             tmp, images, captions,
             val_images=val_images if len(val_images) else None,
             val_captions=val_captions or None,
-            steps=options.steps, seed=options.seed,
+            steps=settings.tiny_clip_steps, seed=settings.seed,
         )  # fmt: skip
         location = storage.put_dir(tmp, TINY_PREFIX)
     entry = {"location": location, "identity": ClipScorer(_local(storage, location)).identity}

@@ -17,9 +17,9 @@ import av
 import cv2
 import numpy as np
 
+from viva_pipelines.config.schema import LimitsSettings
 from viva_pipelines.video.probe import (
     DEFAULT_LIMITS,
-    VideoLimits,
     VideoProbe,
     rotation_degrees,
     scan_video,
@@ -72,7 +72,7 @@ class NormalisedVideo:
 
 
 def decode_normalised(
-    path: str | os.PathLike, spec: NormaliseSpec, limits: VideoLimits = DEFAULT_LIMITS
+    path: str | os.PathLike, spec: NormaliseSpec, limits: LimitsSettings = DEFAULT_LIMITS
 ) -> NormalisedVideo:
     """Validate, probe and normalise ``path`` in one pass over the file.
 

@@ -35,6 +35,8 @@ from av.container import InputContainer
 from av.stream import Disposition
 from av.video.stream import VideoStream
 
+from viva_pipelines.config.schema import LimitsSettings
+
 #: libavformat demuxers that read single still images (``png_pipe``, ``jpeg_pipe``, ...).
 _STILL_IMAGE_FORMATS = ("image2",)
 _STILL_IMAGE_SUFFIX = "_pipe"
@@ -51,19 +53,8 @@ _REORDER_WINDOW = 8
 _FALLBACK_FPS = 25.0
 
 
-@dataclass(frozen=True)
-class VideoLimits:
-    """What ingestion accepts. Defaults match ``conf/base/ingest.yaml``."""
-
-    max_file_bytes: int = 2 * 2**30
-    #: Declared width x height; two 4K frames. Checked before any picture is decoded.
-    max_pixels: int = 3840 * 2160 * 2
-    max_duration_s: float = 600.0
-    min_frames: int = 2
-
-
 #: The limits used when a caller passes none.
-DEFAULT_LIMITS = VideoLimits()
+DEFAULT_LIMITS = LimitsSettings()
 
 
 class VideoRejected(Exception):
@@ -120,7 +111,7 @@ class VideoProbe:
 FrameCallback = Callable[[int, float, av.VideoFrame], bool]
 
 
-def probe_video(path: str | os.PathLike, limits: VideoLimits = DEFAULT_LIMITS) -> VideoProbe:
+def probe_video(path: str | os.PathLike, limits: LimitsSettings = DEFAULT_LIMITS) -> VideoProbe:
     """Validate ``path`` and describe it, decoding every frame (pictures are not converted).
 
     Raises :class:`VideoRejected` for anything ingestion cannot use.
@@ -130,7 +121,7 @@ def probe_video(path: str | os.PathLike, limits: VideoLimits = DEFAULT_LIMITS) -
 
 def scan_video(
     path: str | os.PathLike,
-    limits: VideoLimits = DEFAULT_LIMITS,
+    limits: LimitsSettings = DEFAULT_LIMITS,
     on_frame: FrameCallback | None = None,
 ) -> VideoProbe:
     """The single pass behind :func:`probe_video` and ``decode_normalised``.
@@ -145,10 +136,9 @@ def scan_video(
     size = _file_size(path)
     if size == 0:
         raise VideoRejected("empty file (0 bytes)")
-    if size > limits.max_file_bytes:
-        raise VideoRejected(
-            f"file too large ({_size_text(size)} > limit {_size_text(limits.max_file_bytes)})"
-        )
+    max_bytes = int(limits.max_file_mb * 2**20)
+    if size > max_bytes:
+        raise VideoRejected(f"file too large ({_size_text(size)} > limit {_size_text(max_bytes)})")
     with _open(path) as container:
         stream = _video_stream(container, path)
         fps = _check_header(container, stream, limits)
@@ -226,7 +216,7 @@ def _video_stream(container: InputContainer, path: str | os.PathLike) -> VideoSt
 
 
 def _check_header(
-    container: InputContainer, stream: VideoStream, limits: VideoLimits
+    container: InputContainer, stream: VideoStream, limits: LimitsSettings
 ) -> float | None:
     """Reject on what the headers declare, before decoding anything; returns the declared
     average frame rate, or None when the container gives none (then the decoded timestamps
@@ -249,7 +239,7 @@ def _check_header(
     return float(rate) if rate and rate > 0 else None
 
 
-def _too_long(what: str, limits: VideoLimits) -> str:
+def _too_long(what: str, limits: LimitsSettings) -> str:
     return f"too long ({what} > limit {limits.max_duration_s:g} s)"
 
 
@@ -358,7 +348,7 @@ def _decode(
     stream: VideoStream,
     fps: float | None,
     size: int,
-    limits: VideoLimits,
+    limits: LimitsSettings,
     on_frame: FrameCallback | None,
 ) -> VideoProbe:
     """Decode (then, once ``on_frame`` is done, demux) the stream and measure it.
