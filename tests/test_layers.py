@@ -80,3 +80,24 @@ def test_loading_the_definitions_loads_neither_the_demo_nor_the_stand_ins():
     ).stdout
     loaded = set(ast.literal_eval(out.strip().splitlines()[-1]))
     assert "defs" in loaded and not loaded & APART
+
+
+def _asset_bodies() -> list[tuple[str, int]]:
+    """(asset, lines of its body below the docstring) of every asset in defs/."""
+    bodies = []
+    for path in sorted((PACKAGE / "defs").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            decorators = [ast.unparse(d) for d in getattr(node, "decorator_list", [])]
+            if isinstance(node, ast.FunctionDef) and any("asset" in d for d in decorators):
+                body = node.body
+                if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                    body = body[1:]
+                bodies.append((f"{path.name}:{node.name}", node.end_lineno - body[0].lineno + 1))
+    return bodies
+
+
+def test_assets_only_orchestrate():
+    """An asset reads its settings, calls the library, writes metadata: 30 lines at most."""
+    bodies = _asset_bodies()
+    assert len(bodies) >= 10  # the measure finds the assets
+    assert [(name, lines) for name, lines in bodies if lines > 30] == []

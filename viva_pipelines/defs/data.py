@@ -62,6 +62,19 @@ def pair_reviewer(settings: Settings, storage: Storage) -> qc.Reviewer | None:
     return make_pair_reviewer(backend, storage, vlm.max_frames)
 
 
+def _qc_metadata(result: qc.QcResult) -> dict:
+    accepted, manifest = result.accepted, result.manifest
+    return {
+        "accepted_video_pairs": int((accepted["modality"] == "video").sum()),
+        "accepted_image_pairs": int((accepted["modality"] == "image").sum()),
+        "rejected_pairs": int((manifest["status"] == qc.REJECTED).sum()),
+        "failures": dg.MetadataValue.json(reason_counts(_failed(manifest)["reason"])),
+        "by_edit_type": dg.MetadataValue.md(markdown_table(result.summary())),
+        "rejection_reasons": dg.MetadataValue.json(result.rejection_reasons().to_dict()),
+        "manifest": dg.MetadataValue.path(result.manifest_uri),
+    }
+
+
 def _progress(context: dg.AssetExecutionContext):
     def log(done: int, total: int, item: str) -> None:
         context.log.info(f"[{done}/{total}] {item}")
@@ -205,20 +218,8 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
             pair_reviewer(settings, store),
             _external_rows(store),
         )
-        accepted = result.accepted
         return dg.MaterializeResult(
-            metadata={
-                "shards": len(present),
-                "accepted_video_pairs": int((accepted["modality"] == "video").sum()),
-                "accepted_image_pairs": int((accepted["modality"] == "image").sum()),
-                "rejected_pairs": int((result.manifest["status"] == qc.REJECTED).sum()),
-                "failures": dg.MetadataValue.json(
-                    reason_counts(_failed(result.manifest)["reason"])
-                ),
-                "by_edit_type": dg.MetadataValue.md(markdown_table(result.summary())),
-                "rejection_reasons": dg.MetadataValue.json(result.rejection_reasons().to_dict()),
-                "manifest": dg.MetadataValue.path(result.manifest_uri),
-            },
+            metadata={"shards": len(present), **_qc_metadata(result)},
             data_version=dg.DataVersion(result.data_version),
         )
 

@@ -149,22 +149,13 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
                 store, store.read_parquet(qc.MANIFEST_KEY), model=settings.models.instructor,
                 options=cfg.pretrain, prompt_template=settings.sft.model.instructor_prompt,
             )  # fmt: skip
-            trained = record["trained"] or {}
-            metadata: dict = {
+            metadata = {
                 "location": dg.MetadataValue.path(record["location"]),
                 "sha256": record["sha256"] or "",
             }
-            if trained:
-                log_metrics({k: v for k, v in trained.items() if isinstance(v, float)})
-                with tempfile.TemporaryDirectory() as tmp:
-                    local = store.local_dir(record["location"], tmp)
-                    version = register_model_dir(local, run.info.run_id, cfg.register_model)
-                metadata["registered_model"] = f"{cfg.register_model}/{version}"
-                metadata.update({k: v for k, v in trained.items() if isinstance(v, (int, float))})
-                context.log.info(
-                    f"held-out position accuracy {trained['val_position_accuracy']:.3f} "
-                    f"(chance {trained['val_position_chance']:.3f}, untrained "
-                    f"{trained['val_position_accuracy_untrained']:.3f})"
+            if record["trained"]:
+                metadata |= _register_instructor(
+                    context, store, record, run.info.run_id, cfg.register_model
                 )
         version_of = record["sha256"] or record["location"]
         return dg.MaterializeResult(
@@ -200,25 +191,16 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
                 run_id=run.info.run_id, tracking_uri=mlflow.tracking_uri,
                 artifact_prefix="model", register_as=sft.register_model,
             )  # fmt: skip
-            summary = store.read_json(summary_key(config.output_prefix))
-            preview = _last_preview(store, config.output_prefix)
-        metadata = {
-            **reported,
-            "model_uri": dg.MetadataValue.path(store.uri(model_key(config.output_prefix))),
-            "registered_model": f"{sft.register_model}/{version}",
-            "dataset_version": dataset_version,
-            "run_key": run_key(config),
-        }
-        if preview is not None:
-            metadata["preview"] = dg.MetadataValue.md(
-                "source | target | edit\n\n" + markdown_image(preview, "validation edits")
-            )
+        summary = store.read_json(summary_key(config.output_prefix))
         context.log.info(
             f"val loss {summary.get('val_loss_first', float('nan')):.4f} -> "
             f"{summary.get('val_loss_last', float('nan')):.4f}; registered "
             f"{sft.register_model} version {version}"
         )
-        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(run_key(config)))
+        artifacts = {"model_uri": model_key(config.output_prefix)}
+        details = {"registered_model": f"{sft.register_model}/{version}",
+                   "dataset_version": dataset_version}  # fmt: skip
+        return _training_result(store, config, {**reported, **details}, artifacts)
 
     @training_asset(
         settings, "grpo_lora", deps=[SFT_CHECKPOINT, REWARD_MODELS], code_version=GRPO_CODE_VERSION
@@ -240,15 +222,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         }
         config = grpo_config(settings, store, versions["sft_checkpoint"], versions["qc_dataset"])
         sft_model = _latest_metadata(context, SFT_CHECKPOINT).get("registered_model", "")
-        record = store.read_json(REWARDS_RECORD)
-        links = {
-            "viva.base_model": sft_model,
-            "viva.base_model_uri": store.uri(config.sft_model),
-            **{
-                f"viva.reward_model.{name}": json.dumps(record[name]["identity"], sort_keys=True)
-                for name in ("clip", "pickscore")
-            },
-        }
+        links = _grpo_lineage(store, sft_model, config.sft_model)
         with mlflow.start_run(context, upstream_data_versions=versions) as run:
             set_tags(links)
             reported, version = launch_training(
@@ -258,21 +232,15 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
                 artifact_prefix="lora", register_as=settings.grpo.register_model,
             )  # fmt: skip
             tag_model_version(settings.grpo.register_model, version, links)
-            summary = store.read_json(summary_key(config.output_prefix))
+        summary = store.read_json(summary_key(config.output_prefix))
         context.log.info(
             f"held-out reward {summary.get('eval/total_first', float('nan')):.4f} -> "
             f"{summary.get('eval/total_last', float('nan')):.4f}"
         )
-        return dg.MaterializeResult(
-            metadata={
-                **reported,
-                "lora_uri": dg.MetadataValue.path(store.uri(lora_key(config.output_prefix))),
-                "base_model": sft_model,
-                "base_model_uri": dg.MetadataValue.path(store.uri(config.sft_model)),
-                "registered_model": f"{settings.grpo.register_model}/{version}",
-            },
-            data_version=dg.DataVersion(run_key(config)),
-        )
+        artifacts = {"lora_uri": lora_key(config.output_prefix), "base_model_uri": config.sft_model}
+        details = {"registered_model": f"{settings.grpo.register_model}/{version}",
+                   "base_model": sft_model}  # fmt: skip
+        return _training_result(store, config, {**reported, **details}, artifacts)
 
     return dg.Definitions(
         assets=[instructor_model, sft_checkpoint, grpo_lora],
@@ -280,6 +248,48 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
     )
 
 
-def _last_preview(store, prefix: str) -> bytes | None:
-    pngs = sorted(k for k in store.list(f"{prefix}/previews") if k.endswith(".png"))
-    return store.read_bytes(pngs[-1]) if pngs else None
+def _register_instructor(
+    context: dg.AssetExecutionContext, store: Storage, record: dict, run_id: str, register_as: str
+) -> dict:
+    """Log the pretraining's held-out figures, register the instructor it trained; metadata."""
+    trained = record["trained"]
+    log_metrics({k: v for k, v in trained.items() if isinstance(v, float)})
+    with tempfile.TemporaryDirectory() as tmp:
+        version = register_model_dir(store.local_dir(record["location"], tmp), run_id, register_as)
+    context.log.info(
+        f"held-out position accuracy {trained['val_position_accuracy']:.3f} "
+        f"(chance {trained['val_position_chance']:.3f}, untrained "
+        f"{trained['val_position_accuracy_untrained']:.3f})"
+    )
+    figures = {k: v for k, v in trained.items() if isinstance(v, (int, float))}
+    return {"registered_model": f"{register_as}/{version}", **figures}
+
+
+def _grpo_lineage(store: Storage, sft_model: str, sft_model_key: str) -> dict[str, str]:
+    """MLflow tags tying a GRPO run and its LoRA to the SFT model and the reward models."""
+    record = store.read_json(REWARDS_RECORD)
+    return {
+        "viva.base_model": sft_model,
+        "viva.base_model_uri": store.uri(sft_model_key),
+        **{
+            f"viva.reward_model.{name}": json.dumps(record[name]["identity"], sort_keys=True)
+            for name in ("clip", "pickscore")
+        },
+    }
+
+
+def _training_result(
+    store: Storage, config: RunConfig, metadata: dict, artifacts: dict[str, str]
+) -> dg.MaterializeResult:
+    """A training asset's result: what the run reported, links to ``artifacts`` (name -> key),
+    the last validation preview, versioned by the run's key."""
+    metadata = {
+        **metadata,
+        **{name: dg.MetadataValue.path(store.uri(key)) for name, key in artifacts.items()},
+        "run_key": run_key(config),
+    }
+    pngs = sorted(k for k in store.list(f"{config.output_prefix}/previews") if k.endswith(".png"))
+    if pngs:
+        preview = markdown_image(store.read_bytes(pngs[-1]), "validation edits")
+        metadata["preview"] = dg.MetadataValue.md("source | target | edit\n\n" + preview)
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(run_key(config)))
