@@ -58,7 +58,7 @@ from viva_pipelines.train.runs import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-#: (label, SFT overrides, with Edit-GRPO); overrides are on top of conf/base.
+#: (label, SFT overrides, with Edit-GRPO); overrides are on top of the embedded profile.
 CONFIGS: list[tuple[str, dict[str, object], bool]] = [
     ("vanilla", {"sft.model.text_only": True, "sft.loss.mask_lambda": 0.0,
                  "sft.data.use_images": False}, False),

@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 .venv/bin/python bench/grpo_step.py [--iterations 5] [--group-size 4]
         [--groups 2] [--num-steps 8] [--train-steps 3] [--threads N] [--device cpu|cuda]
 
-The setup is the demo's Edit-GRPO (conf/base/training.yaml, grpo section): the tiny DiT
+The setup is the demo's Edit-GRPO (the embedded profile's grpo settings): the tiny DiT
 (tiny_transformer_config(12, 64): 2 dual- + 2 single-stream blocks, 4 heads of 32, patch 2)
 with a peft LoRA of rank 8 (alpha 8) on the default targets (grpo.add_lora), clips of 4 frames
 of 32x32 through the pixel codec with factor 2 (latents [B, 12, 4, 16, 16], 256 video tokens),
@@ -74,7 +74,7 @@ from viva_pipelines.train.grpo import (
 )
 from viva_pipelines.train.grpo_math import group_advantages
 
-# The demo's Edit-GRPO settings (conf/base/training.yaml, grpo section).
+# The demo's Edit-GRPO settings (the embedded profile's grpo section).
 LORA_RANK, LORA_ALPHA = 8, 8.0
 SHIFT, NOISE_LEVEL, GUIDANCE = 3.0, 0.7, 1.5
 LR, CLIP_RANGE, BETA, GRAD_CLIP = 1e-3, 1e-3, 0.01, 1.0

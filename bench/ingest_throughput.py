@@ -3,7 +3,7 @@
     .venv/bin/python bench/ingest_throughput.py [--seconds 2] [--repeats 3]
 
 Source clips pan across a real photo (scikit-image's astronaut), so the encoder sees realistic
-content. Output uses conf/base's normalisation (128x128, 8 fps, 17 frames) unless overridden.
+content. Output uses the embedded profile's normalisation (128x128, 8 fps, 17 frames) unless overridden.
 """
 
 from __future__ import annotations

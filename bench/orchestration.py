@@ -8,7 +8,7 @@ launching a backfill over many shards. CPU only; nothing is decoded or executed.
    empty ``.mp4`` files (100 sub-folders, as uploads from many cameras would land) plus one
    non-video file per folder, and a fresh storage root and Dagster instance
    (``dg.instance_for_test``). The real ``raw_video_sensor`` of ``build_definitions`` (the
-   conf/base settings, with the source and the storage root pointed at the temp folders)
+   embedded-profile settings, with the source and the storage root pointed at the temp folders)
    is evaluated through ``dg.build_sensor_context`` with the Definitions' resources: it lists
    the source, assigns the new videos to shards (``ingest.shard_size`` each), writes the
    shard registry and asks for the new ``video_shards`` partitions and the first runs. The

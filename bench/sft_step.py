@@ -3,7 +3,7 @@
     .venv/bin/python bench/sft_step.py [--device cpu|cuda] [--steps 30] [--batch-size 16]
         [--root ./data] [--skip-gpu | --gpu-only] [--peak-tflops 989]
 
-Sections 1 and 2 use the demo's SFT setup (conf/base/training.yaml, the SftConfig defaults):
+Sections 1 and 2 use the demo's SFT setup (the embedded profile: the SftConfig defaults):
 the tiny DiT (2 dual- + 2 single-stream blocks, 4 heads of 32, patch 2), clips of 4 frames of
 32x32, the pixel codec with factor 2 (12 latent channels on a 4x16x16 grid: 256 video tokens
 per sample), the tiny instructor, a batch of 16 video samples, fp32 on a CPU and bf16 autocast

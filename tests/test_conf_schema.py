@@ -1,6 +1,6 @@
-"""conf/base and the schema say the same thing: every value conf/base gives is the schema's
-default for that key (the schema is where a setting's type, default and doc live; conf/base
-spells the embedded profile out for people to read and edit)."""
+"""Every setting is defined once, in the schema (type, default, bounds, doc): conf/base gives
+only what the schema cannot (the locations the embedded profile reads and writes), and the
+configuration reference is generated from the schema."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from tests.conftest import REPO
+from viva_pipelines.config import load_settings
 from viva_pipelines.config.reference import configuration_reference, settings_of
 from viva_pipelines.config.schema import Settings
-
-#: Keys conf/base sets to the demo's own files where the schema has no default location.
-DEMO_LOCATIONS = {"benchmark.manifest", "inference.requests"}
 
 
 def _plain(value: Any) -> Any:
@@ -30,7 +28,7 @@ def _plain(value: Any) -> Any:
 
 
 def _conf_values(doc: dict, defaults: dict[str, Any], prefix: str = "") -> Iterator[tuple]:
-    """(dotted key, value) of every setting conf/base gives."""
+    """(dotted key, value) of every setting a conf file gives."""
     for key, value in doc.items():
         name = f"{prefix}{key}"
         if name in defaults:
@@ -40,29 +38,38 @@ def _conf_values(doc: dict, defaults: dict[str, Any], prefix: str = "") -> Itera
             yield from _conf_values(value, defaults, f"{name}.")
 
 
-def _disagreements(conf: dict) -> list[str]:
-    defaults = {setting.key: setting.default for setting in settings_of(Settings)}
-    return [
-        f"{name}: conf/base {value!r}, schema {defaults[name]!r}"
-        for name, value in _conf_values(conf, defaults)
-        if defaults[name] is not PydanticUndefined  # required: conf/base must give it
-        and name not in DEMO_LOCATIONS
-        and _plain(defaults[name]) != _plain(value)
-    ]
-
-
-def test_conf_base_gives_the_schema_defaults():
+def _base_conf() -> dict[str, Any]:
     conf: dict[str, Any] = {}
     for file in sorted((REPO / "conf" / "base").glob("*.yaml")):
         conf.update(yaml.safe_load(file.read_text()))
-    assert _disagreements(conf) == []
+    return conf
+
+
+def test_conf_base_restates_no_default():
+    """A value conf/base gives is either required by the schema or different from its default;
+    restating a default would define the setting twice, and the two would drift apart."""
+    defaults = {setting.key: setting.default for setting in settings_of(Settings)}
+    restated = [
+        f"{name}: {value!r} is the schema's default"
+        for name, value in _conf_values(_base_conf(), defaults)
+        if defaults[name] is not PydanticUndefined and _plain(defaults[name]) == _plain(value)
+    ]
+    assert restated == []
+
+
+def test_conf_base_gives_every_required_setting():
+    required = {s.key for s in settings_of(Settings) if s.default is PydanticUndefined}
+    defaults = {setting.key: setting.default for setting in settings_of(Settings)}
+    given = {name for name, _ in _conf_values(_base_conf(), defaults)}
+    assert required and required <= given
+    assert load_settings(REPO / "conf", include_local=False).env == "base"
 
 
 def test_the_configuration_reference_is_generated_from_the_schema():
     """docs/configuration-reference.md is `viva config --reference`'s output for this schema:
     a changed setting changes the page, or this fails (regenerate it with that command)."""
     written = (REPO / "docs" / "configuration-reference.md").read_text()
-    generated = configuration_reference(Settings, REPO / "conf" / "base")
+    generated = configuration_reference(Settings)
     assert written == generated, (
         "regenerate: viva config --reference > docs/configuration-reference.md"
     )

@@ -82,9 +82,9 @@ def test_invalid_yaml_names_file_and_line(project: Path, make_settings):
 
 
 def test_same_key_in_two_files_of_one_layer_is_refused(project: Path, make_settings):
-    write_conf(project, "base", "zz.yaml", {"ingest": {"fps": 4}})
+    write_conf(project, "base", "zz.yaml", {"storage": {"root": "elsewhere"}})
     message = config_error(make_settings)
-    assert "ingest.fps" in message and "conf/base/ingest.yaml" in message
+    assert "storage.root" in message and "conf/base/storage.yaml" in message
 
 
 def test_local_overlay_is_personal_and_optional(project: Path):

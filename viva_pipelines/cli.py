@@ -403,7 +403,7 @@ def _config(args: argparse.Namespace) -> int:
         from viva_pipelines.config.reference import configuration_reference
         from viva_pipelines.config.schema import Settings
 
-        print(configuration_reference(Settings, PACKAGE_DIR.parent / "conf" / "base"), end="")
+        print(configuration_reference(Settings), end="")
         return 0
     print(yaml.safe_dump(get_settings().model_dump(mode="json"), sort_keys=False), end="")
     return 0

@@ -3,8 +3,7 @@ bounds and one-line doc (``viva config --reference``; ``docs/configuration-refer
 this output, kept in sync by a test).
 
 A key's doc is its field's ``description``, else the comment at the end of its line in the
-class that declares it, else the comment beside the key in ``conf/base`` (where most of them
-were first written).
+class that declares it (or on a ``#:`` line right above it).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import tokenize
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -36,8 +34,9 @@ _BOUNDS = ((Ge, "≥", "ge"), (Gt, ">", "gt"), (Le, "≤", "le"), (Lt, "<", "lt"
 
 @cache
 def _line_comments(model: type) -> dict[str, str]:
-    """``{field: comment}`` from the ``name: type = default  # comment`` lines of every class
-    in ``model``'s MRO (a subclass's own comment wins)."""
+    """``{field: doc}`` of every class in ``model``'s MRO (a subclass's own doc wins): the
+    comment at the end of a ``name: type = default  # doc`` line, or a ``#: doc`` line right
+    above one whose own line has no room for it."""
     comments: dict[str, str] = {}
     for cls in reversed(model.__mro__):
         if cls is BaseModel or not issubclass(cls, BaseModel):
@@ -46,38 +45,18 @@ def _line_comments(model: type) -> dict[str, str]:
             source = inspect.getsource(cls)
         except (OSError, TypeError):
             continue
+        lines = source.splitlines()
         field_on_line: dict[int, str] = {}
-        for number, line in enumerate(source.splitlines(), 1):
+        for number, line in enumerate(lines, 1):
             name = line.strip().split(":", 1)[0]
             if line.startswith("    ") and not line.startswith("     ") and name.isidentifier():
                 field_on_line[number] = name
+                above = lines[number - 2].strip() if number > 1 else ""
+                if above.startswith("#:"):
+                    comments[name] = above.removeprefix("#:").strip()
         for token in tokenize.generate_tokens(io.StringIO(source).readline):
             if token.type == tokenize.COMMENT and token.start[0] in field_on_line:
                 comments[field_on_line[token.start[0]]] = token.string.lstrip("# ").strip()
-    return comments
-
-
-def conf_comments(conf_dir: Path) -> dict[str, str]:
-    """``{dotted key: comment}`` from ``key: value  # comment`` lines of the YAML files in
-    ``conf_dir`` (nesting by indentation; comments that wrap onto their own lines are left
-    out)."""
-    comments: dict[str, str] = {}
-    for file in sorted(conf_dir.glob("*.yaml")):
-        path: list[tuple[int, str]] = []
-        for line in file.read_text().splitlines():
-            stripped = line.strip()
-            if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
-                continue
-            indent = len(line) - len(line.lstrip())
-            key = stripped.split(":", 1)[0].strip()
-            if not key.isidentifier():
-                continue
-            path = [(i, k) for i, k in path if i < indent] + [(indent, key)]
-            value = stripped.split(":", 1)[1]
-            tokens = list(tokenize.generate_tokens(io.StringIO(value).readline))
-            comment = next((t.string for t in tokens if t.type == tokenize.COMMENT), None)
-            if comment:
-                comments[".".join(k for _, k in path)] = comment.lstrip("# ").strip()
     return comments
 
 
@@ -174,19 +153,16 @@ def settings_of(
         yield from settings_of(section, inner, path)
 
 
-def _row(setting: Setting, conf: dict[str, str]) -> list[str]:
+def _row(setting: Setting) -> list[str]:
     field = setting.field
-    doc = field.description or _line_comments(setting.section).get(setting.name)
-    doc = doc or conf.get(setting.key, "")
+    doc = field.description or _line_comments(setting.section).get(setting.name, "")
     return [f"`{setting.key}`", _type_name(field.annotation), _default(setting.default),
             _bounds(_constraints(field.annotation, field.metadata)), doc.replace("|", "\\|")]  # fmt: skip
 
 
-def configuration_reference(settings: type[BaseModel], conf_dir: Path) -> str:
+def configuration_reference(settings: type[BaseModel]) -> str:
     """The Markdown reference of ``settings`` (the root schema): one table per top-level
-    section, keys in declaration order, nested sections flattened to dotted keys; docs
-    missing from the schema come from the comments in ``conf_dir`` (``conf/base``)."""
-    conf = conf_comments(conf_dir)
+    section, keys in declaration order, nested sections flattened to dotted keys."""
     parts = [HEADER]
     for name, field in settings.model_fields.items():
         section = _section(field.annotation)
@@ -195,7 +171,7 @@ def configuration_reference(settings: type[BaseModel], conf_dir: Path) -> str:
         doc = inspect.cleandoc(section.__dict__.get("__doc__") or "")
         default = field.get_default(call_default_factory=True)
         inner = default if isinstance(default, BaseModel) else None
-        rows = [_row(setting, conf) for setting in settings_of(section, inner, f"{name}.")]
+        rows = [_row(setting) for setting in settings_of(section, inner, f"{name}.")]
         table = ["| key | type | default | bounds | meaning |", "| --- | --- | --- | --- | --- |"]
         table += ["| " + " | ".join(row) + " |" for row in rows]
         parts.append(f"## `{name}`\n\n" + (f"{doc}\n\n" if doc else "") + "\n".join(table) + "\n")

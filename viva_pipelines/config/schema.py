@@ -134,8 +134,9 @@ class IngestSettings(Section):
     width: EvenSize = 128  # every normalised copy's width
     height: EvenSize = 128  # ... height
     fps: PositiveFloat = 8  # ... frame rate (resampled by presentation time)
-    max_frames: PositiveInt = 17
-    resize: Literal["crop", "pad"] = "crop"
+    max_frames: PositiveInt = 17  # 4k+1, what the HunyuanVideo VAE expects
+    resize: Literal["crop", "pad"] = "crop"  # crop (fill, centre crop) or pad (letterbox)
+    #: H.264 quality of the normalised copies (lower = better)
     crf: Annotated[int, Field(ge=0, le=51)] = 12
     limits: LimitsSettings = LimitsSettings()
 
@@ -180,6 +181,7 @@ class Sam2Settings(Section):
 
 
 class MasksSettings(Section):
+    #: annotations (sidecars that came with the videos) | sam2
     backend: Literal["annotations", "sam2"] = "annotations"
     phrases: tuple[str, ...] = Field((), description="objects to track; empty: from captions")
     rules: TrackRulesSettings = TrackRulesSettings()
@@ -224,13 +226,15 @@ class DiffusersSettings(Section):
 
 
 class PairsSettings(Section):
+    #: opencv (CPU, classical) | diffusers (GPU, models.inpainting)
     backend: Literal["opencv", "diffusers"] = "opencv"
     edit_types: tuple[EditType, ...] = Field(
         ("remove", "add", "color", "swap", "style", "tone", "hybrid", "ref_add", "ref_swap"),
         description="the edit types made for every video",
     )
-    per_type: PositiveInt = 1
+    per_type: PositiveInt = 1  # pairs of each type per video
     seed: int = 0  # the same seed makes the same pairs from the same videos
+    #: pixels the object mask grows by to form the edit region
     dilation: Annotated[int, Field(ge=0)] = 4
     vocabulary: str | None = Field(
         None,
@@ -278,8 +282,16 @@ class VlmSettings(Section):
         return self
 
 
+class JudgeSettings(VlmSettings):
+    """The benchmark's VLM judge (docs/benchmark.md): a VLM client as in QC, asked for a
+    short verdict; off in the demo (no weights)."""
+
+    max_new_tokens: PositiveInt = 128  # answer length cap: a score and a sentence
+
+
 class QcSettings(Section):
     thresholds: QcThresholdsSettings = QcThresholdsSettings()
+    #: by source video: no video in both splits
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
     split_seed: int = 0  # the same seed splits the same videos the same way
     image_manifest: Location | None = Field(
@@ -292,15 +304,17 @@ class K8sExecutorSettings(Section):
     """``dagster_k8s.k8s_job_executor``: every step becomes a Kubernetes Job. GPU requests, node
     selectors and tolerations are per step, in ``asset_tags`` (``dagster-k8s/config``)."""
 
-    job_namespace: str = "dagster"
+    job_namespace: str = "dagster"  # namespace the step Jobs are created in
     job_image: str | None = None  # null: the image of the code location's user deployment
+    #: Always | IfNotPresent | Never
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    #: service account of the step pods (S3 access via IRSA etc.)
     service_account_name: str | None = None
-    image_pull_secrets: tuple[str, ...] = ()
-    env_config_maps: tuple[str, ...] = ()
+    image_pull_secrets: tuple[str, ...] = ()  # Secret names for a private registry
+    env_config_maps: tuple[str, ...] = ()  # ConfigMaps whose keys become env vars of every step
     env_secrets: tuple[str, ...] = ()  # Secrets whose keys become env vars (AWS, MLflow, VLM)
-    labels: dict[str, str] = Field(default_factory=dict)
-    load_incluster_config: bool = True
+    labels: dict[str, str] = Field(default_factory=dict)  # extra labels on step Jobs and pods
+    load_incluster_config: bool = True  # false: use the local kubeconfig (launching from outside)
     max_concurrent: PositiveInt | None = None  # pods at once per run; null = as the DAG allows
 
 
@@ -308,12 +322,12 @@ class CeleryExecutorSettings(Section):
     """``dagster_celery.celery_executor``: steps are Celery tasks routed to a queue per asset
     (op tag ``dagster-celery/queue``); GPU steps go to ``gpu_queue`` unless ``queues`` says."""
 
-    broker: str = "pyamqp://guest@localhost:5672//"
+    broker: str = "pyamqp://guest@localhost:5672//"  # Celery broker URL (RabbitMQ or redis://)
     broker_env: str | None = None  # env var holding the broker URL (with password); wins
-    backend: str = "rpc://"
+    backend: str = "rpc://"  # Celery result backend URL
     backend_env: str | None = None  # env var holding the result backend URL; wins
-    default_queue: str = "dagster"
-    gpu_queue: str = "gpu"
+    default_queue: str = "dagster"  # queue of CPU steps (start workers with -q dagster)
+    gpu_queue: str = "gpu"  # queue of steps in the gpu pool (workers on GPU hosts: -q gpu)
     queues: dict[str, str] = Field(default_factory=dict)  # asset name -> queue
 
 
@@ -321,14 +335,16 @@ class RetrySettings(Section):
     """One retry policy for every step that talks to a network or a GPU (transient faults:
     S3 throttling, endpoint timeouts, a pre-empted node)."""
 
-    max_retries: Annotated[int, Field(ge=0)] = 2
+    max_retries: Annotated[int, Field(ge=0)] = 2  # attempts after the first
+    #: first backoff (exponential, with jitter) for network steps
     delay_s: Annotated[float, Field(ge=0)] = 10
     gpu_delay_s: Annotated[float, Field(ge=0)] = 30  # a GPU node takes longer to come back
 
 
 class ExecutionSettings(Section):
+    #: in_process | multiprocess (local) | k8s | celery (pip install .[prod])
     executor: Literal["in_process", "multiprocess", "k8s", "celery"] = "multiprocess"
-    max_concurrent: PositiveInt = 2
+    max_concurrent: PositiveInt = 2  # multiprocess: steps at once within one run
     asset_tags: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per-asset op tags, e.g. dagster-k8s/config requesting nvidia.com/gpu",
@@ -345,8 +361,9 @@ def _cron(value: str) -> str:
 
 
 class CronScheduleSettings(Section):
+    #: five-field cron; default: Sundays 03:00
     cron: Annotated[str, AfterValidator(_cron)] = "0 3 * * 0"
-    timezone: str = "UTC"
+    timezone: str = "UTC"  # IANA zone the cron is read in
     enabled: bool = False  # the schedule's default status; the UI can still toggle it
 
 
@@ -358,8 +375,8 @@ class AutomationSettings(Section):
     """The automation condition sensor that lets a new ``raw_videos`` shard flow on to
     ``tracked_masks`` and ``synthetic_pairs`` whatever launched it (UI, backfill, sensor)."""
 
-    enabled: bool = False
-    interval_s: PositiveInt = 30
+    enabled: bool = False  # default status of default_automation_condition_sensor
+    interval_s: PositiveInt = 30  # seconds between its evaluations
 
 
 class SftSettings(Section):
@@ -436,13 +453,15 @@ class BenchmarkSettings(Section):
     manifest: Location | None = Field(
         None, description="the JSONL manifest (local path or URI); null = {root}/manifest.jsonl"
     )
+    #: grpo is skipped (with a log line) until grpo_lora exists
     models: list[Literal["sft", "grpo", "identity"]] = ["sft", "grpo", "identity"]
     num_steps: PositiveInt | None = None  # sampling steps; null = each model's default
     guidance_scale: Annotated[float, Field(ge=1)] | None = None  # null = each model's default
     seed: int = 0  # start noise of every edit
+    #: side-by-side preview videos per category
     previews_per_category: Annotated[int, Field(ge=0)] = 1
-    device: str = "auto"
-    judge: VlmSettings = VlmSettings(max_new_tokens=128)
+    device: str = "auto"  # cuda when available
+    judge: JudgeSettings = JudgeSettings()
 
 
 class InferenceSettings(Section):
@@ -467,11 +486,12 @@ class InferenceSettings(Section):
     num_steps: PositiveInt | None = None  # sampling steps; null = the model's default
     guidance_scale: Annotated[float, Field(ge=1)] | None = None  # null = the model's default
     seed: int = 0  # start noise of every window
-    crf: Annotated[int, Field(ge=0, le=51)] = 18
-    preserve_unchanged: bool = False
+    crf: Annotated[int, Field(ge=0, le=51)] = 18  # H.264 quality (lower = better, larger)
+    preserve_unchanged: bool = False  # keep the source's pixels where the model changed nothing
+    #: source | edit rows per request in the previews
     preview_frames: Annotated[int, Field(ge=0)] = 3
     window_batch: PositiveInt = 4  # windows per model call
-    device: str = "auto"
+    device: str = "auto"  # cuda when available
 
 
 class Settings(Section):

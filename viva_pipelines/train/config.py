@@ -68,6 +68,7 @@ class ModelOptions(_Section):
     instructor_layer: int = -1  # hidden layer whose states condition the DiT (-1 = last)
     text_only: bool = False  # ablation: the vanilla text-encoder baseline
     crop_template: bool = True  # keep only the prompt's instruction and image tokens
+    #: prod: {kind: hunyuan_vae, subfolder: vae}
     codec: dict[str, Any] = Field(default_factory=lambda: {"kind": "pixel", "factor": 2})
     transformer_subfolder: str | None = None  # of models.transformer (e.g. transformer)
     pooled: Literal["instructor_last", "instructor_mean", "none"] = Field(
@@ -76,6 +77,7 @@ class ModelOptions(_Section):
     embedded_guidance: float = 1.0  # only for guidance-distilled checkpoints
     # What the DiT outputs: the velocity (pretrained checkpoints, the paper) or the clean
     # target minus the source (model.flow_matching.velocity_from_prediction).
+    #: velocity (the paper, pretrained DiTs) | source_residual | source_gated
     prediction: Literal["velocity", "source_residual", "source_gated"] = "velocity"
     scratch: ScratchSize = ScratchSize()
 
@@ -106,9 +108,10 @@ class LossConfig(_Section):
     sigma_shift: float = Field(3.0, gt=0)  # > 1 trains more at high noise (the edit's layout)
     # Per-sample weight of the velocity error: none (velocity, the paper) or sigma^2 (clean:
     # the implied clean video's error, equal at every noise level; model.flow_matching).
+    #: velocity (the paper) | clean: sigma^2, the clean video's error
     weighting: Literal["velocity", "clean"] = "velocity"
     # Extra noise gamma on the model's input only (exposure bias; model.flow_matching); 0 = off.
-    input_perturbation: float = Field(0.0, ge=0)
+    input_perturbation: float = Field(0.0, ge=0)  # extra input noise against exposure bias; 0 = off
     gate_weight: float = Field(0.2, ge=0)  # edit-gate BCE (prediction: source_gated only)
     instruction_dropout: float = Field(0.1, ge=0, le=1)  # empty instruction + black image
     source_dropout: float = Field(0.05, ge=0, le=1)  # zero source latents (source guidance)
@@ -235,6 +238,7 @@ class GrpoSampling(_Section):
     train_steps: int = Field(3, ge=1)  # denoising steps trained per iteration (random subset)
     # Stochastic (and trainable) steps: a window of this many consecutive steps at a random
     # place each iteration, the ODE elsewhere (MixGRPO); null = every step but the last.
+    #: stochastic steps: a window of this many (MixGRPO); null = all
     sde_window: int | None = Field(None, ge=1)
     same_noise: bool = True  # a group's candidates start from one noise (Flow-GRPO, DanceGRPO)
     noise_level: float = Field(0.7, gt=0)  # the SDE's a: how stochastic the rollouts are
