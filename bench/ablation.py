@@ -91,9 +91,11 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         budget = {
-            "sft.optim.max_steps": args.steps, "sft.runtime.seed": seed,
-            "grpo.optim.iterations": args.grpo_iterations, "grpo.runtime.seed": seed,
-        }  # fmt: skip
+            "sft.optim.max_steps": args.steps,
+            "sft.runtime.seed": seed,
+            "grpo.optim.iterations": args.grpo_iterations,
+            "grpo.runtime.seed": seed,
+        }
         for label, overrides, with_grpo in CONFIGS:
             settings = load_settings(default_conf_dir(), overrides={**budget, **overrides})
             store = Storage(settings.storage.root)

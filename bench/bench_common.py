@@ -89,5 +89,7 @@ def run_trainer(module: str, config, log: Path) -> None:
         with open(log, "a") as out:
             subprocess.run(
                 [sys.executable, "-m", module, "--config", str(path)],
-                check=True, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                check=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )

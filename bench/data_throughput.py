@@ -90,8 +90,11 @@ def main() -> None:
             seconds, floor = results[name][stage], results[name]["floor: decode + encode"]
             cells.append(f" | {FRAMES / seconds:14.0f} | {seconds / floor:7.2f}")
         print(f"{stage:<30}" + "".join(cells))
-    worst = {name: max(v for k, v in r.items() if not k.startswith("floor")) / r["floor: decode + encode"]
-             for name, r in results.items()}  # fmt: skip
+    worst = {
+        name: max(v for k, v in r.items() if not k.startswith("floor"))
+        / r["floor: decode + encode"]
+        for name, r in results.items()
+    }
     print("slowest stage vs floor: " + ", ".join(f"{n} {w:.2f}x" for n, w in worst.items()))
 
 

@@ -63,11 +63,19 @@ def speed(pipeline: VivaEditPipeline, folder: Path) -> list[list[str]]:
         clip = procedural(folder / f"speed_{width}.mp4", width, height, 25, 48)
         for batch in (1, 4):
             started = time.perf_counter()
-            result = edit_whole_video(pipeline, clip, INSTRUCTION, folder / "o.mp4",
-                                      window_batch=batch, progress=False)  # fmt: skip
+            result = edit_whole_video(
+                pipeline, clip, INSTRUCTION, folder / "o.mp4", window_batch=batch, progress=False
+            )
             seconds = time.perf_counter() - started
-            rows.append([f"{width}x{height}", str(batch), str(result.frames),
-                         str(result.windows), f"{seconds / result.frames * 1000:.0f}"])  # fmt: skip
+            rows.append(
+                [
+                    f"{width}x{height}",
+                    str(batch),
+                    str(result.frames),
+                    str(result.windows),
+                    f"{seconds / result.frames * 1000:.0f}",
+                ]
+            )
     return rows
 
 
@@ -88,8 +96,12 @@ def memory(model: Path, folder: Path, minutes: float, fps: int) -> list[str]:
     if done.returncode:
         raise SystemExit(done.stderr[-3000:])
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return [f"{minutes:g} min, 1920x1080, {fps} fps", done.stdout.strip(),
-            f"{time.perf_counter() - started:.0f}", f"{peak_mib:.0f}"]  # fmt: skip
+    return [
+        f"{minutes:g} min, 1920x1080, {fps} fps",
+        done.stdout.strip(),
+        f"{time.perf_counter() - started:.0f}",
+        f"{peak_mib:.0f}",
+    ]
 
 
 def _frames(path: Path) -> np.ndarray:
@@ -102,19 +114,29 @@ def seams(pipeline: VivaEditPipeline, videos: list[Path], folder: Path) -> list[
     overlap = size // 2
     rows, ratios = [], []
     for video in videos:
-        out = edit_whole_video(pipeline, video, INSTRUCTION, folder / f"{video.stem}.mp4",
-                               progress=False).path  # fmt: skip
+        out = edit_whole_video(
+            pipeline, video, INSTRUCTION, folder / f"{video.stem}.mp4", progress=False
+        ).path
         edited, source = _frames(out).astype(np.float64), _frames(video).astype(np.float64)
         starts = set(window_starts(len(edited), size, overlap)) - {0}
-        diffs = {name: np.abs(np.diff(x, axis=0)).mean(axis=(1, 2, 3))
-                 for name, x in (("edited", edited), ("source", source))}  # fmt: skip
+        diffs = {
+            name: np.abs(np.diff(x, axis=0)).mean(axis=(1, 2, 3))
+            for name, x in (("edited", edited), ("source", source))
+        }
         seam = np.array([k - 1 for k in sorted(starts)])
         inside = np.setdiff1d(np.arange(len(edited) - 1), seam)
         ratio = {n: d[seam].mean() / d[inside].mean() for n, d in diffs.items()}
         ratios.append(ratio["edited"])
-        rows.append([video.name, str(len(edited)), f"{diffs['edited'][seam].mean():.2f}",
-                     f"{diffs['edited'][inside].mean():.2f}", f"{ratio['edited']:.2f}",
-                     f"{ratio['source']:.2f}"])  # fmt: skip
+        rows.append(
+            [
+                video.name,
+                str(len(edited)),
+                f"{diffs['edited'][seam].mean():.2f}",
+                f"{diffs['edited'][inside].mean():.2f}",
+                f"{ratio['edited']:.2f}",
+                f"{ratio['source']:.2f}",
+            ]
+        )
     rows.append(["**mean**", "", "", "", f"**{np.mean(ratios):.2f}**", ""])
     return rows
 
@@ -134,14 +156,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="viva-edit-bench-") as tmp:
         folder = Path(tmp)
         note("speed")
-        table(["size", "windows per call", "frames", "windows", "ms per output frame"],
-              speed(pipeline, folder))  # fmt: skip
+        table(
+            ["size", "windows per call", "frames", "windows", "ms per output frame"],
+            speed(pipeline, folder),
+        )
         note("seams")
         videos = sorted(REPO.glob("data/source_videos/*.mp4"))[: args.videos]
-        table(["video", "frames", "mean abs Δ across seams", "mean abs Δ within windows", "ratio",
-               "source's ratio"], seams(pipeline, videos, folder))  # fmt: skip
-        table(["input", "frames", "seconds", "peak RSS (MiB)"],
-              [memory(model, folder, args.minutes, args.memory_fps)])  # fmt: skip
+        table(
+            [
+                "video",
+                "frames",
+                "mean abs Δ across seams",
+                "mean abs Δ within windows",
+                "ratio",
+                "source's ratio",
+            ],
+            seams(pipeline, videos, folder),
+        )
+        table(
+            ["input", "frames", "seconds", "peak RSS (MiB)"],
+            [memory(model, folder, args.minutes, args.memory_fps)],
+        )
 
 
 if __name__ == "__main__":

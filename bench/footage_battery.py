@@ -176,13 +176,22 @@ def build_source(folder: Path, real: Path | None) -> dict[str, tuple[str, str]]:
     if mp4s:
         base = max(mp4s, key=lambda c: (_reorders(c), c.stat().st_size))
         derived = {
-            f"{base.stem}_pts_eq_dts.mp4": ("real clip re-muxed, pts = dts", OK,
-                                            lambda p: remux(base, p, "mp4", pts_from_dts=True)),
-            f"{base.stem}_remuxed.mkv": ("real clip re-muxed into Matroska", OK,
-                                         lambda p: remux(base, p, "matroska")),
-            f"{base.stem}_half.mp4": ("real clip cut in half", REJECTED,
-                                      lambda p: cut_in_half(base, p)),
-        }  # fmt: skip
+            f"{base.stem}_pts_eq_dts.mp4": (
+                "real clip re-muxed, pts = dts",
+                OK,
+                lambda p: remux(base, p, "mp4", pts_from_dts=True),
+            ),
+            f"{base.stem}_remuxed.mkv": (
+                "real clip re-muxed into Matroska",
+                OK,
+                lambda p: remux(base, p, "matroska"),
+            ),
+            f"{base.stem}_half.mp4": (
+                "real clip cut in half",
+                REJECTED,
+                lambda p: cut_in_half(base, p),
+            ),
+        }
         for name, (what, expected, write) in derived.items():
             write(folder / name)
             inputs[name] = (what, expected)
@@ -195,10 +204,16 @@ def build_source(folder: Path, real: Path | None) -> dict[str, tuple[str, str]]:
 def run_graph(source: Path, store: Path) -> tuple[Storage, list[str], list[str]]:
     """Register, then materialize every shard like ``viva ingest``; returns the storage, the
     shards and the ones whose run failed."""
-    settings = load_settings(REPO / "conf", None, include_local=False, overrides={
-        "storage.root": str(store), "sources.raw_videos.uri": str(source),
-        "ingest.shard_size": 8,
-    })  # fmt: skip
+    settings = load_settings(
+        REPO / "conf",
+        None,
+        include_local=False,
+        overrides={
+            "storage.root": str(store),
+            "sources.raw_videos.uri": str(source),
+            "ingest.shard_size": 8,
+        },
+    )
     storage = Storage(settings.storage.root)
     registry, _ = scan_and_register(
         storage, Storage(str(source)), settings.sources.raw_videos.extensions, 8
@@ -215,8 +230,10 @@ def run_graph(source: Path, store: Path) -> tuple[Storage, list[str], list[str]]
             )
             if not result.success:
                 failed.append(shard)
-            note(f"{shard}: {'ok' if result.success else 'FAILED'} in "
-                 f"{time.perf_counter() - started:.1f}s")  # fmt: skip
+            note(
+                f"{shard}: {'ok' if result.success else 'FAILED'} in "
+                f"{time.perf_counter() - started:.1f}s"
+            )
     return storage, shards, failed
 
 
@@ -264,11 +281,13 @@ def main() -> None:
             result = ""
             if status == OK:
                 video = row["video_id"]
-                ok_pairs = pair_rows[(pair_rows["video_id"] == video)
-                                     & (pair_rows["status"] == "ok")]  # fmt: skip
+                ok_pairs = pair_rows[
+                    (pair_rows["video_id"] == video) & (pair_rows["status"] == "ok")
+                ]
                 kept = int(((tracks["video_id"] == video) & (tracks["status"] == "kept")).sum())
-                n_acc = int(((accepted["video_id"] == video)
-                             & (accepted["modality"] == "video")).sum())  # fmt: skip
+                n_acc = int(
+                    ((accepted["video_id"] == video) & (accepted["modality"] == "video")).sum()
+                )
                 why = gaps.get(video) or no_masks.get(video) or ""
                 result = f"{kept} masks, {len(ok_pairs)} pairs ({n_acc} pass QC)"
                 result += f"; no local pairs: {why}" if why else ""
@@ -278,13 +297,27 @@ def main() -> None:
             problems.append(f"{name}: expected {expected}, got {status} ({detail})")
         if status == REJECTED and (not detail or "\n" in str(detail)):
             problems.append(f"{name}: rejected without a one-line reason")
-        rows.append([f"`{name}`", what, expected, status, str(detail).replace("|", "/"),
-                     frames, result])  # fmt: skip
-    table(["input", "what", "expected", "outcome", "reason / repair", "frames (source → normalised)",
-           "masks, pairs"], rows, right=99)  # fmt: skip
+        rows.append(
+            [f"`{name}`", what, expected, status, str(detail).replace("|", "/"), frames, result]
+        )
+    table(
+        [
+            "input",
+            "what",
+            "expected",
+            "outcome",
+            "reason / repair",
+            "frames (source → normalised)",
+            "masks, pairs",
+        ],
+        rows,
+        right=99,
+    )
     print(f"Skipped by the listing: {skipped_text(skipped)}")
-    print(f"{len(inputs)} inputs, {len(shards)} shards, {len(failed)} failed shards, "
-          f"graph time {elapsed:.0f} s")  # fmt: skip
+    print(
+        f"{len(inputs)} inputs, {len(shards)} shards, {len(failed)} failed shards, "
+        f"graph time {elapsed:.0f} s"
+    )
     if failed:
         problems.append(f"failed shards: {', '.join(failed)}")
     print("\nTargets: " + ("all met" if not problems else "MISSED:\n- " + "\n- ".join(problems)))

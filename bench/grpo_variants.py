@@ -63,11 +63,18 @@ def score(pipeline: VivaEditPipeline, split: ValSplit, clip) -> pd.DataFrame:
     cond = Conditions.from_tokens(batch.tokens, batch.token_mask, spec.pooled)
     uncond = Conditions.from_tokens(*split.empty, spec.pooled)
     latents = sample_edit(
-        pipeline.transformer, batch.source, batch.reference, cond, uncond,
-        num_steps=spec.sampling.num_steps, guidance_scale=spec.sampling.guidance_scale,
-        shift=spec.sampling.shift, embedded_guidance=spec.embedded_guidance,
-        prediction=spec.prediction, generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+        pipeline.transformer,
+        batch.source,
+        batch.reference,
+        cond,
+        uncond,
+        num_steps=spec.sampling.num_steps,
+        guidance_scale=spec.sampling.guidance_scale,
+        shift=spec.sampling.shift,
+        embedded_guidance=spec.embedded_guidance,
+        prediction=spec.prediction,
+        generator=torch.Generator().manual_seed(0),
+    )
     codec = pipeline.codec
     edits, targets = codec.decode(latents), codec.decode(batch.target)
     regions = torch.nn.functional.interpolate(batch.mask, size=edits.shape[2:], mode="nearest")
@@ -75,16 +82,21 @@ def score(pipeline: VivaEditPipeline, split: ValSplit, clip) -> pd.DataFrame:
     for i, row in split.rows.iterrows():
         out, tgt = to_uint8_frames(edits[i]), to_uint8_frames(targets[i])
         inside = regions[i, 0].numpy() > 0.5
-        rows.append({
-            "edit_type": row.edit_type,
-            "frame": psnr(out, tgt),
-            "region": psnr(out[inside], tgt[inside]) if inside.any() and not inside.all()
-            else np.nan,
-            "outside": psnr(out[~inside], tgt[~inside]) if (~inside).any() else np.nan,
-            "clip_if": float(instruction_following(
-                clip, out[None], row.target_caption or "", row.source_caption or ""
-            )[0]),
-        })  # fmt: skip
+        rows.append(
+            {
+                "edit_type": row.edit_type,
+                "frame": psnr(out, tgt),
+                "region": psnr(out[inside], tgt[inside])
+                if inside.any() and not inside.all()
+                else np.nan,
+                "outside": psnr(out[~inside], tgt[~inside]) if (~inside).any() else np.nan,
+                "clip_if": float(
+                    instruction_following(
+                        clip, out[None], row.target_caption or "", row.source_caption or ""
+                    )[0]
+                ),
+            }
+        )
     return pd.DataFrame(rows)
 
 

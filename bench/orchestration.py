@@ -280,11 +280,20 @@ def main() -> None:
     print("## Sensor tick (list the source, assign shards, register partitions)\n")
     rows = [sensor_case(count) for count in args.videos]
     table(
-        ["videos", "shard size", "new shards", "make files s", "first tick s",
-         "add partitions s", "tick + add s", "runs requested", "no-change tick s",
-         "peak RSS MiB"],
+        [
+            "videos",
+            "shard size",
+            "new shards",
+            "make files s",
+            "first tick s",
+            "add partitions s",
+            "tick + add s",
+            "runs requested",
+            "no-change tick s",
+            "peak RSS MiB",
+        ],
         rows,
-    )  # fmt: skip
+    )
     print("## Definitions load (`import viva_pipelines.definitions`, fresh process)\n")
     table(
         ["median wall s", "fastest wall s", "import only s", "heavy modules loaded"],

@@ -28,10 +28,18 @@ from viva_pipelines.train.sft_data import CachedSamples, collate, load_unconditi
 
 def edit_psnr(pipeline, transformer, batch, cond, uncond, steps, guidance, shift) -> pd.DataFrame:
     latents = sample_edit(
-        transformer, batch.source, batch.reference, cond, uncond, num_steps=steps,
-        guidance_scale=guidance, shift=shift, generator=torch.Generator().manual_seed(1),
-        embedded_guidance=pipeline.spec.embedded_guidance, prediction=pipeline.spec.prediction,
-    )  # fmt: skip
+        transformer,
+        batch.source,
+        batch.reference,
+        cond,
+        uncond,
+        num_steps=steps,
+        guidance_scale=guidance,
+        shift=shift,
+        generator=torch.Generator().manual_seed(1),
+        embedded_guidance=pipeline.spec.embedded_guidance,
+        prediction=pipeline.spec.prediction,
+    )
     codec = pipeline.codec
     edits, targets, sources = (codec.decode(x) for x in (latents, batch.target, batch.source))
     regions = torch.nn.functional.interpolate(batch.mask, size=edits.shape[2:], mode="nearest")
@@ -78,20 +86,27 @@ def main() -> None:
     untrained = HunyuanVideoTransformer3DModel.from_config(pipeline.transformer.config)
     tables = {}
     for name, transformer in (("trained", pipeline.transformer), ("untrained", untrained)):
-        table = edit_psnr(pipeline, transformer.eval(), batch, cond, uncond, steps, guidance,
-                          spec.sampling.shift)  # fmt: skip
+        table = edit_psnr(
+            pipeline, transformer.eval(), batch, cond, uncond, steps, guidance, spec.sampling.shift
+        )
         table["edit_type"] = val["edit_type"]
         tables[name] = table
     trained, untrained_table = tables["trained"], tables["untrained"]
     report = trained.groupby("edit_type").mean()
     report.loc["all"] = trained.drop(columns="edit_type").mean()
-    report.insert(0, "untrained frame", [
-        *untrained_table.groupby("edit_type")["model frame"].mean(),
-        untrained_table["model frame"].mean(),
-    ])  # fmt: skip
+    report.insert(
+        0,
+        "untrained frame",
+        [
+            *untrained_table.groupby("edit_type")["model frame"].mean(),
+            untrained_table["model frame"].mean(),
+        ],
+    )
     report.insert(0, "clips", [*val.groupby("edit_type").size(), len(val)])
-    print(f"PSNR (dB) against the ground-truth target, {len(val)} val clips of {args.run}, "
-          f"{steps} steps, guidance {guidance}, shift {spec.sampling.shift}\n")  # fmt: skip
+    print(
+        f"PSNR (dB) against the ground-truth target, {len(val)} val clips of {args.run}, "
+        f"{steps} steps, guidance {guidance}, shift {spec.sampling.shift}\n"
+    )
     print(report.round(2).to_markdown())
 
 

@@ -104,11 +104,15 @@ def evaluate(
     empty, empty_mask = pad_tokens([unconditional] * len(items))
     uncond = Conditions.from_tokens(empty, empty_mask, spec.pooled)
     table = edit_psnr(
-        pipeline, pipeline.transformer, batch, cond, uncond,
+        pipeline,
+        pipeline.transformer,
+        batch,
+        cond,
+        uncond,
         steps or spec.sampling.num_steps,
         spec.sampling.guidance_scale if guidance is None else guidance,
         spec.sampling.shift if shift is None else shift,
-    )  # fmt: skip
+    )
     table["edit_type"] = val["edit_type"]
     return table
 
@@ -159,21 +163,28 @@ def main() -> None:
         took = time.perf_counter() - started
         table = evaluate(store, config.output_prefix, args.sample_steps, args.guidance, args.shift)
         summary = store.read_json(summary_key(config.output_prefix))
-        rows.append({
-            "variant": label, "train s": round(took) if not done else None,
-            "val loss": summary.get("val_loss_last"),
-            "frame": table["model frame"].mean(), "region": table["model region"].mean(),
-            "outside": table["model outside"].mean(),
-        })  # fmt: skip
+        rows.append(
+            {
+                "variant": label,
+                "train s": round(took) if not done else None,
+                "val loss": summary.get("val_loss_last"),
+                "frame": table["model frame"].mean(),
+                "region": table["model region"].mean(),
+                "outside": table["model outside"].mean(),
+            }
+        )
         per_type[label] = table.groupby("edit_type")["model frame"].mean()
         if identity is None:
             identity = table
         note(f"{label}: {rows[-1]}")
-    rows.append({
-        "variant": "identity", "frame": identity["identity frame"].mean(),
-        "region": identity["identity region"].mean(),
-        "outside": identity["identity outside"].mean(),
-    })  # fmt: skip
+    rows.append(
+        {
+            "variant": "identity",
+            "frame": identity["identity frame"].mean(),
+            "region": identity["identity region"].mean(),
+            "outside": identity["identity outside"].mean(),
+        }
+    )
     per_type["identity"] = identity.groupby("edit_type")["identity frame"].mean()
     print(f"\nval split, {len(identity)} video clips; PSNR (dB) against the ground truth\n")
     print(pd.DataFrame(rows).round(2).to_markdown(index=False))

@@ -120,8 +120,9 @@ def clip_frames(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
     rectangle's ``bool [T, H, W]`` masks."""
     h, w = spec.height, spec.width
     ys, xs = np.mgrid[0:h, 0:w]
-    background = np.stack([xs * 255 // max(w - 1, 1), ys * 255 // max(h - 1, 1),
-                           np.full_like(xs, 96)], axis=-1).astype(np.uint8)  # fmt: skip
+    background = np.stack(
+        [xs * 255 // max(w - 1, 1), ys * 255 // max(h - 1, 1), np.full_like(xs, 96)], axis=-1
+    ).astype(np.uint8)
     frames = np.repeat(background[None], spec.frames, axis=0)
     masks = np.zeros((spec.frames, h, w), dtype=bool)
     box_w, box_h = max(w // 3, 2), max(h // 3, 2)
@@ -177,8 +178,9 @@ def write_clip(path: Path, spec: ClipSpec) -> Path:
             out.mux(packet)
     if spec.annotated:
         upright = np.rot90(masks, spec.rotation // 90, axes=(1, 2))
-        ann = Annotations("a red box over a gradient", [{"id": 1, "label": "red box"}],
-                          upright.astype(np.uint8))  # fmt: skip
+        ann = Annotations(
+            "a red box over a gradient", [{"id": 1, "label": "red box"}], upright.astype(np.uint8)
+        )
         json_bytes, npz_bytes = ann.to_bytes()
         json_key, masks_key = sidecar_keys(str(path))
         Path(json_key).write_bytes(json_bytes)

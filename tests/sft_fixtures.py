@@ -28,8 +28,10 @@ def _clip(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     and the square's masks ``[T, S, S]``."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(40, 200, SIZE, dtype=np.float32)
-    background = np.stack([ramp[None, :].repeat(SIZE, 0), ramp[:, None].repeat(SIZE, 1),
-                           np.full((SIZE, SIZE), 90.0)], -1)  # fmt: skip
+    background = np.stack(
+        [ramp[None, :].repeat(SIZE, 0), ramp[:, None].repeat(SIZE, 1), np.full((SIZE, SIZE), 90.0)],
+        -1,
+    )
     empty = np.repeat(background[None], FRAMES, 0).astype(np.uint8)
     frames = empty.copy()
     masks = np.zeros((FRAMES, SIZE, SIZE), bool)
@@ -58,25 +60,47 @@ def write_tiny_dataset(storage: Storage, videos: int = 4) -> pd.DataFrame:
                 with storage.staged(keys[name]) as local:
                     write_video(local, frames, 8)
             save_mask(storage, f"{prefix}/mask.npz", masks)
-            for name, image in (("key_source", source[4]), ("key_target", target[4]),
-                                ("key_mask", masks[4].astype(np.uint8) * 255)):  # fmt: skip
+            for name, image in (
+                ("key_source", source[4]),
+                ("key_target", target[4]),
+                ("key_mask", masks[4].astype(np.uint8) * 255),
+            ):
                 storage.write_bytes(f"{prefix}/{name}.png", _png(image))
             reference = ""
             if edit == "color" and v < 2:
                 reference = f"{prefix}/reference.png"
                 storage.write_bytes(reference, _png(np.full((16, 16, 3), 200, np.uint8)))
             common = {
-                "status": "accepted", "split": split, "edit_type": edit, "video_id": f"v{v}",
-                "instruction": instruction, "reference_key": reference, "pair_id": f"v{v}-{edit}",
-                "source_caption": "a red square over a gradient", "target_caption": target_caption,
-            }  # fmt: skip
-            rows.append({**common, "sample_id": f"v{v}-{edit}", "modality": "video",
-                         "source_key": keys["source"], "target_key": keys["target"],
-                         "mask_key": f"{prefix}/mask.npz"})  # fmt: skip
-            rows.append({**common, "sample_id": f"v{v}-{edit}-image", "modality": "image",
-                         "source_key": f"{prefix}/key_source.png",
-                         "target_key": f"{prefix}/key_target.png",
-                         "mask_key": f"{prefix}/key_mask.png"})  # fmt: skip
+                "status": "accepted",
+                "split": split,
+                "edit_type": edit,
+                "video_id": f"v{v}",
+                "instruction": instruction,
+                "reference_key": reference,
+                "pair_id": f"v{v}-{edit}",
+                "source_caption": "a red square over a gradient",
+                "target_caption": target_caption,
+            }
+            rows.append(
+                {
+                    **common,
+                    "sample_id": f"v{v}-{edit}",
+                    "modality": "video",
+                    "source_key": keys["source"],
+                    "target_key": keys["target"],
+                    "mask_key": f"{prefix}/mask.npz",
+                }
+            )
+            rows.append(
+                {
+                    **common,
+                    "sample_id": f"v{v}-{edit}-image",
+                    "modality": "image",
+                    "source_key": f"{prefix}/key_source.png",
+                    "target_key": f"{prefix}/key_target.png",
+                    "mask_key": f"{prefix}/key_mask.png",
+                }
+            )
     manifest = pd.DataFrame(rows)
     storage.write_parquet("qc_dataset/manifest.parquet", manifest)
     return manifest
@@ -86,13 +110,19 @@ def tiny_sft_config(root: Path, output: str = "sft_test", **sections: dict) -> S
     """A config that trains in seconds: 2 frames of 16x16, batch 4."""
     doc = {
         "output_prefix": output,
-        "data": {"storage_root": str(root), "dataset_version": "tiny", "frames": 2,
-                 "frame_stride": 4, "height": 16, "width": 16},
+        "data": {
+            "storage_root": str(root),
+            "dataset_version": "tiny",
+            "frames": 2,
+            "frame_stride": 4,
+            "height": 16,
+            "width": 16,
+        },
         "model": {"instructor": "tiny"},
         "optim": {"batch_size": 4, "max_steps": 6, "warmup_steps": 2},
         "eval": {"every": 3, "val_samples": 4, "sample_count": 2, "sample_steps": 2},
         "runtime": {"checkpoint_every": 3, "threads": 1},
-    }  # fmt: skip
+    }
     for section, values in sections.items():
         doc[section] = {**doc.get(section, {}), **values}
     return SftConfig.from_mapping(doc)
@@ -123,12 +153,14 @@ def prepare_grpo_inputs(root: Path) -> str:
 def tiny_grpo_config(root: Path, output: str, sft_cache: str, **sections: dict) -> GrpoConfig:
     """An Edit-GRPO config over :func:`prepare_grpo_inputs`' model: groups of 2, 3 steps."""
     doc = {
-        "output_prefix": output, "data": {"storage_root": str(root)},
-        "sft_model": "sft/model", "sft_cache": sft_cache,
+        "output_prefix": output,
+        "data": {"storage_root": str(root)},
+        "sft_model": "sft/model",
+        "sft_cache": sft_cache,
         "sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
         "optim": {"groups_per_iteration": 1, "lr": 1e-2},
         "runtime": {"threads": 1},
-    }  # fmt: skip
+    }
     for section, values in sections.items():
         doc[section] = {**doc.get(section, {}), **values}
     return GrpoConfig.from_mapping(doc)

@@ -150,9 +150,13 @@ def test_run_benchmark_scores_every_pair_and_records_failures(suite, scorer, tmp
     broken_root.write_bytes(instances[1].source_video, b"not a video")
     editors = [bench.IdentityEditor(GEOMETRY), OracleEditor(), BrokenEditor()]
     run = bench.run_benchmark(
-        broken_root, instances[:2], editors, scorer, SPEC,
+        broken_root,
+        instances[:2],
+        editors,
+        scorer,
+        SPEC,
         keep_clips=lambda instance: instance.id == instances[0].id,
-    )  # fmt: skip
+    )
     rows = run.rows.set_index(["id", "model"])
     first, second = instances[0].id, instances[1].id
     assert rows.loc[(first, "identity"), "bg_psnr"] == math.inf
@@ -217,12 +221,16 @@ def _rows(values: list[tuple[str, str, str, float, float]]) -> pd.DataFrame:
 
 
 def test_category_table_is_mean_per_category_then_mean_of_categories():
-    rows = _rows([
-        ("s1", "swap", "sft", 0.1, 20.0), ("s2", "swap", "sft", 0.3, 30.0),
-        ("c1", "color", "sft", 0.5, 40.0),
-        ("s1", "swap", "identity", -0.1, math.inf), ("s2", "swap", "identity", -0.3, math.inf),
-        ("c1", "color", "identity", -0.5, math.inf),
-    ])  # fmt: skip
+    rows = _rows(
+        [
+            ("s1", "swap", "sft", 0.1, 20.0),
+            ("s2", "swap", "sft", 0.3, 30.0),
+            ("c1", "color", "sft", 0.5, 40.0),
+            ("s1", "swap", "identity", -0.1, math.inf),
+            ("s2", "swap", "identity", -0.3, math.inf),
+            ("c1", "color", "identity", -0.5, math.inf),
+        ]
+    )
     failed = {"id": "c2", "category": "color", "model": "sft", "error": "boom"}
     rows = pd.concat([rows, pd.DataFrame([failed])], ignore_index=True)
     table = bench.category_table(rows)
@@ -239,9 +247,12 @@ def test_category_table_is_mean_per_category_then_mean_of_categories():
 
 
 def test_sanity_flags_identity_out_of_place():
-    rows = _rows([
-        ("s1", "swap", "sft", -0.2, 50.0), ("s1", "swap", "identity", 0.1, 40.0),
-    ])  # fmt: skip
+    rows = _rows(
+        [
+            ("s1", "swap", "sft", -0.2, 50.0),
+            ("s1", "swap", "identity", 0.1, 40.0),
+        ]
+    )
     problems = bench.sanity_problems(bench.category_table(rows))
     assert len(problems) == 2
     assert "not last on CLIP-IF: sft" in problems[0]
@@ -264,16 +275,22 @@ def test_leakage_flags_a_suite_video_that_is_a_training_video(suite, tmp_path):
     val_bytes = media.read_bytes(instances[1].source_video)
     store.write_parquet(
         "raw_videos/shard-000000/manifest.parquet",
-        pd.DataFrame({
+        pd.DataFrame(
+            {
+                "video_id": ["a", "b", "c"],
+                "source_sha256": [
+                    hashlib.sha256(x).hexdigest() for x in (leaked_bytes, val_bytes, b"other")
+                ],
+            }
+        ),
+    )
+    qc_manifest = pd.DataFrame(
+        {
             "video_id": ["a", "b", "c"],
-            "source_sha256": [hashlib.sha256(x).hexdigest()
-                              for x in (leaked_bytes, val_bytes, b"other")],
-        }),
-    )  # fmt: skip
-    qc_manifest = pd.DataFrame({
-        "video_id": ["a", "b", "c"], "split": ["train", "val", "train"],
-        "modality": ["video", "video", "video"],
-    })  # fmt: skip
+            "split": ["train", "val", "train"],
+            "modality": ["video", "video", "video"],
+        }
+    )
     hashes = training_video_hashes(store, qc_manifest)
     assert len(hashes) == 2  # a and c; b is validation
     assert leaked_instances(media, instances, hashes) == [instances[0].id]
@@ -287,17 +304,21 @@ def _materialize_suite(settings):
     job = defs.resolve_implicit_global_asset_job_def()
     with dg.instance_for_test() as instance:
         return job.execute_in_process(
-            asset_selection=[dg.AssetKey("benchmark_suite")], instance=instance,
+            asset_selection=[dg.AssetKey("benchmark_suite")],
+            instance=instance,
             raise_on_error=False,
-        )  # fmt: skip
+        )
 
 
 def test_benchmark_suite_asset_validates_and_blocks_on_leakage(suite, make_settings, tmp_path):
     media, instances = suite
-    settings = make_settings(**{
-        "storage.root": str(tmp_path / "root"), "benchmark.root": media.root_uri,
-        "benchmark.manifest": None,
-    })  # fmt: skip
+    settings = make_settings(
+        **{
+            "storage.root": str(tmp_path / "root"),
+            "benchmark.root": media.root_uri,
+            "benchmark.manifest": None,
+        }
+    )
     result = _materialize_suite(settings)
     assert result.success
     (check,) = result.get_asset_check_evaluations()
@@ -307,11 +328,14 @@ def test_benchmark_suite_asset_validates_and_blocks_on_leakage(suite, make_setti
 
     # The first suite video is a training video: the blocking check fails, naming it.
     digest = hashlib.sha256(media.read_bytes(instances[0].source_video)).hexdigest()
-    store.write_parquet("raw_videos/shard-000000/manifest.parquet",
-                        pd.DataFrame({"video_id": ["v"], "source_sha256": [digest]}))  # fmt: skip
-    store.write_parquet("qc_dataset/manifest.parquet",
-                        pd.DataFrame({"video_id": ["v"], "split": ["train"],
-                                      "modality": ["video"]}))  # fmt: skip
+    store.write_parquet(
+        "raw_videos/shard-000000/manifest.parquet",
+        pd.DataFrame({"video_id": ["v"], "source_sha256": [digest]}),
+    )
+    store.write_parquet(
+        "qc_dataset/manifest.parquet",
+        pd.DataFrame({"video_id": ["v"], "split": ["train"], "modality": ["video"]}),
+    )
     (check,) = _materialize_suite(settings).get_asset_check_evaluations()
     assert not check.passed and instances[0].id in check.metadata["result"].value
 
@@ -319,13 +343,22 @@ def test_benchmark_suite_asset_validates_and_blocks_on_leakage(suite, make_setti
 def test_benchmark_suite_asset_names_the_bad_manifest_line(make_settings, tmp_path):
     root = Storage(str(tmp_path / "suite"))
     root.write_bytes("a.mp4", b"x")
-    line = {"id": "a", "category": "zoom", "source_video": "a.mp4", "instruction": "i",
-            "source_caption": "s", "target_caption": "t"}  # fmt: skip
+    line = {
+        "id": "a",
+        "category": "zoom",
+        "source_video": "a.mp4",
+        "instruction": "i",
+        "source_caption": "s",
+        "target_caption": "t",
+    }
     root.write_bytes("manifest.jsonl", (json.dumps(line) + "\n").encode())
-    settings = make_settings(**{
-        "storage.root": str(tmp_path / "root"), "benchmark.root": root.root_uri,
-        "benchmark.manifest": None,
-    })  # fmt: skip
+    settings = make_settings(
+        **{
+            "storage.root": str(tmp_path / "root"),
+            "benchmark.root": root.root_uri,
+            "benchmark.manifest": None,
+        }
+    )
     result = _materialize_suite(settings)
     assert not result.success
     failure = result.failure_data_for_node("benchmark_suite")

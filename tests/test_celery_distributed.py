@@ -134,10 +134,24 @@ def _delete_queue(name: str) -> None:
 
 def _start_worker(name: str, queue: str, config_yaml: Path, env: dict, log: Path):
     command = [
-        str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
-        "--name", name, "-q", queue, "--config-yaml", str(config_yaml), "--loglevel", "INFO",
-        "--", "--concurrency=1", "--without-mingle", "--without-gossip",
-    ]  # fmt: skip
+        str(BIN / "dagster-celery"),
+        "worker",
+        "start",
+        "-A",
+        "dagster_celery.app",
+        "--name",
+        name,
+        "-q",
+        queue,
+        "--config-yaml",
+        str(config_yaml),
+        "--loglevel",
+        "INFO",
+        "--",
+        "--concurrency=1",
+        "--without-mingle",
+        "--without-gossip",
+    ]
     return _spawn(command, env, log)
 
 
@@ -202,8 +216,10 @@ def celery_workers(tmp_path: Path, monkeypatch) -> Iterator[dict]:
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     config_yaml = tmp_path / "celery.yaml"
     celery_config = {
-        "broker": BROKER, "backend": BACKEND, "config_source": {"task_default_queue": queue}
-    }  # fmt: skip
+        "broker": BROKER,
+        "backend": BACKEND,
+        "config_source": {"task_default_queue": queue},
+    }
     config_yaml.write_text(yaml.safe_dump({"execution": {"celery": celery_config}}))
     env = os.environ | {
         "DAGSTER_HOME": str(home),
@@ -321,23 +337,34 @@ def test_shards_run_on_two_celery_workers_and_match_an_in_process_run(
     source = tmp_path / "videos"
     generate_demo_videos(source, 7, seed=11, width=64, height=48, num_frames=8, fps=8)
     common = {
-        "sources.raw_videos.uri": str(source), "ingest.shard_size": 2,
-        "ingest.width": 32, "ingest.height": 32, "ingest.fps": 8, "ingest.max_frames": 5,
+        "sources.raw_videos.uri": str(source),
+        "ingest.shard_size": 2,
+        "ingest.width": 32,
+        "ingest.height": 32,
+        "ingest.fps": 8,
+        "ingest.max_frames": 5,
         "pairs.edit_types": ["remove", "color"],
-    }  # fmt: skip
+    }
     queue = celery_workers["queue"]
     celery_root = tmp_path / "celery_root"
     (project / "conf" / "local").mkdir()  # the workers' job loads base + local
     celery_conf = common | {
-        "storage.root": str(celery_root), "execution.executor": "celery",
-        "execution.celery.broker": BROKER, "execution.celery.backend": BACKEND,
-        "execution.celery.default_queue": queue, "execution.celery.gpu_queue": queue,
-    }  # fmt: skip
+        "storage.root": str(celery_root),
+        "execution.executor": "celery",
+        "execution.celery.broker": BROKER,
+        "execution.celery.backend": BACKEND,
+        "execution.celery.default_queue": queue,
+        "execution.celery.gpu_queue": queue,
+    }
     local_conf = project / "conf" / "local" / "celery_test.yaml"
     local_conf.write_text(yaml.safe_dump(_nested(celery_conf)))
-    local_settings = make_settings(**common, **{
-        "storage.root": str(tmp_path / "local_root"), "execution.executor": "in_process",
-    })  # fmt: skip
+    local_settings = make_settings(
+        **common,
+        **{
+            "storage.root": str(tmp_path / "local_root"),
+            "execution.executor": "in_process",
+        },
+    )
     celery_storage, local_storage = Storage(str(celery_root)), Storage(local_settings.storage.root)
     for storage in (celery_storage, local_storage):
         registry, _ = scan_and_register(storage, Storage(str(source)), [".mp4"], 2)

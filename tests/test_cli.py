@@ -36,8 +36,25 @@ def run(args: list[str], project: Path, home: Path) -> subprocess.CompletedProce
 def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_path: Path):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    made = run(["demo-data", "--videos", "5", "--seed", "3", "--width", "64", "--height", "48",
-                "--frames", "12", "--suite-per-category", "1"], project, home)  # fmt: skip
+    made = run(
+        [
+            "demo-data",
+            "--videos",
+            "5",
+            "--seed",
+            "3",
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--frames",
+            "12",
+            "--suite-per-category",
+            "1",
+        ],
+        project,
+        home,
+    )
     assert made.returncode == 0, made.stderr
     assert "demo benchmark suite (9 instances)" in made.stdout
     source = project / "data" / "source_videos"
@@ -74,12 +91,20 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     assert "0 shards materialized, 1 already current" in second.stdout
 
     # Train (a few steps), register in MLflow, then edit with the registered model.
-    write_conf(project, "local", "sft.yaml", {"sft": {
-        "data": {"frames": 2, "height": 16, "width": 16},
-        "optim": {"batch_size": 4, "max_steps": 4, "warmup_steps": 1},
-        "eval": {"every": 4, "val_samples": 4, "sample_count": 2, "sample_steps": 2},
-        "runtime": {"checkpoint_every": 4, "threads": 1},
-    }, "instructor": {"pretrain": {"steps": 3, "batch_size": 4}}})  # fmt: skip
+    write_conf(
+        project,
+        "local",
+        "sft.yaml",
+        {
+            "sft": {
+                "data": {"frames": 2, "height": 16, "width": 16},
+                "optim": {"batch_size": 4, "max_steps": 4, "warmup_steps": 1},
+                "eval": {"every": 4, "val_samples": 4, "sample_count": 2, "sample_steps": 2},
+                "runtime": {"checkpoint_every": 4, "threads": 1},
+            },
+            "instructor": {"pretrain": {"steps": 3, "batch_size": 4}},
+        },
+    )
     trained = run(["materialize", "instructor_model", "sft_checkpoint"], project, home)
     assert trained.returncode == 0, trained.stdout + trained.stderr[-3000:]
     assert "instructor_model, sft_checkpoint materialized" in trained.stdout
@@ -101,20 +126,42 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     assert [d.dataset.name for d in mlflow_run.inputs.dataset_inputs] == ["qc_dataset"]
     assert "train_loss" in mlflow_run.data.metrics and "val_psnr" in mlflow_run.data.metrics
     out = project / "edited.mp4"
-    edited = run(["edit", "--model", "models:/viva-sft/1", "--video", str(next(source.glob("*.mp4"))),
-                  "--instruction", "Remove the red circle.", "--out", str(out), "--steps", "2"],
-                 project, home)  # fmt: skip
+    edited = run(
+        [
+            "edit",
+            "--model",
+            "models:/viva-sft/1",
+            "--video",
+            str(next(source.glob("*.mp4"))),
+            "--instruction",
+            "Remove the red circle.",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+        ],
+        project,
+        home,
+    )
     assert edited.returncode == 0, edited.stderr[-3000:]
     assert read_video(out)[0].shape == (12, 48, 64, 3)  # the source's frames and size
     assert "wrote " in edited.stdout and "12 frames of 64x48" in edited.stdout
 
     # Reward models (tiny CLIP trained on the dataset) and Edit-GRPO over the SFT model.
-    write_conf(project, "local", "grpo.yaml", {
-        "rewards": {"tiny_clip_steps": 10},
-        "grpo": {"sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
-                 "optim": {"iterations": 2, "groups_per_iteration": 1},
-                 "eval": {"every": 2, "groups": 2}, "runtime": {"checkpoint_every": 2}},
-    })  # fmt: skip
+    write_conf(
+        project,
+        "local",
+        "grpo.yaml",
+        {
+            "rewards": {"tiny_clip_steps": 10},
+            "grpo": {
+                "sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
+                "optim": {"iterations": 2, "groups_per_iteration": 1},
+                "eval": {"every": 2, "groups": 2},
+                "runtime": {"checkpoint_every": 2},
+            },
+        },
+    )
     tuned = run(["materialize", "reward_models", "grpo_lora"], project, home)
     assert tuned.returncode == 0, tuned.stdout + tuned.stderr[-3000:]
     record = json.loads(storage.read_bytes("reward_models/models.json"))
@@ -127,9 +174,25 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     assert lora_version.tags["viva.base_model"] == "viva-sft/1"
     assert "sha256" in lora_run.data.tags["viva.reward_model.clip"]
     with_lora = project / "edited_lora.mp4"
-    edited = run(["edit", "--model", "models:/viva-sft/1", "--lora", "models:/viva-grpo-lora/1",
-                  "--video", str(next(source.glob("*.mp4"))), "--instruction", "Remove it.",
-                  "--out", str(with_lora), "--steps", "2"], project, home)  # fmt: skip
+    edited = run(
+        [
+            "edit",
+            "--model",
+            "models:/viva-sft/1",
+            "--lora",
+            "models:/viva-grpo-lora/1",
+            "--video",
+            str(next(source.glob("*.mp4"))),
+            "--instruction",
+            "Remove it.",
+            "--out",
+            str(with_lora),
+            "--steps",
+            "2",
+        ],
+        project,
+        home,
+    )
     assert edited.returncode == 0, edited.stderr[-3000:]
     assert read_video(with_lora)[0].shape == (12, 48, 64, 3)
 
@@ -140,9 +203,9 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     scored = run(["materialize", "benchmark_suite", "benchmark_scores"], project, home)
     assert scored.returncode == 0, scored.stdout + scored.stderr[-3000:]
     assert "check no_training_video_in_suite: passed" in scored.stdout
-    table = storage.read_parquet(next(
-        key for key in storage.list("benchmark_scores") if key.endswith("table.parquet")
-    ))  # fmt: skip
+    table = storage.read_parquet(
+        next(key for key in storage.list("benchmark_scores") if key.endswith("table.parquet"))
+    )
     assert table["category"].tolist()[-1] == "average" and len(table) == 10
     assert {"sft/clip_if", "grpo/clip_if", "identity/bg_psnr", "sft/target_psnr"} <= set(table)
     assert table["identity/bg_psnr"].iloc[-1] == 100.0  # identical background, capped
@@ -159,9 +222,17 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     assert audited.returncode == 0, audited.stderr[-3000:]
     tree = json.loads(audited.stdout[audited.stdout.index("{") :])
     found = nodes_by_asset(tree)
-    assert {"sft_checkpoint", "grpo_lora", "reward_models", "benchmark_suite", "qc_dataset",
-            "instructor_model", "synthetic_pairs", "tracked_masks",
-            "raw_videos"} <= set(found)  # fmt: skip
+    assert {
+        "sft_checkpoint",
+        "grpo_lora",
+        "reward_models",
+        "benchmark_suite",
+        "qc_dataset",
+        "instructor_model",
+        "synthetic_pairs",
+        "tracked_masks",
+        "raw_videos",
+    } <= set(found)
     assert found["sft_checkpoint"][0]["details"]["registered_model"] == "viva-sft/1"
     assert found["sft_checkpoint"][0]["details"]["git_commit"]
     videos = [v for node in found["raw_videos"] for v in node.get("details", {}).get("videos", [])]
@@ -180,9 +251,18 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
         handle.write('{"video": "source_videos/gone.mp4", "instruction": "x", "out": "g.mp4"}\n')
         handle.write("{not json\n")
         handle.write('{"video": "../../etc/passwd", "instruction": "x", "out": "e.mp4"}\n')
-    write_conf(project, "local", "inference.yaml", {"inference": {
-        "model": "models:/viva-sft/1", "lora": "models:/viva-grpo-lora/1", "num_steps": 2,
-    }})  # fmt: skip
+    write_conf(
+        project,
+        "local",
+        "inference.yaml",
+        {
+            "inference": {
+                "model": "models:/viva-sft/1",
+                "lora": "models:/viva-grpo-lora/1",
+                "num_steps": 2,
+            }
+        },
+    )
     inferred = run(["materialize", "edited_videos"], project, home)
     assert inferred.returncode == 0, inferred.stdout + inferred.stderr[-3000:]
     key = next(k for k in storage.list("edited_videos") if k.endswith("manifest.parquet"))
@@ -206,11 +286,37 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
         assert hashlib.sha256(source_file.read_bytes()).hexdigest() == video["source_sha256"]
     assert len(details["videos"]) == 3
 
-    missing = run(["edit", "--model", str(project / "nope"), "--video", str(out),
-                   "--instruction", "x", "--out", str(project / "never.mp4")], project, home)  # fmt: skip
+    missing = run(
+        [
+            "edit",
+            "--model",
+            str(project / "nope"),
+            "--video",
+            str(out),
+            "--instruction",
+            "x",
+            "--out",
+            str(project / "never.mp4"),
+        ],
+        project,
+        home,
+    )
     assert missing.returncode == 2 and "not a VIVA model directory" in missing.stderr
-    exists = run(["edit", "--model", str(project / "nope"), "--video", str(out),
-                  "--instruction", "x", "--out", str(out)], project, home)  # fmt: skip
+    exists = run(
+        [
+            "edit",
+            "--model",
+            str(project / "nope"),
+            "--video",
+            str(out),
+            "--instruction",
+            "x",
+            "--out",
+            str(out),
+        ],
+        project,
+        home,
+    )
     assert exists.returncode == 2 and "exists (pass --overwrite" in exists.stderr
 
     os.environ["DAGSTER_HOME"], previous = str(home), os.environ.get("DAGSTER_HOME")

@@ -39,9 +39,14 @@ class Launched:
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
-        )  # fmt: skip
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.lines: list[tuple[float, str]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -106,31 +111,63 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     """A project with its dataset, instructor and reward models materialized."""
     root = tmp_path_factory.mktemp("crash")
     shutil.copytree(REPO / "conf" / "base", root / "conf" / "base")
-    write_conf(root, "local", "train.yaml", {
-        "instructor": {"pretrain": {"steps": 3, "batch_size": 4}},
-        "rewards": {"tiny_clip_steps": 10},
-        "sft": {"data": {"frames": 2, "height": 16, "width": 16},
+    write_conf(
+        root,
+        "local",
+        "train.yaml",
+        {
+            "instructor": {"pretrain": {"steps": 3, "batch_size": 4}},
+            "rewards": {"tiny_clip_steps": 10},
+            "sft": {
+                "data": {"frames": 2, "height": 16, "width": 16},
                 "optim": {"batch_size": 4, "max_steps": 120, "warmup_steps": 1},
                 "eval": {"every": 120, "val_samples": 2, "sample_count": 1, "sample_steps": 2},
-                "runtime": {"checkpoint_every": 10, "threads": 1}},
-        "grpo": {"sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
-                 "optim": {"iterations": 16, "groups_per_iteration": 1},
-                 "eval": {"every": 16, "groups": 2}, "runtime": {"checkpoint_every": 2}},
-    })  # fmt: skip
-    env = {**os.environ, "VIVA_CONF_DIR": str(root / "conf"), "DAGSTER_HOME": str(root / "home"),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # fmt: skip
+                "runtime": {"checkpoint_every": 10, "threads": 1},
+            },
+            "grpo": {
+                "sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
+                "optim": {"iterations": 16, "groups_per_iteration": 1},
+                "eval": {"every": 16, "groups": 2},
+                "runtime": {"checkpoint_every": 2},
+            },
+        },
+    )
+    env = {
+        **os.environ,
+        "VIVA_CONF_DIR": str(root / "conf"),
+        "DAGSTER_HOME": str(root / "home"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     env.pop("VIVA_ENV", None)
     (root / "home").mkdir()
     for args in (
-        ["demo-data", "--videos", "4", "--seed", "5", "--width", "64", "--height", "48",
-         "--frames", "12", "--suite-per-category", "0"],
+        [
+            "demo-data",
+            "--videos",
+            "4",
+            "--seed",
+            "5",
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--frames",
+            "12",
+            "--suite-per-category",
+            "0",
+        ],
         ["ingest"],
         ["materialize", "qc_dataset", "instructor_model", "reward_models"],
-    ):  # fmt: skip
+    ):
         done = subprocess.run(
-            [str(BIN / "viva"), *args], env=env, cwd=root, capture_output=True, text=True,
+            [str(BIN / "viva"), *args],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
             timeout=600,
-        )  # fmt: skip
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root, env
 
@@ -168,10 +205,15 @@ def _kill_after_first_checkpoint(command: list[str], asset: str, root: Path, env
     assert left, f"still running {time.monotonic() - killed:.1f} s after the kill: " + "; ".join(
         _processes(config_path)
     )
-    print(f"\n{' '.join(command[:3])}: killed group {launched.process.pid} after"
-          f" {checkpoint[0].parent.name}; trainer processes (pid ppid session command) before:"
-          f"\n  " + "\n  ".join(before) + "\nright after the kill:\n  " + "\n  ".join(after)
-          + f"\nnone left {time.monotonic() - killed:.1f} s after the kill")  # fmt: skip
+    print(
+        f"\n{' '.join(command[:3])}: killed group {launched.process.pid} after"
+        f" {checkpoint[0].parent.name}; trainer processes (pid ppid session command) before:"
+        f"\n  "
+        + "\n  ".join(before)
+        + "\nright after the kill:\n  "
+        + "\n  ".join(after)
+        + f"\nnone left {time.monotonic() - killed:.1f} s after the kill"
+    )
     return config
 
 
@@ -182,8 +224,10 @@ def _retry(command: list[str], asset: str, root: Path, env) -> Launched:
     resumed = retry.first("(resumed)")
     assert resumed is not None and resumed < 60, retry.text()[-4000:]
     line = next(line for _, line in retry.lines if "(resumed)" in line)
-    print(f"retry: training resumed {resumed:.1f} s after the start ({line[-40:]}),"
-          f" done in {time.monotonic() - retry.started:.1f} s")  # fmt: skip
+    print(
+        f"retry: training resumed {resumed:.1f} s after the start ({line[-40:]}),"
+        f" done in {time.monotonic() - retry.started:.1f} s"
+    )
     return retry
 
 
@@ -203,9 +247,13 @@ def _uninterrupted(asset: str, config: Path, root: Path, env) -> dict[str, torch
     straight = root / f"{asset}-uninterrupted.yaml"
     straight.write_text(yaml.safe_dump(doc))
     done = subprocess.run(
-        [sys.executable, "-m", TRAINER[asset], "--config", str(straight)], env=env, cwd=root,
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [sys.executable, "-m", TRAINER[asset], "--config", str(straight)],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return _weights(root / "data" / "uninterrupted" / asset / WEIGHTS[asset])
 
@@ -232,13 +280,26 @@ def test_a_killed_run_worker_leaves_no_trainer_and_the_retry_resumes(project, as
     # through a Dagster run: `dagster job execute`, a run worker whose step runs in a
     # subprocess of its own (the multiprocess executor), as `make dev` runs do
     shutil.rmtree(run_folder)
-    dagster = [str(BIN / "dagster"), "job", "execute", "-m", "viva_pipelines.definitions",
-               "-j", "__ASSET_JOB", "-o", asset]  # fmt: skip
+    dagster = [
+        str(BIN / "dagster"),
+        "job",
+        "execute",
+        "-m",
+        "viva_pipelines.definitions",
+        "-j",
+        "__ASSET_JOB",
+        "-o",
+        asset,
+    ]
     _kill_after_first_checkpoint(dagster, asset, root, env)
     cleaned = subprocess.run(
-        [str(BIN / "viva"), "runs", "clean"], env=env, cwd=root, capture_output=True, text=True,
+        [str(BIN / "viva"), "runs", "clean"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
     assert "marked failed, its worker" in cleaned.stdout, cleaned.stdout + cleaned.stderr
     assert "freed the slot" in cleaned.stdout
     _retry(dagster, asset, root, env)
@@ -253,8 +314,17 @@ def test_terminating_a_dagster_run_ends_its_trainer(project):
     root, env = project
     for folder in (root / "data" / "sft_checkpoint").glob("*/checkpoints"):
         shutil.rmtree(folder.parent)
-    command = [str(BIN / "dagster"), "job", "execute", "-m", "viva_pipelines.definitions",
-               "-j", "__ASSET_JOB", "-o", "sft_checkpoint"]  # fmt: skip
+    command = [
+        str(BIN / "dagster"),
+        "job",
+        "execute",
+        "-m",
+        "viva_pipelines.definitions",
+        "-j",
+        "__ASSET_JOB",
+        "-o",
+        "sft_checkpoint",
+    ]
     launched = Launched(command, env, root)
     running = _until(lambda: _processes("-m viva_pipelines.train.sft --config "), timeout=120)
     assert running, launched.text()[-3000:]

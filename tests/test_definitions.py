@@ -76,10 +76,20 @@ def test_webserver_loads_workspace_yaml_and_lists_the_assets(project: Path, tmp_
     (tmp_path / "dagster_home").mkdir()
     bin_dir = Path(sys.executable).parent
     server = subprocess.Popen(
-        [str(bin_dir / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
-         "-p", str(port)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            str(bin_dir / "dagster-webserver"),
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline, nodes = time.monotonic() + 120, None
         while time.monotonic() < deadline and nodes is None:
@@ -114,12 +124,19 @@ def test_dg_loads_the_project(project, tmp_path):
     """Dagster's project CLI ([tool.dg] in pyproject.toml) loads the same code location."""
     env = {**os.environ, "VIVA_CONF_DIR": str(project / "conf"), "DAGSTER_HOME": str(tmp_path)}
     dg_cli = str(Path(sys.executable).parent / "dg")
-    checked = subprocess.run([dg_cli, "check", "defs"], cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
+    checked = subprocess.run(
+        [dg_cli, "check", "defs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "All definitions loaded successfully" in checked.stdout + checked.stderr
-    listed = subprocess.run([dg_cli, "list", "defs", "--json"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    listed = subprocess.run(
+        [dg_cli, "list", "defs", "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert listed.returncode == 0, listed.stderr
     assets = {asset["asset_key"] for asset in json.loads(listed.stdout)["assets"]}
     assert {"raw_videos", "sft_checkpoint", "benchmark_scores", "edited_videos"} <= assets

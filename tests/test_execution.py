@@ -188,8 +188,13 @@ def test_prod_instance_template_uses_postgres_from_env_with_the_same_limits(monk
     with conn.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE {db}")
     try:
-        for key, value in {"HOST": "127.0.0.1", "PORT": "5432", "DB": db,
-                           "USERNAME": "postgres", "PASSWORD": ""}.items():  # fmt: skip
+        for key, value in {
+            "HOST": "127.0.0.1",
+            "PORT": "5432",
+            "DB": db,
+            "USERNAME": "postgres",
+            "PASSWORD": "",
+        }.items():
             monkeypatch.setenv(f"DAGSTER_PG_{key}", value)
         config = _instance_yaml("dagster.prod.yaml")
         assert config["storage"]["postgres"]["postgres_db"]["password"] == {

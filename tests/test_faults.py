@@ -53,9 +53,13 @@ def _env() -> dict[str, str]:
 
 def _run_to_end(module: str, config_path: Path) -> dict:
     done = subprocess.run(
-        _train_command(module, config_path), capture_output=True, text=True, timeout=400,
-        env=_env(), cwd=REPO,
-    )  # fmt: skip
+        _train_command(module, config_path),
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=_env(),
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -66,9 +70,13 @@ def _kill_after_first_checkpoint(
     """Start the training process, SIGKILL it as soon as a complete checkpoint exists (polling
     storage), and return the complete checkpoints it left behind."""
     process = subprocess.Popen(
-        _train_command(module, config_path), stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, env=_env(), cwd=REPO, start_new_session=True,
-    )  # fmt: skip
+        _train_command(module, config_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        cwd=REPO,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 400
         while not completed_checkpoints(storage, prefix):
@@ -125,9 +133,12 @@ def test_sft_killed_mid_training_resumes_to_the_uninterrupted_weights(tmp_path):
 
     def config(name: str):
         return tiny_sft_config(
-            root, name, optim={"max_steps": 40, "warmup_steps": 4},
-            eval={"every": 40, "sample_count": 1}, runtime={"checkpoint_every": 4},
-        )  # fmt: skip
+            root,
+            name,
+            optim={"max_steps": 40, "warmup_steps": 4},
+            eval={"every": 40, "sample_count": 1},
+            runtime={"checkpoint_every": 4},
+        )
 
     straight, _, resumed = _straight_then_killed(
         "viva_pipelines.train.sft", config, storage, tmp_path, 40, "summary.json"
@@ -151,9 +162,13 @@ def test_grpo_killed_mid_training_resumes_to_the_uninterrupted_adapter(tmp_path)
 
     def config(name: str):
         return tiny_grpo_config(
-            root, name, cache, optim={"iterations": 12}, eval={"every": 12, "groups": 1},
+            root,
+            name,
+            cache,
+            optim={"iterations": 12},
+            eval={"every": 12, "groups": 1},
             runtime={"checkpoint_every": 2},
-        )  # fmt: skip
+        )
 
     straight, _, resumed = _straight_then_killed(
         "viva_pipelines.train.grpo", config, storage, tmp_path, 12, adapter
@@ -184,9 +199,11 @@ def _register(defs, settings) -> list[str]:
     from viva_pipelines.ingest.shards import scan_and_register, shard_members
 
     registry, _ = scan_and_register(
-        defs.resources["storage"].get(), defs.resources["video_source"].get(), [".mp4"],
+        defs.resources["storage"].get(),
+        defs.resources["video_source"].get(),
+        [".mp4"],
         settings.ingest.shard_size,
-    )  # fmt: skip
+    )
     return sorted(shard_members(registry, SHARD)["video_id"])
 
 
@@ -248,9 +265,11 @@ def _materialize_shard(settings, instance_ref) -> dict:
         else []
     )
     return {
-        "success": result.success, "run_id": result.run_id, "raw_versions": versions,
+        "success": result.success,
+        "run_id": result.run_id,
+        "raw_versions": versions,
         "failures": [e.message for e in result.all_events if e.is_failure],
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.slow
@@ -265,10 +284,14 @@ def test_two_runs_materializing_the_same_shard_at_once_corrupt_nothing(make_sett
     from viva_pipelines.definitions import build_definitions
 
     _source_videos(tmp_path / "source")
-    settings = make_settings(**SPEC, **{
-        "storage.root": str(tmp_path / "root"), "sources.raw_videos.uri": str(tmp_path / "source"),
-        "mlflow.tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-    })  # fmt: skip
+    settings = make_settings(
+        **SPEC,
+        **{
+            "storage.root": str(tmp_path / "root"),
+            "sources.raw_videos.uri": str(tmp_path / "source"),
+            "mlflow.tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        },
+    )
     members = _register(build_definitions(settings), settings)
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
@@ -298,9 +321,17 @@ class _S3Outage:
     a blip, after ``max_refused`` refused calls. Before every write it lets
     ``reader(write_number)`` look at the bucket as another client would."""
 
-    WRITES = frozenset({"put_object", "create_multipart_upload", "upload_part",
-                        "complete_multipart_upload", "delete_object", "delete_objects",
-                        "copy_object"})  # fmt: skip
+    WRITES = frozenset(
+        {
+            "put_object",
+            "create_multipart_upload",
+            "upload_part",
+            "complete_multipart_upload",
+            "delete_object",
+            "delete_objects",
+            "copy_object",
+        }
+    )
 
     def __init__(self, endpoint: str, down_at: int, reader, max_refused: int | None) -> None:
         self.endpoint, self.down_at, self.reader = endpoint, down_at, reader
@@ -356,11 +387,17 @@ def test_s3_going_away_mid_shard_shows_no_partial_object_and_the_retry_completes
 
     source = tmp_path / "source"
     _source_videos(source, count=2)
-    settings = make_settings(**SPEC, **{
-        "storage.root": f"s3://{s3_bucket}/pipeline", "storage.s3.endpoint_url": s3_endpoint,
-        "sources.raw_videos.uri": str(source), "mlflow.tracking_uri": f"sqlite:///{tmp_path}/m.db",
-        "execution.retry.max_retries": 2, "execution.retry.delay_s": 0.2,
-    })  # fmt: skip
+    settings = make_settings(
+        **SPEC,
+        **{
+            "storage.root": f"s3://{s3_bucket}/pipeline",
+            "storage.s3.endpoint_url": s3_endpoint,
+            "sources.raw_videos.uri": str(source),
+            "mlflow.tracking_uri": f"sqlite:///{tmp_path}/m.db",
+            "execution.retry.max_retries": 2,
+            "execution.retry.delay_s": 0.2,
+        },
+    )
     defs = build_definitions(settings)
     storage = defs.resources["storage"].get()
     job = defs.resolve_job_def(SHARD_JOB)
@@ -410,9 +447,11 @@ def test_s3_going_away_mid_shard_shows_no_partial_object_and_the_retry_completes
         monkeypatch.setattr(ingest_defs, "load_registry", load_registry_and_count)
         outage.armed = True
         second = job.execute_in_process(
-            partition_key=SHARD, instance=instance, asset_selection=[dg.AssetKey("raw_videos")],
+            partition_key=SHARD,
+            instance=instance,
+            asset_selection=[dg.AssetKey("raw_videos")],
             raise_on_error=False,
-        )  # fmt: skip
+        )
         outage.armed = False
         events = [e.event_type_value for e in second.all_events]
         assert second.success, [e.message for e in second.all_events if e.is_failure]
@@ -475,10 +514,13 @@ def test_mlflow_down_fails_sft_checkpoint_fast_naming_the_uri_before_training(
     from viva_pipelines.qc import dataset as qc
 
     uri = f"http://127.0.0.1:{_closed_loopback_port()}"
-    settings = make_settings(**{
-        "storage.root": str(tmp_path / "root"), "mlflow.tracking_uri": uri,
-        "execution.retry.max_retries": 0,
-    })  # fmt: skip
+    settings = make_settings(
+        **{
+            "storage.root": str(tmp_path / "root"),
+            "mlflow.tracking_uri": uri,
+            "execution.retry.max_retries": 0,
+        }
+    )
     defs = build_definitions(settings)
     Storage(settings.storage.root).write_parquet(
         qc.MANIFEST_KEY, pd.DataFrame({"sample_id": ["a"], "status": ["accepted"]})
@@ -492,9 +534,10 @@ def test_mlflow_down_fails_sft_checkpoint_fast_naming_the_uri_before_training(
             )
         started = time.monotonic()
         result = defs.resolve_job_def(TRAINING_JOB).execute_in_process(
-            instance=instance, asset_selection=[dg.AssetKey("sft_checkpoint")],
+            instance=instance,
+            asset_selection=[dg.AssetKey("sft_checkpoint")],
             raise_on_error=False,
-        )  # fmt: skip
+        )
         elapsed = time.monotonic() - started
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
@@ -560,8 +603,9 @@ def test_a_failing_vlm_is_retried_a_bounded_number_of_times_and_recorded(
     client = make_client(timeout_s=0.2)  # RetryPolicy(max_attempts=3) in the fixture
 
     def reviewer(pair):
-        return review_pair(client, chat_server.clip(0), chat_server.clip(1), pair.instruction,
-                           pair.edit_type)  # fmt: skip
+        return review_pair(
+            client, chat_server.clip(0), chat_server.clip(1), pair.instruction, pair.edit_type
+        )
 
     storage = Storage(str(tmp_path))
     started = time.monotonic()

@@ -51,11 +51,17 @@ def test_any_footage_flows_through_the_data_graph(make_settings, tmp_path_factor
         name = f"clip_{index}{spec.fmt.suffix}"
         write_clip(source / name, spec)
         names[name] = spec
-    settings_ = make_settings(**{
-        "storage.root": str(root / "store"), "sources.raw_videos.uri": str(source),
-        "ingest.width": 32, "ingest.height": 32, "ingest.fps": INGEST_FPS,
-        "ingest.max_frames": 9, "ingest.shard_size": 64,
-    })  # fmt: skip
+    settings_ = make_settings(
+        **{
+            "storage.root": str(root / "store"),
+            "sources.raw_videos.uri": str(source),
+            "ingest.width": 32,
+            "ingest.height": 32,
+            "ingest.fps": INGEST_FPS,
+            "ingest.max_frames": 9,
+            "ingest.shard_size": 64,
+        }
+    )
     storage = Storage(settings_.storage.root)
     scan_and_register(storage, Storage(str(source)), settings_.sources.raw_videos.extensions, 64)
     with dg.instance_for_test() as instance:

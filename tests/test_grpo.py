@@ -52,17 +52,27 @@ def test_rollout_keeps_every_step_and_its_log_prob():
 def test_groups_share_their_start_and_a_window_limits_the_stochastic_steps():
     model = policy()
     run = rollout(
-        model, context(G), num_steps=6, group_size=4, sde_steps=[1, 2],
+        model,
+        context(G),
+        num_steps=6,
+        group_size=4,
+        sde_steps=[1, 2],
         generator=torch.Generator().manual_seed(1),
-    )  # fmt: skip
+    )
     start = run.latents[0]
     assert torch.equal(start[0], start[3]) and not torch.equal(start[3], start[4])
     assert run.sde_steps == [1, 2] and run.log_probs.shape == (2, G)
     # Before the window every candidate of a group follows the same ODE path; inside, they part.
     assert torch.equal(run.latents[1][0], run.latents[1][3])
     assert not torch.equal(run.latents[3][0], run.latents[3][3])
-    ode = rollout(model, context(G), num_steps=6, group_size=4, sde_steps=[],
-                  generator=torch.Generator().manual_seed(1))  # fmt: skip
+    ode = rollout(
+        model,
+        context(G),
+        num_steps=6,
+        group_size=4,
+        sde_steps=[],
+        generator=torch.Generator().manual_seed(1),
+    )
     assert ode.log_probs.shape == (0, G) and torch.equal(ode.final[0], ode.final[3])
     windows = [sde_window(8, 3, torch.Generator().manual_seed(s)) for s in range(20)]
     assert all(len(w) == 3 and w == list(range(w[0], w[0] + 3)) and w[-1] <= 6 for w in windows)
@@ -102,9 +112,15 @@ def test_grpo_raises_a_simple_known_reward_from_a_fixed_seed():
     history = []
     for _ in range(30):
         stats = grpo_iteration(
-            model, optimizer, [CandidateBatch(ctx, [0] * G, brightness_in_mask)], num_steps=4,
-            train_steps=3, clip_range=0.2, beta=0.0, generator=generator,
-        )  # fmt: skip
+            model,
+            optimizer,
+            [CandidateBatch(ctx, [0] * G, brightness_in_mask)],
+            num_steps=4,
+            train_steps=3,
+            clip_range=0.2,
+            beta=0.0,
+            generator=generator,
+        )
         history.append(stats["reward/total_mean"])
         assert 0 <= stats["clip_fraction"] <= 1 and abs(stats["advantage_mean"]) < 1e-4
     end = evaluate()
@@ -116,15 +132,29 @@ def test_the_kl_term_measures_distance_to_the_adapter_free_reference():
     model = policy()
     ctx = context(G)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
-    first = grpo_iteration(model, optimizer, [CandidateBatch(ctx, [0] * G, brightness_in_mask)], num_steps=3,
-                           train_steps=2, beta=1.0, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    first = grpo_iteration(
+        model,
+        optimizer,
+        [CandidateBatch(ctx, [0] * G, brightness_in_mask)],
+        num_steps=3,
+        train_steps=2,
+        beta=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert first["kl"] == 0.0  # B = 0 at the start: policy == reference
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
-    moved = grpo_iteration(model, optimizer, [CandidateBatch(ctx, [0] * G, brightness_in_mask)], num_steps=3,
-                           train_steps=2, beta=1.0, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    moved = grpo_iteration(
+        model,
+        optimizer,
+        [CandidateBatch(ctx, [0] * G, brightness_in_mask)],
+        num_steps=3,
+        train_steps=2,
+        beta=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert moved["kl"] > 0
 
 
@@ -174,9 +204,13 @@ def test_grpo_run_over_a_trained_sft_model_resumes_to_the_same_adapter(tmp_path)
 
         def run(prefix: str) -> dict:
             config = tiny_grpo_config(
-                root, prefix, cache, optim={"iterations": 4, "accumulate": 2},
-                eval={"every": 2, "groups": 2}, runtime={"checkpoint_every": 2},
-            )  # fmt: skip
+                root,
+                prefix,
+                cache,
+                optim={"iterations": 4, "accumulate": 2},
+                eval={"every": 2, "groups": 2},
+                runtime={"checkpoint_every": 2},
+            )
             return train_grpo(config, cpu, report)
 
         straight = run("straight")

@@ -235,9 +235,14 @@ def test_sensor_registers_shards_requests_runs_and_respects_its_cursor(make_sett
     src.mkdir()
     for i in range(5):
         vf.good_video(src / f"clip{i}.mp4", frames=4, size=(16, 16))
-    settings = make_settings(**{"ingest.shard_size": 2, "sensor.max_runs_per_tick": 2,
-                                "sources.raw_videos.uri": str(src),
-                                "storage.root": str(tmp_path / "root")})  # fmt: skip
+    settings = make_settings(
+        **{
+            "ingest.shard_size": 2,
+            "sensor.max_runs_per_tick": 2,
+            "sources.raw_videos.uri": str(src),
+            "storage.root": str(tmp_path / "root"),
+        }
+    )
     defs = build_definitions(settings)
     sensor = defs.resolve_sensor_def("raw_video_sensor")
     with dg.instance_for_test() as instance:
@@ -253,11 +258,14 @@ def test_sensor_registers_shards_requests_runs_and_respects_its_cursor(make_sett
 
         first = tick(None)
         assert [(r.partition_key, r.run_key) for r in first.run_requests] == [
-            ("shard-000000", "shard-000000@2"), ("shard-000001", "shard-000001@2")
-        ]  # fmt: skip
+            ("shard-000000", "shard-000000@2"),
+            ("shard-000001", "shard-000001@2"),
+        ]
         assert instance.get_dynamic_partitions("video_shards") == [
-            "shard-000000", "shard-000001", "shard-000002"
-        ]  # fmt: skip
+            "shard-000000",
+            "shard-000001",
+            "shard-000002",
+        ]
         second = tick(first.cursor)
         assert [r.partition_key for r in second.run_requests] == ["shard-000002"]
         assert tick(second.cursor).run_requests == []  # nothing new: nothing requested
@@ -327,8 +335,9 @@ def test_davis_style_png_masks_are_carried_like_sidecars(make_settings, tmp_path
     (src / "bear.json").write_text(
         json.dumps({"caption": "a bear", "objects": [{"id": 1, "label": "bear"}]})
     )
-    settings = make_settings(**SPEC, **{"storage.root": str(tmp_path / "root"),
-                                        "sources.raw_videos.uri": str(src)})  # fmt: skip
+    settings = make_settings(
+        **SPEC, **{"storage.root": str(tmp_path / "root"), "sources.raw_videos.uri": str(src)}
+    )
     storage, manifest = _ingest(settings)
     row = manifest.iloc[0]
     assert row.status == OK and pd.isna(row.annotation_error)

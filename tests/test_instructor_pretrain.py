@@ -31,10 +31,15 @@ def dataset(tmp_path_factory) -> tuple[Storage, pd.DataFrame]:
     manifest = write_tiny_dataset(storage).assign(shard="shard-000000")
     storage.write_parquet("qc_dataset/manifest.parquet", manifest)
     videos = manifest[manifest["modality"] == "video"].drop_duplicates("video_id")
-    tracks = pd.DataFrame({
-        "video_id": videos["video_id"], "object_id": 1, "label": "red square",
-        "status": "kept", "mask_key": videos["mask_key"],
-    })  # fmt: skip
+    tracks = pd.DataFrame(
+        {
+            "video_id": videos["video_id"],
+            "object_id": 1,
+            "label": "red square",
+            "status": "kept",
+            "mask_key": videos["mask_key"],
+        }
+    )
     storage.write_parquet("tracked_masks/shard-000000/manifest.parquet", tracks)
     return storage, manifest
 
@@ -99,9 +104,11 @@ def test_answers_follow_the_exact_sft_prompt_and_only_they_are_learned(dataset):
 def test_pretraining_learns_on_held_out_frames_and_saves_a_loadable_instructor(dataset):
     storage, manifest = dataset
     record = prepare_instructor(
-        storage, manifest, model=None,
+        storage,
+        manifest,
+        model=None,
         options=PretrainOptions(steps=40, batch_size=8, lr=3e-3),
-    )  # fmt: skip
+    )
     trained = record["trained"]
     assert trained["val_token_accuracy"] > trained["val_token_accuracy_untrained"] + 0.3
     assert trained["train_loss_last"] < 0.5 * trained["train_loss_first"]

@@ -38,12 +38,19 @@ def _statuses(instance, defs, asset: str) -> dict[str, StaleStatus]:
 def test_a_changed_raw_video_changes_and_stales_exactly_its_downstream(make_settings, tmp_path):
     source = tmp_path / "videos"
     generate_demo_videos(source, 4, seed=5, width=64, height=48, num_frames=8, fps=8)
-    settings = make_settings(**{
-        "storage.root": str(tmp_path / "root"), "sources.raw_videos.uri": str(source),
-        "ingest.shard_size": 2, "ingest.width": 32, "ingest.height": 32, "ingest.fps": 8,
-        "ingest.max_frames": 5, "pairs.edit_types": ["remove", "color"],
-        "qc.val_fraction": 0.0,
-    })  # fmt: skip
+    settings = make_settings(
+        **{
+            "storage.root": str(tmp_path / "root"),
+            "sources.raw_videos.uri": str(source),
+            "ingest.shard_size": 2,
+            "ingest.width": 32,
+            "ingest.height": 32,
+            "ingest.fps": 8,
+            "ingest.max_frames": 5,
+            "pairs.edit_types": ["remove", "color"],
+            "qc.val_fraction": 0.0,
+        }
+    )
     defs = build_definitions(settings)
     storage = Storage(settings.storage.root)
     scan_and_register(storage, Storage(str(source)), [".mp4"], 2)

@@ -33,11 +33,17 @@ def shard_settings(make_settings, tmp_path: Path):
     source = tmp_path / "videos"
     generate_demo_videos(source, 3, seed=3, width=64, height=48, num_frames=8, fps=8)
     vf.good_video(source / PLAIN, frames=8, size=(64, 48), fps=8)
-    settings = make_settings(**{
-        "storage.root": str(tmp_path / "root"), "sources.raw_videos.uri": str(source),
-        "ingest.width": 64, "ingest.height": 48, "ingest.fps": 8, "ingest.max_frames": 5,
-        "pairs.edit_types": ["remove", "color", "tone"],
-    })  # fmt: skip
+    settings = make_settings(
+        **{
+            "storage.root": str(tmp_path / "root"),
+            "sources.raw_videos.uri": str(source),
+            "ingest.width": 64,
+            "ingest.height": 48,
+            "ingest.fps": 8,
+            "ingest.max_frames": 5,
+            "pairs.edit_types": ["remove", "color", "tone"],
+        }
+    )
     scan_and_register(Storage(settings.storage.root), Storage(str(source)), [".mp4"], 8)
     return settings
 
@@ -52,10 +58,12 @@ def _run_shard(settings) -> dict[str, dict]:
         )
         assert result.success, [e.message for e in result.all_events if e.is_failure]
         return {
-            node: {k: v.value for k, v in result.asset_materializations_for_node(node)[0]
-                   .metadata.items()}
+            node: {
+                k: v.value
+                for k, v in result.asset_materializations_for_node(node)[0].metadata.items()
+            }
             for node in ("raw_videos", "tracked_masks", "synthetic_pairs")
-        }  # fmt: skip
+        }
 
 
 def _video_id(storage: Storage, source_key: str) -> str:
@@ -143,8 +151,9 @@ def test_a_pair_and_an_edit_type_that_fail_leave_the_rest_of_the_shard(shard_set
         assert storage.exists(row.target_key) and storage.exists(row.mask_key)
     assert metadata["synthetic_pairs"]["pairs"] == 3
     assert metadata["synthetic_pairs"]["failures"] == {
-        "RuntimeError: backend out of memory": 4, "ZeroDivisionError: division by zero": 4,
-    }  # fmt: skip
+        "RuntimeError: backend out of memory": 4,
+        "ZeroDivisionError: division by zero": 4,
+    }
 
     # QC carries the failed pairs as rejected and builds the dataset from the rest
     result = qc.build_qc_dataset(storage, [manifest.reset_index()], QcSettings())
@@ -174,14 +183,29 @@ def test_a_video_with_only_local_edit_types_and_no_objects_says_why_it_has_no_pa
 
 
 def test_a_pair_whose_qc_raises_is_a_failed_row_and_the_dataset_completes(monkeypatch, tmp_path):
-    rows = pd.DataFrame([
-        {"pair_id": f"v{i}-tone-0", "video_id": f"v{i}", "shard": SHARD, "edit_type": "tone",
-         "status": "ok", "instruction": "warmer", "frames_source": 5, "frames_target": 5,
-         "mask_fraction": 1.0, "mask_stability": 1.0, "inside_change": 0.2,
-         "outside_change": 0.0, "total_change": 0.2, "key_source": "a.png",
-         "key_target": "b.png", "key_mask": "c.png"}
-        for i in range(3)
-    ])  # fmt: skip
+    rows = pd.DataFrame(
+        [
+            {
+                "pair_id": f"v{i}-tone-0",
+                "video_id": f"v{i}",
+                "shard": SHARD,
+                "edit_type": "tone",
+                "status": "ok",
+                "instruction": "warmer",
+                "frames_source": 5,
+                "frames_target": 5,
+                "mask_fraction": 1.0,
+                "mask_stability": 1.0,
+                "inside_change": 0.2,
+                "outside_change": 0.0,
+                "total_change": 0.2,
+                "key_source": "a.png",
+                "key_target": "b.png",
+                "key_mask": "c.png",
+            }
+            for i in range(3)
+        ]
+    )
     calls: list[str] = []
 
     def qc_rejection(metrics, edit_type, thresholds):  # the rules pass all but the 2nd pair

@@ -101,11 +101,26 @@ def mlflow_server(
     }
     log = open(tmp_path / "mlflow-server.log", "wb")  # noqa: SIM115 (closed in finally)
     server = subprocess.Popen(
-        [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_databases[1]}",
-         "--serve-artifacts", "--artifacts-destination", f"s3://{s3_bucket}/mlflow"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            MLFLOW,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_databases[1]}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            f"s3://{s3_bucket}/mlflow",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -194,36 +209,73 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
 
     # Render the demo world and its 1-per-category suite locally (base conf), then upload both
     # to S3, where the `services` conf reads them from.
-    viva("demo-data", "--out", str(tmp_path / "videos"), "--videos", "5", "--seed", "3",
-         "--width", "64", "--height", "48", "--frames", "12", "--suite-per-category", "1",
-         env_name=None)  # fmt: skip
+    viva(
+        "demo-data",
+        "--out",
+        str(tmp_path / "videos"),
+        "--videos",
+        "5",
+        "--seed",
+        "3",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--frames",
+        "12",
+        "--suite-per-category",
+        "1",
+        env_name=None,
+    )
     assert _upload_dir(s3, tmp_path / "videos", s3_bucket, "incoming/videos") == 15
     assert _upload_dir(s3, project / "data" / "benchmarks" / "demo", s3_bucket, "benchmarks/demo")
     shutil.rmtree(project / "data")  # nothing below may fall back on a local root
 
     root = f"s3://{s3_bucket}/viva"
-    write_conf(project, ENV, "services.yaml", {
-        "storage": {"root": root, "s3": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}},
-        "sources": {"raw_videos": {"uri": f"s3://{s3_bucket}/incoming/videos"}},
-        "mlflow": {"tracking_uri": mlflow_server, "experiment": "viva-services",
-                   "artifact_location": f"s3://{s3_bucket}/mlflow/viva-services"},
-        "execution": {"executor": "in_process"},
-        "benchmark": {"root": f"s3://{s3_bucket}/benchmarks/demo", "manifest": None,
-                      "num_steps": 2},
-    })  # fmt: skip
-    write_conf(project, ENV, "training.yaml", {
-        "sft": {
-            "data": {"frames": 2, "height": 16, "width": 16},
-            "optim": {"batch_size": 4, "max_steps": 4, "warmup_steps": 1},
-            "eval": {"every": 4, "val_samples": 4, "sample_count": 2, "sample_steps": 2},
-            "runtime": {"checkpoint_every": 4, "threads": 1},
+    write_conf(
+        project,
+        ENV,
+        "services.yaml",
+        {
+            "storage": {
+                "root": root,
+                "s3": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
+            },
+            "sources": {"raw_videos": {"uri": f"s3://{s3_bucket}/incoming/videos"}},
+            "mlflow": {
+                "tracking_uri": mlflow_server,
+                "experiment": "viva-services",
+                "artifact_location": f"s3://{s3_bucket}/mlflow/viva-services",
+            },
+            "execution": {"executor": "in_process"},
+            "benchmark": {
+                "root": f"s3://{s3_bucket}/benchmarks/demo",
+                "manifest": None,
+                "num_steps": 2,
+            },
         },
-        "rewards": {"tiny_clip_steps": 10},
-        "instructor": {"pretrain": {"steps": 3, "batch_size": 4}},
-        "grpo": {"sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
-                 "optim": {"iterations": 2, "groups_per_iteration": 1},
-                 "eval": {"every": 2, "groups": 2}, "runtime": {"checkpoint_every": 2}},
-    })  # fmt: skip
+    )
+    write_conf(
+        project,
+        ENV,
+        "training.yaml",
+        {
+            "sft": {
+                "data": {"frames": 2, "height": 16, "width": 16},
+                "optim": {"batch_size": 4, "max_steps": 4, "warmup_steps": 1},
+                "eval": {"every": 4, "val_samples": 4, "sample_count": 2, "sample_steps": 2},
+                "runtime": {"checkpoint_every": 4, "threads": 1},
+            },
+            "rewards": {"tiny_clip_steps": 10},
+            "instructor": {"pretrain": {"steps": 3, "batch_size": 4}},
+            "grpo": {
+                "sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
+                "optim": {"iterations": 2, "groups_per_iteration": 1},
+                "eval": {"every": 2, "groups": 2},
+                "runtime": {"checkpoint_every": 2},
+            },
+        },
+    )
 
     ingested = viva("ingest")
     assert "5 videos in 1 shards (5 new)" in ingested.stdout
@@ -271,9 +323,17 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
         )
         materialized = {json.loads(row[0])[0] for row in cur.fetchall()}
     assert materialized == {
-        "raw_videos", "tracked_masks", "synthetic_pairs", "qc_dataset", "instructor_model",
-        "sft_checkpoint", "reward_models", "grpo_lora", "benchmark_suite", "benchmark_scores",
-    }  # fmt: skip
+        "raw_videos",
+        "tracked_masks",
+        "synthetic_pairs",
+        "qc_dataset",
+        "instructor_model",
+        "sft_checkpoint",
+        "reward_models",
+        "grpo_lora",
+        "benchmark_suite",
+        "benchmark_scores",
+    }
 
     # MLflow: runs with their lineage tags and registered models, artifacts on S3.
     import mlflow
@@ -294,9 +354,10 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
     assert "grpo/average/clip_if" in runs["benchmark_scores"].data.metrics
     artifacts = _keys(s3, s3_bucket, "mlflow/viva-services/")
     registered = {
-        "viva-instructor": "instructor_model", "viva-sft": "sft_checkpoint",
+        "viva-instructor": "instructor_model",
+        "viva-sft": "sft_checkpoint",
         "viva-grpo-lora": "grpo_lora",
-    }  # fmt: skip
+    }
     for name, asset in registered.items():
         version = client.get_model_version(name, "1")
         assert version.run_id == runs[asset].info.run_id
@@ -304,8 +365,9 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
         prefix = f"mlflow/viva-services/{version.run_id}/artifacts/model/"
         assert any(k.startswith(prefix) for k in artifacts), (name, artifacts[:20])
     scores_id = runs["benchmark_scores"].info.run_id
-    assert any(k.startswith(f"mlflow/viva-services/{scores_id}/artifacts/benchmark/")
-               for k in artifacts)  # fmt: skip
+    assert any(
+        k.startswith(f"mlflow/viva-services/{scores_id}/artifacts/benchmark/") for k in artifacts
+    )
     assert found["sft_checkpoint"][0]["details"]["registered_model"] == "viva-sft/1"
 
     # ... and the tracking server's backend store is the PostgreSQL database.

@@ -107,26 +107,59 @@ def pair_rows(storage: Storage) -> pd.DataFrame:
     for video in ("va", "vb"):
         for edit_type, inside, outside in (("remove", 40.0, 0.5), ("color", 30.0, 9.0)):
             pair_id = f"{video}-{edit_type}-0"
-            keys = {name: f"synthetic_pairs/shard-000000/{pair_id}/{name}" for name in (
-                "target.mp4", "mask.npz", "key_source.png", "key_target.png", "key_mask.png")}  # fmt: skip
+            keys = {
+                name: f"synthetic_pairs/shard-000000/{pair_id}/{name}"
+                for name in (
+                    "target.mp4",
+                    "mask.npz",
+                    "key_source.png",
+                    "key_target.png",
+                    "key_mask.png",
+                )
+            }
             for key in keys.values():
                 storage.write_bytes(key, b"x")
             storage.write_bytes(f"raw_videos/shard-000000/{video}.mp4", b"x")
-            rows.append({
-                "pair_id": pair_id, "video_id": video, "shard": "shard-000000",
-                "edit_type": edit_type, "status": "ok", "reason": None,
-                "instruction": f"{edit_type} it", "source_caption": "a", "target_caption": "b",
-                "source_key": f"raw_videos/shard-000000/{video}.mp4",
-                "target_key": keys["target.mp4"], "mask_key": keys["mask.npz"],
-                "reference_key": None, "key_source": keys["key_source.png"],
-                "key_target": keys["key_target.png"], "key_mask": keys["key_mask.png"],
-                "key_frame": 2, "fps": 8.0, "backend": "opencv", "params": "{}",
-                "frames_source": 17, "frames_target": 17, "mask_fraction": 0.05,
-                "mask_stability": 0.8, "inside_change": inside, "outside_change": outside,
-                "total_change": 2.0,
-            })  # fmt: skip
-    rows.append({**rows[0], "pair_id": "vc-failed", "video_id": "vc", "status": "failed",
-                 "reason": "ValueError: broken"})  # fmt: skip
+            rows.append(
+                {
+                    "pair_id": pair_id,
+                    "video_id": video,
+                    "shard": "shard-000000",
+                    "edit_type": edit_type,
+                    "status": "ok",
+                    "reason": None,
+                    "instruction": f"{edit_type} it",
+                    "source_caption": "a",
+                    "target_caption": "b",
+                    "source_key": f"raw_videos/shard-000000/{video}.mp4",
+                    "target_key": keys["target.mp4"],
+                    "mask_key": keys["mask.npz"],
+                    "reference_key": None,
+                    "key_source": keys["key_source.png"],
+                    "key_target": keys["key_target.png"],
+                    "key_mask": keys["key_mask.png"],
+                    "key_frame": 2,
+                    "fps": 8.0,
+                    "backend": "opencv",
+                    "params": "{}",
+                    "frames_source": 17,
+                    "frames_target": 17,
+                    "mask_fraction": 0.05,
+                    "mask_stability": 0.8,
+                    "inside_change": inside,
+                    "outside_change": outside,
+                    "total_change": 2.0,
+                }
+            )
+    rows.append(
+        {
+            **rows[0],
+            "pair_id": "vc-failed",
+            "video_id": "vc",
+            "status": "failed",
+            "reason": "ValueError: broken",
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -214,13 +247,23 @@ def test_external_image_pairs_are_validated_copied_and_split(tmp_path):
         (folder / "img" / name).write_bytes(name.encode())
     (tmp_path / "secret.png").write_bytes(b"outside")
     lines = [
-        {"id": "a", "source": "img/a_src.png", "target": "img/a_tgt.png", "instruction": "Make it red."},
-        {"id": "b/1", "source": "img/b_src.png", "target": "img/b_tgt.png", "instruction": "Add a hat.",
-         "edit_type": "add"},
+        {
+            "id": "a",
+            "source": "img/a_src.png",
+            "target": "img/a_tgt.png",
+            "instruction": "Make it red.",
+        },
+        {
+            "id": "b/1",
+            "source": "img/b_src.png",
+            "target": "img/b_tgt.png",
+            "instruction": "Add a hat.",
+            "edit_type": "add",
+        },
         {"id": "c", "source": "img/missing.png", "target": "img/a_tgt.png", "instruction": "x"},
         {"id": "d", "source": "../secret.png", "target": "img/a_tgt.png", "instruction": "x"},
         {"id": "e", "source": "img/a_src.png", "instruction": "no target"},
-    ]  # fmt: skip
+    ]
     text = "\n".join(json.dumps(line) for line in lines) + "\n{not json\n"
     (folder / "pairs.jsonl").write_text(text)
     storage = Storage(str(tmp_path / "root"))

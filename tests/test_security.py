@@ -81,9 +81,18 @@ def unsafe_calls(source: str, filename: str = "<string>") -> list[str]:
         canonical = aliases.get(head, head) + (f".{rest}" if rest else "")
         canonical = canonical.replace("numpy.", "np.").replace("pandas.", "pd.")
         where = f"{filename}:{node.lineno}"
-        if canonical in ("pickle.load", "pickle.loads", "cPickle.load", "cPickle.loads",
-                         "dill.load", "dill.loads", "joblib.load", "marshal.loads",
-                         "shelve.open", "pickle.Unpickler"):  # fmt: skip
+        if canonical in (
+            "pickle.load",
+            "pickle.loads",
+            "cPickle.load",
+            "cPickle.loads",
+            "dill.load",
+            "dill.loads",
+            "joblib.load",
+            "marshal.loads",
+            "shelve.open",
+            "pickle.Unpickler",
+        ):
             found.append(f"{where} {canonical}")
         elif canonical == "torch.load" and not _is_true(_keyword(node, "weights_only")):
             found.append(f"{where} torch.load without weights_only=True")
@@ -242,8 +251,21 @@ def test_viva_config_output_holds_no_env_secret(
 
 
 # -- path confinement ---------------------------------------------------------------------------
-ESCAPES = ["../x", "a/../../x", "/etc/passwd", "\\\\server\\share", "C:/x", "s3://other/x",
-           "file:///etc/passwd", "..", ".", "", "a/..", "a\\..\\..\\x", "a\x00b"]  # fmt: skip
+ESCAPES = [
+    "../x",
+    "a/../../x",
+    "/etc/passwd",
+    "\\\\server\\share",
+    "C:/x",
+    "s3://other/x",
+    "file:///etc/passwd",
+    "..",
+    ".",
+    "",
+    "a/..",
+    "a\\..\\..\\x",
+    "a\x00b",
+]
 _segments = st.sampled_from(["a", "b", "..", ".", "", "c.png", "~", "..."])
 _paths = st.one_of(
     st.lists(_segments, min_size=1, max_size=6).map("/".join),
@@ -321,8 +343,14 @@ _FUZZ = settings(
 @given(path=st.one_of(st.sampled_from(ESCAPES), _paths))
 def test_suite_loader_refuses_escaping_paths(tmp_path: Path, path: str):
     storage = Storage(str(tmp_path))
-    row = {"id": "a", "category": "swap", "source_video": path, "instruction": "i",
-           "source_caption": "s", "target_caption": "t"}  # fmt: skip
+    row = {
+        "id": "a",
+        "category": "swap",
+        "source_video": path,
+        "instruction": "i",
+        "source_caption": "s",
+        "target_caption": "t",
+    }
     storage.write_bytes("suite.jsonl", json.dumps(row).encode())
     try:
         (instance,) = load_suite(storage, "suite.jsonl", check_files=False)

@@ -92,26 +92,39 @@ def test_collate_pads_tokens_and_applies_condition_dropout():
 
     def item(value: float) -> dict:
         latent = torch.full((2, 1, 2, 2), value)
-        return {"source": latent, "target": latent, "mask": latent[:1], "reference": latent,
-                "tokens": torch.full((3, 4), value)}  # fmt: skip
+        return {
+            "source": latent,
+            "target": latent,
+            "mask": latent[:1],
+            "reference": latent,
+            "tokens": torch.full((3, 4), value),
+        }
 
     uncond = torch.zeros(1, 4)
-    batch = collate([item(1.0), item(2.0)], uncond, torch.tensor([True, False]),
-                    torch.tensor([False, True]))  # fmt: skip
+    batch = collate(
+        [item(1.0), item(2.0)], uncond, torch.tensor([True, False]), torch.tensor([False, True])
+    )
     assert batch.token_mask.tolist() == [[1, 0, 0], [1, 1, 1]]  # dropped -> unconditional
     assert batch.reference[0].abs().sum() == 0 and batch.reference[1].eq(2).all()
     assert batch.source[0].eq(1).all() and batch.source[1].abs().sum() == 0
 
 
 def test_training_learns_caches_and_writes_a_loadable_model(dataset_root, monkeypatch):
-    config = tiny_sft_config(dataset_root, optim={"max_steps": 30, "lr": 2e-3},
-                             eval={"every": 30}, runtime={"checkpoint_every": 30})  # fmt: skip
+    config = tiny_sft_config(
+        dataset_root,
+        optim={"max_steps": 30, "lr": 2e-3},
+        eval={"every": 30},
+        runtime={"checkpoint_every": 30},
+    )
     summary = run_sft(config)
     assert summary["val_loss_last"] < 0.6 * summary["val_loss_first"]
     storage = Storage(str(dataset_root))
     cache = summary["cache_uri"]
-    sample = load_safetensors(storage.read_bytes(
-        f"{cache.removeprefix(str(dataset_root) + '/')}/samples/v0-remove.safetensors"))  # fmt: skip
+    sample = load_safetensors(
+        storage.read_bytes(
+            f"{cache.removeprefix(str(dataset_root) + '/')}/samples/v0-remove.safetensors"
+        )
+    )
     assert sample["source"].shape == (12, 2, 8, 8)  # pixel codec x2: 3*4 channels, 16/2 px
     assert sample["mask"].shape == (1, 2, 8, 8) and 0 < sample["mask"].mean() < 1
     assert sample["tokens"].shape[-1] == 64 and not bool(sample["has_reference"])
@@ -140,9 +153,14 @@ def test_training_learns_caches_and_writes_a_loadable_model(dataset_root, monkey
     for clip, got in zip(clips, batched, strict=True):
         alone = pipeline.edit_clips(clip[None], prepared, num_steps=3)[0]
         assert np.abs(alone.astype(int) - got).max() <= 1  # float sums in another order
-    out = edit_video(model_dir, dataset_root / "raw_videos/shard-000000/v0.mp4",
-                     "Make the red square blue.", dataset_root / "out.mp4", num_steps=2,
-                     progress=False)  # fmt: skip
+    out = edit_video(
+        model_dir,
+        dataset_root / "raw_videos/shard-000000/v0.mp4",
+        "Make the red square blue.",
+        dataset_root / "out.mp4",
+        num_steps=2,
+        progress=False,
+    )
     assert read_video(out.path)[0].shape == frames.shape  # every frame, at the source's size
 
 
@@ -198,18 +216,33 @@ def test_two_gloo_processes_follow_the_single_process_loss_trajectory(
     summaries = {}
     for nproc in (1, 2):
         config = tiny_sft_config(
-            dataset_root, f"{parallel}{nproc}", optim={"max_steps": 20, "lr": 1e-3},
-            loss={"mask_lambda": 0.0}, eval={"every": 10, "sample_count": 1},
+            dataset_root,
+            f"{parallel}{nproc}",
+            optim={"max_steps": 20, "lr": 1e-3},
+            loss={"mask_lambda": 0.0},
+            eval={"every": 10, "sample_count": 1},
             runtime={"checkpoint_every": 20, "parallel": parallel},
-        )  # fmt: skip
+        )
         path = tmp_path / f"{parallel}{nproc}.yaml"
         config.to_yaml(path)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         done = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone",
-             f"--nproc_per_node={nproc}", "-m", "viva_pipelines.train.sft", "--config", str(path)],
-            capture_output=True, text=True, timeout=300, env=env,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={nproc}",
+                "-m",
+                "viva_pipelines.train.sft",
+                "--config",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         summaries[nproc] = json.loads(done.stdout.strip().splitlines()[-1])
     for key in ("train_loss_first", "train_loss_last", "val_loss_last"):

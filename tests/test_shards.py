@@ -102,9 +102,17 @@ def test_skipped_files_are_counted_by_extension_but_sidecars_are_not(tmp_path: P
     source_dir = tmp_path / "src"
     (source_dir / "clip.masks").mkdir(parents=True)
     names = [
-        "clip.mp4", "clip.json", "clip.masks.npz", "clip.masks/00000.png",  # a video + sidecars
-        "old.MPG", "b.mpg", "notes.txt", "orphan.json", "README", ".DS_Store",
-    ]  # fmt: skip
+        "clip.mp4",
+        "clip.json",
+        "clip.masks.npz",
+        "clip.masks/00000.png",  # a video + sidecars
+        "old.MPG",
+        "b.mpg",
+        "notes.txt",
+        "orphan.json",
+        "README",
+        ".DS_Store",
+    ]
     for name in names:
         (source_dir / name).write_bytes(b"data")
     storage, source = Storage(str(tmp_path / "root")), Storage(str(source_dir))

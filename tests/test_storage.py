@@ -139,8 +139,13 @@ def test_local_listing_fast_path_matches_fsspec_find(tmp_path: Path):
     assert _find_local(str(root)) == expected
     rows = storage.list(detail=True)
     assert [row["key"] for row in rows] == [
-        "a/b/deep.mp4", "a/clip 1.MOV", "broken.mp4", "link.mp4", "linked_dir", "top.mp4"
-    ]  # fmt: skip
+        "a/b/deep.mp4",
+        "a/clip 1.MOV",
+        "broken.mp4",
+        "link.mp4",
+        "linked_dir",
+        "top.mp4",
+    ]
     assert {row["key"]: row["size"] for row in rows}["link.mp4"] == 6
     assert storage.list("a") == ["a/b/deep.mp4", "a/clip 1.MOV"]
 

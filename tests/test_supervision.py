@@ -102,14 +102,20 @@ def test_a_dead_or_silent_holder_is_taken_over(tmp_path: Path):
     dead_identity = process_identity(dead.pid)
     dead.kill()
     dead.wait()
-    storage.write_bytes("sft/run/lease.json", json.dumps(
-        {"holder": dead_identity, "run": "old", "heartbeat": time.time()}).encode())  # fmt: skip
+    storage.write_bytes(
+        "sft/run/lease.json",
+        json.dumps({"holder": dead_identity, "run": "old", "heartbeat": time.time()}).encode(),
+    )
     started = time.monotonic()
     with _lease(storage, process_identity(), say=said.append):
         assert time.monotonic() - started < 1  # no waiting for the expiry
     assert "its holder has exited" in said[0]
-    storage.write_bytes("sft/run/lease.json", json.dumps(
-        {"holder": "elsewhere:7:7", "run": "old", "heartbeat": time.time() - 60}).encode())  # fmt: skip
+    storage.write_bytes(
+        "sft/run/lease.json",
+        json.dumps(
+            {"holder": "elsewhere:7:7", "run": "old", "heartbeat": time.time() - 60}
+        ).encode(),
+    )
     with _lease(storage, process_identity(), ttl_s=30, say=said.append):
         pass
     assert "no heartbeat for 60 s" in said[-1]
@@ -129,8 +135,12 @@ def test_the_heartbeat_keeps_a_long_run_s_lease_fresh(tmp_path: Path):
 
 def _claim(instance: dg.DagsterInstance, worker: str) -> str:
     run = instance.create_run_for_job(dg.GraphDefinition("g").to_job(), tags={WORKER_TAG: worker})
-    instance.handle_run_event(run.run_id, dg.DagsterEvent(  # mark it started
-        event_type_value="PIPELINE_START", job_name=run.job_name))  # fmt: skip
+    instance.handle_run_event(
+        run.run_id,
+        dg.DagsterEvent(  # mark it started
+            event_type_value="PIPELINE_START", job_name=run.job_name
+        ),
+    )
     storage = instance.event_log_storage
     storage.initialize_concurrency_limit_to_default("gpu")
     storage.claim_concurrency_slot("gpu", run.run_id, "sft_checkpoint")
@@ -185,9 +195,12 @@ def test_a_cli_run_waiting_for_a_slot_says_for_whom_and_ends_promptly_on_sigterm
     with dg.DagsterInstance.from_config(str(home)) as instance:
         holder = _claim(instance, process_identity())  # this live process holds the slot
         waiter = subprocess.Popen(
-            [sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            [sys.executable, str(script)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         lines = []
         for line in waiter.stdout:
             lines.append(line)

@@ -45,17 +45,35 @@ def test_track_stats_of_a_one_frame_clip():
 
 
 def test_videos_without_masks_say_why():
-    manifest = pd.DataFrame([
-        {"video_id": "a", "object_id": None, "status": "dropped", "reason": "nothing detected"},
-        {"video_id": "b", "object_id": 1, "status": "dropped", "reason": "lost: visible in 20%"},
-        {"video_id": "b", "object_id": 2, "status": "dropped", "reason": "lost: visible in 10%"},
-        {"video_id": "b", "object_id": 3, "status": "dropped", "reason": "degenerate: area 90%"},
-        {"video_id": "c", "object_id": 1, "status": "kept", "reason": None},
-        {"video_id": "c", "object_id": 2, "status": "dropped", "reason": "lost: visible in 5%"},
-    ])  # fmt: skip
+    manifest = pd.DataFrame(
+        [
+            {"video_id": "a", "object_id": None, "status": "dropped", "reason": "nothing detected"},
+            {
+                "video_id": "b",
+                "object_id": 1,
+                "status": "dropped",
+                "reason": "lost: visible in 20%",
+            },
+            {
+                "video_id": "b",
+                "object_id": 2,
+                "status": "dropped",
+                "reason": "lost: visible in 10%",
+            },
+            {
+                "video_id": "b",
+                "object_id": 3,
+                "status": "dropped",
+                "reason": "degenerate: area 90%",
+            },
+            {"video_id": "c", "object_id": 1, "status": "kept", "reason": None},
+            {"video_id": "c", "object_id": 2, "status": "dropped", "reason": "lost: visible in 5%"},
+        ]
+    )
     assert videos_without_masks(manifest).to_dict() == {
-        "a": "nothing detected", "b": "all 3 tracks dropped: lost 2, degenerate 1",
-    }  # fmt: skip
+        "a": "nothing detected",
+        "b": "all 3 tracks dropped: lost 2, degenerate 1",
+    }
 
 
 @pytest.mark.parametrize(
@@ -89,12 +107,16 @@ def _ingested_shard(storage: Storage, scenes: list, with_annotations: list[bool]
             json_bytes, npz_bytes = scene_annotations(scene, masks).to_bytes()
             storage.write_bytes(json_key, json_bytes)
             storage.write_bytes(masks_key, npz_bytes)
-        rows.append({
-            "video_id": f"v{i}", "status": "ok", "video_key": key,
-            "annotations_key": json_key if annotated else None,
-            "masks_key": masks_key if annotated else None,
-            "caption": scene.caption() if annotated else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "video_id": f"v{i}",
+                "status": "ok",
+                "video_key": key,
+                "annotations_key": json_key if annotated else None,
+                "masks_key": masks_key if annotated else None,
+                "caption": scene.caption() if annotated else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -37,9 +37,14 @@ def test_widened_text_to_video_model_starts_as_the_base_model():
     noisy, tokens, mask = inputs()
     sigma = torch.tensor([0.3, 0.8])
     pooled = pooled_vector(tokens, mask, "instructor_mean")
-    expected = base(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=tokens,
-                    encoder_attention_mask=mask, pooled_projections=pooled,
-                    return_dict=False)[0]  # fmt: skip
+    expected = base(
+        hidden_states=noisy,
+        timestep=sigma * 1000,
+        encoder_hidden_states=tokens,
+        encoder_attention_mask=mask,
+        pooled_projections=pooled,
+        return_dict=False,
+    )[0]
 
     widened = widen_patch_embedding(base, 2 * C)
     assert widened.config.in_channels == 3 * C
@@ -69,8 +74,9 @@ def test_editing_input_stacks_noisy_source_and_repeated_reference():
 
 
 def test_pooled_vector_reads_real_tokens_only():
-    tokens = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],
-                           [[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]])  # fmt: skip
+    tokens = torch.tensor(
+        [[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]]
+    )
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     assert pooled_vector(tokens, mask, "instructor_mean")[0].tolist() == [2.0, 3.0]
     assert pooled_vector(tokens, mask, "instructor_last").tolist() == [[3.0, 4.0], [9.0, 10.0]]
@@ -88,9 +94,16 @@ def test_built_model_checks_its_channels_and_conditions_change_the_output():
     gated = build_transformer(tiny_transformer_config(C, D, out_channels=C + 1), seed=0)
     noisy, tokens, mask = inputs()
     gated_v = predict_velocity(
-        gated, noisy, torch.tensor(0.5), noisy, None, tokens, mask, tokens.mean(1),
+        gated,
+        noisy,
+        torch.tensor(0.5),
+        noisy,
+        None,
+        tokens,
+        mask,
+        tokens.mean(1),
         prediction="source_gated",
-    )  # fmt: skip
+    )
     assert gated_v.shape == noisy.shape  # the gate channel is consumed
     sigma = torch.tensor(0.5)
     pooled = pooled_vector(tokens, mask, "instructor_mean")

@@ -143,9 +143,13 @@ def dagster_dev(project: Path, tmp_path: Path) -> Iterator[int]:
     ]
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
     try:
         deadline = time.monotonic() + SERVER_START_S
         while True:

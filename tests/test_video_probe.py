@@ -50,9 +50,19 @@ def test_good_video_probes_to_what_was_written(tmp_path: Path):
     )
     row = probe.to_dict()
     assert list(row) == [
-        "container", "codec", "width", "height", "rotation", "fps", "frame_count",
-        "duration_s", "has_audio", "variable_frame_rate", "bytes", "timestamp_repair",
-    ]  # fmt: skip
+        "container",
+        "codec",
+        "width",
+        "height",
+        "rotation",
+        "fps",
+        "frame_count",
+        "duration_s",
+        "has_audio",
+        "variable_frame_rate",
+        "bytes",
+        "timestamp_repair",
+    ]
     assert json.loads(json.dumps(row)) == row  # plain scalars, fit for a Parquet row
 
 

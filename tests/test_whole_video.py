@@ -114,12 +114,12 @@ def test_a_batch_of_windows_gives_the_video_of_one_window_at_a_time(tmp_path, mo
         return put_back(frame, edited, geometry, source_small)
 
     monkeypatch.setattr(whole_video, "put_back", recording_put_back)
-    one = edit_whole_video(WindowMean(), source, "x", tmp_path / "1.mp4", window_batch=1,
-                           progress=False)  # fmt: skip
+    one = edit_whole_video(
+        WindowMean(), source, "x", tmp_path / "1.mp4", window_batch=1, progress=False
+    )
     singly, blended[:] = list(blended), []
     model = WindowMean()
-    many = edit_whole_video(model, source, "x", tmp_path / "3.mp4", window_batch=3,
-                            progress=False)  # fmt: skip
+    many = edit_whole_video(model, source, "x", tmp_path / "3.mp4", window_batch=3, progress=False)
     assert one.windows == many.windows == len(model.clips) and len(blended) == one.frames
     for a, b in zip(singly, blended, strict=True):
         assert np.array_equal(a, b)
@@ -170,8 +170,10 @@ def test_every_source_frame_comes_back_once_at_the_source_size_rate_and_audio(tm
 
 
 def test_preserve_unchanged_keeps_the_original_pixels_where_the_model_changed_nothing(tmp_path):
-    source = write_clip(tmp_path / "in.mp4", CLIPS["ntsc.mov"].__class__(
-        "mp4-h264", 128, 96, Fraction(25), 8, "yuv444p"))  # fmt: skip
+    source = write_clip(
+        tmp_path / "in.mp4",
+        CLIPS["ntsc.mov"].__class__("mp4-h264", 128, 96, Fraction(25), 8, "yuv444p"),
+    )
 
     class CornerOnly(Negative):
         def edit_clips(self, clips, prepared, **sampling):
@@ -180,8 +182,9 @@ def test_preserve_unchanged_keeps_the_original_pixels_where_the_model_changed_no
             return out
 
     plain = edit_whole_video(CornerOnly(), source, "x", tmp_path / "a.mp4", progress=False)
-    kept = edit_whole_video(CornerOnly(), source, "x", tmp_path / "b.mp4", progress=False,
-                            preserve_unchanged=True)  # fmt: skip
+    kept = edit_whole_video(
+        CornerOnly(), source, "x", tmp_path / "b.mp4", progress=False, preserve_unchanged=True
+    )
     src, a, b = (np.stack(_upright_frames(p)).astype(int) for p in (source, plain.path, kept.path))
     far = (slice(None), slice(60, None), slice(40, None))  # away from the changed corner
     assert np.abs(b[far] - src[far]).mean() < np.abs(a[far] - src[far]).mean() / 2
@@ -207,8 +210,19 @@ def test_bad_requests_are_refused_naming_the_thing(tmp_path):
     check_request(video, "x", out, overwrite=True)
     with pytest.raises(EditRequestError, match="cannot create the output folder"):
         check_request(video, "x", video / "sub" / "o.mp4")
-    code = cli.main(["edit", "--model", str(tmp_path), "--video", str(tmp_path / "nope.mp4"),
-                     "--instruction", "x", "--out", str(tmp_path / "o.mp4")])  # fmt: skip
+    code = cli.main(
+        [
+            "edit",
+            "--model",
+            str(tmp_path),
+            "--video",
+            str(tmp_path / "nope.mp4"),
+            "--instruction",
+            "x",
+            "--out",
+            str(tmp_path / "o.mp4"),
+        ]
+    )
     assert code == 2 and not (tmp_path / "o.mp4").exists()
 
 
@@ -233,13 +247,21 @@ def test_a_batch_loads_the_model_once_and_records_every_bad_line(tmp_path):
         return Negative()
 
     results = edit_batch(
-        load, requests.read_text().splitlines(), beside(tmp_path), progress=False,
+        load,
+        requests.read_text().splitlines(),
+        beside(tmp_path),
+        progress=False,
         preview_frames=3,
-    )  # fmt: skip
+    )
     assert len(loads) == 1
     assert [(r["line"], r["status"]) for r in results] == [
-        (1, "ok"), (2, "failed"), (3, "failed"), (4, "failed"), (6, "ok"), (7, "failed"),
-    ]  # fmt: skip
+        (1, "ok"),
+        (2, "failed"),
+        (3, "failed"),
+        (4, "failed"),
+        (6, "ok"),
+        (7, "failed"),
+    ]
     assert "not JSON" in results[1]["reason"]
     assert "unknown key prompt" in results[5]["reason"]
     # source | edit for the first, middle and last frame (5 frames: 0, 2, 4), at 120 px high
@@ -270,9 +292,16 @@ def test_stored_requests_on_s3_are_fetched_edited_uploaded_and_checksummed(
     ]
     root.write_bytes("requests.jsonl", "".join(json.dumps(r) + "\n" for r in lines).encode())
     done = edit_stored_requests(
-        Negative, f"s3://{s3_bucket}/requests/requests.jsonl", root, sink, "run-1",
-        tmp_path / "scratch", endpoint_url=s3_endpoint, progress=False, preview_frames=2,
-    )  # fmt: skip
+        Negative,
+        f"s3://{s3_bucket}/requests/requests.jsonl",
+        root,
+        sink,
+        "run-1",
+        tmp_path / "scratch",
+        endpoint_url=s3_endpoint,
+        progress=False,
+        preview_frames=2,
+    )
     rows = done.manifest
     assert rows["status"].tolist() == ["ok", "failed", "failed", "failed"]
     assert "a.mp4 is already line 1's output" in rows["reason"][1]

@@ -62,9 +62,11 @@ def _demo_data(args: argparse.Namespace) -> int:
         return 2
     started = time.perf_counter()
     geometry = SuiteGeometry(
-        args.width or demo.width, args.height or demo.height, args.frames or demo.frames,
+        args.width or demo.width,
+        args.height or demo.height,
+        args.frames or demo.frames,
         args.fps or demo.fps,
-    )  # fmt: skip
+    )
     paths = generate_demo_videos(
         out,
         demo.videos if args.videos is None else args.videos,
@@ -125,9 +127,12 @@ def _ingest(args: argparse.Namespace) -> int:
     source = defs.resources["video_source"].get()
     s3_client = defs.resources["s3"].get_client() if source.is_remote else None
     registry, new = scan_and_register(
-        storage, source, settings.sources.raw_videos.extensions, settings.ingest.shard_size,
+        storage,
+        source,
+        settings.sources.raw_videos.extensions,
+        settings.ingest.shard_size,
         s3_client=s3_client,
-    )  # fmt: skip
+    )
     print(
         f"source {source.root_uri}: {len(registry)} videos in {registry['shard'].nunique()} "
         f"shards ({len(new)} new); skipped {skipped_text(load_skipped(storage))}"
@@ -141,11 +146,12 @@ def _ingest(args: argparse.Namespace) -> int:
     shards = sorted(registry["shard"].unique())
     instance.add_dynamic_partitions(video_shards.name, [s for s in shards if s not in known])
     pending = [
-        s for s in shards
+        s
+        for s in shards
         if args.all
         or not shard_is_current(storage, s, shard_members(registry, s))
         or not storage.exists(pairs_manifest_key(s))
-    ]  # fmt: skip
+    ]
     job = defs.resolve_job_def(SHARD_JOB)
     pools = {node.definition.pool for node in job.graph.nodes} - {None}
     failed = []
@@ -154,11 +160,14 @@ def _ingest(args: argparse.Namespace) -> int:
         result = _execute(
             instance,
             lambda tags, shard=shard: job.execute_in_process(
-                partition_key=shard, instance=instance, raise_on_error=False,
-                run_config=QUIET, tags=tags,
+                partition_key=shard,
+                instance=instance,
+                raise_on_error=False,
+                run_config=QUIET,
+                tags=tags,
             ),
             pools,
-        )  # fmt: skip
+        )
         if not result.success:
             failed.append(shard)
             print(f"{shard}: FAILED (see `make dev`, run {result.run_id})")
@@ -188,11 +197,14 @@ def _materialize(args: argparse.Namespace) -> int:
     result = _execute(
         instance,
         lambda tags: defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            asset_selection=selection, instance=instance, raise_on_error=False,
-            run_config=QUIET, tags=tags,
+            asset_selection=selection,
+            instance=instance,
+            raise_on_error=False,
+            run_config=QUIET,
+            tags=tags,
         ),
         pools,
-    )  # fmt: skip
+    )
     for check in result.get_asset_check_evaluations():
         status = "passed" if check.passed else "FAILED"
         print(f"check {check.asset_check_key.name}: {status} ({check.metadata['result'].value})")
@@ -275,14 +287,18 @@ def _edit(args: argparse.Namespace) -> int:
         print("viva edit: give --video, --instruction and --out, or --batch", file=sys.stderr)
         return 2
     options = {
-        "crf": args.crf, "preserve_unchanged": args.preserve_unchanged,
+        "crf": args.crf,
+        "preserve_unchanged": args.preserve_unchanged,
         "window_batch": args.window_batch,
-        "num_steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
-    }  # fmt: skip
+        "num_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "seed": args.seed,
+    }
     try:
         if not args.batch:
-            check_request(args.video, args.instruction, args.out, args.reference,
-                          overwrite=args.overwrite)  # fmt: skip
+            check_request(
+                args.video, args.instruction, args.out, args.reference, overwrite=args.overwrite
+            )
         elif not Path(args.batch).is_file():
             raise EditRequestError(f"requests {args.batch}: no such file")
         settings = get_settings()
@@ -293,9 +309,15 @@ def _edit(args: argparse.Namespace) -> int:
         if args.batch:
             return _edit_batch(args, model_dir, lora, options)
         edited = edit_video(
-            model_dir, args.video, args.instruction, args.out, lora=lora or None,
-            reference=args.reference, overwrite=args.overwrite, **options,
-        )  # fmt: skip
+            model_dir,
+            args.video,
+            args.instruction,
+            args.out,
+            lora=lora or None,
+            reference=args.reference,
+            overwrite=args.overwrite,
+            **options,
+        )
     except (EditRequestError, FileNotFoundError, ValueError) as exc:
         print(f"viva edit: {exc}", file=sys.stderr)
         return 2
@@ -324,8 +346,14 @@ def _edit_batch(args: argparse.Namespace, model_dir: Path, lora, options: dict) 
         print(outcome_line(result), flush=True)
 
     requests = Path(args.batch)
-    results = edit_batch(load, requests.read_text().splitlines(), beside(requests.parent),
-                         overwrite=args.overwrite, on_result=say, **options)  # fmt: skip
+    results = edit_batch(
+        load,
+        requests.read_text().splitlines(),
+        beside(requests.parent),
+        overwrite=args.overwrite,
+        on_result=say,
+        **options,
+    )
     report = requests.with_suffix(".results.jsonl")
     report.write_text("".join(json.dumps(r) + "\n" for r in results))
     failed = sum(r["status"] != "ok" for r in results)
@@ -421,9 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--frames", type=int, help="frames per video (default: demo.frames)")
     demo.add_argument("--fps", type=float, help="frame rate (default: demo.fps)")
     demo.add_argument(
-        "--suite-per-category", type=int, default=4,
+        "--suite-per-category",
+        type=int,
+        default=4,
         help="benchmark instances per category rendered into benchmark.root (0: none)",
-    )  # fmt: skip
+    )
     demo.set_defaults(handler=_demo_data)
     ingest = commands.add_parser("ingest", help="register new videos and materialize raw_videos")
     ingest.add_argument("--all", action="store_true", help="re-ingest shards already current")
@@ -450,13 +480,16 @@ def main(argv: list[str] | None = None) -> int:
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--crf", type=int, default=18, help="H.264 quality (lower = better)")
     edit.add_argument(
-        "--preserve-unchanged", action="store_true",
+        "--preserve-unchanged",
+        action="store_true",
         help="keep the original full-resolution pixels wherever the model changed nothing",
-    )  # fmt: skip
+    )
     edit.add_argument(
-        "--window-batch", type=int, default=4,
+        "--window-batch",
+        type=int,
+        default=4,
         help="windows edited per model call (more: faster on a GPU, more memory)",
-    )  # fmt: skip
+    )
     edit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     edit.set_defaults(handler=_edit)
     commands.add_parser("report", help="print the latest benchmark table").set_defaults(
@@ -473,9 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     lineage.set_defaults(handler=_lineage)
     config = commands.add_parser("config", help="print the resolved configuration")
     config.add_argument(
-        "--reference", action="store_true",
+        "--reference",
+        action="store_true",
         help="print every key's type, default, bounds and meaning instead (Markdown)",
-    )  # fmt: skip
+    )
     config.set_defaults(handler=_config)
     runs = commands.add_parser("runs", help="local Dagster runs").add_subparsers(
         dest="runs_command", required=True

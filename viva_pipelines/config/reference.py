@@ -156,8 +156,13 @@ def settings_of(
 def _row(setting: Setting) -> list[str]:
     field = setting.field
     doc = field.description or _line_comments(setting.section).get(setting.name, "")
-    return [f"`{setting.key}`", _type_name(field.annotation), _default(setting.default),
-            _bounds(_constraints(field.annotation, field.metadata)), doc.replace("|", "\\|")]  # fmt: skip
+    return [
+        f"`{setting.key}`",
+        _type_name(field.annotation),
+        _default(setting.default),
+        _bounds(_constraints(field.annotation, field.metadata)),
+        doc.replace("|", "\\|"),
+    ]
 
 
 def configuration_reference(settings: type[BaseModel]) -> str:

@@ -1,6 +1,7 @@
 """``benchmark_suite`` and ``benchmark_scores``: the VIE-Bench-style evaluation of the models."""
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from viva_pipelines.rewards.models import RECORD_KEY as REWARDS_RECORD
 from viva_pipelines.rewards.models import load_scorers
 from viva_pipelines.storage import Storage, file_location
 from viva_pipelines.train.runs import grpo_run, lora_key, model_key, sft_run
+from viva_pipelines.vlm.base import VlmBackend
 
 SUITE_CODE_VERSION = "benchmark_suite-1"
 SCORES_CODE_VERSION = "benchmark_scores-1"
@@ -137,24 +139,14 @@ def build_benchmark_defs(settings: Settings) -> dg.Definitions:
         versions = _evaluated_versions(context, cfg.models)
         media, instances = load_configured_suite(settings)
         judge = vlm_backend(cfg.judge, store) if cfg.judge.enabled else None
-        with tempfile.TemporaryDirectory(prefix="viva-bench-") as tmp:
-            sft_dir = store.local_dir(
-                model_key(sft_run(versions["sft_checkpoint"])), Path(tmp, "sft")
-            )
-            lora_dir = "grpo_lora" in versions and store.local_dir(
-                lora_key(grpo_run(versions["grpo_lora"])), Path(tmp, "lora")
-            )
-            clip, _ = load_scorers(store, store.read_json(REWARDS_RECORD), Path(tmp, "rewards"))
-            result = bench.evaluate_models(
-                media, instances, sft_dir, lora_dir or None, cfg, clip,
-                ingest_options(settings).spec, judge=judge, judge_cache=store if judge else None,
-                log=context.log.warning,
-            )  # fmt: skip
+        result = _evaluate(store, settings, versions, media, instances, judge, context.log.warning)
         with mlflow.start_run(context, upstream_data_versions=versions) as mlflow_run:
             prefix = f"{SCORES_PREFIX}/{mlflow_run.info.run_id}"
             keys = bench.log_benchmark(store, prefix, result, versions)
-            lineage = pending_lineage(context.instance, "benchmark_scores", list(versions), store,
-                                      MlflowClient(mlflow.tracking_uri))  # fmt: skip
+            tracking = MlflowClient(mlflow.tracking_uri)
+            lineage = pending_lineage(
+                context.instance, SCORES_PREFIX, list(versions), store, tracking
+            )
             store.write_json(f"{prefix}/lineage.json", lineage.to_dict())
         for problem in result.problems:
             context.log.error(f"sanity: {problem}")
@@ -165,6 +157,38 @@ def build_benchmark_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[benchmark_suite, benchmark_scores], asset_checks=[no_training_video_in_suite]
     )
+
+
+def _evaluate(
+    store: Storage,
+    settings: Settings,
+    versions: dict[str, str],
+    media: Storage,
+    instances: list,
+    judge: VlmBackend | None,
+    log: Callable[[str], None],
+) -> bench.BenchmarkResult:
+    """The suite edited by each model of the trained runs ``versions`` name, and scored."""
+    cfg = settings.benchmark
+    with tempfile.TemporaryDirectory(prefix="viva-bench-") as tmp:
+        sft_dir = store.local_dir(model_key(sft_run(versions["sft_checkpoint"])), Path(tmp, "sft"))
+        lora_dir = "grpo_lora" in versions and store.local_dir(
+            lora_key(grpo_run(versions["grpo_lora"])), Path(tmp, "lora")
+        )
+        clip, _ = load_scorers(store, store.read_json(REWARDS_RECORD), Path(tmp, "rewards"))
+        spec = ingest_options(settings).spec
+        return bench.evaluate_models(
+            media,
+            instances,
+            sft_dir,
+            lora_dir or None,
+            cfg,
+            clip,
+            spec,
+            judge=judge,
+            judge_cache=store if judge else None,
+            log=log,
+        )
 
 
 def _evaluated_versions(context: dg.AssetExecutionContext, models: list[str]) -> dict[str, str]:
@@ -185,9 +209,12 @@ def _evaluated_versions(context: dg.AssetExecutionContext, models: list[str]) ->
 
 
 def _scores_metadata(
-    store: Storage, keys: dict[str, str], result: bench.BenchmarkResult, instances: int,
+    store: Storage,
+    keys: dict[str, str],
+    result: bench.BenchmarkResult,
+    instances: int,
     lineage: str,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The report, where the files are, failures by reason, the sanity verdict, the lineage
     and the side-by-side previews."""
     errors = result.run.rows["error"]

@@ -62,6 +62,25 @@ def pair_reviewer(settings: Settings, storage: Storage) -> qc.Reviewer | None:
     return make_pair_reviewer(backend, storage, vlm.max_frames)
 
 
+def _pairs_metadata(result, preview: bytes | None, gaps) -> dict:
+    m = result.manifest
+    shown = markdown_image(preview, "source | target | mask") if preview else None
+    return {
+        "preview": dg.MetadataValue.md(shown) if shown else "no pairs",
+        "pairs": int((m["status"] == "ok").sum()),
+        "failed": int((m["status"] == FAILED).sum()),
+        "failures": dg.MetadataValue.json(reason_counts(_failed(m)["reason"])),
+        "videos_without_pairs": dg.MetadataValue.json(
+            reason_counts(m.loc[m["status"] == pairs.NO_PAIRS, "reason"])
+        ),
+        "videos_without_local_pairs": dg.MetadataValue.json(reason_counts(gaps)),
+        "pairs_by_type": dg.MetadataValue.json(
+            m.loc[m["status"] == "ok", "edit_type"].value_counts().to_dict()
+        ),
+        "manifest": dg.MetadataValue.path(result.manifest_uri),
+    }
+
+
 def _qc_metadata(result: qc.QcResult) -> dict:
     accepted, manifest = result.accepted, result.manifest
     return {
@@ -162,30 +181,14 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
         store, shard = storage.get(), context.partition_key
         raw = _read_upstream(store, ingest.manifest_key(shard), "raw_videos", shard)
         tracks = _read_upstream(store, masks.manifest_key(shard), "tracked_masks", shard)
+        backend, progress = edit_backend(settings), _progress(context)
         result = pairs.pair_shard(
-            store, shard, raw, tracks, edit_backend(settings), settings.pairs,
-            settings.ingest.crf, _progress(context),
-        )  # fmt: skip
-        m = result.manifest
-        preview = pairs.write_preview(store, shard, m)
-        gaps = pairs.local_edit_gaps(raw, tracks, m)
+            store, shard, raw, tracks, backend, settings.pairs, settings.ingest.crf, progress
+        )
+        preview = pairs.write_preview(store, shard, result.manifest)
+        gaps = pairs.local_edit_gaps(raw, tracks, result.manifest)
         return dg.MaterializeResult(
-            metadata={
-                "preview": dg.MetadataValue.md(markdown_image(preview, "source | target | mask"))
-                if preview
-                else "no pairs",
-                "pairs": int((m["status"] == "ok").sum()),
-                "failed": int((m["status"] == FAILED).sum()),
-                "failures": dg.MetadataValue.json(reason_counts(_failed(m)["reason"])),
-                "videos_without_pairs": dg.MetadataValue.json(
-                    reason_counts(m.loc[m["status"] == pairs.NO_PAIRS, "reason"])
-                ),
-                "videos_without_local_pairs": dg.MetadataValue.json(reason_counts(gaps)),
-                "pairs_by_type": dg.MetadataValue.json(
-                    m.loc[m["status"] == "ok", "edit_type"].value_counts().to_dict()
-                ),
-                "manifest": dg.MetadataValue.path(result.manifest_uri),
-            },
+            metadata=_pairs_metadata(result, preview, gaps),
             data_version=dg.DataVersion(result.data_version),
         )
 
@@ -227,9 +230,12 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
         if not settings.qc.image_manifest:
             return []
         return external_image_rows(
-            store, settings.qc.image_manifest, val_fraction=settings.qc.val_fraction,
-            split_seed=settings.qc.split_seed, endpoint_url=settings.storage.s3.endpoint_url,
-        )  # fmt: skip
+            store,
+            settings.qc.image_manifest,
+            val_fraction=settings.qc.val_fraction,
+            split_seed=settings.qc.split_seed,
+            endpoint_url=settings.storage.s3.endpoint_url,
+        )
 
     def _check(passed_and_text: tuple[bool, str]) -> dg.AssetCheckResult:
         passed, text = passed_and_text
@@ -256,6 +262,10 @@ def build_data_defs(settings: Settings) -> dg.Definitions:
 
     return dg.Definitions(
         assets=[tracked_masks, synthetic_pairs, qc_dataset],
-        asset_checks=[train_split_non_empty, every_edit_type_present, no_video_in_two_splits,
-                      referenced_files_exist],
-    )  # fmt: skip
+        asset_checks=[
+            train_split_non_empty,
+            every_edit_type_present,
+            no_video_in_two_splits,
+            referenced_files_exist,
+        ],
+    )

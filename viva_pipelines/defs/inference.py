@@ -55,10 +55,16 @@ def build_inference_defs(settings: Settings) -> dg.Definitions:
             events = _model_events(context, mlflow, cfg.model, cfg.lora)
             with mlflow.start_run(context) as run:
                 outcome = run_edit_requests(
-                    cfg, model_dir, lora or None, root, store, f"{EDITED_PREFIX}/{run.info.run_id}",
-                    Path(tmp, "work"), endpoint_url=s3.endpoint_url,
+                    cfg,
+                    model_dir,
+                    lora or None,
+                    root,
+                    store,
+                    f"{EDITED_PREFIX}/{run.info.run_id}",
+                    Path(tmp, "work"),
+                    endpoint_url=s3.endpoint_url,
                     on_result=lambda result: context.log.info(outcome_line(result)),
-                )  # fmt: skip
+                )
                 log_edits(outcome, cfg, model_uri)
         return dg.MaterializeResult(metadata=_metadata(store, outcome, model_uri, cfg.lora, events))
 

@@ -29,12 +29,15 @@ def ingest_options(settings: Settings) -> IngestOptions:
     cfg = settings.ingest
     return IngestOptions(
         spec=NormaliseSpec(
-            width=cfg.width, height=cfg.height, fps=cfg.fps, max_frames=cfg.max_frames,
+            width=cfg.width,
+            height=cfg.height,
+            fps=cfg.fps,
+            max_frames=cfg.max_frames,
             resize=cfg.resize,
         ),
         limits=cfg.limits,
         crf=cfg.crf,
-    )  # fmt: skip
+    )
 
 
 def build_ingest_defs(settings: Settings) -> dg.Definitions:

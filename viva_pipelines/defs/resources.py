@@ -86,10 +86,14 @@ def vlm_backend(vlm: VlmSettings, storage: Storage) -> VlmBackend:
             vlm.local_model, max_new_tokens=vlm.max_new_tokens, device=vlm.device, cache=storage
         )
     return ChatCompletionsClient(
-        vlm.base_url, vlm.model, api_key_env=vlm.api_key_env, timeout_s=vlm.timeout_s,
+        vlm.base_url,
+        vlm.model,
+        api_key_env=vlm.api_key_env,
+        timeout_s=vlm.timeout_s,
         retry=RetryPolicy(vlm.max_attempts, vlm.backoff_s, vlm.max_backoff_s),
-        rate_limit_per_s=vlm.rate_limit_per_s, cache=storage,
-    )  # fmt: skip
+        rate_limit_per_s=vlm.rate_limit_per_s,
+        cache=storage,
+    )
 
 
 def _s3_kwargs(settings: Settings) -> dict[str, str | None]:

@@ -20,8 +20,11 @@ from viva_pipelines.train.supervision import process_alive, process_identity
 
 #: Run tag naming the process that executes the run's steps (:func:`process_identity`).
 WORKER_TAG = "viva/worker"
-_UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
-               dg.DagsterRunStatus.CANCELING]  # fmt: skip
+_UNFINISHED = [
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
 def worker_tags() -> dict[str, str]:

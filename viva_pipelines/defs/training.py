@@ -5,10 +5,12 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from viva_pipelines.config import Settings
+from viva_pipelines.config.schema import GrpoSettings, SftSettings
 from viva_pipelines.defs.execution import step_options
 from viva_pipelines.defs.resources import MlflowResource, StorageResource
 from viva_pipelines.defs.runs import worker_tags
@@ -24,7 +26,7 @@ from viva_pipelines.tracking import (
     set_tags,
     tag_model_version,
 )
-from viva_pipelines.train.config import RunConfig
+from viva_pipelines.train.config import GrpoConfig, RunConfig, SftConfig
 from viva_pipelines.train.runs import (
     grpo_config,
     instructor_location,
@@ -35,6 +37,9 @@ from viva_pipelines.train.runs import (
     summary_key,
 )
 from viva_pipelines.train.supervision import launcher_environment
+
+if TYPE_CHECKING:
+    from mlflow import ActiveRun
 
 INSTRUCTOR_CODE_VERSION = "instructor_model-1"
 SFT_CODE_VERSION = "sft-2"
@@ -63,9 +68,23 @@ def latest_data_version(context: dg.AssetExecutionContext, key: dg.AssetKey) -> 
 def torchrun_command(nproc: int, module: str, config_path: str) -> list[str]:
     """``torchrun`` on this node (``--standalone`` picks a free rendezvous port)."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={nproc}", "-m", module, "--config", config_path,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        module,
+        "--config",
+        config_path,
+    ]
+
+
+#: The training process of a run config and the folder (under its output prefix) it registers.
+TRAINERS: dict[type[RunConfig], tuple[str, str]] = {
+    SftConfig: ("viva_pipelines.train.sft", "model"),
+    GrpoConfig: ("viva_pipelines.train.grpo", "lora"),
+}
 
 
 def launch_training(
@@ -73,17 +92,16 @@ def launch_training(
     client: dg.PipesSubprocessClient,
     store: Storage,
     config: RunConfig,
-    *,
-    module: str,
-    nproc: int,
-    run_id: str,
+    section: SftSettings | GrpoSettings,
+    run: "ActiveRun",
     tracking_uri: str,
-    artifact_prefix: str,
-    register_as: str,
 ) -> tuple[dict, str]:
-    """Run a training module under torchrun through Pipes with the MLflow run to log into,
-    then register what it wrote under ``{output_prefix}/{artifact_prefix}`` as a new version
-    of ``register_as``. Returns the reported metadata and the model version."""
+    """Run the config's training module (:data:`TRAINERS`) under torchrun with
+    ``section.nproc_per_node`` processes through Pipes, logging into the MLflow ``run``; then
+    register what it wrote as a new version of ``section.register_model``. Returns the
+    reported metadata and the model version."""
+    module, artifact = TRAINERS[type(config)]
+    run_id = run.info.run_id
     tracking = config.tracking.model_copy(update={"tracking_uri": tracking_uri, "run_id": run_id})
     config = config.model_copy(update={"tracking": tracking})
     log_params(config.flat_params())
@@ -93,12 +111,12 @@ def launch_training(
         config.to_yaml(config_path)
         context.instance.add_run_tags(context.run_id, worker_tags())  # for dead-run cleanup
         result = client.run(
-            command=torchrun_command(nproc, module, str(config_path)),
+            command=torchrun_command(section.nproc_per_node, module, str(config_path)),
             context=context,
             env=launcher_environment(context.run_id),
         ).get_materialize_result()
-        local = store.get_dir(f"{config.output_prefix}/{artifact_prefix}", Path(tmp, "model"))
-        version = register_model_dir(local, run_id, register_as)
+        local = store.get_dir(f"{config.output_prefix}/{artifact}", Path(tmp, "model"))
+        version = register_model_dir(local, run_id, section.register_model)
     return dict(result.metadata), version
 
 
@@ -119,7 +137,7 @@ def training_asset(
 
 
 def build_training_defs(settings: Settings) -> dg.Definitions:
-    sft = settings.sft
+    sft, grpo = settings.sft, settings.grpo
 
     @dg.asset(
         name="instructor_model",
@@ -146,9 +164,12 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         ) as run:
             log_params({f"pretrain.{k}": v for k, v in cfg.pretrain.model_dump().items()})
             record = prepare_instructor(
-                store, store.read_parquet(qc.MANIFEST_KEY), model=settings.models.instructor,
-                options=cfg.pretrain, prompt_template=settings.sft.model.instructor_prompt,
-            )  # fmt: skip
+                store,
+                store.read_parquet(qc.MANIFEST_KEY),
+                model=settings.models.instructor,
+                options=cfg.pretrain,
+                prompt_template=settings.sft.model.instructor_prompt,
+            )
             metadata = {
                 "location": dg.MetadataValue.path(record["location"]),
                 "sha256": record["sha256"] or "",
@@ -163,9 +184,11 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         )
 
     @training_asset(
-        settings, "sft_checkpoint", deps=[QC_DATASET, INSTRUCTOR_MODEL],
+        settings,
+        "sft_checkpoint",
+        deps=[QC_DATASET, INSTRUCTOR_MODEL],
         code_version=SFT_CODE_VERSION,
-    )  # fmt: skip
+    )
     def sft_checkpoint(
         context: dg.AssetExecutionContext,
         storage: StorageResource,
@@ -186,11 +209,8 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
             config = sft_config(settings, dataset_version, instructor_location(store))
             log_dataset_input(manifest, store.uri(qc.MANIFEST_KEY), dataset_version, "qc_dataset")
             reported, version = launch_training(
-                context, pipes_subprocess_client, store, config,
-                module="viva_pipelines.train.sft", nproc=sft.nproc_per_node,
-                run_id=run.info.run_id, tracking_uri=mlflow.tracking_uri,
-                artifact_prefix="model", register_as=sft.register_model,
-            )  # fmt: skip
+                context, pipes_subprocess_client, store, config, sft, run, mlflow.tracking_uri
+            )
         summary = store.read_json(summary_key(config.output_prefix))
         context.log.info(
             f"val loss {summary.get('val_loss_first', float('nan')):.4f} -> "
@@ -198,8 +218,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
             f"{sft.register_model} version {version}"
         )
         artifacts = {"model_uri": model_key(config.output_prefix)}
-        details = {"registered_model": f"{sft.register_model}/{version}",
-                   "dataset_version": dataset_version}  # fmt: skip
+        details = {"registered_model": f"{sft.register_model}/{version}"}
         return _training_result(store, config, {**reported, **details}, artifacts)
 
     @training_asset(
@@ -226,20 +245,16 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         with mlflow.start_run(context, upstream_data_versions=versions) as run:
             set_tags(links)
             reported, version = launch_training(
-                context, pipes_subprocess_client, store, config,
-                module="viva_pipelines.train.grpo", nproc=settings.grpo.nproc_per_node,
-                run_id=run.info.run_id, tracking_uri=mlflow.tracking_uri,
-                artifact_prefix="lora", register_as=settings.grpo.register_model,
-            )  # fmt: skip
-            tag_model_version(settings.grpo.register_model, version, links)
+                context, pipes_subprocess_client, store, config, grpo, run, mlflow.tracking_uri
+            )
+            tag_model_version(grpo.register_model, version, links)
         summary = store.read_json(summary_key(config.output_prefix))
         context.log.info(
             f"held-out reward {summary.get('eval/total_first', float('nan')):.4f} -> "
             f"{summary.get('eval/total_last', float('nan')):.4f}"
         )
         artifacts = {"lora_uri": lora_key(config.output_prefix), "base_model_uri": config.sft_model}
-        details = {"registered_model": f"{settings.grpo.register_model}/{version}",
-                   "base_model": sft_model}  # fmt: skip
+        details = {"registered_model": f"{grpo.register_model}/{version}", "base_model": sft_model}
         return _training_result(store, config, {**reported, **details}, artifacts)
 
     return dg.Definitions(

@@ -89,9 +89,11 @@ def demo_edit_requests(videos: list[Path], root: str | os.PathLike) -> list[dict
     for video, ask in zip(videos, asks, strict=False):
         annotations = json.loads(video.with_suffix(".json").read_text())
         label = annotations["objects"][0]["label"] if annotations["objects"] else "object"
-        requests.append({
-            "video": os.path.relpath(video, root).replace(os.sep, "/"),
-            "instruction": ask(label),
-            "out": f"{video.stem}.mp4",
-        })  # fmt: skip
+        requests.append(
+            {
+                "video": os.path.relpath(video, root).replace(os.sep, "/"),
+                "instruction": ask(label),
+                "out": f"{video.stem}.mp4",
+            }
+        )
     return requests

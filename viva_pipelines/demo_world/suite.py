@@ -124,9 +124,12 @@ def _local(
     if kind in ("remove", "add", "ref_add"):
         without = scene.without_object(obj.id)
         text, _ = templates.instruction(
-            kind, rng, object=label, a_object=with_article(label),
+            kind,
+            rng,
+            object=label,
+            a_object=with_article(label),
             where=captions.position_phrase(ids == obj.id),
-        )  # fmt: skip
+        )
         if kind == "remove":
             return _SceneEdit(scene, without, obj, text)
         return _SceneEdit(without, scene, obj, text)
@@ -136,9 +139,13 @@ def _local(
         return _SceneEdit(scene, scene.with_object_colour(obj.id, colour), obj, text)
     entry = _fresh_entry(scene, rng)  # swap / ref_swap
     text, _ = templates.instruction(
-        kind, rng, object=label, a_object=with_article(label), new_object=entry.label,
+        kind,
+        rng,
+        object=label,
+        a_object=with_article(label),
+        new_object=entry.label,
         a_new_object=with_article(entry.label),
-    )  # fmt: skip
+    )
     return _SceneEdit(scene, scene.with_object_replaced(obj.id, entry), obj, text)
 
 
@@ -151,9 +158,15 @@ def _local_edit(
     if kind.startswith("ref_"):
         reference = object_crop(target, target_ids == edit.old.id)
     return EditPair(
-        kind, source, target, mask, edit.instruction, edit.source.caption(),
-        edit.target.caption(), reference=reference,
-    )  # fmt: skip
+        kind,
+        source,
+        target,
+        mask,
+        edit.instruction,
+        edit.source.caption(),
+        edit.target.caption(),
+        reference=reference,
+    )
 
 
 def _look(

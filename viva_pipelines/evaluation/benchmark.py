@@ -270,9 +270,13 @@ def score_edit(
     if mask is not None and mask.all():
         mask = None  # a global edit has no background to preserve
     row: dict[str, float | str | None] = video_metrics(
-        scorer, source, edited, target_caption=instance.target_caption, edit_mask=mask,
+        scorer,
+        source,
+        edited,
+        target_caption=instance.target_caption,
+        edit_mask=mask,
         target=target,
-    )  # fmt: skip
+    )
     from viva_pipelines.rewards.clip_rewards import instruction_following
 
     row["clip_if"] = float(
@@ -333,9 +337,15 @@ def run_benchmark(
                 edited = editor.edit(media, instance)
                 row["edit_s"] = time.perf_counter() - started
                 scores = score_edit(
-                    scorer, instance, source, edited, mask=mask, target=target,
-                    judge=judge, judge_cache=judge_cache,
-                )  # fmt: skip
+                    scorer,
+                    instance,
+                    source,
+                    edited,
+                    mask=mask,
+                    target=target,
+                    judge=judge,
+                    judge_cache=judge_cache,
+                )
                 row.update(scores)
             except Exception as exc:  # one failed edit is a recorded row, not a failed suite
                 row.update(status=FAILED, error=item_failure(exc, f"{instance.id} / {editor.name}"))
@@ -498,17 +508,34 @@ def evaluate_models(
     from viva_pipelines.train.distributed import pick_device
 
     editors = model_editors(
-        model_dir, lora_dir, cfg.models, device=str(pick_device(cfg.device, 0)),
-        num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, seed=cfg.seed,
-    )  # fmt: skip
+        model_dir,
+        lora_dir,
+        cfg.models,
+        device=str(pick_device(cfg.device, 0)),
+        num_steps=cfg.num_steps,
+        guidance_scale=cfg.guidance_scale,
+        seed=cfg.seed,
+    )
     kept = first_per_category(instances, cfg.previews_per_category)
     run = run_benchmark(
-        media, instances, editors, scorer, spec, judge=judge, judge_cache=judge_cache,
-        keep_clips=lambda instance: instance.id in kept, log=log,
-    )  # fmt: skip
+        media,
+        instances,
+        editors,
+        scorer,
+        spec,
+        judge=judge,
+        judge_cache=judge_cache,
+        keep_clips=lambda instance: instance.id in kept,
+        log=log,
+    )
     table = category_table(run.rows)
-    return BenchmarkResult(run, table, markdown_report(table), sanity_problems(table),
-                           [editor.name for editor in editors])  # fmt: skip
+    return BenchmarkResult(
+        run,
+        table,
+        markdown_report(table),
+        sanity_problems(table),
+        [editor.name for editor in editors],
+    )
 
 
 def log_benchmark(
@@ -522,12 +549,14 @@ def log_benchmark(
     from viva_pipelines.tracking import set_tags
 
     keys = write_report(storage, prefix, result.run, result.table)
-    mlflow.log_metrics({
-        f"{model}/{category}/{criterion}": float(value)
-        for category, row in result.table.iterrows()
-        for (model, criterion), value in row.items()
-        if value == value  # NaN: not applicable
-    })  # fmt: skip
+    mlflow.log_metrics(
+        {
+            f"{model}/{category}/{criterion}": float(value)
+            for category, row in result.table.iterrows()
+            for (model, criterion), value in row.items()
+            if value == value  # NaN: not applicable
+        }
+    )
     set_tags({f"viva.version.{name}": version for name, version in versions.items()})
     set_tags({"viva.benchmark.sanity": "; ".join(result.problems) or "ok"})
     with tempfile.TemporaryDirectory() as tmp:

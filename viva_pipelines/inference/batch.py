@@ -66,8 +66,11 @@ class StoredEdits:
     @property
     def counts(self) -> dict[str, int]:
         failed = int(self.manifest["status"].eq(FAILED).sum())
-        return {"requests": len(self.manifest), "edited": len(self.manifest) - failed,
-                "failed": failed}  # fmt: skip
+        return {
+            "requests": len(self.manifest),
+            "edited": len(self.manifest) - failed,
+            "failed": failed,
+        }
 
 
 def _input(root: Storage, name: str, what: str, endpoint_url: str | None) -> tuple[Storage, str]:
@@ -185,11 +188,23 @@ def run_edit_requests(
         return pipeline.load_lora(lora_dir) if lora_dir else pipeline
 
     return edit_stored_requests(
-        load, cfg.requests, root, sink, prefix, scratch, endpoint_url=endpoint_url,
-        on_result=on_result, progress=False, preview_frames=cfg.preview_frames, crf=cfg.crf,
-        preserve_unchanged=cfg.preserve_unchanged, seed=cfg.seed, window_batch=cfg.window_batch,
-        num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale,
-    )  # fmt: skip
+        load,
+        cfg.requests,
+        root,
+        sink,
+        prefix,
+        scratch,
+        endpoint_url=endpoint_url,
+        on_result=on_result,
+        progress=False,
+        preview_frames=cfg.preview_frames,
+        crf=cfg.crf,
+        preserve_unchanged=cfg.preserve_unchanged,
+        seed=cfg.seed,
+        window_batch=cfg.window_batch,
+        num_steps=cfg.num_steps,
+        guidance_scale=cfg.guidance_scale,
+    )
 
 
 def log_edits(outcome: StoredEdits, cfg: InferenceSettings, model_uri: str) -> None:
@@ -201,8 +216,15 @@ def log_edits(outcome: StoredEdits, cfg: InferenceSettings, model_uri: str) -> N
 
     from viva_pipelines.tracking import log_metrics, log_params, set_tags
 
-    log_params({"requests": cfg.requests, "model": model_uri, "lora": cfg.lora or "",
-                "preserve_unchanged": cfg.preserve_unchanged, "crf": cfg.crf})  # fmt: skip
+    log_params(
+        {
+            "requests": cfg.requests,
+            "model": model_uri,
+            "lora": cfg.lora or "",
+            "preserve_unchanged": cfg.preserve_unchanged,
+            "crf": cfg.crf,
+        }
+    )
     log_metrics(outcome.counts)
     set_tags({"viva.model_uri": model_uri, "viva.lora_uri": cfg.lora or ""})
     with tempfile.TemporaryDirectory() as folder:

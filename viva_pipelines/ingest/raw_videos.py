@@ -119,9 +119,13 @@ def ingest_shard(
         if on_progress:
             on_progress(done, total, row)
     written = write_manifest(
-        storage, manifest_key(shard), rows, MANIFEST_SCHEMA,
-        sort_by="video_id", exclude=VERSION_EXCLUDES,
-    )  # fmt: skip
+        storage,
+        manifest_key(shard),
+        rows,
+        MANIFEST_SCHEMA,
+        sort_by="video_id",
+        exclude=VERSION_EXCLUDES,
+    )
     preview = to_png(grid([thumbnails])) if thumbnails else None
     if preview:
         storage.write_bytes(f"{shard_prefix(shard)}/preview.png", preview)
@@ -168,9 +172,16 @@ def _ingest_one(
                 storage.put_file(local_video, video_key)
         t, h, w, _ = video.frames.shape
         row.update(
-            status=OK, reason=None, video_key=video_key, width=w, height=h, fps=video.fps,
-            frames=t, duration_s=t / video.fps, _first_frame=video.frames[0],
-        )  # fmt: skip
+            status=OK,
+            reason=None,
+            video_key=video_key,
+            width=w,
+            height=h,
+            fps=video.fps,
+            frames=t,
+            duration_s=t / video.fps,
+            _first_frame=video.frames[0],
+        )
         row.update(
             _copy_annotations(storage, source, key, video, options.spec, json_key, masks_key)
         )

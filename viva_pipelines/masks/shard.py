@@ -51,10 +51,13 @@ class AnnotationsBackend:
                 f"annotation masks {annotations.masks.shape} do not match frames {frames.shape[:3]}"
             )
         return [
-            TrackedObject(int(obj["id"]), str(obj.get("label", f"object {obj['id']}")),
-                          annotations.object_mask(int(obj["id"])))
+            TrackedObject(
+                int(obj["id"]),
+                str(obj.get("label", f"object {obj['id']}")),
+                annotations.object_mask(int(obj["id"])),
+            )
             for obj in annotations.objects
-        ]  # fmt: skip
+        ]
 
 
 def shard_prefix(shard: str) -> str:
@@ -105,8 +108,12 @@ def track_shard(
     videos = raw_manifest[raw_manifest["status"] == "ok"]
     rows: list[dict[str, Any]] = []
     for done, video in enumerate(tqdm(videos.itertuples(), total=len(videos), desc=shard), 1):
-        base = {"video_id": video.video_id, "video_key": video.video_key, "backend": backend.name,
-                "caption": None if pd.isna(video.caption) else video.caption}  # fmt: skip
+        base = {
+            "video_id": video.video_id,
+            "video_key": video.video_key,
+            "backend": backend.name,
+            "caption": None if pd.isna(video.caption) else video.caption,
+        }
         try:
             frames = load_frames(storage, video.video_key)
             objects = backend.track(frames, load_annotations(storage, video), base["caption"])
@@ -124,8 +131,12 @@ def track_shard(
                 row = _object_row(storage, shard, video.video_id, obj, rules)
             except Exception as exc:
                 reason = item_failure(exc, f"object {obj.object_id} of {video.video_id}")
-                row = {"object_id": obj.object_id, "label": obj.label, "status": FAILED,
-                       "reason": reason}  # fmt: skip
+                row = {
+                    "object_id": obj.object_id,
+                    "label": obj.label,
+                    "status": FAILED,
+                    "reason": reason,
+                }
             rows.append({**base, **row})
         if on_progress:
             on_progress(done, len(videos), video.video_id)

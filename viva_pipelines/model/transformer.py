@@ -216,7 +216,14 @@ def predict_velocity(
     :func:`~viva_pipelines.model.flow_matching.velocity_from_prediction`).
     """
     output = predict_output(
-        transformer, noisy, sigma, source, reference, tokens, attention_mask, pooled,
+        transformer,
+        noisy,
+        sigma,
+        source,
+        reference,
+        tokens,
+        attention_mask,
+        pooled,
         embedded_guidance=embedded_guidance,
-    )  # fmt: skip
+    )
     return velocity_from_prediction(output, noisy, source, sigma.to(noisy.device), prediction)

@@ -225,18 +225,39 @@ def edit_whole_video(
             audio = _AudioCopy(sink, source.streams.audio[0]) if source.streams.audio else None
             frames = _decoded(source, audio)
             result = _edit_stream(
-                pipeline, frames, instruction, sink, rate, audio, reference=reference,
-                weights=weights, overlap=overlap, preserve_unchanged=preserve_unchanged,
-                crf=crf, seed=seed, num_steps=num_steps, guidance_scale=guidance_scale,
-                window_batch=window_batch, previews=_Previews(preview_frames, total),
+                pipeline,
+                frames,
+                instruction,
+                sink,
+                rate,
+                audio,
+                reference=reference,
+                weights=weights,
+                overlap=overlap,
+                preserve_unchanged=preserve_unchanged,
+                crf=crf,
+                seed=seed,
+                num_steps=num_steps,
+                guidance_scale=guidance_scale,
+                window_batch=window_batch,
+                previews=_Previews(preview_frames, total),
                 bar=tqdm(total=total or None, unit="frame", disable=not progress, desc="edit"),
-            )  # fmt: skip
+            )
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
     count, width, height, windows, preview = result
-    return EditedVideo(out, count, float(rate), width, height, windows,
-                       time.perf_counter() - started, audio is not None, preview)  # fmt: skip
+    return EditedVideo(
+        out,
+        count,
+        float(rate),
+        width,
+        height,
+        windows,
+        time.perf_counter() - started,
+        audio is not None,
+        preview,
+    )
 
 
 class _Previews:
@@ -368,10 +389,12 @@ def _edit_stream(
         )
         views = [*written_small, *(entry.small for entry in pending)]
         shift = len(written_small)  # pending frame i is views[shift + i]
-        clips = np.stack([
-            [views[shift + min(start + i, len(pending) - 1)] for i in range(size)]
-            for start, _ in plan
-        ])  # fmt: skip
+        clips = np.stack(
+            [
+                [views[shift + min(start + i, len(pending) - 1)] for i in range(size)]
+                for start, _ in plan
+            ]
+        )
         edited = pipeline.edit_clips(clips, prepared, **sampling)
         windows += len(plan)
         for (start, first_open), clip in zip(plan, edited, strict=True):
@@ -491,8 +514,13 @@ def parse_request(line: int, text: str) -> EditRequest:
     wrong = [k for k, v in request.items() if v is not None and not isinstance(v, str)]
     if wrong:
         raise EditRequestError(f"{', '.join(wrong)} must be text")
-    return EditRequest(line, request["video"], request["instruction"], request["out"],
-                       request.get("reference") or None)  # fmt: skip
+    return EditRequest(
+        line,
+        request["video"],
+        request["instruction"],
+        request["out"],
+        request.get("reference") or None,
+    )
 
 
 @dataclass
@@ -555,18 +583,39 @@ def edit_batch(
         result: dict[str, Any] = {"line": number, "status": "failed"}
         try:
             request = parse_request(number, line)
-            result.update(video=request.video, instruction=request.instruction,
-                          reference=request.reference, out=request.out)  # fmt: skip
+            result.update(
+                video=request.video,
+                instruction=request.instruction,
+                reference=request.reference,
+                out=request.out,
+            )
             with place(request) as placed:
-                check_request(placed.video, request.instruction, placed.out, placed.reference,
-                              overwrite=overwrite)  # fmt: skip
+                check_request(
+                    placed.video,
+                    request.instruction,
+                    placed.out,
+                    placed.reference,
+                    overwrite=overwrite,
+                )
                 pipeline = pipeline or load()
-                edited = edit_video(pipeline, placed.video, request.instruction, placed.out,
-                                    reference=placed.reference, overwrite=overwrite,
-                                    **options)  # fmt: skip
-            result.update(status="ok", frames=edited.frames, fps=edited.fps, width=edited.width,
-                          height=edited.height, seconds=round(edited.seconds, 1),
-                          **placed.details)  # fmt: skip
+                edited = edit_video(
+                    pipeline,
+                    placed.video,
+                    request.instruction,
+                    placed.out,
+                    reference=placed.reference,
+                    overwrite=overwrite,
+                    **options,
+                )
+            result.update(
+                status="ok",
+                frames=edited.frames,
+                fps=edited.fps,
+                width=edited.width,
+                height=edited.height,
+                seconds=round(edited.seconds, 1),
+                **placed.details,
+            )
             if edited.preview is not None:
                 result["preview"] = edited.preview
         except Exception as exc:  # one bad request must not stop the batch

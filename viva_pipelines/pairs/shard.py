@@ -116,14 +116,16 @@ def pair_shard(
         try:
             frames = load_frames(storage, video.video_key)
             objects = [
-                TrackedObject(int(t.object_id), str(t.label), load_mask(storage, t.mask_key),
-                              float(t.score))
+                TrackedObject(
+                    int(t.object_id), str(t.label), load_mask(storage, t.mask_key), float(t.score)
+                )
                 for t in kept[kept["video_id"] == video.video_id].itertuples()
-            ]  # fmt: skip
+            ]
         except Exception as exc:
             reason = item_failure(exc, f"loading {video.video_id}")
-            rows.append({**base, "pair_id": f"{video.video_id}-failed", "status": FAILED,
-                         "reason": reason})  # fmt: skip
+            rows.append(
+                {**base, "pair_id": f"{video.video_id}-failed", "status": FAILED, "reason": reason}
+            )
             continue
         video_rows = []
         for edit_type in dict.fromkeys(settings.edit_types):
@@ -132,8 +134,14 @@ def pair_shard(
             )
         if not video_rows:
             why = no_masks.get(video.video_id, NO_USABLE_OBJECT)
-            video_rows.append({**base, "pair_id": f"{video.video_id}-none", "status": NO_PAIRS,
-                               "reason": f"only local edit types configured; {why}"})  # fmt: skip
+            video_rows.append(
+                {
+                    **base,
+                    "pair_id": f"{video.video_id}-none",
+                    "status": NO_PAIRS,
+                    "reason": f"only local edit types configured; {why}",
+                }
+            )
         rows += video_rows
         if on_progress:
             on_progress(done, len(videos), video.video_id)
@@ -155,15 +163,26 @@ def _pairs_of_type(
     """The manifest rows of one video's pairs of one edit type: stored pairs, or ``failed``
     rows for the generation or a pair that raised. Each type draws from its own random
     stream, so generating the types one by one gives the same pairs as all at once."""
-    base = {"video_id": video.video_id, "shard": shard, "backend": backend.name,
-            "edit_type": edit_type, "status": FAILED}  # fmt: skip
+    base = {
+        "video_id": video.video_id,
+        "shard": shard,
+        "backend": backend.name,
+        "edit_type": edit_type,
+        "status": FAILED,
+    }
     caption = "" if pd.isna(video.caption) else str(video.caption)
     try:
         pairs = generate_pairs(
-            frames, objects, caption, [edit_type], backend,
-            seed=_video_seed(settings.seed, video.video_id), per_type=settings.per_type,
-            dilation=settings.dilation, templates=templates,
-        )  # fmt: skip
+            frames,
+            objects,
+            caption,
+            [edit_type],
+            backend,
+            seed=_video_seed(settings.seed, video.video_id),
+            per_type=settings.per_type,
+            dilation=settings.dilation,
+            templates=templates,
+        )
     except Exception as exc:
         reason = item_failure(exc, f"{edit_type} pairs of {video.video_id}")
         return [{**base, "pair_id": f"{video.video_id}-{edit_type}-failed", "reason": reason}]
@@ -172,8 +191,12 @@ def _pairs_of_type(
         pair_id = f"{video.video_id}-{edit_type}-{index}"
         try:
             stored = _store_pair(storage, shard, pair_id, video, frames, pair, backend.name, crf)
-            rows.append({**stored, **pair_metrics(pair.source, pair.target, pair.mask,
-                                                  dilation=settings.dilation)})  # fmt: skip
+            rows.append(
+                {
+                    **stored,
+                    **pair_metrics(pair.source, pair.target, pair.mask, dilation=settings.dilation),
+                }
+            )
         except Exception as exc:
             reason = item_failure(exc, f"pair {pair_id}")
             storage.delete(f"{ASSET}/{shard}/{pair_id}")  # what it wrote before failing
@@ -191,10 +214,7 @@ def local_edit_gaps(
     ok = pairs[(pairs["status"] == "ok") & pairs["edit_type"].isin([*LOCAL_EDITS, "hybrid"])]
     with_local = set(ok["video_id"])
     no_masks = videos_without_masks(tracks)
-    gaps = {
-        v: no_masks.get(v, NO_USABLE_OBJECT) for v in videos
-        if v not in with_local
-    }  # fmt: skip
+    gaps = {v: no_masks.get(v, NO_USABLE_OBJECT) for v in videos if v not in with_local}
     return pd.Series(gaps, dtype="string", name="reason")
 
 
@@ -233,11 +253,22 @@ def _store_pair(
     for name, image in keys.values():
         storage.write_bytes(name, to_png(image))
     return {
-        "pair_id": pair_id, "video_id": video.video_id, "shard": shard,
-        "edit_type": pair.edit_type, "status": "ok", "reason": None,
-        "instruction": pair.instruction, "source_caption": pair.source_caption,
-        "target_caption": pair.target_caption, "source_key": source_key,
-        "target_key": target_key, "mask_key": f"{prefix}/mask.npz",
-        "reference_key": reference_key, **{k: v[0] for k, v in keys.items()}, "key_frame": key,
-        "fps": fps, "backend": backend, "params": json.dumps(pair.params, sort_keys=True, default=str),
-    }  # fmt: skip
+        "pair_id": pair_id,
+        "video_id": video.video_id,
+        "shard": shard,
+        "edit_type": pair.edit_type,
+        "status": "ok",
+        "reason": None,
+        "instruction": pair.instruction,
+        "source_caption": pair.source_caption,
+        "target_caption": pair.target_caption,
+        "source_key": source_key,
+        "target_key": target_key,
+        "mask_key": f"{prefix}/mask.npz",
+        "reference_key": reference_key,
+        **{k: v[0] for k, v in keys.items()},
+        "key_frame": key,
+        "fps": fps,
+        "backend": backend,
+        "params": json.dumps(pair.params, sort_keys=True, default=str),
+    }

@@ -127,11 +127,16 @@ def _video_row(pair: Any, settings: QcSettings) -> dict[str, Any]:
 def _failed_row(pair: Any, settings: QcSettings, reason: str) -> dict[str, Any]:
     """The row of a pair whose checks raised: who it is and why, nothing taken from it."""
     return {
-        "sample_id": str(pair.pair_id), "pair_id": str(pair.pair_id), "modality": "video",
+        "sample_id": str(pair.pair_id),
+        "pair_id": str(pair.pair_id),
+        "modality": "video",
         "split": split_of(str(pair.video_id), settings.val_fraction, settings.split_seed),
-        "status": FAILED, "reason": reason, "edit_type": getattr(pair, "edit_type", None),
-        "video_id": str(pair.video_id), "shard": getattr(pair, "shard", None),
-    }  # fmt: skip
+        "status": FAILED,
+        "reason": reason,
+        "edit_type": getattr(pair, "edit_type", None),
+        "video_id": str(pair.video_id),
+        "shard": getattr(pair, "shard", None),
+    }
 
 
 def _image_row(pair: Any, video_row: dict[str, Any]) -> dict[str, Any]:
@@ -151,9 +156,18 @@ def _rejection(
 ) -> str | None:
     if pair.status != "ok":
         return f"generation failed: {pair.reason}"
-    metrics = {k: getattr(pair, k) for k in (
-        "frames_source", "frames_target", "mask_fraction", "mask_stability", "inside_change",
-        "outside_change", "total_change")}  # fmt: skip
+    metrics = {
+        k: getattr(pair, k)
+        for k in (
+            "frames_source",
+            "frames_target",
+            "mask_fraction",
+            "mask_stability",
+            "inside_change",
+            "outside_change",
+            "total_change",
+        )
+    }
     reason = qc_rejection(metrics, pair.edit_type, settings.thresholds)
     if reason or reviewer is None:
         return reason

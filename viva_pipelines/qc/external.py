@@ -95,15 +95,24 @@ def _row(
     pair_id = re.sub(r"[^A-Za-z0-9_-]+", "_", str(doc["id"]))[:64]
     if pair_id in first_line:
         # Same (sanitised) id: the files would overwrite the first pair's in storage.
-        return {**base, "reason": f"line {number}: duplicate id {doc['id']!r} (first on line "
-                f"{first_line[pair_id]})"}  # fmt: skip
+        return {
+            **base,
+            "reason": f"line {number}: duplicate id {doc['id']!r} (first on line "
+            f"{first_line[pair_id]})",
+        }
     first_line[pair_id] = number
-    base = {**base, "sample_id": f"external-{pair_id}", "pair_id": f"external-{pair_id}",
-            "video_id": f"external-{pair_id}", "instruction": doc["instruction"],
-            "original_instruction": doc["instruction"],
-            "edit_type": doc.get("edit_type") or "external",
-            "source_caption": doc.get("source_caption"), "target_caption": doc.get("target_caption"),
-            "split": split_of(f"external-{pair_id}", val_fraction, seed)}  # fmt: skip
+    base = {
+        **base,
+        "sample_id": f"external-{pair_id}",
+        "pair_id": f"external-{pair_id}",
+        "video_id": f"external-{pair_id}",
+        "instruction": doc["instruction"],
+        "original_instruction": doc["instruction"],
+        "edit_type": doc.get("edit_type") or "external",
+        "source_caption": doc.get("source_caption"),
+        "target_caption": doc.get("target_caption"),
+        "split": split_of(f"external-{pair_id}", val_fraction, seed),
+    }
     keys = {}
     for field in IMAGE_FIELDS:
         if not doc.get(field):
@@ -121,5 +130,11 @@ def _row(
         suffix = suffix if re.fullmatch(r"[a-z0-9]{1,8}", suffix) else "png"
         keys[field] = f"{ASSET}/external/{pair_id}/{field}.{suffix}"
         storage.write_bytes(keys[field], data)
-    return {**base, "status": ACCEPTED, "reason": None, "source_key": keys["source"],
-            "target_key": keys["target"], "mask_key": keys.get("mask")}  # fmt: skip
+    return {
+        **base,
+        "status": ACCEPTED,
+        "reason": None,
+        "source_key": keys["source"],
+        "target_key": keys["target"],
+        "mask_key": keys.get("mask"),
+    }

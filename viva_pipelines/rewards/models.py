@@ -76,11 +76,14 @@ def _train_tiny(storage: Storage, manifest: pd.DataFrame, settings: RewardsSetti
     with tempfile.TemporaryDirectory(prefix="viva-tiny-clip-") as tmp:
         build_tiny_clip(tmp, [*captions, *val_captions], seed=settings.seed)
         metrics = train_tiny_clip(
-            tmp, images, captions,
+            tmp,
+            images,
+            captions,
             val_images=val_images if len(val_images) else None,
             val_captions=val_captions or None,
-            steps=settings.tiny_clip_steps, seed=settings.seed,
-        )  # fmt: skip
+            steps=settings.tiny_clip_steps,
+            seed=settings.seed,
+        )
         location = storage.put_dir(tmp, TINY_PREFIX)
     entry = {"location": location, "identity": ClipScorer(_local(storage, location)).identity}
     return {"clip": entry, "pickscore": {**entry, "processor": None}, "trained": metrics}

@@ -118,9 +118,17 @@ def guided_step_velocity(
     if ctx.guidance_scale == 1.0:
         c = ctx.cond
         return predict_velocity(
-            transformer, x, sigma, ctx.source, ctx.reference, c.tokens, c.mask, c.pooled,
-            embedded_guidance=ctx.embedded_guidance, prediction=ctx.prediction,
-        )  # fmt: skip
+            transformer,
+            x,
+            sigma,
+            ctx.source,
+            ctx.reference,
+            c.tokens,
+            c.mask,
+            c.pooled,
+            embedded_guidance=ctx.embedded_guidance,
+            prediction=ctx.prediction,
+        )
     tokens, mask = pad_conditions([ctx.uncond, ctx.cond])
     no_reference = None if ctx.reference is None else torch.zeros_like(ctx.reference)
     v_uncond, v_cond = predict_velocity(
@@ -281,10 +289,15 @@ def grpo_iteration(
     advantages = []
     for batch in batches:
         run = rollout(
-            transformer, batch.ctx, num_steps=num_steps, shift=shift, noise_level=noise_level,
-            generator=generator, group_size=group_size,
+            transformer,
+            batch.ctx,
+            num_steps=num_steps,
+            shift=shift,
+            noise_level=noise_level,
+            generator=generator,
+            group_size=group_size,
             sde_steps=sde_window(num_steps, window, generator),
-        )  # fmt: skip
+        )
         batch_rewards = batch.reward_fn(run.final)
         batch_advantages = group_advantages(
             batch_rewards["total"], batch.groups, min_std=min_group_std
@@ -292,9 +305,15 @@ def grpo_iteration(
         steps = trainable_steps(run.log_probs.shape[0], train_steps, generator)
         for step in steps:
             loss, policy_loss, kl, clip_fraction = grpo_loss_for_step(
-                transformer, run, step, batch.ctx, batch_advantages.to(run.final.device),
-                noise_level=noise_level, clip_range=clip_range, beta=beta,
-            )  # fmt: skip
+                transformer,
+                run,
+                step,
+                batch.ctx,
+                batch_advantages.to(run.final.device),
+                noise_level=noise_level,
+                clip_range=clip_range,
+                beta=beta,
+            )
             (loss * scale / len(steps)).backward()
             for name, value in zip(totals, (loss, policy_loss, kl, clip_fraction), strict=True):
                 totals[name] += float(value.detach()) * scale / len(steps)
@@ -422,9 +441,12 @@ def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dic
     unconditional = load_unconditional(storage, config.sft_cache)
     targets = config.lora.targets or DEFAULT_LORA_TARGETS
     transformer = add_lora(
-        pipeline.transformer, rank=config.lora.rank, alpha=config.lora.alpha, targets=targets,
+        pipeline.transformer,
+        rank=config.lora.rank,
+        alpha=config.lora.alpha,
+        targets=targets,
         seed=runtime.seed,
-    )  # fmt: skip
+    )
     trainable = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -441,9 +463,14 @@ def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dic
 
     def batch_for(groups: Groups, picks: list[int]):
         ctx_ = group_context(
-            groups, picks, sampling.group_size, unconditional, pipeline,
-            sampling.guidance_scale, ctx.device,
-        )  # fmt: skip
+            groups,
+            picks,
+            sampling.group_size,
+            unconditional,
+            pipeline,
+            sampling.guidance_scale,
+            ctx.device,
+        )
         captions = [
             [getattr(groups, f)[p] for p in picks for _ in range(sampling.group_size)]
             for f in ("source_captions", "target_captions")
@@ -456,9 +483,13 @@ def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dic
         picks = list(range(min(config.eval.groups, len(val_groups.keys))))
         ctx_, reward_fn = batch_for(val_groups, picks)
         run = rollout(
-            transformer, ctx_, num_steps=sampling.num_steps, shift=sampling.shift,
-            generator=torch.Generator().manual_seed(runtime.seed + 7919), sde_steps=[],
-        )  # fmt: skip
+            transformer,
+            ctx_,
+            num_steps=sampling.num_steps,
+            shift=sampling.shift,
+            generator=torch.Generator().manual_seed(runtime.seed + 7919),
+            sde_steps=[],
+        )
         rewards = reward_fn(run.final)
         metrics = {f"eval/{name}": float(v.mean()) for name, v in rewards.items()}
         report.metrics(iteration, metrics)
@@ -482,13 +513,21 @@ def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dic
             keys = [p for p in picks for _ in range(sampling.group_size)]
             batches.append(CandidateBatch(ctx_, keys, reward_fn))
         stats = grpo_iteration(
-            transformer, optimizer, batches, num_steps=sampling.num_steps,
-            train_steps=sampling.train_steps, shift=sampling.shift,
-            noise_level=sampling.noise_level, clip_range=optim.clip_range, beta=optim.beta,
-            grad_clip=optim.grad_clip, generator=generator,
+            transformer,
+            optimizer,
+            batches,
+            num_steps=sampling.num_steps,
+            train_steps=sampling.train_steps,
+            shift=sampling.shift,
+            noise_level=sampling.noise_level,
+            clip_range=optim.clip_range,
+            beta=optim.beta,
+            grad_clip=optim.grad_clip,
+            generator=generator,
             group_size=sampling.group_size if sampling.same_noise else 1,
-            window=sampling.sde_window, min_group_std=optim.min_group_std,
-        )  # fmt: skip
+            window=sampling.sde_window,
+            min_group_std=optim.min_group_std,
+        )
         done = iteration + 1
         report.metrics(done, stats)
         history.setdefault("reward/total_mean", []).append([done, stats["reward/total_mean"]])
@@ -500,9 +539,16 @@ def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dic
             evaluate(done)
         if done % runtime.checkpoint_every == 0 or done == optim.iterations:
             save_checkpoint(
-                storage, config.output_prefix, done, transformer, optimizer, scheduler,
-                is_main=ctx.is_main, extra={"history": history}, keep=runtime.keep_checkpoints,
-            )  # fmt: skip
+                storage,
+                config.output_prefix,
+                done,
+                transformer,
+                optimizer,
+                scheduler,
+                is_main=ctx.is_main,
+                extra={"history": history},
+                keep=runtime.keep_checkpoints,
+            )
     summary = summarise(history, config.optim.iterations, start)
     summary["lora_uri"] = save_adapter(storage, config, transformer)
     storage.write_json(summary_key(config.output_prefix), summary)

@@ -246,11 +246,13 @@ def build_model(
     if config.model.transformer is None:
         model = build_transformer(
             tiny_transformer_config(
-                latent_channels, token_dim, **config.model.scratch.model_dump(),
+                latent_channels,
+                token_dim,
+                **config.model.scratch.model_dump(),
                 out_channels=output_channels(latent_channels, config.model.prediction),
             ),
             seed=config.runtime.seed,
-        )  # fmt: skip
+        )
         if config.model.prediction != "velocity":
             torch.nn.init.zeros_(model.proj_out.weight)
             torch.nn.init.zeros_(model.proj_out.bias)
@@ -329,9 +331,12 @@ def forward_loss(
     velocity = velocity_from_prediction(output, noisy, batch.source, sigmas, prediction)
     target = velocity_target(batch.target, noise)
     loss = masked_flow_matching_loss(
-        velocity, target, batch.mask, config.loss.mask_lambda,
+        velocity,
+        target,
+        batch.mask,
+        config.loss.mask_lambda,
         sigma_loss_weights(sigmas, config.loss.weighting),
-    )  # fmt: skip
+    )
     gate = edit_gate_logits(output, prediction)
     if gate is not None:
         # Without its source (condition dropout) the model makes the whole frame: gate open.
@@ -420,14 +425,17 @@ def sample_previews(
     for i, edit_type in enumerate(evaluation.sample_rows["edit_type"]):
         src, tgt, out = (to_uint8_frames(x[i]) for x in (sources, targets, edits))
         region = pixel_masks[i, 0].cpu().numpy() > 0.5
-        records.append({
-            "edit_type": edit_type,
-            "val_psnr": psnr(out, tgt), "val_psnr_identity": psnr(src, tgt),
-            "val_psnr_edit_region": psnr(out[region], tgt[region]) if region.any() else np.nan,
-            "val_psnr_edit_region_identity": (
-                psnr(src[region], tgt[region]) if region.any() else np.nan
-            ),
-        })  # fmt: skip
+        records.append(
+            {
+                "edit_type": edit_type,
+                "val_psnr": psnr(out, tgt),
+                "val_psnr_identity": psnr(src, tgt),
+                "val_psnr_edit_region": psnr(out[region], tgt[region]) if region.any() else np.nan,
+                "val_psnr_edit_region_identity": (
+                    psnr(src[region], tgt[region]) if region.any() else np.nan
+                ),
+            }
+        )
         strips.append(np.concatenate([src, tgt, out], axis=2))
     table = pd.DataFrame(records)
     metrics = {name: float(table[name].mean()) for name in table.columns if name != "edit_type"}
@@ -620,10 +628,17 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
             evaluate(done, sample=bool(sample_now))
         if last or done % runtime.checkpoint_every == 0:
             save_checkpoint(
-                storage, config.output_prefix, done, model, optimizer, scheduler,
-                is_main=ctx.is_main, extra={"history": history}, keep=runtime.keep_checkpoints,
+                storage,
+                config.output_prefix,
+                done,
+                model,
+                optimizer,
+                scheduler,
+                is_main=ctx.is_main,
+                extra={"history": history},
+                keep=runtime.keep_checkpoints,
                 ema=ema,
-            )  # fmt: skip
+            )
             ctx.barrier()  # nobody looks for checkpoints while rank 0 still writes one
 
     summary = summarise(history, config.optim.max_steps, start)
