@@ -437,7 +437,6 @@ class ModelSettings(Section):
     instructor: str | None = None  # a LLaVA; null = instructor_model's tiny one
     transformer: str | None = None  # a text-to-video HunyuanVideo DiT, widened for editing
     vae: str | None = None  # the HunyuanVideo VAE (codec kind hunyuan_vae)
-    text_pooler: str | None = None  # not read yet: the pooled vector comes from the instructor
     inpainting: str | None = None  # diffusers inpainting pipeline (pairs.backend diffusers)
     img2img: str | None = None  # img2img pipeline for restyles; null = the inpainting one
     grounding_dino: str | None = None  # open-vocabulary boxes for masks.backend sam2
