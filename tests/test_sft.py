@@ -188,6 +188,32 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(datase
         assert torch.equal(weights[0][name], weights[1][name]), name
 
 
+def test_gradient_accumulation_trains_the_same_global_batch(dataset_root):
+    """Micro-batches of 2 (or 1) summed over the step give the weights of the whole batch of 4
+    at once: same samples, same noise, and with mask_lambda 0 the loss is a plain mean."""
+    weights = {}
+    for accumulation in (1, 2, 4):
+        config = tiny_sft_config(
+            dataset_root,
+            f"accumulate{accumulation}",
+            optim={"grad_accumulation": accumulation, "lr": 1e-3},
+            loss={"mask_lambda": 0.0},
+        )
+        run_sft(config)
+        storage = Storage(str(dataset_root))
+        key = f"accumulate{accumulation}/checkpoints/step-00000006/model.safetensors"
+        weights[accumulation] = load_safetensors(storage.read_bytes(key))
+    for accumulation in (2, 4):
+        for name, tensor in weights[1].items():
+            assert torch.allclose(weights[accumulation][name], tensor, atol=1e-5), name
+
+
+def test_a_batch_that_does_not_split_into_micro_batches_is_refused(dataset_root):
+    config = tiny_sft_config(dataset_root, "odd", optim={"grad_accumulation": 3})
+    with pytest.raises(ValueError, match=r"4 is not divisible by 1 ranks x 3 micro-batches"):
+        run_sft(config)
+
+
 def test_ablation_switches_change_what_is_trained(dataset_root):
     storage = Storage(str(dataset_root))
     base = tiny_sft_config(dataset_root, "full")
@@ -210,8 +236,8 @@ def test_ablation_switches_change_what_is_trained(dataset_root):
 def test_two_gloo_processes_follow_the_single_process_loss_trajectory(
     dataset_root, tmp_path, parallel
 ):
-    """DDP (or FSDP2) over 2 CPU processes with the same global batch as 1 process: same
-    data, same noise, averaged gradients. With mask_lambda 0 the loss is a plain mean, so only
+    """DDP (or FSDP2) over 2 CPU processes, each accumulating 2 micro-batches, with the same
+    global batch as 1 process: same data, same noise, averaged gradients. With mask_lambda 0 the loss is a plain mean, so only
     float summation order differs."""
     summaries = {}
     for nproc in (1, 2):
@@ -223,6 +249,10 @@ def test_two_gloo_processes_follow_the_single_process_loss_trajectory(
             eval={"every": 10, "sample_count": 1},
             runtime={"checkpoint_every": 20, "parallel": parallel},
         )
+        if nproc == 2:  # and each rank in 2 micro-batches: the sync skips the first backward
+            config = config.model_copy(
+                update={"optim": config.optim.model_copy(update={"grad_accumulation": 2})}
+            )
         path = tmp_path / f"{parallel}{nproc}.yaml"
         config.to_yaml(path)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -97,6 +97,8 @@ class OptimConfig(_Section):
     min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decay floor
     grad_clip: float = Field(1.0, gt=0)  # max global gradient norm
     batch_size: int = Field(16, ge=1)  # global: split over the ranks
+    #: micro-batches per rank and step, gradients summed: global batch at less memory
+    grad_accumulation: int = Field(1, ge=1)
     ema_decay: float = Field(0.0, ge=0, lt=1)  # EMA of the weights, sampled and shipped; 0 = off
     max_steps: int = Field(1000, ge=0)  # optimizer steps of the run
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +93,24 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext, parallel: str) -> torch
         fully_shard(model)
         return model
     raise ValueError(f"unknown parallel mode {parallel!r}; known: ddp, fsdp")
+
+
+@contextmanager
+def gradient_sync(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Backward passes inside skip (``enabled`` False) or do the all-reduce of gradients
+    across ranks: gradient accumulation syncs on its last micro-batch only. DDP's
+    ``no_sync``, FSDP2's ``set_requires_gradient_sync``; a bare model has nothing to sync."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        with nullcontext() if enabled else model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(enabled)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -65,7 +65,7 @@ from viva_pipelines.train.checkpoint import (
     save_checkpoint,
 )
 from viva_pipelines.train.config import TINY, SftConfig
-from viva_pipelines.train.distributed import DistContext, unwrap, wrap_model
+from viva_pipelines.train.distributed import DistContext, gradient_sync, unwrap, wrap_model
 from viva_pipelines.train.ema import WeightEma
 from viva_pipelines.train.reporting import Reporter, run_entry_point
 from viva_pipelines.train.runs import model_key, summary_key
@@ -488,9 +488,11 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
     index = dataset.index
     train_index = index[index["split"] == "train"]
     pools = {m: train_index.index[train_index["modality"] == m].to_numpy() for m in (VIDEO, IMAGE)}
-    if config.optim.batch_size % ctx.world_size:
+    accumulation = config.optim.grad_accumulation
+    if config.optim.batch_size % (ctx.world_size * accumulation):
         raise ValueError(
-            f"optim.batch_size {config.optim.batch_size} is not divisible by {ctx.world_size} ranks"
+            f"optim.batch_size {config.optim.batch_size} is not divisible by {ctx.world_size} "
+            f"ranks x {accumulation} micro-batches (optim.grad_accumulation)"
         )
     evaluation = make_evaluation(dataset, config)
     first = dataset[0]
@@ -578,27 +580,32 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
             batch_size=config.optim.batch_size,
             loss=config.loss,
         )
-        share = plan.share(ctx.rank, ctx.world_size)
-        items = [dataset[int(p)] for p in plan.positions[share]]
-        batch = collate(items, unconditional, plan.drop_instruction[share], plan.drop_source[share])
-        noise = torch.randn(
-            (len(plan.positions), *batch.target.shape[1:]), generator=plan.generator
-        )
+        micro_batches = []
+        for micro in plan.micro_batches(ctx.rank, ctx.world_size, accumulation):
+            items = [dataset[int(p)] for p in plan.positions[micro]]
+            drops = plan.drop_instruction[micro], plan.drop_source[micro]
+            micro_batches.append((micro, collate(items, unconditional, *drops)))
+        sample_shape = micro_batches[0][1].target.shape[1:]
+        noise = torch.randn((len(plan.positions), *sample_shape), generator=plan.generator)
         perturbation = None
         if config.loss.input_perturbation:
             perturbation = config.loss.input_perturbation * torch.randn(
                 noise.shape, generator=plan.generator
             )
-        loss = forward_loss(
-            model,
-            batch.to(ctx.device),
-            noise[share].to(ctx.device),
-            plan.sigmas[share].to(ctx.device),
-            config,
-            autocast(),
-            None if perturbation is None else perturbation[share].to(ctx.device),
-        )
-        loss.backward()
+        loss = torch.zeros((), device=ctx.device)
+        for index, (micro, batch) in enumerate(micro_batches):
+            with gradient_sync(model, enabled=index == len(micro_batches) - 1):
+                micro_loss = forward_loss(
+                    model,
+                    batch.to(ctx.device),
+                    noise[micro].to(ctx.device),
+                    plan.sigmas[micro].to(ctx.device),
+                    config,
+                    autocast(),
+                    None if perturbation is None else perturbation[micro].to(ctx.device),
+                )
+                (micro_loss / accumulation).backward()
+            loss = loss + micro_loss.detach() / accumulation
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
         optimizer.step()
         scheduler.step()

@@ -357,6 +357,14 @@ class StepPlan:
         per_rank = len(self.positions) // world_size
         return slice(rank * per_rank, (rank + 1) * per_rank)
 
+    def micro_batches(self, rank: int, world_size: int, accumulation: int) -> list[slice]:
+        """The rank's share cut into ``accumulation`` equal micro-batches, run one after the
+        other with their gradients summed before the optimizer step: the global batch stays
+        ``len(positions)`` at a ``1 / accumulation`` of the activation memory."""
+        share = self.share(rank, world_size)
+        size = (share.stop - share.start) // accumulation
+        return [slice(start, start + size) for start in range(share.start, share.stop, size)]
+
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
