@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 
@@ -231,3 +232,38 @@ def test_grpo_run_over_a_trained_sft_model_resumes_to_the_same_adapter(tmp_path)
         json.loads(storage.read_bytes("straight/lora/viva_adapter.json"))["base_model"]
         == "sft/model"
     )
+
+
+def test_checkpointing_changes_memory_not_the_adapter_and_bf16_trains(tmp_path):
+    """Gradient checkpointing recomputes the same activations: the same adapter. bf16
+    autocast (rollouts and updates alike) still trains one, with finite rewards."""
+    from safetensors.torch import load as load_safetensors
+
+    from tests.sft_fixtures import prepare_grpo_inputs, tiny_grpo_config
+    from viva_pipelines.storage import Storage
+    from viva_pipelines.train.distributed import DistContext
+    from viva_pipelines.train.grpo import train_grpo
+    from viva_pipelines.train.reporting import Reporter
+
+    root = tmp_path / "root"
+    storage = Storage(str(root))
+    cache = prepare_grpo_inputs(root)
+    cpu = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    runs = {
+        "plain": {"gradient_checkpointing": "off", "mixed_precision": "no"},
+        "checkpointed": {"gradient_checkpointing": "on", "mixed_precision": "no"},
+        "bf16": {"gradient_checkpointing": "off", "mixed_precision": "bf16"},
+    }
+    summaries = {}
+    with Reporter(enabled=False, tracking_uri=None, run_id=None) as report:
+        for prefix, runtime in runs.items():
+            config = tiny_grpo_config(root, prefix, cache, optim={"iterations": 2}, runtime=runtime)
+            summaries[prefix] = train_grpo(config, cpu, report)
+    adapters = {
+        p: load_safetensors(storage.read_bytes(f"{p}/lora/pytorch_lora_weights.safetensors"))
+        for p in runs
+    }
+    for name, tensor in adapters["plain"].items():
+        assert torch.allclose(adapters["checkpointed"][name], tensor, atol=1e-6), name
+    assert any(t.abs().sum() > 0 for n, t in adapters["bf16"].items() if "lora_B" in n)
+    assert all(math.isfinite(v) for v in summaries["bf16"].values() if isinstance(v, float))

@@ -437,6 +437,16 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from viva_pipelines.train.sizing import plan_grpo, plan_sft, plan_table
+
+    settings = get_settings()
+    plans = [plan_sft(settings), plan_grpo(settings)]
+    print(f"# Training steps of the {settings.env} profile, per GPU\n")
+    print(plan_table(plans, gpu_gib=args.gpu_gib, gpu_tflops=args.gpu_tflops))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="viva", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -511,6 +521,14 @@ def main(argv: list[str] | None = None) -> int:
         help="print every key's type, default, bounds and meaning instead (Markdown)",
     )
     config.set_defaults(handler=_config)
+    plan = commands.add_parser(
+        "plan", help="per-GPU memory and FLOPs of the profile's training steps (no GPU needed)"
+    )
+    plan.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory to check against")
+    plan.add_argument(
+        "--gpu-tflops", type=float, default=989.0, help="the GPU's dense bf16 TFLOP/s (H100)"
+    )
+    plan.set_defaults(handler=_plan)
     runs = commands.add_parser("runs", help="local Dagster runs").add_subparsers(
         dest="runs_command", required=True
     )

@@ -398,6 +398,16 @@ class SftSettings(Section):
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
+    @model_validator(mode="after")
+    def _batch_splits(self) -> SftSettings:
+        parts = self.nproc_per_node * self.optim.grad_accumulation
+        if self.optim.batch_size % parts:
+            raise ValueError(
+                f"optim.batch_size {self.optim.batch_size} does not split over nproc_per_node "
+                f"{self.nproc_per_node} x optim.grad_accumulation {self.optim.grad_accumulation}"
+            )
+        return self
+
 
 class InstructorSettings(Section):
     """``instructor_model``: the VLM instructor ``sft_checkpoint`` reads. ``models.instructor``

@@ -7,12 +7,14 @@ the group uses NCCL on GPUs and gloo on CPUs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from viva_pipelines.train.config import RuntimeConfig
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,25 @@ def gradient_sync(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
             model.set_requires_gradient_sync(True)
     else:
         yield
+
+
+def precision(runtime: RuntimeConfig, device: torch.device) -> Callable[[], AbstractContextManager]:
+    """A factory of the forward passes' precision context: bf16 autocast when
+    ``runtime.mixed_precision`` is bf16 (or auto, on a GPU), else nothing."""
+    on_gpu = device.type == "cuda"
+    if runtime.mixed_precision == "bf16" or (runtime.mixed_precision == "auto" and on_gpu):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+def apply_gradient_checkpointing(model: torch.nn.Module, runtime: RuntimeConfig) -> None:
+    """Recompute the blocks' activations in the backward pass when
+    ``runtime.gradient_checkpointing`` is on (or auto, on a GPU): memory for compute."""
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    if runtime.gradient_checkpointing == "on" or (
+        runtime.gradient_checkpointing == "auto" and on_gpu
+    ):
+        model.enable_gradient_checkpointing()
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

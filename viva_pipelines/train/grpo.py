@@ -30,7 +30,11 @@ from viva_pipelines.rewards.models import load_scorers
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from viva_pipelines.train.config import GrpoConfig, RewardWeights
-from viva_pipelines.train.distributed import DistContext
+from viva_pipelines.train.distributed import (
+    DistContext,
+    apply_gradient_checkpointing,
+    precision,
+)
 from viva_pipelines.train.grpo_math import group_advantages, kl_to_reference, ppo_clipped_loss
 from viva_pipelines.train.reporting import Reporter, run_entry_point
 from viva_pipelines.train.runs import lora_key, summary_key
@@ -430,7 +434,8 @@ def train_grpo(config: GrpoConfig, ctx: DistContext, report: Reporter) -> dict[s
         model_dir = storage.local_dir(config.sft_model, Path(tmp, "sft"))
         pipeline = VivaEditPipeline.from_pretrained(model_dir, device=ctx.device)
         clip, pick = load_scorers(storage, storage.read_json(config.rewards_record), Path(tmp))
-        return _train(config, ctx, report, storage, pipeline, clip, pick, model_dir)
+        with precision(runtime, ctx.device)():  # rollouts and updates alike: one policy
+            return _train(config, ctx, report, storage, pipeline, clip, pick, model_dir)
 
 
 def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dict[str, Any]:
@@ -447,6 +452,7 @@ def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dic
         targets=targets,
         seed=runtime.seed,
     )
+    apply_gradient_checkpointing(transformer, runtime)
     trainable = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)

@@ -65,7 +65,14 @@ from viva_pipelines.train.checkpoint import (
     save_checkpoint,
 )
 from viva_pipelines.train.config import TINY, SftConfig
-from viva_pipelines.train.distributed import DistContext, gradient_sync, unwrap, wrap_model
+from viva_pipelines.train.distributed import (
+    DistContext,
+    apply_gradient_checkpointing,
+    gradient_sync,
+    precision,
+    unwrap,
+    wrap_model,
+)
 from viva_pipelines.train.ema import WeightEma
 from viva_pipelines.train.reporting import Reporter, run_entry_point
 from viva_pipelines.train.runs import model_key, summary_key
@@ -497,18 +504,8 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
     evaluation = make_evaluation(dataset, config)
     first = dataset[0]
     bare = build_model(config, first["source"].shape[0], first["tokens"].shape[-1]).to(ctx.device)
-    on_gpu = ctx.device.type == "cuda"
-    if runtime.gradient_checkpointing == "on" or (
-        runtime.gradient_checkpointing == "auto" and on_gpu
-    ):
-        bare.enable_gradient_checkpointing()
-    use_bf16 = runtime.mixed_precision == "bf16" or (runtime.mixed_precision == "auto" and on_gpu)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if not use_bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(ctx.device.type, dtype=torch.bfloat16)
-
+    apply_gradient_checkpointing(bare, runtime)
+    autocast = precision(runtime, ctx.device)
     model = wrap_model(bare, ctx, runtime.parallel)
     optimizer = torch.optim.AdamW(
         model.parameters(),
