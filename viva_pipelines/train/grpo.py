@@ -60,13 +60,14 @@ DEFAULT_LORA_TARGETS = (
 def add_lora(
     transformer: torch.nn.Module,
     *,
-    rank: int = 8,
-    alpha: float = 8.0,
+    rank: int,
+    alpha: float,
     targets: Sequence[str] = DEFAULT_LORA_TARGETS,
     seed: int = 0,
 ) -> torch.nn.Module:
-    """Freeze the DiT and attach a peft LoRA (``transformer.add_adapter``); only the adapter
-    trains. LoRA's B matrices start at zero, so the policy starts as the SFT model."""
+    """Freeze the DiT and attach a peft LoRA (``transformer.add_adapter``) of ``rank`` and
+    ``alpha`` (``grpo.lora`` settings); only the adapter trains. LoRA's B matrices start at
+    zero, so the policy starts as the SFT model."""
     from peft import LoraConfig
 
     transformer.requires_grad_(False)
