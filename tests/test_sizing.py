@@ -125,3 +125,26 @@ def test_the_prod_grpo_trains_a_lora_on_one_large_gpu(prod_plans):
     assert grpo.peak(checkpointing=True) < 0.9 * 141 * GIB
     table = plan_table(list(prod_plans), gpu_gib=141)
     assert table.count("| yes (141 GiB) |") == 2
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_end_to_end_at_toy_size(tmp_path):
+    """bench/gpu_check.py can only measure on a GPU; --tiny runs all of its code on the CPU, so
+    the script is known to work before a device is lent."""
+    out = tmp_path / "gpu_check.md"
+    done = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--tiny", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[2:]] == [
+        "| 1. MFU, 1 dual + 1 single block at HunyuanVideo width",
+        "| 2. peak memory, one SFT step of the widened DiT (LoRA, checkpointing, 1 clip)",
+        "| 3. peak memory, VAE encode",
+        "| 3. peak memory, VAE decode",
+    ]
+    assert "viva plan's model" in rows[3]
