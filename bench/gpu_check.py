@@ -28,10 +28,9 @@ table goes to stdout and, with --out, to that file.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +40,17 @@ from sft_step import HUNYUAN_WIDTH, build_dit, counted_flops, dit_inputs, time_d
 
 from viva_pipelines.config import load_settings
 from viva_pipelines.config.schema import Settings
-from viva_pipelines.model.transformer import CONDITION_STREAMS, tiny_transformer_config
+from viva_pipelines.model.transformer import tiny_transformer_config
 from viva_pipelines.settings import default_conf_dir
 from viva_pipelines.train.sizing import (
     GIB,
     INSTRUCTOR_TOKENS,
     checkpointed_activations,
+    default_dtype,
     dit_config,
     latent_shape,
     measure_pass,
+    step_inputs,
 )
 
 #: --tiny: the DiT blocks, the whole DiT and the clip at toy sizes, for the CPU.
@@ -63,16 +64,6 @@ def peak_memory(device: torch.device) -> Callable[[], float | None]:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     return lambda: torch.cuda.max_memory_allocated(device) / GIB
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def gib(value: float | None) -> str:
@@ -144,17 +135,7 @@ def sft_step_memory(
     model.train()
     built = time.perf_counter() - started
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    channels, frames, height, width = latent
-    with torch.device(device), default_dtype(torch.bfloat16):
-        inputs = {
-            "hidden_states": torch.randn(1, CONDITION_STREAMS * channels, frames, height, width),
-            "timestep": torch.full((1,), 500.0),
-            "encoder_hidden_states": torch.randn(1, text, config["text_embed_dim"]),
-            "encoder_attention_mask": torch.ones(1, text, dtype=torch.bool),
-            "pooled_projections": torch.randn(1, config["pooled_projection_dim"]),
-        }
-        if config["guidance_embeds"]:
-            inputs["guidance"] = torch.full((1,), 1000.0)
+    inputs = step_inputs(config, latent, text, 1, device=device, dtype=torch.bfloat16)
     read_peak = peak_memory(device)
     sync(device)
     started = time.perf_counter()

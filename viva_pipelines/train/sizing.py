@@ -131,28 +131,12 @@ def measure_pass(
     """Run ``build()``'s DiT forward and backward once on ``batch`` samples of ``latent``
     ``(C, t, h, w)`` with ``text_tokens`` condition tokens, on ``device`` (``meta``: shapes
     only, attention as a fused kernel; a real device: what that device runs)."""
-    with torch.device(device), _default_dtype(dtype):
+    with torch.device(device), default_dtype(dtype):
         model = build()
     if checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
-    channels, frames, height, width = latent
-    config = model.config
-    inputs = {
-        "hidden_states": torch.randn(
-            batch, CONDITION_STREAMS * channels, frames, height, width, device=device, dtype=dtype
-        ),
-        "timestep": torch.full((batch,), 500.0, device=device),
-        "encoder_hidden_states": torch.randn(
-            batch, text_tokens, config.text_embed_dim, device=device, dtype=dtype
-        ),
-        "encoder_attention_mask": torch.ones(batch, text_tokens, device=device, dtype=torch.bool),
-        "pooled_projections": torch.randn(
-            batch, config.pooled_projection_dim, device=device, dtype=dtype
-        ),
-    }
-    if config.guidance_embeds:
-        inputs["guidance"] = torch.full((batch,), 1000.0, device=device)
+    inputs = step_inputs(model.config, latent, text_tokens, batch, device=device, dtype=dtype)
     parameters = {p.untyped_storage()._cdata for p in model.parameters()}
     saved: dict[int, int] = {}
 
@@ -178,14 +162,43 @@ def measure_pass(
     )
 
 
+def step_inputs(
+    config: Any,
+    latent: tuple[int, int, int, int],
+    text_tokens: int,
+    batch: int,
+    *,
+    device: str | torch.device,
+    dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:
+    """Random keyword inputs of the DiT of ``config`` (its diffusers config) for ``batch``
+    clips of ``latent`` ``(C, t, h, w)`` and ``text_tokens`` condition tokens."""
+    channels, frames, height, width = latent
+    with torch.device(device):
+        inputs = {
+            "hidden_states": torch.randn(
+                batch, CONDITION_STREAMS * channels, frames, height, width, dtype=dtype
+            ),
+            "timestep": torch.full((batch,), 500.0),
+            "encoder_hidden_states": torch.randn(
+                batch, text_tokens, config["text_embed_dim"], dtype=dtype
+            ),
+            "encoder_attention_mask": torch.ones(batch, text_tokens, dtype=torch.bool),
+            "pooled_projections": torch.randn(batch, config["pooled_projection_dim"], dtype=dtype),
+        }
+        if config["guidance_embeds"]:
+            inputs["guidance"] = torch.full((batch,), 1000.0)
+    return inputs
+
+
 def _same(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
 @contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+    torch.setdefault_dtype(dtype)
     try:
         yield
     finally:
