@@ -198,7 +198,7 @@ def _same(tensor: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def default_dtype(dtype: torch.dtype) -> Iterator[None]:
     previous = torch.get_default_dtype()
-    torch.setdefault_dtype(dtype)
+    torch.set_default_dtype(dtype)
     try:
         yield
     finally:
