@@ -26,11 +26,12 @@ CONFIG = tiny_transformer_config(16, 64, heads=4, head_dim=32, dual_layers=2, si
 LATENT, TOKENS, BATCH = (16, 5, 32, 32), 64, 8
 
 #: One training step of the DiT above on the CPU, in a fresh process: a step at batch 1 first
-#: (AdamW's moments, lazily loaded kernels), then the resident memory a step at BATCH adds.
+#: (AdamW's moments, lazily loaded kernels), then the resident memory a step at BATCH adds (the
+#: peak resident size is reset before it, so what came before cannot count).
 #: glibc's malloc returns freed blocks to the system at once (MALLOC_MMAP_THRESHOLD_ below),
 #: so the resident size follows what is alive.
 MEASURE = """
-import json, resource, sys, torch
+import json, sys, torch
 from diffusers import HunyuanVideoTransformer3DModel
 torch.set_num_threads(1)
 config, latent, tokens, batch, checkpointing = json.loads(sys.argv[1])
@@ -52,12 +53,13 @@ def step(n):
     out.float().square().mean().backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-def resident():
-    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) * 1024
+def status(field):
+    return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) * 1024
 step(1)
-before = resident()
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here
+before = status("VmRSS")
 step(batch)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM")
 print(json.dumps({"added": peak - before, "parameters": sum(p.numel() for p in model.parameters())}))
 """
 
