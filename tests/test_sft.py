@@ -286,11 +286,20 @@ def test_a_text_to_video_checkpoint_is_widened_and_checked_against_the_instructo
 
     from viva_pipelines.model.transformer import tiny_transformer_config
 
-    t2v = HunyuanVideoTransformer3DModel(**{**tiny_transformer_config(12, 64), "in_channels": 12})
+    # A CLIP-pooled text-to-video DiT: 24-wide pooled vectors where the instructor gives 64.
+    base = {**tiny_transformer_config(12, 64, pooled_dim=24), "in_channels": 12}
+    t2v = HunyuanVideoTransformer3DModel(**base)
     t2v.save_pretrained(tmp_path / "t2v")
     config = tiny_sft_config(tmp_path, model={"transformer": str(tmp_path / "t2v")})
     model = sft.build_model(config, latent_channels=12, token_dim=64)
     assert model.config.in_channels == 36 and model.x_embedder.proj.weight[:, 12:].abs().sum() == 0
+    pooled_input = model.time_text_embed.text_embedder.linear_1
+    assert model.config.pooled_projection_dim == 64 and pooled_input.in_features == 64
+    assert pooled_input.weight.abs().sum() == 0  # starts as the base model's zero-vector output
+    assert torch.equal(pooled_input.bias, t2v.time_text_embed.text_embedder.linear_1.bias)
+    model.save_pretrained(tmp_path / "editing")  # the converted config reloads as it is
+    reloaded = HunyuanVideoTransformer3DModel.from_pretrained(tmp_path / "editing")
+    assert reloaded.config.pooled_projection_dim == 64 and reloaded.config.in_channels == 36
     with pytest.raises(
         ValueError, match="text_embed_dim is 64 but the instructor's hidden size is 32"
     ):

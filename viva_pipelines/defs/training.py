@@ -27,6 +27,7 @@ from viva_pipelines.tracking import (
     tag_model_version,
 )
 from viva_pipelines.train.config import GrpoConfig, RunConfig, SftConfig
+from viva_pipelines.train.preflight import ModelConfigError, check_training_models
 from viva_pipelines.train.runs import (
     grpo_config,
     instructor_location,
@@ -204,6 +205,10 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
             "instructor_model": latest_data_version(context, INSTRUCTOR_MODEL),
         }
         dataset_version = versions["qc_dataset"]
+        try:  # a wrong models.* entry fails here, in milliseconds, not hours into the run
+            check_training_models(settings)
+        except ModelConfigError as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from None
         manifest = store.read_parquet(qc.MANIFEST_KEY)
         with mlflow.start_run(context, upstream_data_versions=versions) as run:
             config = sft_config(settings, dataset_version, instructor_location(store))

@@ -124,6 +124,34 @@ def widen_patch_embedding(
     return model
 
 
+@torch.no_grad()
+def reproject_pooled_input(
+    model: HunyuanVideoTransformer3DModel, width: int
+) -> HunyuanVideoTransformer3DModel:
+    """Make the pooled vector's input projection read ``width``-wide vectors, in place.
+
+    HunyuanVideo's pooled vector is CLIP-L's 768-d text embedding; VIVA's comes from the
+    instructor (:func:`pooled_vector`), as wide as its hidden states. The projection's weights
+    start at zero and its bias is kept, so step 0 sees the constant the base model saw for a
+    zero vector, and training learns what the instructor's vector adds. A departure from the
+    base model's conditioning (documented in docs/method.md), not a change of the method's
+    tokens."""
+    old = model.time_text_embed.text_embedder.linear_1
+    new = torch.nn.Linear(
+        width,
+        old.out_features,
+        bias=old.bias is not None,
+        device=old.weight.device,
+        dtype=old.weight.dtype,
+    )
+    new.weight.zero_()
+    if old.bias is not None:
+        new.bias.copy_(old.bias)
+    model.time_text_embed.text_embedder.linear_1 = new
+    model.register_to_config(pooled_projection_dim=width)
+    return model
+
+
 def editing_input(
     noisy: torch.Tensor, source: torch.Tensor, reference: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -54,6 +54,7 @@ from viva_pipelines.model.transformer import (
     build_transformer,
     pooled_vector,
     predict_output,
+    reproject_pooled_input,
     tiny_transformer_config,
     widen_patch_embedding,
 )
@@ -269,13 +270,13 @@ def build_model(
     )
     if model.config.in_channels == model.config.out_channels:
         widen_patch_embedding(model, (CONDITION_STREAMS - 1) * model.config.out_channels)
-    for name, width in (("text_embed_dim", token_dim), ("pooled_projection_dim", token_dim)):
-        if model.config[name] != width:
-            raise ValueError(
-                f"{config.model.transformer}: the DiT's {name} is {model.config[name]} but the "
-                f"instructor's hidden size is {width}; the pooled sources "
-                f"({config.model.pooled!r}) take the instructor's width"
-            )
+    if model.config.text_embed_dim != token_dim:
+        raise ValueError(
+            f"{config.model.transformer}: the DiT's text_embed_dim is "
+            f"{model.config.text_embed_dim} but the instructor's hidden size is {token_dim}"
+        )
+    if model.config.pooled_projection_dim != token_dim:  # CLIP-L's 768 in HunyuanVideo
+        reproject_pooled_input(model, token_dim)
     return model
 
 
