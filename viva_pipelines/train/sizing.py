@@ -244,6 +244,9 @@ def dit_config(settings: Settings) -> dict[str, Any]:
         stored = json.loads((folder / "config.json").read_text())
         config |= {k: v for k, v in stored.items() if k in HUNYUAN_VIDEO_13B}
     config["in_channels"] = CONDITION_STREAMS * config["out_channels"]
+    # The pooled vector comes from the instructor, as wide as the tokens it conditions on
+    # (train.sft.build_model re-makes that projection; train.preflight checks the widths).
+    config["pooled_projection_dim"] = config["text_embed_dim"]
     return config
 
 
