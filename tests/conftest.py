@@ -104,3 +104,43 @@ def make_client(
         return ChatCompletionsClient(server.base_url, "test-vlm", **options)
 
     return make
+
+
+@pytest.fixture
+def run_sft_checkpoint(monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings], tuple]:
+    """Materialize ``sft_checkpoint`` alone for some settings, over a one-row ``qc_dataset``
+    in their storage root and reported upstream versions, with the training launch recorded
+    instead of run. Returns ``(execution result, launches, seconds)``."""
+
+    def run(settings: Settings) -> tuple:
+        import time
+
+        import dagster as dg
+        import pandas as pd
+
+        from viva_pipelines.definitions import build_definitions
+        from viva_pipelines.defs import training
+        from viva_pipelines.defs.jobs import TRAINING_JOB
+        from viva_pipelines.qc import dataset as qc
+        from viva_pipelines.storage import Storage
+
+        defs = build_definitions(settings)
+        Storage(settings.storage.root).write_parquet(
+            qc.MANIFEST_KEY, pd.DataFrame({"sample_id": ["a"], "status": ["accepted"]})
+        )
+        launched: list = []
+        monkeypatch.setattr(training, "launch_training", lambda *a, **k: launched.append(a))
+        with dg.instance_for_test() as instance:
+            for upstream in ("qc_dataset", "instructor_model"):
+                instance.report_runless_asset_event(
+                    dg.AssetMaterialization(upstream, tags={"dagster/data_version": "v1"})
+                )
+            started = time.monotonic()
+            result = defs.resolve_job_def(TRAINING_JOB).execute_in_process(
+                instance=instance,
+                asset_selection=[dg.AssetKey("sft_checkpoint")],
+                raise_on_error=False,
+            )
+            return result, launched, time.monotonic() - started
+
+    return run

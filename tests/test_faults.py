@@ -504,15 +504,8 @@ def _closed_loopback_port() -> int:
 
 
 def test_mlflow_down_fails_sft_checkpoint_fast_naming_the_uri_before_training(
-    make_settings, tmp_path, monkeypatch
+    make_settings, tmp_path, run_sft_checkpoint
 ):
-    import dagster as dg
-
-    from viva_pipelines.definitions import build_definitions
-    from viva_pipelines.defs import training
-    from viva_pipelines.defs.jobs import TRAINING_JOB
-    from viva_pipelines.qc import dataset as qc
-
     uri = f"http://127.0.0.1:{_closed_loopback_port()}"
     settings = make_settings(
         **{
@@ -521,24 +514,7 @@ def test_mlflow_down_fails_sft_checkpoint_fast_naming_the_uri_before_training(
             "execution.retry.max_retries": 0,
         }
     )
-    defs = build_definitions(settings)
-    Storage(settings.storage.root).write_parquet(
-        qc.MANIFEST_KEY, pd.DataFrame({"sample_id": ["a"], "status": ["accepted"]})
-    )
-    launched = []
-    monkeypatch.setattr(training, "launch_training", lambda *a, **k: launched.append(a))
-    with dg.instance_for_test() as instance:
-        for upstream in ("qc_dataset", "instructor_model"):
-            instance.report_runless_asset_event(
-                dg.AssetMaterialization(upstream, tags={"dagster/data_version": "v1"})
-            )
-        started = time.monotonic()
-        result = defs.resolve_job_def(TRAINING_JOB).execute_in_process(
-            instance=instance,
-            asset_selection=[dg.AssetKey("sft_checkpoint")],
-            raise_on_error=False,
-        )
-        elapsed = time.monotonic() - started
+    result, launched, elapsed = run_sft_checkpoint(settings)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     error = failure.step_failure_data.error

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from tests.conftest import REPO
@@ -109,33 +108,13 @@ def test_channels_that_cannot_be_widened_and_widths_that_do_not_fit(models, tmp_
     ]
 
 
-def test_sft_checkpoint_fails_before_training_naming_the_key(make_settings, tmp_path, monkeypatch):
-    import dagster as dg
-
-    from viva_pipelines.definitions import build_definitions
-    from viva_pipelines.defs import training
-    from viva_pipelines.defs.jobs import TRAINING_JOB
-    from viva_pipelines.qc import dataset as qc
-    from viva_pipelines.storage import Storage
-
-    root = tmp_path / "root"
+def test_sft_checkpoint_fails_before_training_naming_the_key(
+    make_settings, tmp_path, run_sft_checkpoint
+):
     settings = make_settings(
-        **{"storage.root": str(root), "models.transformer": str(tmp_path / "nowhere")}
+        **{"storage.root": str(tmp_path / "root"), "models.transformer": str(tmp_path / "nowhere")}
     )
-    defs = build_definitions(settings)
-    Storage(str(root)).write_parquet(
-        qc.MANIFEST_KEY, pd.DataFrame({"sample_id": ["a"], "status": ["accepted"]})
-    )
-    launched = []
-    monkeypatch.setattr(training, "launch_training", lambda *a, **k: launched.append(a))
-    with dg.instance_for_test() as instance:
-        for upstream in ("qc_dataset", "instructor_model"):
-            instance.report_runless_asset_event(
-                dg.AssetMaterialization(upstream, tags={"dagster/data_version": "v1"})
-            )
-        result = defs.resolve_job_def(TRAINING_JOB).execute_in_process(
-            instance=instance, asset_selection=[dg.AssetKey("sft_checkpoint")], raise_on_error=False
-        )
+    result, launched, _ = run_sft_checkpoint(settings)
     assert not result.success and launched == []
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert len(failures) == 1  # not retried: a wrong path does not fix itself
