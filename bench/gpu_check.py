@@ -45,11 +45,14 @@ from viva_pipelines.settings import default_conf_dir
 from viva_pipelines.train.sizing import (
     GIB,
     INSTRUCTOR_TOKENS,
+    block_count,
     checkpointed_activations,
     default_dtype,
+    dit_builder,
     dit_config,
     latent_shape,
     measure_pass,
+    parameter_counts,
     step_inputs,
 )
 
@@ -106,27 +109,17 @@ def sft_step_memory(
     device: torch.device, settings: Settings, latent: tuple[int, ...], text: int, args
 ) -> list[list]:
     """Section 2: one real-size step of the widened DiT, LoRA-trained, against the planner."""
-    from diffusers import HunyuanVideoTransformer3DModel
-
-    from viva_pipelines.train.grpo import DEFAULT_LORA_TARGETS, add_lora
-
     config, lora = _editing_dit(settings, args), settings.grpo.lora
-    targets = lora.targets or DEFAULT_LORA_TARGETS
-
-    def build() -> torch.nn.Module:
-        model = HunyuanVideoTransformer3DModel(**config)
-        return add_lora(model, rank=lora.rank, alpha=lora.alpha, targets=targets)
-
+    build = dit_builder(config, lora)
     note("2. planning the step on the meta device")
     full = measure_pass(build, latent, text, 1, dtype=torch.bfloat16)
     kept = measure_pass(build, latent, text, 1, dtype=torch.bfloat16, checkpointing=True)
-    blocks = config["num_layers"] + config["num_single_layers"]
-    with torch.device("meta"):
-        shapes = [(p.numel(), p.requires_grad) for p in build().parameters()]
-    frozen = sum(n for n, trains in shapes if not trains)
-    trainable = sum(n for n, trains in shapes if trains)
+    parameters, trainable = parameter_counts(build)
+    frozen = parameters - trainable
+    # All in bf16 here: frozen and LoRA weights, LoRA gradients and AdamW's two moments.
     planned = 2 * frozen + 2 * trainable + 2 * trainable + 4 * trainable
-    planned = (planned + checkpointed_activations(full, kept, blocks)) / GIB
+    activations = checkpointed_activations(full, kept, block_count(config))
+    planned = (planned + activations) / GIB
     note(f"2. building the DiT ({(frozen + trainable) / 1e9:.2f} B parameters, bf16)")
     started = time.perf_counter()
     with torch.device(device), default_dtype(torch.bfloat16):

@@ -212,7 +212,7 @@ def checkpointed_activations(full: PassCost, checkpointed: PassCost, blocks: int
     return checkpointed.saved_bytes + (full.saved_bytes - checkpointed.saved_bytes) // blocks
 
 
-def _blocks(config: dict[str, Any]) -> int:
+def block_count(config: dict[str, Any]) -> int:
     return config["num_layers"] + config["num_single_layers"]
 
 
@@ -250,7 +250,9 @@ def dit_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def _dit(config: dict[str, Any], lora: LoraOptions | None = None) -> Callable[[], torch.nn.Module]:
+def dit_builder(
+    config: dict[str, Any], lora: LoraOptions | None = None
+) -> Callable[[], torch.nn.Module]:
     """Builds the DiT of ``config`` (with Edit-GRPO's LoRA on it, frozen, when ``lora``)."""
     from diffusers import HunyuanVideoTransformer3DModel
 
@@ -266,7 +268,7 @@ def _dit(config: dict[str, Any], lora: LoraOptions | None = None) -> Callable[[]
     return build
 
 
-def _parameter_counts(build: Callable[[], torch.nn.Module]) -> tuple[int, int]:
+def parameter_counts(build: Callable[[], torch.nn.Module]) -> tuple[int, int]:
     """(all, trainable) parameters of what ``build`` makes."""
     with torch.device("meta"):
         model = build()
@@ -286,11 +288,10 @@ def plan_sft(settings: Settings) -> StepPlan:
     config = dit_config(settings)
     dtype = torch.bfloat16 if sft.runtime.mixed_precision == "bf16" else torch.float32
     latent, tokens = latent_shape(settings), _text_tokens(settings)
-    full = measure_pass(_dit(config), latent, tokens, micro, dtype=dtype)
-    checkpointed = measure_pass(
-        _dit(config), latent, tokens, micro, dtype=dtype, checkpointing=True
-    )
-    parameters, _ = _parameter_counts(_dit(config))
+    build = dit_builder(config)
+    full = measure_pass(build, latent, tokens, micro, dtype=dtype)
+    checkpointed = measure_pass(build, latent, tokens, micro, dtype=dtype, checkpointing=True)
+    parameters, _ = parameter_counts(build)
     shards = ranks if sft.runtime.parallel == "fsdp" else 1
     per_gpu = math.ceil(parameters / shards)
     passes = ranks * accumulation
@@ -305,7 +306,7 @@ def plan_sft(settings: Settings) -> StepPlan:
         gradients=4 * per_gpu,
         optimizer=8 * per_gpu,
         activations=full.saved_bytes,
-        activations_checkpointed=checkpointed_activations(full, checkpointed, _blocks(config)),
+        activations_checkpointed=checkpointed_activations(full, checkpointed, block_count(config)),
         flops=passes * (full.forward_flops + full.backward_flops),
     )
 
@@ -321,10 +322,10 @@ def plan_grpo(settings: Settings) -> StepPlan:
     dtype = torch.bfloat16 if grpo.runtime.mixed_precision == "bf16" else torch.float32
     candidates = grpo.optim.groups_per_iteration * grpo.sampling.group_size
     latent, tokens = latent_shape(settings), _text_tokens(settings)
-    build = _dit(config, grpo.lora)
+    build = dit_builder(config, grpo.lora)
     full = measure_pass(build, latent, tokens, candidates, dtype=dtype)
     checkpointed = measure_pass(build, latent, tokens, candidates, dtype=dtype, checkpointing=True)
-    parameters, trainable = _parameter_counts(build)
+    parameters, trainable = parameter_counts(build)
     guided = 2 if grpo.sampling.guidance_scale != 1 else 1
     rollout = grpo.sampling.num_steps * guided * full.forward_flops
     update = grpo.sampling.train_steps * (full.forward_flops + full.backward_flops)
@@ -339,7 +340,7 @@ def plan_grpo(settings: Settings) -> StepPlan:
         gradients=4 * trainable,
         optimizer=8 * trainable,
         activations=full.saved_bytes,
-        activations_checkpointed=checkpointed_activations(full, checkpointed, _blocks(config)),
+        activations_checkpointed=checkpointed_activations(full, checkpointed, block_count(config)),
         flops=grpo.optim.accumulate * (rollout + update),
     )
 
