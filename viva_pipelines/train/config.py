@@ -75,9 +75,7 @@ class ModelOptions(_Section):
         "instructor_mean", description="the pooled vector beside the tokens (pooled_vector)"
     )
     embedded_guidance: float = 1.0  # only for guidance-distilled checkpoints
-    # What the DiT outputs: the velocity (pretrained checkpoints, the paper) or the clean
-    # target minus the source (model.flow_matching.velocity_from_prediction).
-    #: velocity (the paper, pretrained DiTs) | source_residual | source_gated
+    #: velocity (the paper, pretrained DiTs) | source_residual | source_gated (model.flow_matching)
     prediction: Literal["velocity", "source_residual", "source_gated"] = "velocity"
     scratch: ScratchSize = ScratchSize()
 
@@ -108,11 +106,8 @@ class LossConfig(_Section):
     sigma_mean: float = 0.0  # logit-normal training noise levels: mean of the logit
     sigma_std: float = Field(1.0, gt=0)  # ... and its spread
     sigma_shift: float = Field(3.0, gt=0)  # > 1 trains more at high noise (the edit's layout)
-    # Per-sample weight of the velocity error: none (velocity, the paper) or sigma^2 (clean:
-    # the implied clean video's error, equal at every noise level; model.flow_matching).
-    #: velocity (the paper) | clean: sigma^2, the clean video's error
+    #: velocity (the paper) | clean: sigma^2, the clean video's error at every noise level
     weighting: Literal["velocity", "clean"] = "velocity"
-    # Extra noise gamma on the model's input only (exposure bias; model.flow_matching); 0 = off.
     input_perturbation: float = Field(0.0, ge=0)  # extra input noise against exposure bias; 0 = off
     gate_weight: float = Field(0.2, ge=0)  # edit-gate BCE (prediction: source_gated only)
     instruction_dropout: float = Field(0.1, ge=0, le=1)  # empty instruction + black image
@@ -238,9 +233,7 @@ class GrpoSampling(_Section):
     group_size: int = Field(4, ge=2)  # G candidates per (source video, instruction)
     num_steps: int = Field(8, ge=2)  # denoising steps of a rollout
     train_steps: int = Field(3, ge=1)  # denoising steps trained per iteration (random subset)
-    # Stochastic (and trainable) steps: a window of this many consecutive steps at a random
-    # place each iteration, the ODE elsewhere (MixGRPO); null = every step but the last.
-    #: stochastic steps: a window of this many (MixGRPO); null = all
+    #: stochastic (trained) steps: a window of this many, ODE elsewhere (MixGRPO); null = all
     sde_window: int | None = Field(None, ge=1)
     same_noise: bool = True  # a group's candidates start from one noise (Flow-GRPO, DanceGRPO)
     noise_level: float = Field(0.7, gt=0)  # the SDE's a: how stochastic the rollouts are
