@@ -17,6 +17,7 @@ from typing import Any
 from viva_pipelines.config.schema import Settings
 from viva_pipelines.model.sources import looks_local
 from viva_pipelines.model.transformer import CONDITION_STREAMS
+from viva_pipelines.train.runs import codec_spec
 
 TRANSFORMER_CLASS = "HunyuanVideoTransformer3DModel"
 VAE_CLASS = "AutoencoderKLHunyuanVideo"
@@ -71,8 +72,8 @@ def _transformer(settings: Settings, problems: list[str]) -> dict[str, Any] | No
 
 
 def _vae(settings: Settings, dit: dict[str, Any] | None, problems: list[str]) -> None:
-    codec = settings.sft.model.codec
-    model = codec.get("model") or settings.models.vae
+    codec = codec_spec(settings)
+    model = codec.get("model")
     if codec.get("kind") != "hunyuan_vae" or not model:
         return
     config = read_config(model, codec.get("subfolder"))

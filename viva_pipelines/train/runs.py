@@ -70,6 +70,15 @@ def instructor_location(store: Storage) -> str | None:
     return store.read_json(INSTRUCTOR_RECORD)["location"]
 
 
+def codec_spec(settings: Settings) -> dict:
+    """``sft.model.codec`` with its weights: ``models.vae`` for the HunyuanVideo VAE when the
+    spec names none."""
+    codec = dict(settings.sft.model.codec)
+    if codec.get("kind") == "hunyuan_vae" and not codec.get("model") and settings.models.vae:
+        codec["model"] = settings.models.vae
+    return codec
+
+
 def sft_config(
     settings: Settings, dataset_version: str, instructor: str | None = None
 ) -> SftConfig:
@@ -78,9 +87,7 @@ def sft_config(
     ``instructor_model`` put the instructor (:func:`instructor_location`); without it (and
     without ``models.instructor``) the untrained tiny one is built."""
     sft = settings.sft
-    codec = dict(sft.model.codec)
-    if codec.get("kind") == "hunyuan_vae" and not codec.get("model") and settings.models.vae:
-        codec["model"] = settings.models.vae
+    codec = codec_spec(settings)
     doc = {
         "output_prefix": SFT_PREFIX,
         "data": {**sft.data.model_dump(), **dataset_location(settings, dataset_version)},
