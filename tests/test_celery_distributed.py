@@ -43,6 +43,7 @@ from dagster._core.definitions.reconstruct import ReconstructableJob
 from viva_pipelines.definitions import build_definitions
 from viva_pipelines.defs.jobs import SHARD_ASSETS, SHARD_JOB
 from viva_pipelines.demo_world import generate_demo_videos
+from viva_pipelines.evaluation.metrics import psnr
 from viva_pipelines.ingest import raw_videos as ingest
 from viva_pipelines.ingest.shards import scan_and_register
 from viva_pipelines.masks import shard as masks
@@ -63,7 +64,10 @@ STOP_S = 30
 #: normalised source move the inpainted fill, seen up to 3.3 on inside_change).
 PIXEL_METRICS = ["inside_change", "outside_change", "total_change"]
 PIXEL_METRIC_TOLERANCE = 6.0
-MEAN_ABS_PIXEL_TOLERANCE = 3.0  # decoded pair videos, on the 0-255 scale
+#: Decoded pair videos of the two runs agree to codec noise: PSNR of one against the other.
+#: Measured on this test's pairs: 33-46 dB (or identical) between the two runs, 14-23 dB
+#: between a pair's source and its edit (what an edit that was not made would score).
+SAME_VIDEO_MIN_PSNR = 28.0
 
 JOB_MODULE = '''"""The shard job the celery workers load, and one run of it per call (written by the test).
 
@@ -325,10 +329,10 @@ def _assert_same_results(celery: Storage, local: Storage) -> None:
             np.testing.assert_array_equal(
                 masks.load_mask(celery, pair.mask_key), masks.load_mask(local, pair.mask_key)
             )
-            ours = masks.load_frames(celery, pair.target_key).astype(np.float32)
-            theirs = masks.load_frames(local, pair.target_key).astype(np.float32)
+            ours = masks.load_frames(celery, pair.target_key)
+            theirs = masks.load_frames(local, pair.target_key)
             assert ours.shape == theirs.shape
-            assert np.abs(ours - theirs).mean() <= MEAN_ABS_PIXEL_TOLERANCE, pair.pair_id
+            assert psnr(ours, theirs) >= SAME_VIDEO_MIN_PSNR, pair.pair_id
 
 
 def test_shards_run_on_two_celery_workers_and_match_an_in_process_run(

@@ -1,5 +1,5 @@
-"""A run worker killed outright, then retried: through ``viva materialize`` and through a
-Dagster run (``dagster job execute``), for ``sft_checkpoint`` and ``grpo_lora``.
+"""A run worker killed outright, then retried: ``sft_checkpoint`` through ``viva materialize``
+and ``grpo_lora`` through a Dagster run (``dagster job execute``).
 
 The sequence a crashed container produces: start the materialization in a process group of its
 own, ``SIGKILL`` the whole group once the trainer has written a checkpoint, then retry. Checks:
@@ -264,46 +264,50 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("asset", ["sft_checkpoint", "grpo_lora"])
-def test_a_killed_run_worker_leaves_no_trainer_and_the_retry_resumes(project, asset):
-    root, env = project
-    viva = [str(BIN / "viva"), "materialize", asset]
-    # through the CLI
-    config = _kill_after_first_checkpoint(viva, asset, root, env)
-    retry = _retry(viva, asset, root, env)
-    assert "marked failed, its worker" in retry.text()  # the dead run no longer holds the slot
-    run_folder = next((root / "data" / asset).glob("*/checkpoints")).parent
-    expected = _uninterrupted(asset, config, root, env)
-    _assert_same(_weights(run_folder / WEIGHTS[asset]), expected)
+DAGSTER_RUN = [
+    str(BIN / "dagster"),
+    "job",
+    "execute",
+    "-m",
+    "viva_pipelines.definitions",
+    "-j",
+    "__ASSET_JOB",
+    "-o",
+]
 
-    # through a Dagster run: `dagster job execute`, a run worker whose step runs in a
-    # subprocess of its own (the multiprocess executor), as `make dev` runs do
-    shutil.rmtree(run_folder)
-    dagster = [
-        str(BIN / "dagster"),
-        "job",
-        "execute",
-        "-m",
-        "viva_pipelines.definitions",
-        "-j",
-        "__ASSET_JOB",
-        "-o",
-        asset,
-    ]
-    _kill_after_first_checkpoint(dagster, asset, root, env)
-    cleaned = subprocess.run(
-        [str(BIN / "viva"), "runs", "clean"],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "marked failed, its worker" in cleaned.stdout, cleaned.stdout + cleaned.stderr
-    assert "freed the slot" in cleaned.stdout
-    _retry(dagster, asset, root, env)
-    _assert_same(_weights(run_folder / WEIGHTS[asset]), expected)
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "asset, through",
+    # Each trainer once, each way of running once: the CLI run and the Dagster run worker
+    # clean up a dead run by different code (the retry itself, `viva runs clean`).
+    [("sft_checkpoint", "viva materialize"), ("grpo_lora", "dagster job execute")],
+)
+def test_a_killed_run_worker_leaves_no_trainer_and_the_retry_resumes(project, asset, through):
+    root, env = project
+    if through == "viva materialize":
+        command = [str(BIN / "viva"), "materialize", asset]
+        config = _kill_after_first_checkpoint(command, asset, root, env)
+        retry = _retry(command, asset, root, env)
+        assert "marked failed, its worker" in retry.text()  # the dead run no longer holds the slot
+    else:
+        # A run worker whose step runs in a subprocess of its own (the multiprocess
+        # executor), as `make dev` runs do.
+        command = [*DAGSTER_RUN, asset]
+        config = _kill_after_first_checkpoint(command, asset, root, env)
+        cleaned = subprocess.run(
+            [str(BIN / "viva"), "runs", "clean"],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "marked failed, its worker" in cleaned.stdout, cleaned.stdout + cleaned.stderr
+        assert "freed the slot" in cleaned.stdout
+        _retry(command, asset, root, env)
+    run_folder = next((root / "data" / asset).glob("*/checkpoints")).parent
+    _assert_same(_weights(run_folder / WEIGHTS[asset]), _uninterrupted(asset, config, root, env))
 
 
 @pytest.mark.slow
@@ -314,18 +318,7 @@ def test_terminating_a_dagster_run_ends_its_trainer(project):
     root, env = project
     for folder in (root / "data" / "sft_checkpoint").glob("*/checkpoints"):
         shutil.rmtree(folder.parent)
-    command = [
-        str(BIN / "dagster"),
-        "job",
-        "execute",
-        "-m",
-        "viva_pipelines.definitions",
-        "-j",
-        "__ASSET_JOB",
-        "-o",
-        "sft_checkpoint",
-    ]
-    launched = Launched(command, env, root)
+    launched = Launched([*DAGSTER_RUN, "sft_checkpoint"], env, root)
     running = _until(lambda: _processes("-m viva_pipelines.train.sft --config "), timeout=120)
     assert running, launched.text()[-3000:]
     config_path = running[0].split(" --config ", 1)[1].split()[0]
