@@ -12,6 +12,7 @@ checkpoint, and ends with the weights of an uninterrupted run of the same config
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -308,6 +309,13 @@ def test_a_killed_run_worker_leaves_no_trainer_and_the_retry_resumes(project, as
         _retry(command, asset, root, env)
     run_folder = next((root / "data" / asset).glob("*/checkpoints")).parent
     _assert_same(_weights(run_folder / WEIGHTS[asset]), _uninterrupted(asset, config, root, env))
+    # The stitched-together run's history matches too (the same metrics at the same steps).
+    stitched, straight = (
+        json.loads((folder / "summary.json").read_text())
+        for folder in (run_folder, root / "data" / "uninterrupted" / asset)
+    )
+    last = {key for key in straight if key.endswith("_last")}
+    assert last and {k: stitched[k] for k in last} == {k: straight[k] for k in last}
 
 
 @pytest.mark.slow
