@@ -75,6 +75,31 @@ def test_unknown_environment_lists_the_available_ones(make_settings):
     assert "'qa'" in message and "base" in message and "prod" in message
 
 
+def test_a_profile_extends_another_key_by_key(project: Path, make_settings):
+    write_conf(project, "staging", "ingest.yaml", {"ingest": {"shard_size": 5, "fps": 12}})
+    write_conf(project, "canary", "profile.yaml", {"extends": "staging", "ingest": {"fps": 6}})
+    canary = make_settings("canary")
+    assert (canary.env, canary.ingest.shard_size, canary.ingest.fps) == ("canary", 5, 6)
+    assert canary.ingest.crf == make_settings().ingest.crf  # neither sets it: base's
+
+
+def test_a_profile_extending_in_a_cycle_or_an_unknown_profile_is_named(
+    project: Path, make_settings
+):
+    write_conf(project, "a", "profile.yaml", {"extends": "b"})
+    write_conf(project, "b", "profile.yaml", {"extends": "c"})
+    write_conf(project, "c", "profile.yaml", {"extends": "a"})
+    assert "profiles extend in a cycle: a -> b -> c -> a" in config_error(make_settings, "a")
+    write_conf(project, "c", "profile.yaml", {"extends": "qa"})
+    assert "environment 'qa' has no directory" in config_error(make_settings, "a")
+    write_conf(project, "c", "profile.yaml", {"extends": "../base"})
+    assert "conf/c/profile.yaml: extends must name a profile" in config_error(make_settings, "a")
+    write_conf(project, "c", "other.yaml", {"extends": "base"})
+    assert "extends: set in conf/c/other.yaml, conf/c/profile.yaml" in config_error(
+        make_settings, "a"
+    )
+
+
 def test_invalid_yaml_names_file_and_line(project: Path, make_settings):
     (project / "conf" / "base" / "broken.yaml").write_text("ingest:\n  fps: [8\n")
     message = config_error(make_settings)

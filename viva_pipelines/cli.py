@@ -447,6 +447,15 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rehearsal_models(args: argparse.Namespace) -> int:
+    from viva_pipelines.embedded.rehearsal import write_rehearsal_models
+
+    written = write_rehearsal_models(args.out, seed=args.seed)
+    for entry, path in written.items():
+        print(f"models.{entry}: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="viva", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -529,6 +538,15 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu-tflops", type=float, default=989.0, help="the GPU's dense bf16 TFLOP/s (H100)"
     )
     plan.set_defaults(handler=_plan)
+    rehearsal = commands.add_parser(
+        "rehearsal-models",
+        help="write the rehearsal profile's tiny models in the production checkpoint formats",
+    )
+    rehearsal.add_argument(
+        "--out", default="data/rehearsal/models", help="folder (default: conf/rehearsal's)"
+    )
+    rehearsal.add_argument("--seed", type=int, default=0)
+    rehearsal.set_defaults(handler=_rehearsal_models)
     runs = commands.add_parser("runs", help="local Dagster runs").add_subparsers(
         dest="runs_command", required=True
     )

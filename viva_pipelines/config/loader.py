@@ -1,7 +1,8 @@
 """Read ``conf/`` layers, merge them key by key, validate, and explain failures precisely.
 
 Layers, later wins: ``conf/base/*.yaml`` → ``conf/<env>/*.yaml`` → ``conf/local/*.yaml`` →
-explicit overrides. Every leaf remembers the file it came from, so a validation error names the
+explicit overrides. A profile may build on another: ``extends: prod`` at the top of one of
+``conf/<env>``'s files puts ``conf/prod`` between base and it (``conf/rehearsal`` does). Every leaf remembers the file it came from, so a validation error names the
 file and the dotted key to fix. Values may use OmegaConf interpolation, e.g.
 ``${oc.env:VIVA_BUCKET,viva-demo}``: that is how deployments inject values without editing
 files (secrets are never put in conf at all; clients read them from their own env vars).
@@ -24,6 +25,8 @@ from viva_pipelines.config.schema import Settings
 BASE_ENV = "base"
 LOCAL_ENV = "local"
 OVERRIDES = "<overrides>"
+#: The top-level key of a profile file naming the profile it builds on (not a setting).
+EXTENDS = "extends"
 
 
 class ConfigError(ValueError):
@@ -48,13 +51,7 @@ def load_settings(
     project_dir = conf_dir.parent
     layers = [conf_dir / BASE_ENV]
     if env and env != BASE_ENV:
-        if not (conf_dir / env).is_dir():
-            available = sorted(p.name for p in conf_dir.iterdir() if p.is_dir())
-            raise ConfigError(
-                f"environment '{env}' has no directory {conf_dir / env}; "
-                f"available: {', '.join(available)}"
-            )
-        layers.append(conf_dir / env)
+        layers += _profile_layers(conf_dir, env, project_dir)
     if include_local and env != LOCAL_ENV and (conf_dir / LOCAL_ENV).is_dir():
         layers.append(conf_dir / LOCAL_ENV)
 
@@ -65,6 +62,7 @@ def load_settings(
         for file in sorted([*layer.glob("*.yaml"), *layer.glob("*.yml")]):
             name = _display(file, project_dir)
             doc = _read_yaml(file, name)
+            doc.pop(EXTENDS, None)  # read by _profile_layers
             for key in _leaf_keys(doc):
                 if key in layer_keys:
                     raise ConfigError(
@@ -101,6 +99,37 @@ def _display(path: Path, project_dir: Path) -> str:
         return str(path.relative_to(project_dir))
     except ValueError:
         return str(path)
+
+
+def _profile_layers(conf_dir: Path, env: str, project_dir: Path) -> list[Path]:
+    """The layer directories of profile ``env``: those of the profiles it extends, then its own."""
+    chain: list[Path] = []
+    while env != BASE_ENV:
+        layer = conf_dir / env
+        if not layer.is_dir():
+            available = sorted(p.name for p in conf_dir.iterdir() if p.is_dir())
+            raise ConfigError(
+                f"environment '{env}' has no directory {layer}; available: {', '.join(available)}"
+            )
+        if layer in chain:
+            names = " -> ".join(p.name for p in [*chain, layer])
+            raise ConfigError(
+                f"{_display(layer, project_dir)}: profiles extend in a cycle: {names}"
+            )
+        chain.append(layer)
+        parents = {
+            _display(file, project_dir): doc[EXTENDS]
+            for file in sorted([*layer.glob("*.yaml"), *layer.glob("*.yml")])
+            if EXTENDS in (doc := _read_yaml(file, _display(file, project_dir)))
+        }
+        if len(parents) > 1:
+            raise ConfigError(f"{EXTENDS}: set in {', '.join(parents)}; set it in one file")
+        if not parents:
+            break
+        ((name, env),) = parents.items()
+        if not isinstance(env, str) or not env or "/" in env or env.startswith("."):
+            raise ConfigError(f"{name}: {EXTENDS} must name a profile under conf/, got {env!r}")
+    return chain[::-1]
 
 
 def _read_yaml(file: Path, name: str) -> dict[str, Any]:
