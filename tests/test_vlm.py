@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.chat_server import API_KEY, GOOD, Reply, clip
+from tests.chat_server import API_KEY, GOOD, KEY_ENV, Reply, clip
 from viva_pipelines.storage import Storage
 from viva_pipelines.vlm import (
     ChatCompletionsClient,
@@ -33,6 +33,7 @@ from viva_pipelines.vlm import (
 from viva_pipelines.vlm.base import cache_key
 from viva_pipelines.vlm.client import parse_retry_after
 from viva_pipelines.vlm.messages import decode_image_url, image_part
+from viva_pipelines.vlm.review import VERDICT_SCHEMA
 
 
 def review(client: Any, source: np.ndarray | None = None, **kwargs: Any) -> PairVerdict:
@@ -55,7 +56,10 @@ def test_review_pair_sends_sampled_frames_and_returns_the_verdict(server, make_c
     assert request.headers["Authorization"] == f"Bearer {API_KEY}"
     body = request.body
     assert body["model"] == "test-vlm"
-    assert body["response_format"] == {"type": "json_object"}
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "pair_review", "schema": VERDICT_SCHEMA},
+    }
     assert body["temperature"] == 0.0
     parts = body["messages"][0]["content"]
     images = [decode_image_url(p["image_url"]["url"]) for p in parts if p["type"] == "image_url"]
@@ -432,7 +436,7 @@ def _count_generate(backend: Any, monkeypatch: pytest.MonkeyPatch, answer: str |
 def test_local_backend_garbage_fails_after_exactly_one_corrective_retry(tiny_llava, monkeypatch):
     from viva_pipelines.vlm.local import LocalLlavaBackend
 
-    backend = LocalLlavaBackend(tiny_llava, max_new_tokens=8)
+    backend = LocalLlavaBackend(tiny_llava, max_new_tokens=8, guided=False)
     calls = _count_generate(backend, monkeypatch)
     with pytest.raises(VlmError, match=r"local LLaVA model tiny-llava .* one corrective retry"):
         review(backend, max_frames=3)
@@ -445,11 +449,30 @@ def test_local_backend_garbage_fails_after_exactly_one_corrective_retry(tiny_lla
 def test_local_backend_success_is_validated_and_cached(tiny_llava, monkeypatch, tmp_path):
     from viva_pipelines.vlm.local import LocalLlavaBackend
 
-    backend = LocalLlavaBackend(tiny_llava, max_new_tokens=8, cache=tmp_path / "cache")
+    backend = LocalLlavaBackend(
+        tiny_llava, max_new_tokens=8, guided=False, cache=tmp_path / "cache"
+    )
     calls = _count_generate(backend, monkeypatch, answer=json.dumps(GOOD))
     assert review(backend, max_frames=2) == PairVerdict(**{**GOOD, "score": 8.0})
     assert review(backend, max_frames=2).keep
     assert len(calls) == 1
+
+
+def test_a_random_local_model_answers_in_the_schema_when_guided(tiny_llava):
+    """Guided decoding: whatever the weights, the review and the judge get answers that their
+    validators accept, and the model's own preferences pick the values."""
+    from viva_pipelines.evaluation.judge import JUDGEMENT_SCHEMA, validate_judgement
+    from viva_pipelines.vlm.local import LocalLlavaBackend
+
+    backend = LocalLlavaBackend(tiny_llava, max_new_tokens=8)
+    verdict = review(backend, max_frames=2)
+    assert isinstance(verdict.keep, bool) and 0 <= verdict.score <= 10 and verdict.reason
+    judged = backend.complete_json(
+        [{"role": "user", "content": "Grade the edit."}], validate_judgement, JUDGEMENT_SCHEMA
+    )
+    assert all(0 <= score <= 10 for score in judged.as_dict().values())
+    text = backend.complete([{"role": "user", "content": "Grade the edit."}], JUDGEMENT_SCHEMA)
+    assert json.loads(text) == judged.as_dict()  # greedy: the same answer again
 
 
 def test_local_backend_refuses_remote_images(tiny_llava):
@@ -459,3 +482,94 @@ def test_local_backend_refuses_remote_images(tiny_llava):
     remote = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
     with pytest.raises(VlmError, match="only base64 data: image URLs"):
         backend.complete_json([{"role": "user", "content": [remote]}], lambda data: data)
+
+
+def test_guided_decoding_writes_keys_and_lets_the_model_choose_each_value():
+    from viva_pipelines.vlm.guided import fill_object
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "keep": {"type": "boolean"},
+            "score": {"type": "integer", "minimum": 0, "maximum": 10},
+            "tone": {"enum": ["warm", "cold"]},
+            "reason": {"type": "string", "minLength": 1},
+        },
+    }
+    prefixes: list[str] = []
+
+    def choose(prefix: str, options: list[str]) -> int:
+        prefixes.append(prefix)
+        return len(options) - 1  # the last option: false, 10, "cold"
+
+    def write(prefix: str, least: int) -> str:
+        assert prefix.endswith('"reason": "') and least == 1
+        return 'a "quoted" word'
+
+    answer = fill_object(schema, choose, write)
+    assert json.loads(answer) == {
+        "keep": False,
+        "score": 10,
+        "tone": "cold",
+        "reason": 'a "quoted" word',
+    }
+    assert prefixes == [
+        '{"keep": ',
+        '{"keep": false, "score": ',
+        '{"keep": false, "score": 10, "tone": ',
+    ]
+    with pytest.raises(ValueError, match="score: an integer needs minimum and maximum"):
+        fill_object({"type": "object", "properties": {"score": {"type": "integer"}}}, choose, write)
+    with pytest.raises(ValueError, match="items: guided decoding has no rule"):
+        fill_object({"type": "object", "properties": {"items": {"type": "array"}}}, choose, write)
+
+
+def test_vlm_serve_answers_the_review_over_the_real_protocol(tiny_llava, monkeypatch):
+    """`viva vlm-serve`'s server: the client's review of a pair against a random local LLaVA
+    comes back in the verdict's schema; a bad request, a wrong key and an image to fetch are
+    refused with the reason."""
+    import threading
+
+    import requests
+
+    from viva_pipelines.vlm.local import LocalLlavaBackend
+    from viva_pipelines.vlm.server import make_server
+
+    server = make_server(
+        LocalLlavaBackend(tiny_llava, max_new_tokens=8), "127.0.0.1", 0, api_key=API_KEY
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        monkeypatch.setenv(KEY_ENV, API_KEY)
+        client = ChatCompletionsClient(base_url, "tiny-llava", api_key_env=KEY_ENV)
+        verdict = review(client, max_frames=2)
+        assert isinstance(verdict.keep, bool) and 0 <= verdict.score <= 10 and verdict.reason
+
+        def post(body: dict, key: str = API_KEY) -> requests.Response:
+            headers = {"Authorization": f"Bearer {key}"}
+            return requests.post(f"{base_url}/chat/completions", json=body, headers=headers)
+
+        remote = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+        refused = {
+            "messages must be a non-empty list": post({"messages": []}),
+            "missing or wrong API key": post(
+                {"messages": [{"role": "user", "content": "hi"}]}, "x"
+            ),
+            "images must be base64 data: URLs": post(
+                {"messages": [{"role": "user", "content": [remote]}]}
+            ),
+            "response_format type 'xml'": post(
+                {
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "response_format": {"type": "xml"},
+                }
+            ),
+        }
+        for reason, response in refused.items():
+            assert (
+                response.status_code in (400, 401) and reason in response.json()["error"]["message"]
+            )
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -456,6 +456,32 @@ def _rehearsal_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vlm_serve(args: argparse.Namespace) -> int:
+    from viva_pipelines.vlm.local import LocalLlavaBackend
+    from viva_pipelines.vlm.server import make_server
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env, "").strip()
+        if not api_key:
+            print(f"viva: {args.api_key_env} (the API key to require) is not set", file=sys.stderr)
+            return 2
+    backend = LocalLlavaBackend(
+        args.model, device=args.device, max_new_tokens=args.max_new_tokens, model_name=args.name
+    )
+    server = make_server(backend, args.host, args.port, api_key=api_key)
+    host, port = server.server_address[:2]
+    print(f"serving {backend.model_id} on http://{host}:{port}/v1", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="viva", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -538,6 +564,17 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu-tflops", type=float, default=989.0, help="the GPU's dense bf16 TFLOP/s (H100)"
     )
     plan.set_defaults(handler=_plan)
+    serve = commands.add_parser(
+        "vlm-serve", help="serve a local LLaVA over the OpenAI chat-completions protocol"
+    )
+    serve.add_argument("--model", required=True, help="a LLaVA checkpoint folder")
+    serve.add_argument("--name", help="the model id it answers as (default: the folder's name)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--max-new-tokens", type=int, default=512)
+    serve.add_argument("--api-key-env", help="require the key in this environment variable")
+    serve.set_defaults(handler=_vlm_serve)
     rehearsal = commands.add_parser(
         "rehearsal-models",
         help="write the rehearsal profile's tiny models in the production checkpoint formats",

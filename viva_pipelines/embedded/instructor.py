@@ -35,6 +35,16 @@ BOS, EOS, PAD, IMAGE = "<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<image>
 #: the production model.
 CHAT_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 SPECIAL_TOKENS = (BOS, EOS, PAD, IMAGE, *CHAT_TOKENS)
+#: LLaVA-LLaMA-3's chat template (images before the text of their turn); the tokenizer adds
+#: ``BOS`` itself. What the VLM backend (``vlm/local.py``) formats conversations with.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>"
+    "\n\n{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
 #: LLaMA-3's pre-tokenizer split: newline runs stay one piece, so a template's system prefix
 #: tokenizes the same alone as followed by the user turn.
 LLAMA3_SPLIT = (
@@ -228,6 +238,7 @@ def build_tiny_instructor(
         patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,17 @@ SCORE_KEYS = ("instruction_following", "source_fidelity", "edit_quality")
 #: Scores are integers in ``[SCORE_MIN, SCORE_MAX]``: VLMs grade more consistently on a small
 #: integer scale, and integers make judgements comparable across runs and models.
 SCORE_MIN, SCORE_MAX = 0, 10
+#: The answer's JSON schema, sent with the request for servers with guided decoding
+#: (:func:`validate_judgement` still checks every answer).
+JUDGEMENT_SCHEMA = {
+    "title": "edit_judgement",
+    "type": "object",
+    "properties": {
+        key: {"type": "integer", "minimum": SCORE_MIN, "maximum": SCORE_MAX} for key in SCORE_KEYS
+    },
+    "required": list(SCORE_KEYS),
+    "additionalProperties": False,
+}
 
 #: Cache entries live under this prefix so they never collide with other answers in one store.
 CACHE_PREFIX = "judge"
@@ -169,7 +180,7 @@ def judge_edit(
             except JudgeParseError as exc:  # the validator got stricter since it was cached
                 log.info("cached judgement %s no longer validates (%s); asking again", entry, exc)
     try:
-        scores = backend.complete_json(messages, validate_judgement)
+        scores = backend.complete_json(messages, validate_judgement, JUDGEMENT_SCHEMA)
     except VlmError as exc:
         log.warning("judge failed: %s", exc)
         return JudgeResult(None, error=str(exc))

@@ -1,7 +1,7 @@
 """What every VLM backend shares: JSON answers, validation, one corrective retry and the cache.
 
 Backends (the HTTP chat-completions client, the local ``transformers`` model) only implement
-:meth:`VlmBackend._complete` — messages in, reply text out. Everything that decides whether a
+:meth:`VlmBackend._complete` — messages (and the answer's JSON schema) in, reply text out. Everything that decides whether a
 reply is *usable* lives here once, so the QC step and the benchmark judges behave the same
 whichever model answers.
 """
@@ -104,17 +104,28 @@ class VlmBackend(ABC):
         """Where answers come from, for error messages (never containing secrets)."""
 
     @abstractmethod
-    def _complete(self, messages: Sequence[Message]) -> str:
-        """One model turn: the assistant's reply text. Raises :class:`VlmError` on failure."""
+    def _complete(self, messages: Sequence[Message], schema: dict[str, Any] | None = None) -> str:
+        """One model turn: the assistant's reply text. ``schema``: the JSON schema the answer
+        must follow, for backends that can hold the model to it (guided decoding); ``None``:
+        free text. Raises :class:`VlmError` on failure."""
+
+    def complete(self, messages: Sequence[Message], schema: dict[str, Any] | None = None) -> str:
+        """One turn as it comes (what a chat-completions server answers): no parsing, no cache."""
+        return self._complete(messages, schema)
 
     def complete_json(
-        self, messages: Sequence[Message], validate: Callable[[dict[str, Any]], T]
+        self,
+        messages: Sequence[Message],
+        validate: Callable[[dict[str, Any]], T],
+        schema: dict[str, Any] | None = None,
     ) -> T:
         """Ask, parse the reply as a JSON object and pass it through ``validate`` (which raises
-        ``ValueError``/``TypeError``/``KeyError`` to reject it). An unusable reply gets exactly one
-        corrective follow-up turn; a second failure raises :class:`VlmError` with both reasons.
-        Only validated answers are cached, so a bad answer is never replayed."""
-        key = cache_key(self.model_id, messages, self.params)
+        ``ValueError``/``TypeError``/``KeyError`` to reject it). ``schema``: the answer's JSON
+        schema, sent along so that servers with guided decoding answer in it (``validate``
+        still decides). An unusable reply gets exactly one corrective follow-up turn; a second
+        failure raises :class:`VlmError` with both reasons. Only validated answers are cached,
+        so a bad answer is never replayed."""
+        key = cache_key(self.model_id, messages, self.params | {"schema": schema})
         cached = self._cache_get(key)
         if cached is not None:
             try:
@@ -122,7 +133,7 @@ class VlmBackend(ABC):
             except VALIDATION_ERRORS as exc:  # the validator got stricter since it was cached
                 log.info("cached VLM answer %s no longer validates (%s); asking again", key, exc)
 
-        reply = self._complete(messages)
+        reply = self._complete(messages, schema)
         try:
             data = parse_json_reply(reply)
             value = validate(data)
@@ -132,7 +143,7 @@ class VlmBackend(ABC):
             )
             followup = [*messages, {"role": "assistant", "content": reply}]
             followup.append(corrective_message(str(first)))
-            reply = self._complete(followup)
+            reply = self._complete(followup, schema)
             try:
                 data = parse_json_reply(reply)
                 value = validate(data)

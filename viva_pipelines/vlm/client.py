@@ -121,8 +121,10 @@ class ChatCompletionsClient(VlmBackend):
 
     ``api_key_env`` names the environment variable holding the key (``None`` for endpoints
     without auth, e.g. a local vLLM); the key is read once, here, so a missing key fails at
-    start-up rather than after the first shard. ``json_mode`` sends
-    ``response_format={"type": "json_object"}``; turn it off for servers that reject it.
+    start-up rather than after the first shard. ``json_mode`` sends the answer's JSON schema as
+    ``response_format={"type": "json_schema", ...}`` (vLLM and OpenAI then decode into it), or
+    ``{"type": "json_object"}`` when the caller has none; turn it off for servers that reject
+    ``response_format``.
     """
 
     def __init__(
@@ -196,14 +198,19 @@ class ChatCompletionsClient(VlmBackend):
             session = self._local.session = requests.Session()
         return session
 
-    def _complete(self, messages: Sequence[Message]) -> str:
+    def _complete(self, messages: Sequence[Message], schema: dict[str, Any] | None = None) -> str:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": list(messages),
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
-        if self.json_mode:
+        if self.json_mode and schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema.get("title", "answer"), "schema": schema},
+            }
+        elif self.json_mode:
             body["response_format"] = {"type": "json_object"}
         reply = self._post(body)
         try:

@@ -21,7 +21,11 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from viva_pipelines.vlm.base import VlmBackend, VlmError
 from viva_pipelines.vlm.cache import ByteStore, StorageLike
+from viva_pipelines.vlm.guided import fill_object
 from viva_pipelines.vlm.messages import Message, decode_image_url
+
+#: Token budget of one free-text value in guided decoding.
+STRING_TOKENS = 48
 
 
 def to_chat_template(messages: Sequence[Message]) -> tuple[list[dict[str, Any]], list[Image.Image]]:
@@ -56,7 +60,9 @@ class LocalLlavaBackend(VlmBackend):
     each checkpoint says where images and roles go in its prompt.
 
     ``model_name`` is the model's identity in cache keys; it defaults to the directory name so
-    that the same checkpoint copied to another machine still hits the cache."""
+    that the same checkpoint copied to another machine still hits the cache. ``guided``: answers
+    asked for with a JSON schema are decoded into it (:mod:`viva_pipelines.vlm.guided`);
+    ``False``: free text, as the model writes it."""
 
     def __init__(
         self,
@@ -66,11 +72,13 @@ class LocalLlavaBackend(VlmBackend):
         device: str = "cpu",
         dtype: str | None = None,
         model_name: str | None = None,
+        guided: bool = True,
         cache: ByteStore | StorageLike | str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__(cache=cache)
         self.model_path = Path(model_path)
         self.max_new_tokens = max_new_tokens
+        self.guided = guided
         self.device = torch.device(device)
         self.model_name = model_name or self.model_path.name
         self.processor = AutoProcessor.from_pretrained(self.model_path, local_files_only=True)
@@ -83,6 +91,7 @@ class LocalLlavaBackend(VlmBackend):
         self.model.to(self.device).eval()
         # One generate at a time: concurrent calls would only contend for the same device.
         self._lock = threading.Lock()
+        self._barred: list[int] | None = None
 
     def __repr__(self) -> str:
         return f"LocalLlavaBackend({str(self.model_path)!r}, device={str(self.device)!r})"
@@ -93,22 +102,70 @@ class LocalLlavaBackend(VlmBackend):
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"decoding": "greedy", "max_new_tokens": self.max_new_tokens}
+        return {
+            "decoding": "greedy",
+            "max_new_tokens": self.max_new_tokens,
+            "guided": self.guided,
+        }
 
     def describe(self) -> str:
         return f"local LLaVA model {self.model_name} ({self.model_path})"
 
-    def _complete(self, messages: Sequence[Message]) -> str:
+    def _complete(self, messages: Sequence[Message], schema: dict[str, Any] | None = None) -> str:
         conversation, images = to_chat_template(messages)
         prompt = self.processor.apply_chat_template(
             conversation, add_generation_prompt=True, tokenize=False
         )
-        inputs = self.processor(images=images or None, text=prompt, return_tensors="pt")
-        # Pixel values follow the weights' dtype (bf16/fp16 checkpoints); token ids stay integers.
-        inputs = inputs.to(self.device, dtype=self.model.dtype)
         with self._lock, torch.inference_mode():
-            output = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False
-            )
+            if schema is None or not self.guided:
+                return self._generate(prompt, images, self.max_new_tokens)
+            try:
+                return fill_object(
+                    schema,
+                    lambda prefix, options: self._choose(prompt + prefix, images, options),
+                    lambda prefix, least: self._write(prompt + prefix, images, least),
+                )
+            except ValueError as exc:
+                raise VlmError(f"{self.describe()}: {exc}") from exc
+
+    def _inputs(self, text: str, images: list[Image.Image]):
+        inputs = self.processor(images=images or None, text=text, return_tensors="pt")
+        # Pixel values follow the weights' dtype (bf16/fp16 checkpoints); token ids stay integers.
+        return inputs.to(self.device, dtype=self.model.dtype)
+
+    def _generate(self, text: str, images: list[Image.Image], tokens: int, **options: Any) -> str:
+        inputs = self._inputs(text, images)
+        output = self.model.generate(**inputs, max_new_tokens=tokens, do_sample=False, **options)
         new_tokens = output[0, inputs["input_ids"].shape[1] :]
         return self.processor.decode(new_tokens, skip_special_tokens=True)
+
+    def _choose(self, text: str, images: list[Image.Image], options: Sequence[str]) -> int:
+        """The option whose tokens the model finds most likely after ``text`` (summed log
+        probabilities: one forward pass per option)."""
+        start = self._inputs(text, images)["input_ids"].shape[1]
+        scores = []
+        for option in options:
+            inputs = self._inputs(text + option, images)
+            logits = self.model(**inputs).logits[0, start - 1 : -1].float()
+            chosen = inputs["input_ids"][0, start:]
+            scores.append(float(logits.log_softmax(-1).gather(1, chosen[:, None]).sum()))
+        return max(range(len(options)), key=scores.__getitem__)
+
+    def _write(self, text: str, images: list[Image.Image], least: int) -> str:
+        """Free text after ``text`` up to the closing quote (or line end); a model that would
+        close the string too early writes again with quotes and line breaks barred."""
+        written = self._generate(text, images, STRING_TOKENS)
+        value = written.split('"', 1)[0].split("\n", 1)[0].strip()
+        if len(value) < least:
+            barred = [[i] for i in self._quote_tokens()]
+            value = self._generate(text, images, STRING_TOKENS, bad_words_ids=barred).strip()
+        return value
+
+    def _quote_tokens(self) -> list[int]:
+        """Ids of the tokens whose text has a quote, backslash or line break (computed once)."""
+        if self._barred is None:
+            tokenizer = self.processor.tokenizer
+            self._barred = [
+                i for i in range(len(tokenizer)) if any(c in tokenizer.decode([i]) for c in '"\\\n')
+            ]
+        return self._barred

@@ -35,6 +35,20 @@ PAIR_REVIEW_PROMPT = Path(__file__).resolve().parents[2] / "assets" / "prompts" 
 SCORE_MAX = 10.0
 
 VERDICT_KEYS = ("keep", "score", "instruction", "reason")
+#: The answer's JSON schema, sent with the request for servers with guided decoding
+#: (:func:`parse_verdict` still checks every answer).
+VERDICT_SCHEMA = {
+    "title": "pair_review",
+    "type": "object",
+    "properties": {
+        "keep": {"type": "boolean"},
+        "score": {"type": "integer", "minimum": 0, "maximum": int(SCORE_MAX)},
+        "instruction": {"type": "string", "minLength": 1},
+        "reason": {"type": "string", "minLength": 1},
+    },
+    "required": list(VERDICT_KEYS),
+    "additionalProperties": False,
+}
 
 _COMMENT = re.compile(r"<!--.*?-->\s*", re.DOTALL)
 _FRAME_MARKER = re.compile(r"^\$(source_frames|target_frames)[ \t]*$", re.MULTILINE)
@@ -175,4 +189,4 @@ def review_pair(
         edit_type,
         template if template is not None else load_prompt(),
     )
-    return client.complete_json(messages, parse_verdict)
+    return client.complete_json(messages, parse_verdict, VERDICT_SCHEMA)
