@@ -12,7 +12,7 @@ from viva_pipelines.embedded.rehearsal import LAYOUT, write_rehearsal_models
 from viva_pipelines.train.preflight import check_training_models
 
 #: Every key conf/rehearsal may change from prod: sizes and step counts, the CPU's device and
-#: dtype, a local executor, and the models. Anything else it changed would rehearse a
+#: dtype, a local executor, the models, and the one rule random weights cannot pass. Anything else it changed would rehearse a
 #: configuration production does not run.
 REHEARSAL_CHANGES = {
     "env",
@@ -23,6 +23,11 @@ REHEARSAL_CHANGES = {
     "ingest.height",
     "ingest.fps",
     "ingest.max_frames",
+    # What random weights need (not sizes): their masks cover most of a frame, their VLM
+    # scores are noise. The gates still run; only these thresholds let their output through.
+    "masks.rules.max_area_fraction",
+    "qc.thresholds.max_mask_fraction",
+    "qc.vlm.min_score",
     "masks.sam2.config",
     "masks.sam2.image_size",
     "masks.sam2.device",
