@@ -1,11 +1,15 @@
-"""The whole demo graph against real services, the way production runs it: the Dagster instance
-in PostgreSQL (deploy/dagster.prod.yaml), the storage root, the source videos and the benchmark
-suite on S3 (a moto server), and an MLflow tracking server with a PostgreSQL backend store and
-its artifacts on S3. Every command is the `viva` CLI as a user runs it.
+"""The rehearsal (conf/rehearsal: conf/prod at toy sizes, on tiny models in the production
+formats) against real services, the way production runs it: the Dagster instance in PostgreSQL
+(deploy/dagster.prod.yaml), the storage root, the source videos and the benchmark suite on S3
+(a moto server), an MLflow tracking server with a PostgreSQL backend store and its artifacts on
+S3, and the VLM of the QC review and the benchmark judge behind `viva vlm-serve` (the
+OpenAI chat-completions protocol). Every command is the `viva` CLI as a user runs it, with
+prod's environment variables pointing at these services.
 
 Skips when PostgreSQL is not reachable on 127.0.0.1:5432, except under ``CI=true``."""
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -23,13 +27,14 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.conftest import REPO, write_conf
+from tests.conftest import REPO
 from viva_pipelines.defs.lineage import nodes_by_asset
 
 VIVA = str(Path(sys.executable).parent / "viva")
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-ENV = "services"
+ENV = "rehearsal"
+VLM_KEY = "sk-rehearsal-key"
 
 
 def _pg_connect(dbname: str = "postgres"):
@@ -123,24 +128,30 @@ def mlflow_server(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited ({server.returncode}):\n"
-                    + (tmp_path / "mlflow-server.log").read_text()[-3000:]
-                )
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"mlflow server not up at {url} after 120 s") from None
-                time.sleep(0.5)
+        _wait_for(server, f"{url}/health", tmp_path / "mlflow-server.log")
         yield url
     finally:
         _stop(server)
         log.close()
+
+
+def _wait_for(server: subprocess.Popen, url: str, log: Path, headers: dict | None = None) -> None:
+    """Until ``url`` answers (120 s at most); a server that exits shows its log."""
+    deadline = time.monotonic() + 120
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(
+                f"{server.args[:2]} exited ({server.returncode}):\n" + log.read_text()[-3000:]
+            )
+        try:
+            urllib.request.urlopen(
+                urllib.request.Request(url, headers=headers or {}), timeout=2
+            ).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no answer at {url} after 120 s") from None
+            time.sleep(0.5)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -169,16 +180,62 @@ def _keys(client, bucket: str, prefix: str) -> list[str]:
     return keys
 
 
+@pytest.fixture
+def vlm_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The rehearsal's models written by `viva rehearsal-models`, and its instructor served by
+    `viva vlm-serve` on a free port: (base URL, model folder)."""
+    models = tmp_path / "models"
+    written = subprocess.run(
+        [VIVA, "rehearsal-models", "--out", str(models)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert written.returncode == 0, written.stderr[-3000:]
+    port = _free_port()
+    log = open(tmp_path / "vlm-server.log", "wb")  # noqa: SIM115 (closed in finally)
+    server = subprocess.Popen(
+        [
+            VIVA,
+            "vlm-serve",
+            "--model",
+            str(models / "llava-llama-3"),
+            "--port",
+            str(port),
+            "--api-key-env",
+            "VIVA_VLM_API_KEY",
+        ],
+        env={**os.environ, "VIVA_VLM_API_KEY": VLM_KEY, "HF_HUB_OFFLINE": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        _wait_for(
+            server,
+            f"{url}/models",
+            tmp_path / "vlm-server.log",
+            {"Authorization": f"Bearer {VLM_KEY}"},
+        )
+        yield url, models
+    finally:
+        _stop(server)
+        log.close()
+
+
 @pytest.mark.slow
-def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
+def test_the_rehearsal_runs_the_production_graph_on_postgres_s3_and_an_mlflow_server(
     project: Path,
     tmp_path: Path,
     pg_databases: tuple[str, str],
     mlflow_server: str,
     s3_endpoint: str,
     s3_bucket: str,
+    vlm_server: tuple[str, Path],
 ):
     dagster_db, mlflow_db = pg_databases
+    vlm_url, models = vlm_server
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -192,10 +249,20 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
         "DAGSTER_PG_DB": dagster_db,
         "DAGSTER_PG_USERNAME": PG["user"],
         "DAGSTER_PG_PASSWORD": "unused",  # trust auth
+        # What conf/prod reads from the environment, pointed at this machine's services.
+        "VIVA_BUCKET": s3_bucket,
+        "VIVA_S3_ENDPOINT_URL": s3_endpoint,
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "VIVA_VLM_BASE_URL": vlm_url,
+        "VIVA_VLM_MODEL": "llava-llama-3",
+        "VIVA_VLM_API_KEY": VLM_KEY,
+        "VIVA_REHEARSAL_MODELS": str(models),
         "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
     }
     # The code must pass storage.s3.endpoint_url on to MLflow's S3 client itself.
     env.pop("MLFLOW_S3_ENDPOINT_URL", None)
+    shutil.copytree(REPO / "conf" / "rehearsal", project / "conf" / "rehearsal")
 
     def viva(*args: str, env_name: str | None = ENV) -> subprocess.CompletedProcess:
         run_env = {**env, "VIVA_ENV": env_name} if env_name else env
@@ -208,13 +275,13 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
         return done
 
     # Render the demo world and its 1-per-category suite locally (base conf), then upload both
-    # to S3, where the `services` conf reads them from.
+    # to where conf/prod reads them from on S3.
     viva(
         "demo-data",
         "--out",
         str(tmp_path / "videos"),
         "--videos",
-        "5",
+        "4",  # (3 leave the val split without a video for GRPO's held-out groups)
         "--seed",
         "3",
         "--width",
@@ -227,86 +294,53 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
         "1",
         env_name=None,
     )
-    assert _upload_dir(s3, tmp_path / "videos", s3_bucket, "incoming/videos") == 15
-    assert _upload_dir(s3, project / "data" / "benchmarks" / "demo", s3_bucket, "benchmarks/demo")
+    assert _upload_dir(s3, tmp_path / "videos", s3_bucket, "incoming/videos") == 12
+    suite = project / "data" / "benchmarks" / "demo"
+    assert _upload_dir(s3, suite, s3_bucket, "benchmarks/vie-bench")
     shutil.rmtree(project / "data")  # nothing below may fall back on a local root
 
-    root = f"s3://{s3_bucket}/viva"
-    write_conf(
-        project,
-        ENV,
-        "services.yaml",
-        {
-            "storage": {
-                "root": root,
-                "s3": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
-            },
-            "sources": {"raw_videos": {"uri": f"s3://{s3_bucket}/incoming/videos"}},
-            "mlflow": {
-                "tracking_uri": mlflow_server,
-                "experiment": "viva-services",
-                "artifact_location": f"s3://{s3_bucket}/mlflow/viva-services",
-            },
-            "execution": {"executor": "in_process"},
-            "benchmark": {
-                "root": f"s3://{s3_bucket}/benchmarks/demo",
-                "manifest": None,
-                "num_steps": 2,
-            },
-        },
-    )
-    write_conf(
-        project,
-        ENV,
-        "training.yaml",
-        {
-            "sft": {
-                "data": {"frames": 2, "height": 16, "width": 16},
-                "optim": {"batch_size": 4, "max_steps": 4, "warmup_steps": 1},
-                "eval": {"every": 4, "val_samples": 4, "sample_count": 2, "sample_steps": 2},
-                "runtime": {"checkpoint_every": 4, "threads": 1},
-            },
-            "rewards": {"tiny_clip_steps": 10},
-            "instructor": {"pretrain": {"steps": 3, "batch_size": 4}},
-            "grpo": {
-                "sampling": {"group_size": 2, "num_steps": 3, "train_steps": 1},
-                "optim": {"iterations": 2, "groups_per_iteration": 1},
-                "eval": {"every": 2, "groups": 2},
-                "runtime": {"checkpoint_every": 2},
-            },
-        },
-    )
-
+    started = time.monotonic()
     ingested = viva("ingest")
-    assert "5 videos in 1 shards (5 new)" in ingested.stdout
-    assert "shard-000000: 5 videos ok, 0 rejected, " in ingested.stdout
+    assert "4 videos in 1 shards (4 new)" in ingested.stdout
+    assert "shard-000000: 4 videos ok, 0 rejected, " in ingested.stdout
     built = viva("materialize", "qc_dataset")
-    assert "check train_split_non_empty: passed" in built.stdout
+    assert "check every_edit_type_present: passed" in built.stdout
     trained = viva("materialize", "instructor_model", "sft_checkpoint")
     assert "instructor_model, sft_checkpoint materialized" in trained.stdout
     viva("materialize", "reward_models", "grpo_lora")
     scored = viva("materialize", "benchmark_suite", "benchmark_scores")
     assert "check no_training_video_in_suite: passed" in scored.stdout
+    print(f"\nthe rehearsal's graph on the services: {time.monotonic() - started:.0f} s")
     reported = viva("report")
     assert "### Averages over categories" in reported.stdout
     assert "failed edits: 0" in reported.stdout
+    # The served VLM judged every edit: each model's averages have VLM scores.
+    header, *rows = [line for line in reported.stdout.splitlines() if line.startswith("| ")][:5]
+    assert header.split(" | ")[1] == "VLM IF"
+    for row in rows[1:]:  # after the separator row
+        assert 0 <= float(row.split(" | ")[1]) <= 10, row
     audited = viva("lineage", "benchmark", "--json")
     tree = json.loads(audited.stdout[audited.stdout.index("{") :])
 
     # S3: every asset's objects under the root, nothing on the local disk.
-    keys = _keys(s3, s3_bucket, "viva/")
-    assert any(k.startswith("viva/raw_videos/shard-000000/") for k in keys)
-    assert "viva/qc_dataset/manifest.parquet" in keys
-    assert any(k.startswith("viva/instructor_model/") and k.endswith("config.json") for k in keys)
-    assert any(k.startswith("viva/sft_checkpoint/") and "/model/" in k for k in keys)
-    assert any(k.startswith("viva/grpo_lora/") and "/lora/" in k for k in keys)
-    assert any(k.startswith("viva/benchmark_scores/") and k.endswith("table.parquet") for k in keys)
+    keys = _keys(s3, s3_bucket, "prod/")
+    assert any(k.startswith("prod/raw_videos/shard-000000/") for k in keys)
+    assert "prod/qc_dataset/manifest.parquet" in keys
+    assert any(k.startswith("prod/sft_checkpoint/") and "/model/" in k for k in keys)
+    assert any(k.startswith("prod/grpo_lora/") and "/lora/" in k for k in keys)
+    assert any(k.startswith("prod/benchmark_scores/") and k.endswith("table.parquet") for k in keys)
     assert not (project / "data").exists()
+    # Every pair was reviewed by the served VLM, and every edit type made it through.
+    import pandas as pd
+
+    body = s3.get_object(Bucket=s3_bucket, Key="prod/qc_dataset/manifest.parquet")["Body"]
+    reviewed = pd.read_parquet(io.BytesIO(body.read()))
+    assert reviewed["vlm_score"].notna().all() and len(set(reviewed["edit_type"])) == 9
 
     # Lineage reaches the raw files on S3, by checksum.
     found = nodes_by_asset(tree)
     videos = [v for node in found["raw_videos"] for v in node.get("details", {}).get("videos", [])]
-    assert len(videos) == 5
+    assert len(videos) == 4
     for video in videos:
         assert video["uri"].startswith(f"s3://{s3_bucket}/incoming/videos/")
         body = s3.get_object(Bucket=s3_bucket, Key=video["uri"].split("/", 3)[3])["Body"].read()
@@ -339,8 +373,8 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
     import mlflow
 
     client = mlflow.MlflowClient(mlflow_server, registry_uri=mlflow_server)
-    experiment = client.get_experiment_by_name("viva-services")
-    assert experiment.artifact_location == f"s3://{s3_bucket}/mlflow/viva-services"
+    experiment = client.get_experiment_by_name("viva-pipelines")
+    assert experiment.artifact_location == f"s3://{s3_bucket}/mlflow"
     runs = {
         r.data.tags["dagster.asset_key"]: r
         for r in client.search_runs([experiment.experiment_id])
@@ -352,22 +386,19 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
     assert "viva.upstream.qc_dataset.data_version" in runs["sft_checkpoint"].data.tags
     assert "viva.upstream.sft_checkpoint.data_version" in runs["grpo_lora"].data.tags
     assert "grpo/average/clip_if" in runs["benchmark_scores"].data.metrics
-    artifacts = _keys(s3, s3_bucket, "mlflow/viva-services/")
-    registered = {
-        "viva-instructor": "instructor_model",
+    artifacts = _keys(s3, s3_bucket, "mlflow/")
+    registered = {  # (the instructor is models.instructor's, not one trained here)
         "viva-sft": "sft_checkpoint",
         "viva-grpo-lora": "grpo_lora",
     }
     for name, asset in registered.items():
         version = client.get_model_version(name, "1")
         assert version.run_id == runs[asset].info.run_id
-        assert version.source.startswith(f"s3://{s3_bucket}/mlflow/viva-services/")
-        prefix = f"mlflow/viva-services/{version.run_id}/artifacts/model/"
+        assert version.source.startswith(f"s3://{s3_bucket}/mlflow/")
+        prefix = f"mlflow/{version.run_id}/artifacts/model/"
         assert any(k.startswith(prefix) for k in artifacts), (name, artifacts[:20])
     scores_id = runs["benchmark_scores"].info.run_id
-    assert any(
-        k.startswith(f"mlflow/viva-services/{scores_id}/artifacts/benchmark/") for k in artifacts
-    )
+    assert any(k.startswith(f"mlflow/{scores_id}/artifacts/benchmark/") for k in artifacts)
     assert found["sft_checkpoint"][0]["details"]["registered_model"] == "viva-sft/1"
 
     # ... and the tracking server's backend store is the PostgreSQL database.
@@ -375,8 +406,4 @@ def test_demo_graph_on_postgres_s3_and_an_mlflow_server(
         cur.execute("SELECT count(*) FROM runs")
         assert cur.fetchone()[0] >= 3
         cur.execute("SELECT name FROM registered_models ORDER BY name")
-        assert [row[0] for row in cur.fetchall()] == [
-            "viva-grpo-lora",
-            "viva-instructor",
-            "viva-sft",
-        ]
+        assert [row[0] for row in cur.fetchall()] == ["viva-grpo-lora", "viva-sft"]

@@ -35,6 +35,7 @@ REHEARSAL_CHANGES = {
     "pairs.diffusers.device",
     "pairs.diffusers.dtype",
     "pairs.diffusers.resolution",
+    "pairs.diffusers.num_inference_steps",
     "sft.nproc_per_node",
     "sft.timeout_s",
     "sft.data.frames",
