@@ -27,6 +27,7 @@ import yaml
 from bench_common import dataset_version, note, run_trainer
 
 from viva_pipelines.config.loader import load_settings
+from viva_pipelines.evaluation.metrics import capped_psnr
 from viva_pipelines.model.clips import to_uint8_frames
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline, sample_edit
 from viva_pipelines.rewards.clip_rewards import instruction_following
@@ -34,7 +35,6 @@ from viva_pipelines.rewards.models import RECORD_KEY, load_scorers
 from viva_pipelines.settings import default_conf_dir
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.runs import grpo_config, lora_key, model_key, summary_key
-from viva_pipelines.train.sft import psnr
 from viva_pipelines.train.sft_data import CachedSamples, collate, load_unconditional, pad_tokens
 
 
@@ -85,11 +85,10 @@ def score(pipeline: VivaEditPipeline, split: ValSplit, clip) -> pd.DataFrame:
         rows.append(
             {
                 "edit_type": row.edit_type,
-                "frame": psnr(out, tgt),
-                "region": psnr(out[inside], tgt[inside])
-                if inside.any() and not inside.all()
-                else np.nan,
-                "outside": psnr(out[~inside], tgt[~inside]) if (~inside).any() else np.nan,
+                "frame": capped_psnr(out, tgt),
+                # (a global edit's all-True mask has no region apart from the frame)
+                "region": capped_psnr(out, tgt, mask=inside) if not inside.all() else np.nan,
+                "outside": capped_psnr(out, tgt, mask=~inside),
                 "clip_if": float(
                     instruction_following(
                         clip, out[None], row.target_caption or "", row.source_caption or ""

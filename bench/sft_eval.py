@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import pandas as pd
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
 
+from viva_pipelines.evaluation.metrics import capped_psnr
 from viva_pipelines.model.clips import to_uint8_frames
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline, sample_edit
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.runs import model_key, summary_key
-from viva_pipelines.train.sft import psnr
 from viva_pipelines.train.sft_data import CachedSamples, collate, load_unconditional, pad_tokens
 
 
@@ -49,11 +48,9 @@ def edit_psnr(pipeline, transformer, batch, cond, uncond, steps, guidance, shift
         inside = regions[i, 0].numpy() > 0.5
         row = {}
         for name, video in (("model", out), ("identity", src)):
-            row[f"{name} frame"] = psnr(video, tgt)
-            row[f"{name} region"] = psnr(video[inside], tgt[inside]) if inside.any() else np.nan
-            row[f"{name} outside"] = (
-                psnr(video[~inside], tgt[~inside]) if (~inside).any() else np.nan
-            )
+            row[f"{name} frame"] = capped_psnr(video, tgt)
+            row[f"{name} region"] = capped_psnr(video, tgt, mask=inside)
+            row[f"{name} outside"] = capped_psnr(video, tgt, mask=~inside)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -29,7 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from viva_pipelines.evaluation.judge import judge_edit
-from viva_pipelines.evaluation.metrics import video_metrics
+from viva_pipelines.evaluation.metrics import PSNR_CAP, video_metrics
 from viva_pipelines.evaluation.suite import CATEGORIES, BenchInstance
 from viva_pipelines.manifests import FAILED, item_failure, markdown_table
 from viva_pipelines.model.clips import ClipGeometry
@@ -48,9 +48,6 @@ if TYPE_CHECKING:
 #: The baseline that returns its input: last on instruction following, first on background
 #: preservation, by construction. Its presence makes a broken metric visible.
 IDENTITY = "identity"
-#: PSNR is infinite for identical pixels (the identity baseline's background); averages use
-#: this ceiling instead, above any PSNR an 8-bit edit can reach by accident.
-PSNR_CAP = 100.0
 #: Per-instance score columns, in report order, with the label the tables use.
 CRITERIA: dict[str, str] = {
     "judge_instruction_following": "VLM IF",

@@ -84,6 +84,19 @@ def psnr(a: np.ndarray, b: np.ndarray, *, mask: np.ndarray | None = None) -> flo
     return 10.0 * math.log10(DATA_RANGE**2 / mse)
 
 
+#: PSNR is infinite for identical pixels (the identity baseline's background); averages use
+#: this ceiling instead, above any PSNR an 8-bit edit can reach by accident.
+PSNR_CAP = 100.0
+
+
+def capped_psnr(a: np.ndarray, b: np.ndarray, *, mask: np.ndarray | None = None) -> float:
+    """:func:`psnr` for tables that are averaged: at most :data:`PSNR_CAP`, and NaN (left out
+    of a mean) where ``mask`` selects no pixel."""
+    if mask is not None and not np.asarray(mask).any():
+        return math.nan
+    return min(psnr(a, b, mask=mask), PSNR_CAP)
+
+
 def ssim(a: np.ndarray, b: np.ndarray, *, mask: np.ndarray | None = None) -> float:
     """Mean SSIM between two videos: skimage's ``structural_similarity`` per frame (RGB,
     ``data_range=255``, default 7x7 window, so frames need H and W >= 7), averaged over frames.

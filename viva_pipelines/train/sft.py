@@ -28,6 +28,7 @@ import torch
 from diffusers import HunyuanVideoTransformer3DModel
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from viva_pipelines.evaluation.metrics import capped_psnr
 from viva_pipelines.model.clips import ClipGeometry, to_uint8_frames
 from viva_pipelines.model.codecs import VideoCodec, load_codec
 from viva_pipelines.model.flow_matching import (
@@ -385,14 +386,6 @@ def validation_loss(
     return sum(loss * n for loss, n in losses) / total
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 arrays (identical arrays give 100 rather than infinity).
-    The edit-region variants take the pixels inside the edit mask: there the identity
-    baseline is wrong by construction, so beating it means the instruction was followed."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
 @torch.no_grad()
 def sample_previews(
     model: torch.nn.Module,
@@ -436,12 +429,12 @@ def sample_previews(
         records.append(
             {
                 "edit_type": edit_type,
-                "val_psnr": psnr(out, tgt),
-                "val_psnr_identity": psnr(src, tgt),
-                "val_psnr_edit_region": psnr(out[region], tgt[region]) if region.any() else np.nan,
-                "val_psnr_edit_region_identity": (
-                    psnr(src[region], tgt[region]) if region.any() else np.nan
-                ),
+                "val_psnr": capped_psnr(out, tgt),
+                "val_psnr_identity": capped_psnr(src, tgt),
+                # Inside the edit mask the identity baseline is wrong by construction: beating
+                # it there means the instruction was followed.
+                "val_psnr_edit_region": capped_psnr(out, tgt, mask=region),
+                "val_psnr_edit_region_identity": capped_psnr(src, tgt, mask=region),
             }
         )
         strips.append(np.concatenate([src, tgt, out], axis=2))
