@@ -110,9 +110,9 @@ def make_client(
 def run_sft_checkpoint(monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings], tuple]:
     """Materialize ``sft_checkpoint`` alone for some settings, over a one-row ``qc_dataset``
     in their storage root and reported upstream versions, with the training launch recorded
-    instead of run. Returns ``(execution result, launches, seconds)``."""
+    instead of run (``launch=True``: run). Returns ``(execution result, launches, seconds)``."""
 
-    def run(settings: Settings) -> tuple:
+    def run(settings: Settings, *, launch: bool = False) -> tuple:
         import time
 
         import dagster as dg
@@ -129,7 +129,8 @@ def run_sft_checkpoint(monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings], 
             qc.MANIFEST_KEY, pd.DataFrame({"sample_id": ["a"], "status": ["accepted"]})
         )
         launched: list = []
-        monkeypatch.setattr(training, "launch_training", lambda *a, **k: launched.append(a))
+        if not launch:
+            monkeypatch.setattr(training, "launch_training", lambda *a, **k: launched.append(a))
         with dg.instance_for_test() as instance:
             for upstream in ("qc_dataset", "instructor_model"):
                 instance.report_runless_asset_event(

@@ -121,3 +121,19 @@ def test_sft_checkpoint_fails_before_training_naming_the_key(
     assert "models.transformer: " in failures[0].step_failure_data.error.message
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert retries == []
+
+
+def test_a_trainer_whose_inputs_cannot_train_fails_once_with_its_reason(
+    make_settings, tmp_path, run_sft_checkpoint
+):
+    """The trainer runs (torchrun, Pipes) on a dataset manifest without the columns it needs: a
+    ValueError, which no retry can fix, so the asset fails at once and says why."""
+    settings = make_settings(**{"storage.root": str(tmp_path / "root")})
+    result, _, _ = run_sft_checkpoint(settings, launch=True)
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert len(failures) == 1
+    message = failures[0].step_failure_data.error.message
+    assert "viva_pipelines.train.sft: qc_dataset/manifest.parquet: missing column(s)" in message
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert retries == []

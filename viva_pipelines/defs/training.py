@@ -30,6 +30,7 @@ from viva_pipelines.train.config import GrpoConfig, RunConfig, SftConfig
 from viva_pipelines.train.preflight import ModelConfigError, check_training_models
 from viva_pipelines.train.runs import (
     grpo_config,
+    input_failure_key,
     instructor_location,
     lora_key,
     model_key,
@@ -111,11 +112,19 @@ def launch_training(
         config_path = Path(tmp, "run.yaml")
         config.to_yaml(config_path)
         context.instance.add_run_tags(context.run_id, worker_tags())  # for dead-run cleanup
-        result = client.run(
-            command=torchrun_command(section.nproc_per_node, module, str(config_path)),
-            context=context,
-            env=launcher_environment(context.run_id),
-        ).get_materialize_result()
+        failure_key = input_failure_key(config.output_prefix)
+        store.delete(failure_key)  # an earlier attempt's, whose inputs may have changed since
+        try:
+            result = client.run(
+                command=torchrun_command(section.nproc_per_node, module, str(config_path)),
+                context=context,
+                env=launcher_environment(context.run_id),
+            ).get_materialize_result()
+        except Exception:  # the trainer failed: retried (it resumes) unless its inputs cannot train
+            if store.exists(failure_key):
+                error = store.read_json(failure_key)["error"]
+                raise dg.Failure(f"{module}: {error}", allow_retries=False) from None
+            raise
         local = store.get_dir(f"{config.output_prefix}/{artifact}", Path(tmp, "model"))
         version = register_model_dir(local, run_id, section.register_model)
     return dict(result.metadata), version

@@ -20,6 +20,7 @@ from typing import Any
 
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.distributed import distributed
+from viva_pipelines.train.runs import input_failure_key
 from viva_pipelines.train.supervision import RunLease, watch_launcher
 
 log = logging.getLogger("viva_pipelines.train")
@@ -85,7 +86,9 @@ def run_entry_point(
     """The ``python -m viva_pipelines.train.<loop> --config <yaml>`` entry point both loops
     share: die with the launcher, join the torchrun group, hold the run folder's lease (rank 0),
     report from rank 0 (Pipes materialization, MLflow), and print the run's summary (without
-    its history) as the last line of stdout."""
+    its history) as the last line of stdout. A ``ValueError`` (inputs that cannot train) is
+    also written to the run folder (``runs.input_failure_key``), so the launcher does not
+    retry it."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="the run's YAML config")
     args = parser.parse_args(argv)
@@ -105,7 +108,12 @@ def run_entry_point(
                 enabled=ctx.is_main, tracking_uri=tracking.tracking_uri, run_id=tracking.run_id
             ) as report,
         ):
-            summary = train(config, ctx, report)
+            try:
+                summary = train(config, ctx, report)
+            except ValueError as exc:  # our word for "these inputs cannot train"
+                if ctx.is_main:
+                    storage.write_json(input_failure_key(config.output_prefix), {"error": f"{exc}"})
+                raise
             report.materialization(
                 {k: v for k, v in summary.items() if k != "history" and not isinstance(v, dict)}
             )

@@ -36,6 +36,12 @@ def summary_key(run: str) -> str:
     return f"{run}/summary.json"
 
 
+def input_failure_key(run: str) -> str:
+    """Written by a trainer whose inputs cannot train (a ``ValueError``: too little data, a
+    batch that does not split, …): retrying the same inputs cannot help."""
+    return f"{run}/input_failure.json"
+
+
 def model_key(run: str) -> str:
     """The model directory of an SFT run."""
     return f"{run}/model"
