@@ -115,5 +115,6 @@ def test_the_models_are_written_once_and_load_where_production_loads_them(models
 
     m = settings.models
     Sam2Tracker(settings.masks.sam2, m.grounding_dino, m.sam2)
-    DiffusersBackend(settings.pairs.diffusers, m.inpainting, m.img2img, seed=0)
+    pairs = DiffusersBackend(settings.pairs.diffusers, m.inpainting, m.img2img, seed=0)
+    assert type(pairs.inpaint_pipeline).__name__ == "StableDiffusionXLInpaintPipeline"
     assert ClipScorer(m.clip).identity != ClipScorer(m.pickscore).identity

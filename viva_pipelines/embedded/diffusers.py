@@ -1,4 +1,4 @@
-"""A tiny, randomly initialised Stable Diffusion inpainting pipeline saved to disk.
+"""Tiny, randomly initialised Stable Diffusion and SDXL inpainting pipelines saved to disk.
 
 Tests and the CPU demo need a folder that loads through the same ``from_pretrained`` path as a
 real checkpoint, but nothing may be downloaded: every component (UNet, VAE, CLIP text encoder,
@@ -14,10 +14,17 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    EulerDiscreteScheduler,
     StableDiffusionInpaintPipeline,
+    StableDiffusionXLInpaintPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 #: Token budget of the tiny text encoder (Stable Diffusion pads every prompt to this length).
 MAX_TOKENS = 77
@@ -111,6 +118,78 @@ def save_tiny_inpaint_pipeline(
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+    directory = Path(directory)
+    pipe.save_pretrained(directory)
+    return directory
+
+
+def save_tiny_sdxl_inpaint_pipeline(directory: Path, *, seed: int = 0) -> Path:
+    """Build a tiny ``StableDiffusionXLInpaintPipeline`` in the layout of
+    ``diffusers/stable-diffusion-xl-1.0-inpainting-0.1`` and ``save_pretrained`` it to
+    ``directory``: two text encoders (the second with a projection, whose pooled output and the
+    size/crop "time ids" condition the UNet), a 9-channel UNet, no aesthetic score. Returns
+    ``directory``."""
+    torch.manual_seed(seed)
+    width = 16  # of each text encoder; the UNet attends to both, concatenated
+    time_embed = 8
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=9,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * width,
+        attention_head_dim=4,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed,
+        # the pooled text (width) and 6 time ids: original size, crop corner, target size
+        projection_class_embeddings_input_dim=width + 6 * time_embed,
+    )
+    vae = AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+    )
+    tokenizer, tokenizer_2 = _tiny_clip_tokenizer(), _tiny_clip_tokenizer()
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=MAX_TOKENS,
+        projection_dim=width,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    pipe = StableDiffusionXLInpaintPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config),
+        text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        ),
+        requires_aesthetics_score=False,
+        force_zeros_for_empty_prompt=True,
     )
     directory = Path(directory)
     pipe.save_pretrained(directory)

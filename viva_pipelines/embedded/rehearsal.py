@@ -29,7 +29,7 @@ LAYOUT = {
     "instructor": ("llava-llama-3", ""),
     "transformer": ("hunyuan-video", "transformer"),
     "vae": ("hunyuan-video", "vae"),
-    "inpainting": ("inpainting", ""),
+    "inpainting": ("sdxl-inpainting", ""),
     "grounding_dino": ("grounding-dino", ""),
     "sam2": ("sam2.1-hiera-tiny.pt", ""),
     "clip": ("clip", ""),
@@ -53,7 +53,7 @@ def write_rehearsal_models(root: str | Path, *, seed: int = 0) -> dict[str, Path
     from diffusers import HunyuanVideoTransformer3DModel
 
     from viva_pipelines.embedded.clip import build_tiny_clip
-    from viva_pipelines.embedded.diffusers import save_tiny_inpaint_pipeline
+    from viva_pipelines.embedded.diffusers import save_tiny_sdxl_inpaint_pipeline
     from viva_pipelines.embedded.instructor import build_tiny_instructor, instruction_vocabulary
     from viva_pipelines.embedded.masks import TINY_SAM2_CONFIG, build_tiny_grounding_dino
     from viva_pipelines.embedded.vae import tiny_hunyuan_vae
@@ -70,7 +70,7 @@ def write_rehearsal_models(root: str | Path, *, seed: int = 0) -> dict[str, Path
             | {"in_channels": LATENT_CHANNELS}  # text-to-video: the noisy latents alone
         ).save_pretrained(p),
         "vae": lambda p: tiny_hunyuan_vae(seed, latent_channels=LATENT_CHANNELS).save_pretrained(p),
-        "inpainting": lambda p: save_tiny_inpaint_pipeline(p, seed=seed),
+        "inpainting": lambda p: save_tiny_sdxl_inpaint_pipeline(p, seed=seed),
         "grounding_dino": lambda p: build_tiny_grounding_dino(p, seed=seed),
         "sam2": lambda p: _sam2_checkpoint(p, TINY_SAM2_CONFIG, seed),
         "clip": lambda p: build_tiny_clip(p, texts, seed=seed),
