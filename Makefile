@@ -10,7 +10,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test chromium dev mlflow lint format clean
+.PHONY: install demo test rehearsal chromium dev mlflow lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ demo: install
 
 test: install chromium
 	$(BIN)/pytest
+
+# The production graph as one piece at toy sizes (conf/rehearsal) on PostgreSQL, S3 (moto), an
+# MLflow server and `viva vlm-serve`: the CI test that runs it, with its timing printed.
+rehearsal: install
+	$(BIN)/pytest -q -s -p no:cacheprovider tests/test_prod_services.py -k rehearsal
 
 # The browser test of the Dagster UI (tests/test_ui_browser.py) runs Debian's Chromium through
 # Playwright, which never downloads a browser of its own. Installed when missing and root;

@@ -356,6 +356,7 @@ def test_the_rehearsal_runs_the_production_graph_on_postgres_s3_and_an_mlflow_se
             "WHERE dagster_event_type = 'ASSET_MATERIALIZATION'"
         )
         materialized = {json.loads(row[0])[0] for row in cur.fetchall()}
+    print(f"materialized on PostgreSQL: {', '.join(sorted(materialized))}")
     assert materialized == {
         "raw_videos",
         "tracked_masks",
