@@ -51,6 +51,56 @@ def _tiny_clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
 
 
+def _tiny_unet(in_channels: int, **config: object) -> UNet2DConditionModel:
+    """A two-level UNet (8 and 16 channels, cross-attention in the second) predicting 4
+    latent channels; ``config`` adds or overrides ``UNet2DConditionModel`` arguments."""
+    return UNet2DConditionModel(
+        **{
+            "sample_size": 16,
+            "in_channels": in_channels,
+            "out_channels": 4,
+            "block_out_channels": (8, 16),
+            "layers_per_block": 1,
+            "norm_num_groups": 4,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "attention_head_dim": 4,
+        }
+        | config
+    )
+
+
+def _tiny_vae() -> AutoencoderKL:
+    """A VAE with 4 latent channels that downsamples by 2."""
+    return AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+    )
+
+
+def _tiny_text_config(tokenizer: CLIPTokenizer, width: int) -> CLIPTextConfig:
+    """A one-layer CLIP text encoder ``width`` wide (its projection too) for ``tokenizer``."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=MAX_TOKENS,
+        projection_dim=width,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def save_tiny_inpaint_pipeline(
     directory: Path, *, unet_in_channels: int = 9, seed: int = 0
 ) -> Path:
@@ -63,44 +113,10 @@ def save_tiny_inpaint_pipeline(
     multiple of 8 works). Returns ``directory``.
     """
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=unet_in_channels,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=4,
-    )
-    vae = AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-    )
+    unet = _tiny_unet(unet_in_channels, cross_attention_dim=16)
+    vae = _tiny_vae()
     tokenizer = _tiny_clip_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=MAX_TOKENS,
-            projection_dim=16,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = CLIPTextModel(_tiny_text_config(tokenizer, 16))
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -133,47 +149,18 @@ def save_tiny_sdxl_inpaint_pipeline(directory: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     width = 16  # of each text encoder; the UNet attends to both, concatenated
     time_embed = 8
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=9,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _tiny_unet(
+        9,
         cross_attention_dim=2 * width,
-        attention_head_dim=4,
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=time_embed,
         # the pooled text (width) and 6 time ids: original size, crop corner, target size
         projection_class_embeddings_input_dim=width + 6 * time_embed,
     )
-    vae = AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-    )
+    vae = _tiny_vae()
     tokenizer, tokenizer_2 = _tiny_clip_tokenizer(), _tiny_clip_tokenizer()
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=MAX_TOKENS,
-        projection_dim=width,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text_config = _tiny_text_config(tokenizer, width)
     pipe = StableDiffusionXLInpaintPipeline(
         vae=vae,
         text_encoder=CLIPTextModel(text_config),

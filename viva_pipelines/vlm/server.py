@@ -104,28 +104,26 @@ def make_server(
         def _error(self, status: int, message: str) -> None:
             self._send(status, {"error": {"message": message, "code": status}})
 
-        def _authorised(self) -> bool:
-            if api_key is None:
-                return True
+        def _accepted(self, route: str) -> bool:
+            """The request carries the key (if one is required) and asks for ``route``;
+            otherwise the refusal is sent."""
             given = self.headers.get("Authorization", "")
-            if hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return True
-            self._error(401, "missing or wrong API key")
-            return False
+            if api_key is not None and not hmac.compare_digest(
+                given.encode(), f"Bearer {api_key}".encode()
+            ):
+                self._error(401, "missing or wrong API key")
+                return False
+            if self.path.rstrip("/") != route:
+                self._error(404, f"no route {self.path}")
+                return False
+            return True
 
         def do_GET(self) -> None:
-            if not self._authorised():
-                return
-            if self.path.rstrip("/") != "/v1/models":
-                self._error(404, f"no route {self.path}")
-                return
-            self._send(200, {"object": "list", "data": [{"id": backend.model_id}]})
+            if self._accepted("/v1/models"):
+                self._send(200, {"object": "list", "data": [{"id": backend.model_id}]})
 
         def do_POST(self) -> None:
-            if not self._authorised():
-                return
-            if self.path.rstrip("/") != "/v1/chat/completions":
-                self._error(404, f"no route {self.path}")
+            if not self._accepted("/v1/chat/completions"):
                 return
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY_BYTES:
