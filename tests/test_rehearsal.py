@@ -12,8 +12,8 @@ from viva_pipelines.embedded.rehearsal import LAYOUT, write_rehearsal_models
 from viva_pipelines.train.preflight import check_training_models
 
 #: Every key conf/rehearsal may change from prod: sizes and step counts, the CPU's device and
-#: dtype, a local executor, the models, and the one rule random weights cannot pass. Anything else it changed would rehearse a
-#: configuration production does not run.
+#: dtype, a local executor, the models, and the thresholds random weights cannot pass. Anything
+#: else it changed would rehearse a configuration production does not run.
 REHEARSAL_CHANGES = {
     "env",
     "execution.executor",

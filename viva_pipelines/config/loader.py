@@ -2,8 +2,9 @@
 
 Layers, later wins: ``conf/base/*.yaml`` → ``conf/<env>/*.yaml`` → ``conf/local/*.yaml`` →
 explicit overrides. A profile may build on another: ``extends: prod`` at the top of one of
-``conf/<env>``'s files puts ``conf/prod`` between base and it (``conf/rehearsal`` does). Every leaf remembers the file it came from, so a validation error names the
-file and the dotted key to fix. Values may use OmegaConf interpolation, e.g.
+``conf/<env>``'s files puts ``conf/prod`` between base and it (``conf/rehearsal`` does). Every
+leaf remembers the file it came from, so a validation error names the file and the dotted key
+to fix. Values may use OmegaConf interpolation, e.g.
 ``${oc.env:VIVA_BUCKET,viva-demo}``: that is how deployments inject values without editing
 files (secrets are never put in conf at all; clients read them from their own env vars).
 """

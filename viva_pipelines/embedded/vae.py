@@ -10,8 +10,9 @@ def tiny_hunyuan_vae(seed: int = 0, *, latent_channels: int = 4) -> AutoencoderK
     """A randomly initialised ``AutoencoderKLHunyuanVideo`` small enough for CPU tests.
 
     Same block types, causal convolutions and mid-block attention as the real VAE, with
-    ``latent_channels`` (the real VAE's 16 for rehearsals), block_out_channels (8, 8, 16), one layer per block, 4 norm groups,
-    spatial ratio 4 and temporal ratio 4 (``T = 4k+1``), the real scaling factor. Three blocks
+    ``latent_channels`` (the real VAE's 16 for rehearsals), block_out_channels (8, 8, 16), one
+    layer per block, 4 norm groups, spatial ratio 4 and temporal ratio 4 (``T = 4k+1``), the
+    real scaling factor. Three blocks
     are the minimum: temporal ratio 4 needs two temporal downsamples, which diffusers only
     places in blocks before the last (see :func:`check_hunyuan_vae_layout`). Seeded without
     touching the global RNG. Outputs are noise; only shapes and plumbing mean anything.

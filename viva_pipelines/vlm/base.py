@@ -1,9 +1,9 @@
 """What every VLM backend shares: JSON answers, validation, one corrective retry and the cache.
 
 Backends (the HTTP chat-completions client, the local ``transformers`` model) only implement
-:meth:`VlmBackend._complete` — messages (and the answer's JSON schema) in, reply text out. Everything that decides whether a
-reply is *usable* lives here once, so the QC step and the benchmark judges behave the same
-whichever model answers.
+:meth:`VlmBackend._complete` — messages (and the answer's JSON schema) in, reply text out.
+Everything that decides whether a reply is *usable* lives here once, so the QC step and the
+benchmark judges behave the same whichever model answers.
 """
 
 from __future__ import annotations
