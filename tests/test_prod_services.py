@@ -29,6 +29,7 @@ import pytest
 
 from tests.conftest import REPO
 from viva_pipelines.defs.lineage import nodes_by_asset
+from viva_pipelines.video.io import read_video
 
 VIVA = str(Path(sys.executable).parent / "viva")
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
@@ -310,7 +311,25 @@ def test_the_rehearsal_runs_the_production_graph_on_postgres_s3_and_an_mlflow_se
     viva("materialize", "reward_models", "grpo_lora")
     scored = viva("materialize", "benchmark_suite", "benchmark_scores")
     assert "check no_training_video_in_suite: passed" in scored.stdout
+    # edited_videos: a request on S3 (conf/prod's inference root), edited whole by the models
+    # registered on the MLflow server (models:/viva-sft/latest and the Edit-GRPO LoRA).
+    video = next((tmp_path / "videos").glob("*.mp4"))
+    s3.upload_file(str(video), s3_bucket, "edit-requests/in/clip.mp4")
+    request = {
+        "video": "in/clip.mp4",
+        "instruction": "Remove the red circle.",
+        "out": "out/clip.mp4",
+    }
+    s3.put_object(
+        Bucket=s3_bucket, Key="edit-requests/requests.jsonl", Body=json.dumps(request) + "\n"
+    )
+    edited = viva("materialize", "edited_videos")
+    assert "edited_videos materialized" in edited.stdout
     print(f"\nthe rehearsal's graph on the services: {time.monotonic() - started:.0f} s")
+    out = tmp_path / "edited.mp4"
+    (key,) = [k for k in _keys(s3, s3_bucket, "prod/edited_videos/") if k.endswith("/out/clip.mp4")]
+    s3.download_file(s3_bucket, key, str(out))
+    assert read_video(out)[0].shape == read_video(video)[0].shape  # every frame, full size
     reported = viva("report")
     assert "### Averages over categories" in reported.stdout
     assert "failed edits: 0" in reported.stdout
@@ -368,6 +387,7 @@ def test_the_rehearsal_runs_the_production_graph_on_postgres_s3_and_an_mlflow_se
         "grpo_lora",
         "benchmark_suite",
         "benchmark_scores",
+        "edited_videos",
     }
 
     # MLflow: runs with their lineage tags and registered models, artifacts on S3.

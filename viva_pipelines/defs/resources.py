@@ -37,6 +37,11 @@ class MlflowResource(dg.ConfigurableResource):
     artifact_location: str | None = None
     s3_endpoint_url: str | None = None  # storage.s3.endpoint_url, for s3:// artifact locations
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Before any use: a step that only downloads a registered model (edited_videos with
+        # inference.model models:/…) reads S3 artifacts through MLflow's own client too.
+        use_s3_endpoint(self.s3_endpoint_url)
+
     @contextmanager
     def start_run(
         self,
@@ -58,7 +63,6 @@ class MlflowResource(dg.ConfigurableResource):
             upstream_data_versions=upstream_data_versions,
         )
         name = run_name or "-".join(filter(None, [asset_key.to_user_string(), partition]))
-        use_s3_endpoint(self.s3_endpoint_url)
         with tracked_run(
             self.tracking_uri,
             self.experiment,
