@@ -457,15 +457,16 @@ def _rehearsal_models(args: argparse.Namespace) -> int:
 
 
 def _vlm_serve(args: argparse.Namespace) -> int:
+    from viva_pipelines.vlm.base import VlmError
+    from viva_pipelines.vlm.client import read_api_key
     from viva_pipelines.vlm.local import LocalLlavaBackend
     from viva_pipelines.vlm.server import make_server
 
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env, "").strip()
-        if not api_key:
-            print(f"viva: {args.api_key_env} (the API key to require) is not set", file=sys.stderr)
-            return 2
+    try:
+        api_key = read_api_key(args.api_key_env)
+    except VlmError as exc:
+        print(f"viva: {exc}", file=sys.stderr)
+        return 2
     backend = LocalLlavaBackend(
         args.model, device=args.device, max_new_tokens=args.max_new_tokens, model_name=args.name
     )

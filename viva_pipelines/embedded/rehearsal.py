@@ -37,13 +37,12 @@ LAYOUT = {
 }
 
 
-def _sam2_checkpoint(path: Path, config: str, seed: int) -> None:
-    """A SAM 2 checkpoint file as Meta publishes them: ``{"model": state_dict}``."""
+def _sam2_checkpoint(path: Path, config: str) -> None:
+    """A SAM 2 checkpoint file as Meta publishes them: ``{"model": state_dict}`` (random
+    weights from the caller's seeded generator)."""
     from sam2.build_sam import build_sam2
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_sam2(config, ckpt_path=None, device="cpu", mode="eval")
+    model = build_sam2(config, ckpt_path=None, device="cpu", mode="eval")
     torch.save({"model": model.state_dict()}, path)
 
 
@@ -72,7 +71,7 @@ def write_rehearsal_models(root: str | Path, *, seed: int = 0) -> dict[str, Path
         "vae": lambda p: tiny_hunyuan_vae(seed, latent_channels=LATENT_CHANNELS).save_pretrained(p),
         "inpainting": lambda p: save_tiny_sdxl_inpaint_pipeline(p, seed=seed),
         "grounding_dino": lambda p: build_tiny_grounding_dino(p, seed=seed),
-        "sam2": lambda p: _sam2_checkpoint(p, TINY_SAM2_CONFIG, seed),
+        "sam2": lambda p: _sam2_checkpoint(p, TINY_SAM2_CONFIG),
         "clip": lambda p: build_tiny_clip(p, texts, seed=seed),
         "pickscore": lambda p: build_tiny_clip(p, texts, seed=seed + 1),
     }
@@ -82,7 +81,7 @@ def write_rehearsal_models(root: str | Path, *, seed: int = 0) -> dict[str, Path
         written = paths[entry] / subfolder if subfolder else paths[entry]
         if not written.exists():
             written.parent.mkdir(parents=True, exist_ok=True)
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]):  # seeded, the caller's state untouched
                 torch.manual_seed(seed)
                 writers[entry](written)
     return paths

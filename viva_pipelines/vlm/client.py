@@ -116,6 +116,17 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+def read_api_key(name: str | None) -> str | None:
+    """The API key in environment variable ``name`` (``None`` for none); a variable that is
+    unset or empty raises :class:`VlmError` naming it. Keys never live in configuration."""
+    if name is None:
+        return None
+    key = os.environ.get(name, "").strip()
+    if not key:
+        raise VlmError(f"environment variable {name} (the VLM API key) is not set or empty")
+    return key
+
+
 class ChatCompletionsClient(VlmBackend):
     """``POST {base_url}/chat/completions`` with retries, rate limiting and an answer cache.
 
@@ -148,7 +159,7 @@ class ChatCompletionsClient(VlmBackend):
         self.endpoint = f"{self.base_url}/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
-        self._api_key = self._read_key(api_key_env)
+        self._api_key = read_api_key(api_key_env)
         self.timeout = (connect_timeout_s, timeout_s)
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -157,15 +168,6 @@ class ChatCompletionsClient(VlmBackend):
         self.limiter = RateLimiter(rate_limit_per_s, rate_limit_burst) if rate_limit_per_s else None
         # requests.Session is not guaranteed thread-safe; QC workers each get their own.
         self._local = threading.local()
-
-    @staticmethod
-    def _read_key(name: str | None) -> str | None:
-        if name is None:
-            return None
-        key = os.environ.get(name, "").strip()
-        if not key:
-            raise VlmError(f"environment variable {name} (the VLM API key) is not set or empty")
-        return key
 
     def __repr__(self) -> str:
         return (
