@@ -243,7 +243,7 @@ def test_clean_weighting_is_the_implied_clean_error_at_every_noise_level() -> No
     loss = masked_flow_matching_loss(pred, velocity_target(x0, noise), None, 0.0, weights)
     clean = x_t - sigmas.reshape(-1, 1, 1) * pred  # the clean video each prediction implies
     per_item = ((clean - x0) ** 2).mean(dim=(1, 2))
-    torch.testing.assert_close(loss, (per_item.sum() / (weights.sum())) * 1.0)
+    torch.testing.assert_close(loss, per_item.mean())
     assert sigma_loss_weights(sigmas, "velocity") is None
     with pytest.raises(ValueError, match="weighting"):
         sigma_loss_weights(sigmas, "snr")
@@ -271,3 +271,19 @@ def test_gated_output_applies_its_residual_only_where_the_gate_opens() -> None:
     torch.testing.assert_close(v[..., 1], torch.full((2, 3, 1, 1), -10.0))
     mask = torch.tensor([0.0, 1.0]).reshape(1, 1, 1, 1, 2).expand(2, 1, 1, 1, 2)
     assert gate_loss(logits, mask) < 1e-6 < gate_loss(-logits, mask)
+
+
+def test_blend_output_draws_its_content_over_the_source_where_the_gate_opens() -> None:
+    from viva_pipelines.model.flow_matching import output_channels, velocity_from_prediction
+
+    noisy, source = torch.zeros(2, 3, 1, 1, 3), torch.ones(2, 3, 1, 1, 3)
+    content = torch.full((2, 3, 1, 1, 3), 4.0)
+    logits = torch.tensor([-50.0, 50.0, 0.0]).reshape(1, 1, 1, 1, 3).expand(2, 1, 1, 1, 3)
+    output = torch.cat([content, logits], dim=1)
+    assert output_channels(3, "source_blend") == 4
+    v = velocity_from_prediction(output, noisy, source, torch.tensor(0.5), "source_blend")
+    clean = noisy - 0.5 * v  # the clean latents the velocity implies
+    # Shut gate: the source; open gate: the content itself (not source + content); half: the mean.
+    torch.testing.assert_close(clean[..., 0], torch.ones(2, 3, 1, 1))
+    torch.testing.assert_close(clean[..., 1], torch.full((2, 3, 1, 1), 4.0))
+    torch.testing.assert_close(clean[..., 2], torch.full((2, 3, 1, 1), 2.5))

@@ -90,18 +90,22 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 #: What the editing DiT's output means (:func:`velocity_from_prediction`). ``velocity``: the
 #: velocity itself (diffusers, SD3 and HunyuanVideo checkpoints; the paper's setting).
 #: ``source_residual``: the clean target minus the source latents. ``source_gated``: that
-#: residual and, in one more channel, where to apply it (an edit gate).
-PREDICTIONS = ("velocity", "source_residual", "source_gated")
+#: residual and, in one more channel, where to apply it (an edit gate). ``source_blend``: the
+#: edited content itself and the gate that blends it over the source.
+PREDICTIONS = ("velocity", "source_residual", "source_gated", "source_blend")
+
+#: The predictions whose last output channel is an edit gate.
+GATED_PREDICTIONS = ("source_gated", "source_blend")
 
 
 def output_channels(latent_channels: int, prediction: str) -> int:
     """Channels the DiT outputs for ``latent_channels`` latents: one more for the edit gate."""
-    return latent_channels + (prediction == "source_gated")
+    return latent_channels + (prediction in GATED_PREDICTIONS)
 
 
 def edit_gate_logits(output: torch.Tensor, prediction: str) -> torch.Tensor | None:
-    """The edit gate's logits ``[B, 1, ...]`` of a ``source_gated`` output, else None."""
-    return output[:, -1:] if prediction == "source_gated" else None
+    """The edit gate's logits ``[B, 1, ...]`` of a gated output, else None."""
+    return output[:, -1:] if prediction in GATED_PREDICTIONS else None
 
 
 def gate_loss(logits: torch.Tensor, mask_latent: torch.Tensor) -> torch.Tensor:
@@ -129,7 +133,10 @@ def velocity_from_prediction(
     output layer starts as the identity edit. ``source_gated``: the output's last channel is a
     gate ``g = sigmoid(logit)`` and ``x̂0 = source + g·residual``: where the gate is shut the
     source comes back exactly, however imprecise the residual there, and shutting it takes one
-    logit instead of a whole vector held at zero. ``sigmas``: ``[B]`` or 0-dim, all > 0 (the
+    logit instead of a whole vector held at zero. ``source_blend``: the same gate blends the
+    output itself over the source, ``x̂0 = (1 - g)·source + g·output``: inside an edit the
+    model draws the new content (a flat red shape, say) instead of that content minus the
+    source, which would make it reproduce every source pixel it replaces. ``sigmas``: ``[B]`` or 0-dim, all > 0 (the
     sampler never evaluates the model at sigma = 0). Returns ``[B, C, ...]`` (the gate channel
     consumed); computed in float32, returned in ``output``'s dtype.
     """
@@ -139,8 +146,11 @@ def velocity_from_prediction(
         raise ValueError(f"unknown prediction {prediction!r}; known: {', '.join(PREDICTIONS)}")
     s = sigmas.float().expand(output.shape[0]).reshape(-1, *([1] * (output.ndim - 1)))
     residual = output.float()
-    if prediction == "source_gated":
-        residual = torch.sigmoid(residual[:, -1:]) * residual[:, :-1]
+    if prediction in GATED_PREDICTIONS:
+        gate, residual = torch.sigmoid(residual[:, -1:]), residual[:, :-1]
+        if prediction == "source_blend":
+            residual = residual - source.float()
+        residual = gate * residual
     clean = source.float() + residual
     return ((noisy.float() - clean) / s).to(output.dtype)
 
@@ -198,7 +208,8 @@ def masked_flow_matching_loss(
     broadcast over channels; the normaliser sums the broadcast weights, so every channel counts
     and a constant weight (``M ≡ 1``, or ``λ = 0``, or no mask) gives the plain
     ``mean((v̂ - v)²)``. ``sample_weights`` ``[B]`` (see :func:`sigma_loss_weights`) multiply
-    each sample's weights, numerator and normaliser alike. Computed in float32 so bf16
+    each sample's terms but not the normaliser, which so depends on no noise level drawn:
+    micro-batches then add up to their whole batch (gradient accumulation). Computed in float32 so bf16
     predictions do not lose the sum.
     """
     if weight_lambda < 0:
@@ -209,9 +220,10 @@ def masked_flow_matching_loss(
     weights = torch.ones_like(sq_err)
     if mask_latent is not None and weight_lambda:
         weights = weights * (1 + weight_lambda * mask_latent.float())
+    normaliser = weights.sum()
     if sample_weights is not None:
         weights = weights * sample_weights.float().reshape(-1, *([1] * (sq_err.ndim - 1)))
-    return (weights * sq_err).sum() / weights.sum()
+    return (weights * sq_err).sum() / normaliser
 
 
 def inference_sigmas(

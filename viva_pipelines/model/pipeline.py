@@ -110,7 +110,9 @@ def sample_edit(
 
     Classifier-free guidance in one batched model call per step: the unconditional branch has
     the empty instruction and no reference; with ``source_guidance_scale`` a third branch
-    drops the source latents as well (see :func:`guided_velocity`). Starts from ``noise``
+    drops the source latents as well (see :func:`guided_velocity`). At ``guidance_scale`` 1
+    without source guidance the guided velocity is the conditional one, and only that branch
+    runs. Starts from ``noise``
     (broadcast to the source's shape), else from noise drawn from ``generator``, and follows
     the :func:`inference_sigmas` schedule.
     """
@@ -119,7 +121,9 @@ def sample_edit(
     x = noise.expand(source.shape).to(source.device, source.dtype)
     zeros = torch.zeros_like(source)
     no_reference = torch.zeros_like(reference) if reference is not None else None
-    if source_guidance_scale is None:
+    if source_guidance_scale is None and guidance_scale == 1:
+        branches = [(source, reference, cond)]  # guided = conditional: one model call a step
+    elif source_guidance_scale is None:
         branches = [(source, no_reference, uncond), (source, reference, cond)]
     else:
         branches = [(zeros, no_reference, uncond), (source, no_reference, uncond)]
@@ -142,7 +146,9 @@ def sample_edit(
             embedded_guidance=embedded_guidance,
             prediction=prediction,
         ).chunk(len(branches))
-        if source_guidance_scale is None:
+        if len(branches) == 1:
+            velocity = v[0]
+        elif source_guidance_scale is None:
             velocity = guided_velocity(v[0], v[1], guidance_scale)
         else:
             velocity = guided_velocity(

@@ -59,6 +59,8 @@ class ScratchSize(_Section):
     head_dim: int = Field(32, ge=8, multiple_of=8)  # width per head (rotary axes need 8s)
     dual_layers: int = Field(2, ge=0)  # dual-stream (video | text) blocks
     single_layers: int = Field(2, ge=0)  # single-stream blocks after them
+    #: adaln_zero (DiT: blocks start as the identity) | default (PyTorch's layer init)
+    init: Literal["adaln_zero", "default"] = "adaln_zero"
 
 
 class ModelOptions(_Section):
@@ -72,11 +74,14 @@ class ModelOptions(_Section):
     codec: dict[str, Any] = Field(default_factory=lambda: {"kind": "pixel", "factor": 2})
     transformer_subfolder: str | None = None  # of models.transformer (e.g. transformer)
     pooled: Literal["instructor_last", "instructor_mean", "none"] = Field(
-        "instructor_mean", description="the pooled vector beside the tokens (pooled_vector)"
+        "instructor_last", description="the pooled vector beside the tokens (pooled_vector)"
     )
     embedded_guidance: float = 1.0  # only for guidance-distilled checkpoints
-    #: velocity (the paper, pretrained DiTs) | source_residual | source_gated (model.flow_matching)
-    prediction: Literal["velocity", "source_residual", "source_gated"] = "velocity"
+    #: velocity (the paper, pretrained DiTs) | source_residual | source_gated | source_blend
+    #: (model.flow_matching; the demo's DiT from scratch: source_blend, docs/benchmark.md)
+    prediction: Literal["velocity", "source_residual", "source_gated", "source_blend"] = (
+        "source_blend"
+    )
     scratch: ScratchSize = ScratchSize()
 
 
@@ -107,9 +112,9 @@ class LossConfig(_Section):
     sigma_std: float = Field(1.0, gt=0)  # ... and its spread
     sigma_shift: float = Field(3.0, gt=0)  # > 1 trains more at high noise (the edit's layout)
     #: velocity (the paper) | clean: sigma^2, the clean video's error at every noise level
-    weighting: Literal["velocity", "clean"] = "velocity"
+    weighting: Literal["velocity", "clean"] = "clean"
     input_perturbation: float = Field(0.0, ge=0)  # extra input noise against exposure bias; 0 = off
-    gate_weight: float = Field(0.2, ge=0)  # edit-gate BCE (prediction: source_gated only)
+    gate_weight: float = Field(0.2, ge=0)  # edit-gate BCE (gated predictions only)
     instruction_dropout: float = Field(0.1, ge=0, le=1)  # empty instruction + black image
     source_dropout: float = Field(0.05, ge=0, le=1)  # zero source latents (source guidance)
 
@@ -120,8 +125,8 @@ class EvalConfig(_Section):
     sigmas: tuple[float, ...] = (0.25, 0.5, 0.75)  # fixed noise levels of the validation loss
     sample_every: int = Field(0, ge=0)  # sampled previews + PSNR every n steps; 0 = start/end
     sample_count: int = Field(16, ge=1)  # val samples edited for previews and PSNR
-    sample_steps: int = Field(8, ge=1)  # the model's default; = grpo.sampling.num_steps
-    guidance_scale: float = 1.5  # instruction guidance when sampling (the model's default)
+    sample_steps: int = Field(1, ge=1)  # the model's default (the demo's: its one-step estimate)
+    guidance_scale: float = 1.0  # instruction guidance when sampling (the model's default)
     source_guidance_scale: float | None = None  # source-video guidance; null = off
     sample_shift: float = Field(3.0, gt=0)  # time shift of the sampling schedule
 
@@ -231,14 +236,14 @@ class LoraOptions(_Section):
 
 class GrpoSampling(_Section):
     group_size: int = Field(4, ge=2)  # G candidates per (source video, instruction)
-    num_steps: int = Field(8, ge=2)  # denoising steps of a rollout
+    num_steps: int = Field(2, ge=2)  # denoising steps of a rollout
     train_steps: int = Field(3, ge=1)  # denoising steps trained per iteration (random subset)
     #: stochastic (trained) steps: a window of this many, ODE elsewhere (MixGRPO); null = all
     sde_window: int | None = Field(None, ge=1)
     same_noise: bool = True  # a group's candidates start from one noise (Flow-GRPO, DanceGRPO)
     noise_level: float = Field(0.7, gt=0)  # the SDE's a: how stochastic the rollouts are
     shift: float = Field(3.0, gt=0)  # time shift of the rollout schedule
-    guidance_scale: float = 1.5  # instruction guidance of the rollouts
+    guidance_scale: float = 1.0  # instruction guidance of the rollouts (1: CFG-free)
 
 
 class GrpoOptim(_Section):

@@ -253,14 +253,16 @@ def build_model(
     From scratch with ``prediction: source_residual`` the output layer starts at zero, so the
     untrained model returns the source unchanged and training learns only what to change."""
     if config.model.transformer is None:
+        scratch = config.model.scratch
         model = build_transformer(
             tiny_transformer_config(
                 latent_channels,
                 token_dim,
-                **config.model.scratch.model_dump(),
+                **scratch.model_dump(exclude={"init"}),
                 out_channels=output_channels(latent_channels, config.model.prediction),
             ),
             seed=config.runtime.seed,
+            init=scratch.init,
         )
         if config.model.prediction != "velocity":
             torch.nn.init.zeros_(model.proj_out.weight)
