@@ -117,3 +117,26 @@ def test_built_model_checks_its_channels_and_conditions_change_the_output():
     padded[0, 3:] = 50.0
     same = predict_velocity(model, noisy, sigma, noisy, None, padded, mask, pooled)
     torch.testing.assert_close(same, out)
+
+
+def test_adaln_zero_starts_every_block_as_the_identity_and_still_trains():
+    with pytest.raises(ValueError, match="init"):
+        build_transformer(tiny_transformer_config(C, D), init="xavier")
+    model = build_transformer(tiny_transformer_config(C, D), seed=0, init="adaln_zero")
+    noisy, tokens, mask = inputs()
+    sigma, pooled = torch.tensor(0.5), tokens.mean(1)
+    # Blocks that are the identity leave the patch embedding as it is; the output starts at 0.
+    embedded = model.x_embedder(editing_input(noisy, noisy)).detach()
+    seen = []
+    hook = model.norm_out.register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
+    out = predict_velocity(model, noisy, sigma, noisy, None, tokens, mask, pooled)
+    hook.remove()
+    torch.testing.assert_close(seen[0], embedded)
+    assert out.abs().max() == 0
+    # It still learns: the output layer gets a gradient (from there the gates do).
+    (out - 1).pow(2).sum().backward()
+    assert model.proj_out.weight.grad.abs().sum() > 0
+    default = build_transformer(tiny_transformer_config(C, D), seed=0)
+    assert (
+        predict_velocity(default, noisy, sigma, noisy, None, tokens, mask, pooled).abs().max() > 0
+    )

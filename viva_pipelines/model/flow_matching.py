@@ -136,9 +136,10 @@ def velocity_from_prediction(
     logit instead of a whole vector held at zero. ``source_blend``: the same gate blends the
     output itself over the source, ``x̂0 = (1 - g)·source + g·output``: inside an edit the
     model draws the new content (a flat red shape, say) instead of that content minus the
-    source, which would make it reproduce every source pixel it replaces. ``sigmas``: ``[B]`` or 0-dim, all > 0 (the
-    sampler never evaluates the model at sigma = 0). Returns ``[B, C, ...]`` (the gate channel
-    consumed); computed in float32, returned in ``output``'s dtype.
+    source, which would make it reproduce every source pixel it replaces. ``sigmas``: ``[B]``
+    or 0-dim, all > 0 (the sampler never evaluates the model at sigma = 0). Returns
+    ``[B, C, ...]`` (the gate channel consumed); computed in float32, returned in
+    ``output``'s dtype.
     """
     if prediction == "velocity":
         return output
@@ -209,8 +210,8 @@ def masked_flow_matching_loss(
     and a constant weight (``M ≡ 1``, or ``λ = 0``, or no mask) gives the plain
     ``mean((v̂ - v)²)``. ``sample_weights`` ``[B]`` (see :func:`sigma_loss_weights`) multiply
     each sample's terms but not the normaliser, which so depends on no noise level drawn:
-    micro-batches then add up to their whole batch (gradient accumulation). Computed in float32 so bf16
-    predictions do not lose the sum.
+    micro-batches then add up to their whole batch (gradient accumulation). Computed in
+    float32 so bf16 predictions do not lose the sum.
     """
     if weight_lambda < 0:
         raise ValueError(f"weight_lambda must be >= 0 (weights stay >= 1), got {weight_lambda}")

@@ -112,9 +112,8 @@ def sample_edit(
     the empty instruction and no reference; with ``source_guidance_scale`` a third branch
     drops the source latents as well (see :func:`guided_velocity`). At ``guidance_scale`` 1
     without source guidance the guided velocity is the conditional one, and only that branch
-    runs. Starts from ``noise``
-    (broadcast to the source's shape), else from noise drawn from ``generator``, and follows
-    the :func:`inference_sigmas` schedule.
+    runs. Starts from ``noise`` (broadcast to the source's shape), else from noise drawn from
+    ``generator``, and follows the :func:`inference_sigmas` schedule.
     """
     if noise is None:
         noise = torch.randn(source.shape, generator=generator, dtype=torch.float32)
