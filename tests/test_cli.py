@@ -102,7 +102,7 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
                 "eval": {"every": 4, "val_samples": 4, "sample_count": 2, "sample_steps": 2},
                 "runtime": {"checkpoint_every": 4, "threads": 1},
             },
-            "instructor": {"pretrain": {"steps": 3, "batch_size": 4}},
+            "instructor": {"pretrain": {"steps": 3, "batch_size": 4, "corpus_scenes": 2}},
         },
     )
     trained = run(["materialize", "instructor_model", "sft_checkpoint"], project, home)

@@ -117,7 +117,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
         "local",
         "train.yaml",
         {
-            "instructor": {"pretrain": {"steps": 3, "batch_size": 4}},
+            "instructor": {"pretrain": {"steps": 3, "batch_size": 4, "corpus_scenes": 2}},
             "rewards": {"tiny_clip_steps": 10},
             "sft": {
                 "data": {"frames": 2, "height": 16, "width": 16},

@@ -17,6 +17,7 @@ from viva_pipelines.train.instructor import (
     DESCRIBE,
     RECORD_KEY,
     GroundingExample,
+    edit_change,
     encode_examples,
     grounding_examples,
     prepare_instructor,
@@ -56,11 +57,13 @@ def test_examples_ground_each_edit_where_its_mask_is(dataset):
     assert all(e.answer == f"{e.position}." for e in locate)
     assert len(train) > 2 * len(val)  # several frames per training video, and mirrored
     for example in edits:
-        assert example.answer.startswith(f"{example.position}: ")
+        # What the edit brings comes first: the state the editor pools has to name it.
+        assert example.answer.startswith(f"{example.lead} {example.position}: ")
         assert example.frame.shape == (32, 32, 3) and example.frame.dtype == np.uint8
     row = manifest[(manifest["split"] == "val") & (manifest["modality"] == "video")].iloc[0]
     first = next(e for e in edits if e.instruction == row.instruction)
-    assert first.answer == f"{first.position}: {row.target_caption}."
+    change = edit_change(row.source_caption, row.target_caption)
+    assert first.answer == f"{change}, {first.position}: {row.target_caption}."
     caption = next(e for e in val if e.task == "caption")
     assert caption.instruction == DESCRIBE and caption.answer == row.source_caption
     # The colour edit of video 1 has a reference image; examples carry it to the prompt.
@@ -107,9 +110,12 @@ def test_pretraining_learns_on_held_out_frames_and_saves_a_loadable_instructor(d
         storage,
         manifest,
         model=None,
-        options=PretrainOptions(steps=40, batch_size=8, lr=3e-3),
+        options=PretrainOptions(steps=40, batch_size=8, lr=3e-3, corpus_scenes=2),
     )
     trained = record["trained"]
+    dataset_only = grounding_examples(storage, manifest, split="train")
+    assert trained["train_examples"] > len(dataset_only)  # the corpus's scenes beside them
+    assert 0 <= trained["val_change_accuracy"] <= 1
     assert trained["val_token_accuracy"] > trained["val_token_accuracy_untrained"] + 0.3
     assert trained["train_loss_last"] < 0.5 * trained["train_loss_first"]
     assert storage.read_json(RECORD_KEY) == record
@@ -128,3 +134,50 @@ def test_a_configured_instructor_is_recorded_not_trained(dataset, tmp_path):
     )
     assert record["trained"] is None and record["location"] == str(ensure_tiny_instructor())
     assert len(record["sha256"]) == 64
+
+
+def test_the_change_is_what_the_target_caption_adds_or_what_it_lost():
+    source = "a cyan diamond moving over a photo of a rocket"
+    assert edit_change(source, "a red diamond moving over a photo of a rocket") == "red"
+    assert edit_change(source, "a white star moving over a photo of a rocket") == "white star"
+    assert edit_change(source, "nothing moving over a photo of a rocket") == "nothing"
+    assert edit_change(source, f"{source}, as a pencil sketch") == "pencil sketch"
+    both = "a cyan diamond and a red square moving over a photo of a rocket"
+    assert edit_change(both, source) == "without red square"
+
+
+def test_the_corpus_grounds_fresh_scenes_with_the_dataset_generators():
+    from viva_pipelines.demo_world.dataset import scene_seed
+    from viva_pipelines.demo_world.render import render
+    from viva_pipelines.demo_world.sample import random_scene
+    from viva_pipelines.demo_world.suite import SUITE_WORLD
+    from viva_pipelines.embedded.instructor_corpus import (
+        CORPUS_WORLD,
+        FRAMES,
+        HEIGHT,
+        WIDTH,
+        corpus_examples,
+    )
+    from viva_pipelines.pairs.captions import position_phrase
+
+    examples = corpus_examples(3)
+    again = corpus_examples(3)
+    assert [e.answer for e in examples] == [e.answer for e in again]
+    assert all(np.array_equal(a.frame, b.frame) for a, b in zip(examples, again, strict=True))
+    assert {e.task for e in examples} == {"edit", "caption", "locate"}
+    edits = [e for e in examples if e.task == "edit"]
+    # Every edit type of every scene (each has a local object to edit).
+    assert len({e.instruction for e in edits}) >= 3 * 8
+    assert any(e.reference is not None for e in edits)  # ref_add / ref_swap
+    for example in edits:
+        assert example.answer.startswith(f"{example.lead} {example.position}: ")
+        assert example.frame.shape == (HEIGHT, WIDTH, 3)
+    # A locate answer is where the renderer put the object in that frame.
+    scene = random_scene(scene_seed(CORPUS_WORLD, 0), width=WIDTH, height=HEIGHT, num_frames=FRAMES)
+    frames, ids = render(scene)
+    first = next(o for o in scene.objects if (ids[0] == o.id).any())
+    locate = next(e for e in examples if e.instruction == f"Where is the {first.label}?")
+    assert np.array_equal(locate.frame, frames[0])
+    assert locate.answer == f"{position_phrase(ids[0] == first.id)}."
+    # Its scenes come from a stream of their own, not the training videos' or the suite's.
+    assert CORPUS_WORLD not in (0, SUITE_WORLD)

@@ -411,7 +411,8 @@ class SftSettings(Section):
 
 class InstructorSettings(Section):
     """``instructor_model``: the VLM instructor ``sft_checkpoint`` reads. ``models.instructor``
-    names a pretrained one; null pretrains the demo's tiny LLaVA on ``qc_dataset``."""
+    names a pretrained one; null pretrains the demo's tiny LLaVA on ``qc_dataset`` and a corpus
+    of demo-world scenes (``pretrain.corpus_scenes``)."""
 
     register_model: str = "viva-instructor"  # MLflow registered model name (pretrained here)
     pretrain: PretrainOptions = PretrainOptions()

@@ -119,7 +119,8 @@ def instruction_vocabulary(num_scenes: int = 64, template: str = "instructor.md"
             scene_captions.append(scene.with_tone(tone).caption())
         scene_captions.append(captions.with_look(scene.caption(), looks[seed % len(looks)]))
     # What the pretrained instructor answers (viva_pipelines.train.instructor): where, then
-    # the caption of the result; and the captioning question.
+    # the caption of the result (the change it names first is made of caption words); and
+    # the captioning question.
     answers = [f"{places[i % len(places)]}: {c}." for i, c in enumerate(scene_captions)]
     answers += [f"everywhere: {c}." for c in scene_captions[:: len(places)]]
     answers.append("Describe the video.")

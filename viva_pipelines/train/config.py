@@ -218,7 +218,9 @@ class PretrainOptions(_Section):
     """How the demo's tiny instructor is pretrained (``instructor.pretrain`` in ``conf/``;
     ``viva_pipelines.train.instructor``)."""
 
-    steps: int = Field(250, ge=1)  # optimizer steps of the pretraining
+    steps: int = Field(1000, ge=1)  # optimizer steps of the pretraining
+    #: demo-world scenes rendered for it beside the dataset (embedded/instructor_corpus.py)
+    corpus_scenes: int = Field(600, ge=0)
     batch_size: int = Field(32, ge=2)  # examples per step
     lr: float = Field(2e-3, gt=0)  # AdamW, warm-up then cosine
     seed: int = 0  # the same seed pretrains the same weights

@@ -7,16 +7,19 @@ the picture. This module gives it that knowledge on the dataset's own frames and
 the language-modelling loss of a VLM's instruction tuning, on answers that need the picture:
 
 - ``edit``: the instructor's own prompt (first frame, reference, instruction), exactly as the
-  editor will show it, answered by where the edit goes (:func:`~viva_pipelines.pairs.captions.
-  position_phrase` of the edit mask at that frame: which object the instruction means, and
-  where it is) and what the frame shows afterwards (the target caption);
+  editor will show it, answered by what the edit brings (the target caption's words that the
+  source caption lacks: "red diamond", "nothing", "pencil sketch"), where it goes
+  (:func:`~viva_pipelines.pairs.captions.position_phrase` of the edit mask at that frame:
+  which object the instruction means, and where it is) and what the frame shows afterwards
+  (the target caption);
 - ``caption``: "Describe the video." answered by the source caption (what is in the frame);
 - ``locate``: "Where is the <label>?" for every object ``tracked_masks`` kept, answered by
   where it is in that frame (naming an object is not enough: it has to be found).
 
-The answer follows the user turn directly, so its first tokens are predicted from the last
-prompt token, whose hidden state is among the condition tokens the editor reads: grounding has
-to be there, not only in a later answer position. Frames other than the first are used too
+The answer follows the user turn directly, so its first token is predicted from the last
+prompt token, whose hidden state is among the condition tokens the editor reads and is its
+pooled vector (``instructor_last``): what the edit brings comes first so that this state has to
+name it, not only a later answer position. Frames other than the first are used too
 (with the mask of that frame), and every training example also comes mirrored (left and right
 swapped in the frame and in the texts). Held-out accuracy is measured on the val split.
 """
@@ -65,6 +68,7 @@ class GroundingExample:
     reference: np.ndarray | None
     answer: str
     position: str | None = None  # the answer's position phrase (edit, locate)
+    lead: str = ""  # what the answer says before the position phrase (edit: the change)
 
     def mirrored(self) -> GroundingExample:
         """The example seen in a mirror: frame and reference flipped left to right, and
@@ -76,6 +80,7 @@ class GroundingExample:
             None if self.reference is None else self.reference[:, ::-1].copy(),
             _swap_sides(self.answer),
             None if self.position is None else _swap_sides(self.position),
+            _swap_sides(self.lead),
         )
 
 
@@ -86,15 +91,82 @@ def _swap_sides(text: str) -> str:
 SIDES = {"left": "right", "right": "left"}
 
 
-def edit_answer(position: str, target_caption: str) -> str:
-    """What an edit example answers: ``"<where>: <the target caption>."``."""
-    return f"{position}: {target_caption.strip().rstrip('.')}."
+#: Words that say nothing about the change on their own ("as" a sketch, "at" night).
+FUNCTION_WORDS = frozenset({"a", "an", "the", "as", "in", "at", "of", "on", "and", "with"})
 
 
-def _frame_picks(count: int, first_only: bool) -> list[int]:
+def edit_change(source_caption: str, target_caption: str) -> str:
+    """What an edit brings, in the captions' own words: the target caption's words that the
+    source caption lacks, in order, function words left out (``"red"``, ``"magenta star"``,
+    ``"nothing"``, ``"pencil sketch night"``); when there are none, ``"without"`` and the
+    words that went (``"without magenta square"``, an object removed among others)."""
+
+    def words(text: str) -> list[str]:
+        return [w for w in re.findall(r"[a-z]+", text.lower()) if w not in FUNCTION_WORDS]
+
+    def missing(text: str, other: str) -> str:
+        return " ".join(dict.fromkeys(w for w in words(text) if w not in set(words(other))))
+
+    new = missing(target_caption, source_caption)
+    return new or f"without {missing(source_caption, target_caption)}".strip()
+
+
+def edit_answer(change: str, position: str, target_caption: str) -> str:
+    """What an edit example answers: ``"<change>, <where>: <the target caption>."``."""
+    return f"{change}, {position}: {target_caption.strip().rstrip('.')}."
+
+
+def frame_picks(count: int, first_only: bool) -> list[int]:
+    """The frames of a ``count``-frame clip that examples are cut from."""
     if first_only or count == 1:
         return [0]
     return sorted({int(i) for i in np.linspace(0, count - 1, min(FRAMES_PER_VIDEO, count))})
+
+
+def edit_examples(
+    instruction: str,
+    frames: np.ndarray,
+    masks: np.ndarray,
+    reference: np.ndarray | None,
+    source_caption: str,
+    target_caption: str,
+    picks: Sequence[int],
+) -> list[GroundingExample]:
+    """An ``edit`` example per picked frame where the edit mask (``bool [T, H, W]``) is seen."""
+    change = edit_change(source_caption, target_caption)
+    examples = []
+    for t in picks:
+        if masks[t].any():
+            where = position_phrase(masks[t])
+            answer = edit_answer(change, where, target_caption)
+            examples.append(
+                GroundingExample(
+                    "edit", instruction, frames[t], reference, answer, where, f"{change},"
+                )
+            )
+    return examples
+
+
+def locate_examples(
+    label: str, frames: np.ndarray, masks: np.ndarray, picks: Sequence[int]
+) -> list[GroundingExample]:
+    """ "Where is the <label>?" per picked frame where the object (``bool [T, H, W]``) is seen."""
+    question = LOCATE.format(label=label)
+    examples = []
+    for t in picks:
+        if masks[t].any():
+            where = position_phrase(masks[t])
+            examples.append(
+                GroundingExample("locate", question, frames[t], None, f"{where}.", where)
+            )
+    return examples
+
+
+def caption_examples(
+    frames: np.ndarray, caption: str, picks: Sequence[int]
+) -> list[GroundingExample]:
+    """ "Describe the video." per picked frame, answered by the video's caption."""
+    return [GroundingExample("caption", DESCRIBE, frames[t], None, caption) for t in picks]
 
 
 def grounding_examples(
@@ -102,8 +174,9 @@ def grounding_examples(
 ) -> list[GroundingExample]:
     """The examples of one split from a ``qc_dataset`` manifest (accepted video rows): per
     pair, an ``edit`` example per picked frame; per source video, a ``caption`` example per
-    picked frame. ``first_frame_only`` keeps the frame the editor's instructor sees (for
-    held-out accuracy)."""
+    picked frame and a ``locate`` example per tracked object and picked frame.
+    ``first_frame_only`` keeps the frame the editor's instructor sees (for held-out
+    accuracy). Training examples also come mirrored."""
     from viva_pipelines.train.sft_data import _read_png
 
     rows = manifest[
@@ -112,10 +185,10 @@ def grounding_examples(
         & (manifest["split"] == split)
     ]
     examples: list[GroundingExample] = []
-    captioned: set[str] = set()
     frames_of: dict[str, np.ndarray] = {}
     for row in rows.itertuples(index=False):
-        if row.source_key not in frames_of:
+        new_video = row.source_key not in frames_of
+        if new_video:
             frames_of[row.source_key] = load_frames(storage, row.source_key)
         frames = frames_of[row.source_key]
         masks = load_mask(storage, row.mask_key)
@@ -124,19 +197,19 @@ def grounding_examples(
             if isinstance(row.reference_key, str) and row.reference_key
             else None
         )
-        count = min(len(frames), len(masks))
-        for t in _frame_picks(count, first_frame_only):
-            if masks[t].any() and isinstance(row.target_caption, str):
-                where = position_phrase(masks[t])
-                answer = edit_answer(where, row.target_caption)
-                examples.append(
-                    GroundingExample("edit", row.instruction, frames[t], reference, answer, where)
-                )
-            if row.source_key not in captioned and isinstance(row.source_caption, str):
-                examples.append(
-                    GroundingExample("caption", DESCRIBE, frames[t], None, row.source_caption)
-                )
-        captioned.add(row.source_key)
+        picks = frame_picks(min(len(frames), len(masks)), first_frame_only)
+        if isinstance(row.target_caption, str):
+            examples += edit_examples(
+                row.instruction,
+                frames,
+                masks,
+                reference,
+                str(row.source_caption),
+                row.target_caption,
+                picks,
+            )
+        if new_video and isinstance(row.source_caption, str):
+            examples += caption_examples(frames, row.source_caption, picks)
     examples += _locate_examples(storage, rows, frames_of, first_frame_only)
     if split == "train":
         examples += [example.mirrored() for example in examples]
@@ -146,7 +219,7 @@ def grounding_examples(
 def _locate_examples(
     storage: Storage, rows: pd.DataFrame, frames_of: dict[str, np.ndarray], first_only: bool
 ) -> list[GroundingExample]:
-    """ "Where is the <label>?" for each object ``tracked_masks`` kept in the rows' videos."""
+    """The ``locate`` examples of each object ``tracked_masks`` kept in the rows' videos."""
     examples: list[GroundingExample] = []
     if "shard" not in rows.columns:  # a dataset not built from shards: no tracks to read
         return examples
@@ -161,13 +234,8 @@ def _locate_examples(
         for track in tracks.itertuples(index=False):
             frames = frames_of[sources[track.video_id]]
             masks = load_mask(storage, track.mask_key)
-            question = LOCATE.format(label=track.label)
-            for t in _frame_picks(min(len(frames), len(masks)), first_only):
-                if masks[t].any():
-                    where = position_phrase(masks[t])
-                    examples.append(
-                        GroundingExample("locate", question, frames[t], None, f"{where}.", where)
-                    )
+            picks = frame_picks(min(len(frames), len(masks)), first_only)
+            examples += locate_examples(track.label, frames, masks.astype(bool), picks)
     return examples
 
 
@@ -238,14 +306,19 @@ def grounding_accuracy(
     instructor: Instructor, examples: Sequence[GroundingExample], batch_size: int = 64
 ) -> dict[str, float]:
     """Teacher-forced accuracy on held-out examples: ``token_accuracy`` over all answer
-    tokens, ``answer_accuracy`` (every token of the answer right), ``position_accuracy`` (the
-    position phrase of edit and locate examples right, i.e. which object and where, decoded
-    greedily from the prompt), and ``position_chance`` (always answering the most common
-    position)."""
+    tokens, ``answer_accuracy`` (every token of the answer right), ``change_accuracy`` (the
+    change an edit example names first right: what the pooled state must say),
+    ``position_accuracy`` (the position phrase of edit and locate examples right, i.e. which
+    object and where), and ``position_chance`` (always answering the most common position)."""
     model = instructor.model
     model.eval()
     encoded = encode_examples(instructor, examples)
+
+    def length(text: str) -> int:
+        return len(instructor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     tokens = right = answers = answers_right = positions = positions_right = 0
+    changes = changes_right = 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = training_batch(instructor, encoded[start : start + batch_size])
@@ -258,18 +331,23 @@ def grounding_accuracy(
             count, ok = int(where.sum()), int(correct[i].sum())
             tokens, right = tokens + count, right + ok
             answers, answers_right = answers + 1, answers_right + int(ok == count)
+            first = int(where.nonzero()[0])
+            if example.lead:
+                span = length(example.lead.rstrip(","))
+                changes += 1
+                changes_right += int(bool(correct[i, first : first + span].all()))
             if example.position is not None:
-                span = len(
-                    instructor.tokenizer(example.position, add_special_tokens=False)["input_ids"]
-                )
-                first = int(where.nonzero()[0])
+                lead = length(example.lead) if example.lead else 0
+                joined = f"{example.lead} {example.position}" if example.lead else example.position
+                span = slice(first + lead, first + length(joined))
                 positions += 1
-                positions_right += int(bool(correct[i, first : first + span].all()))
+                positions_right += int(bool(correct[i, span].all()))
     phrases = [e.position for e in examples if e.position is not None]
     chance = max(phrases.count(p) for p in set(phrases)) / len(phrases) if phrases else math.nan
     return {
         "token_accuracy": right / max(tokens, 1),
         "answer_accuracy": answers_right / max(answers, 1),
+        "change_accuracy": changes_right / changes if changes else math.nan,
         "position_accuracy": positions_right / positions if positions else math.nan,
         "position_chance": chance,
     }
@@ -360,10 +438,13 @@ def prepare_instructor(
     With ``model`` (``models.instructor``: a local path or hub id) nothing is trained: a
     pretrained VLM already grounds instructions. Without it the tiny LLaVA that
     :func:`~viva_pipelines.embedded.instructor.ensure_tiny_instructor` builds is pretrained
-    on the dataset and stored under ``instructor_model/<weights sha256>/``, so a different
-    instructor is a different location (and a different SFT cache).
+    on the dataset's training split and ``options.corpus_scenes`` scenes of
+    :mod:`~viva_pipelines.embedded.instructor_corpus` (the breadth a real VLM brings), scored
+    on the dataset's val split, and stored under ``instructor_model/<weights sha256>/``, so a
+    different instructor is a different location (and a different SFT cache).
     """
     from viva_pipelines.embedded.instructor import ensure_tiny_instructor
+    from viva_pipelines.embedded.instructor_corpus import corpus_examples
     from viva_pipelines.rewards.clip_rewards import weights_sha256
 
     if model:
@@ -375,6 +456,7 @@ def prepare_instructor(
         }
     else:
         train = grounding_examples(storage, manifest, split="train")
+        train += corpus_examples(options.corpus_scenes, seed=options.seed)
         val = grounding_examples(storage, manifest, split="val", first_frame_only=True)
         with tempfile.TemporaryDirectory(prefix="viva-instructor-") as tmp:
             shutil.copytree(ensure_tiny_instructor(), tmp, dirs_exist_ok=True)
