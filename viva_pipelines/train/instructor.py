@@ -3,8 +3,9 @@
 In production the instructor is a pretrained VLM (LLaVA-LLaMA-3-8B): its hidden states already
 know what "the cyan hexagon" is and where it sits in the first frame. The demo's tiny LLaVA
 starts with random weights, whose states tell colour words apart but not what they refer to in
-the picture. This module gives it that knowledge on the dataset's own frames and texts, with
-the language-modelling loss of a VLM's instruction tuning, on answers that need the picture:
+the picture. This module gives it that knowledge on the dataset's own frames and texts (and,
+for breadth, on :mod:`~viva_pipelines.embedded.instructor_corpus`'s fresh scenes), with the
+language-modelling loss of a VLM's instruction tuning, on answers that need the picture:
 
 - ``edit``: the instructor's own prompt (first frame, reference, instruction), exactly as the
   editor will show it, answered by what the edit brings (the target caption's words that the
@@ -20,8 +21,8 @@ The answer follows the user turn directly, so its first token is predicted from 
 prompt token, whose hidden state is among the condition tokens the editor reads and is its
 pooled vector (``instructor_last``): what the edit brings comes first so that this state has to
 name it, not only a later answer position. Frames other than the first are used too
-(with the mask of that frame), and every training example also comes mirrored (left and right
-swapped in the frame and in the texts). Held-out accuracy is measured on the val split.
+(with the mask of that frame), and every training example of the dataset also comes mirrored
+(left and right swapped in the frame and in the texts). Held-out accuracy is measured on the val split.
 """
 
 from __future__ import annotations
