@@ -14,8 +14,6 @@ dataset alone.
 
 from __future__ import annotations
 
-import numpy as np
-
 from viva_pipelines.demo_world.dataset import scene_seed
 from viva_pipelines.demo_world.render import render
 from viva_pipelines.demo_world.sample import random_scene
@@ -58,7 +56,7 @@ def corpus_examples(scenes: int, *, seed: int = 0) -> list[GroundingExample]:
             examples += edit_examples(
                 pair.instruction,
                 pair.source,
-                np.asarray(pair.mask, bool),
+                pair.mask,
                 pair.reference,
                 pair.source_caption,
                 pair.target_caption,

@@ -22,7 +22,8 @@ prompt token, whose hidden state is among the condition tokens the editor reads 
 pooled vector (``instructor_last``): what the edit brings comes first so that this state has to
 name it, not only a later answer position. Frames other than the first are used too
 (with the mask of that frame), and every training example of the dataset also comes mirrored
-(left and right swapped in the frame and in the texts). Held-out accuracy is measured on the val split.
+(left and right swapped in the frame and in the texts). Held-out accuracy is measured on the
+val split.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def edit_change(source_caption: str, target_caption: str) -> str:
         return [w for w in re.findall(r"[a-z]+", text.lower()) if w not in FUNCTION_WORDS]
 
     def missing(text: str, other: str) -> str:
-        return " ".join(dict.fromkeys(w for w in words(text) if w not in set(words(other))))
+        known = set(words(other))
+        return " ".join(dict.fromkeys(w for w in words(text) if w not in known))
 
     new = missing(target_caption, source_caption)
     return new or f"without {missing(source_caption, target_caption)}".strip()
