@@ -99,7 +99,11 @@ from bench_common import machine, ms, note, sync, table
 
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.model.codecs import load_codec
-from viva_pipelines.model.flow_matching import add_noise, velocity_target
+from viva_pipelines.model.flow_matching import (
+    add_noise,
+    velocity_from_prediction,
+    velocity_target,
+)
 from viva_pipelines.model.instructor import Instructor
 from viva_pipelines.model.transformer import (
     build_transformer,
@@ -365,7 +369,10 @@ def step_overhead(setup: Setup, args: argparse.Namespace) -> None:
 
     def bare_step() -> None:
         with autocast():
-            velocity = bare(**inputs)[0]
+            output = bare(**inputs)[0]
+        velocity = velocity_from_prediction(
+            output, noisy, batch.source, sigmas, config.model.prediction
+        )
         loss = F.mse_loss(velocity.float(), target)
         loss.backward()
         bare_optimizer.step()
