@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load as load_safetensors
@@ -21,7 +22,13 @@ from viva_pipelines.train.checkpoint import completed_checkpoints
 from viva_pipelines.train.config import ConfigFileError, LossConfig, SftConfig
 from viva_pipelines.train.distributed import DistContext
 from viva_pipelines.train.reporting import Reporter
-from viva_pipelines.train.sft_data import collate, pad_tokens, plan_step
+from viva_pipelines.train.sft_data import (
+    MIRRORED_SUFFIX,
+    collate,
+    pad_tokens,
+    plan_step,
+    with_mirrored,
+)
 from viva_pipelines.video.io import read_video
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -229,6 +236,54 @@ def test_ablation_switches_change_what_is_trained(dataset_root):
     full_tokens = full_cache[0][0]["tokens"]
     text_tokens = text_cache[0][0]["tokens"]
     assert text_tokens.shape[0] < full_tokens.shape[0]  # no image tokens
+
+
+def test_pairs_that_name_a_side_are_also_learned_in_a_mirror(dataset_root):
+    rows = pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "c"],
+            "split": ["train", "train", "val"],
+            "instruction": [
+                "Add a red star at the top left.",
+                "Remove the leftover circle.",  # no side named: no twin
+                "Add a red star on the right.",  # val: never
+            ],
+        }
+    )
+    both = with_mirrored(rows)
+    assert both["sample_id"].tolist() == ["a", f"a{MIRRORED_SUFFIX}", "b", "c"]
+    assert both["instruction"].tolist()[1] == "Add a red star at the top right."
+    assert both["mirrored"].tolist() == [False, True, False, False]
+
+    storage = Storage(str(dataset_root))
+    manifest = storage.read_parquet("qc_dataset/manifest.parquet")
+    sided = manifest["instruction"] == "Make the red square blue."
+    manifest.loc[sided, "instruction"] = "Make the red square on the left blue."
+    storage.write_parquet("qc_dataset/manifest.parquet", manifest)
+    config = tiny_sft_config(dataset_root, "mirror")
+    plain = tiny_sft_config(dataset_root, "plain", data={"mirror": False})
+    with Reporter(enabled=False, tracking_uri=None, run_id=None) as report:
+        codec = sft.load_codec(config.model.codec)
+        samples, _, prefix = sft.prepare_cache(storage, config, CPU, codec, report)
+        plain_samples, _, plain_prefix = sft.prepare_cache(storage, plain, CPU, codec, report)
+    assert prefix != plain_prefix  # a cache without the mirrored samples is another cache
+    index = samples.index.set_index("sample_id")
+    train = plain_samples.index.query("split == 'train'")
+    twins = {f"{sid}{MIRRORED_SUFFIX}" for sid in train.query("edit_type == 'color'")["sample_id"]}
+    assert len(twins) == 4 and set(index.query("split == 'train'").index) == {
+        *train["sample_id"],
+        *twins,
+    }
+    assert index.loc["v0-color" + MIRRORED_SUFFIX, "instruction"].endswith("on the right blue.")
+    position = index.index.get_loc
+    for sid in ("v0-color", "v0-color-image"):
+        original, mirrored = samples[position(sid)], samples[position(sid + MIRRORED_SUFFIX)]
+        for field in ("source", "target", "reference"):
+            seen = codec.decode(mirrored[field][None])
+            assert torch.allclose(seen, codec.decode(original[field][None]).flip(-1), atol=1e-6)
+        assert torch.equal(mirrored["mask"], original["mask"].flip(-1))
+        # the instructor read the mirrored instruction ("right" and "left" differ in length)
+        assert mirrored["tokens"].shape[0] != original["tokens"].shape[0]
 
 
 @pytest.mark.slow

@@ -114,6 +114,21 @@ POSITION_PHRASES = (
 WHOLE_FRAME = 0.9
 
 
+def mirror_sides(text: str) -> str:
+    """``text`` as said of the mirrored (left-right flipped) frame: "left" and "right"
+    swapped, as whole words ("at the top left" -> "at the top right")."""
+    return _SIDE.sub(lambda m: _MIRRORED_SIDE[m.group(1)], text)
+
+
+def names_a_side(text: str) -> bool:
+    """Whether ``text`` says "left" or "right" (a whole word)."""
+    return _SIDE.search(text) is not None
+
+
+_SIDE = re.compile(r"\b(left|right)\b")
+_MIRRORED_SIDE = {"left": "right", "right": "left"}
+
+
 def position_phrase(mask: np.ndarray) -> str:
     """Where a region is: one of :data:`POSITION_PHRASES` for the centroid of ``mask``
     (``bool [H, W]``, or ``[T, H, W]``: the first frame where it is not empty), "everywhere"

@@ -39,6 +39,8 @@ class SampleOptions(_Section):
     width: int = Field(32, ge=8)  # ... width
     video_fraction: float = Field(0.4, ge=0, le=1)  # share of all-video batches; rest are images
     use_images: bool = True  # ablation: image pairs off
+    #: training pairs whose instruction says left or right also come mirrored (sides swapped)
+    mirror: bool = True
     cache_prefix: str = "sft_cache"  # storage prefix of the encoded-sample cache
 
 

@@ -44,7 +44,7 @@ import torch
 
 from viva_pipelines.masks.shard import load_frames, load_mask, manifest_key
 from viva_pipelines.model.instructor import Instructor, InstructorConfig
-from viva_pipelines.pairs.captions import position_phrase
+from viva_pipelines.pairs.captions import mirror_sides, position_phrase
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.config import PretrainOptions
 from viva_pipelines.train.runs import INSTRUCTOR_RECORD
@@ -77,20 +77,13 @@ class GroundingExample:
         "left" and "right" swapped in the instruction, the answer and the position."""
         return GroundingExample(
             self.task,
-            _swap_sides(self.instruction),
+            mirror_sides(self.instruction),
             self.frame[:, ::-1].copy(),
             None if self.reference is None else self.reference[:, ::-1].copy(),
-            _swap_sides(self.answer),
-            None if self.position is None else _swap_sides(self.position),
-            _swap_sides(self.lead),
+            mirror_sides(self.answer),
+            None if self.position is None else mirror_sides(self.position),
+            mirror_sides(self.lead),
         )
-
-
-def _swap_sides(text: str) -> str:
-    return re.sub(r"\b(left|right)\b", lambda m: SIDES[m.group(1)], text)
-
-
-SIDES = {"left": "right", "right": "left"}
 
 
 #: Words that say nothing about the change on their own ("as" a sketch, "at" night).

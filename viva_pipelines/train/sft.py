@@ -94,6 +94,7 @@ from viva_pipelines.train.sft_data import (
     pad_tokens,
     plan_step,
     read_dataset_manifest,
+    with_mirrored,
 )
 from viva_pipelines.video.io import write_video
 
@@ -200,7 +201,11 @@ def cache_prefix_of(
         ).hexdigest(),
     }
     version = cache_version(
-        config.data.dataset_version, identity, codec.config, geometry_of(config)
+        config.data.dataset_version,
+        identity,
+        codec.config,
+        geometry_of(config),
+        mirror=config.data.mirror,
     )
     return f"{config.data.cache_prefix}/{version}"
 
@@ -211,6 +216,8 @@ def prepare_cache(
     """The cached dataset, its unconditional tokens and its prefix; encodes what is missing."""
     geometry = geometry_of(config)
     rows = training_rows(storage, config)
+    if config.data.mirror:
+        rows = with_mirrored(rows)
     instructor_cfg = instructor_config(config, ctx.device, storage)
     prefix = cache_prefix_of(storage, config, codec, instructor_cfg)
     if cache_is_complete(storage, prefix):

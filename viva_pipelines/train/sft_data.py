@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from viva_pipelines.masks.shard import load_frames, load_mask
 from viva_pipelines.model.clips import ClipGeometry, to_model_pixels
 from viva_pipelines.model.flow_matching import resize_mask_to_latents, sample_sigmas
+from viva_pipelines.pairs.captions import mirror_sides, names_a_side
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.config import LossConfig
 
@@ -119,6 +120,21 @@ class PixelSample:
     first_frame: np.ndarray
     reference_image: np.ndarray | None
 
+    def flipped(self) -> PixelSample:
+        """Every picture flipped left to right (the instruction as it is: a mirrored row
+        brings its own, see :func:`with_mirrored`)."""
+        return PixelSample(
+            instruction=self.instruction,
+            source=self.source.flip(-1),
+            target=self.target.flip(-1),
+            mask=self.mask.flip(-1),
+            reference=None if self.reference is None else self.reference.flip(-1),
+            first_frame=self.first_frame[:, ::-1].copy(),
+            reference_image=(
+                None if self.reference_image is None else self.reference_image[:, ::-1].copy()
+            ),
+        )
+
 
 def _read_png(storage: Storage, key: str) -> np.ndarray:
     with Image.open(io.BytesIO(storage.read_bytes(key))) as image:
@@ -172,17 +188,45 @@ def load_pixel_sample(storage: Storage, row: Any, geometry: ClipGeometry) -> Pix
 
 
 def cache_version(
-    dataset_version: str, instructor: dict[str, Any], codec: dict[str, Any], geometry: ClipGeometry
+    dataset_version: str,
+    instructor: dict[str, Any],
+    codec: dict[str, Any],
+    geometry: ClipGeometry,
+    *,
+    mirror: bool = False,
 ) -> str:
-    """Changes whenever a cached tensor would: the data, the instructor, the codec, the cut."""
+    """Changes whenever a cached tensor would: the data, the instructor, the codec, the cut,
+    and whether mirrored samples are in it."""
     doc = {
         "format": CACHE_FORMAT,
         "dataset": dataset_version,
         "instructor": instructor,
         "codec": codec,
         "geometry": geometry.__dict__,
+        "mirror": mirror,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+#: What a mirrored sample's id adds to its pair's (see :func:`with_mirrored`).
+MIRRORED_SUFFIX = "~mirrored"
+
+
+def with_mirrored(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` and, for each training-split row whose instruction says "left" or "right", its
+    twin seen in a mirror: ``sample_id`` + :data:`MIRRORED_SUFFIX`, the sides swapped in its
+    instruction, ``mirrored`` true (its pictures are flipped when cached,
+    :meth:`PixelSample.flipped`). Such instructions (adds: "... at the top left") are the only
+    ones that tie words to places in the frame, and a dataset has few of them; the twin gives
+    every "on the left" an "on the right" over the same content. Other pairs are not
+    mirrored: a flipped copy of them teaches nothing new and takes training steps from the
+    scenes as they are (measured on the demo's val split, docs/benchmark.md)."""
+    rows = rows.assign(mirrored=False)
+    sided = rows["instruction"].map(lambda text: isinstance(text, str) and names_a_side(text))
+    twins = rows[(rows["split"] == "train") & sided].assign(mirrored=True)
+    twins["sample_id"] = twins["sample_id"] + MIRRORED_SUFFIX
+    twins["instruction"] = twins["instruction"].map(mirror_sides)
+    return pd.concat([rows, twins]).sort_values("sample_id").reset_index(drop=True)
 
 
 def _sample_key(prefix: str, sample_id: str) -> str:
@@ -230,6 +274,10 @@ def build_cache(
         for start in tqdm(range(0, len(todo), chunk), desc=desc, disable=rank != 0):
             batch_rows = todo[start : start + chunk]
             samples = [load_pixel_sample(storage, row, geometry) for row in batch_rows]
+            samples = [
+                sample.flipped() if getattr(row, "mirrored", False) else sample
+                for sample, row in zip(samples, batch_rows, strict=True)
+            ]
             latents, tokens = encode(samples)
             for i, row in enumerate(batch_rows):
                 tensors = {name: value[i].contiguous() for name, value in latents.items()}
