@@ -20,6 +20,7 @@ frame): the bound on what a better text reading could give.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import re
 import sys
@@ -29,12 +30,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 import yaml
 from bench_common import dataset_version, note, run_trainer
 from safetensors.torch import save as save_safetensors
 from sft_eval import edit_psnr
 
+import viva_pipelines.model.transformer as transformer_module
 from viva_pipelines.config.loader import load_settings
+from viva_pipelines.model.flow_matching import GATED_PREDICTIONS
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline
 from viva_pipelines.settings import default_conf_dir
 from viva_pipelines.storage import Storage
@@ -87,8 +91,32 @@ def run_cache_prefix(store: Storage, config) -> str:
     return sft.cache_prefix_of(store, config, load_codec(config.model.codec), instructor)
 
 
+@contextlib.contextmanager
+def true_mask_gate(mask: torch.Tensor):
+    """Within the block the transformer's edit gate is ``mask`` ``[B, 1, T, H, W]`` resized to
+    the latent grid (area), whatever the model's gate channel says."""
+    own = transformer_module.velocity_from_prediction
+
+    def with_true_gate(output, noisy, source, sigmas, prediction):
+        gate = F.interpolate(mask, size=output.shape[2:], mode="area").clamp(1e-4, 1 - 1e-4)
+        output = torch.cat([output[:, :-1], torch.logit(gate).to(output.dtype)], dim=1)
+        return own(output, noisy, source, sigmas, prediction)
+
+    transformer_module.velocity_from_prediction = with_true_gate
+    try:
+        yield
+    finally:
+        transformer_module.velocity_from_prediction = own
+
+
 def evaluate(
-    store: Storage, run: str, steps: int | None, guidance: float | None, shift: float | None
+    store: Storage,
+    run: str,
+    steps: int | None,
+    guidance: float | None,
+    shift: float | None,
+    *,
+    true_gate: bool = False,
 ) -> pd.DataFrame:
     summary = store.read_json(summary_key(run))
     cache = store.key_of(summary["cache_uri"])
@@ -104,16 +132,19 @@ def evaluate(
     cond = Conditions.from_tokens(batch.tokens, batch.token_mask, spec.pooled)
     empty, empty_mask = pad_tokens([unconditional] * len(items))
     uncond = Conditions.from_tokens(empty, empty_mask, spec.pooled)
-    table = edit_psnr(
-        pipeline,
-        pipeline.transformer,
-        batch,
-        cond,
-        uncond,
-        steps or spec.sampling.num_steps,
-        spec.sampling.guidance_scale if guidance is None else guidance,
-        spec.sampling.shift if shift is None else shift,
-    )
+    if true_gate and spec.prediction not in GATED_PREDICTIONS:
+        raise SystemExit(f"--true-mask-gate: {run} has no edit gate ({spec.prediction})")
+    with true_mask_gate(batch.mask) if true_gate else contextlib.nullcontext():
+        table = edit_psnr(
+            pipeline,
+            pipeline.transformer,
+            batch,
+            cond,
+            uncond,
+            steps or spec.sampling.num_steps,
+            spec.sampling.guidance_scale if guidance is None else guidance,
+            spec.sampling.shift if shift is None else shift,
+        )
     table["edit_type"] = val["edit_type"]
     return table
 
@@ -127,6 +158,11 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
     parser.add_argument("--shift", type=float, help="sampling time shift (default: the model's)")
+    parser.add_argument(
+        "--true-mask-gate",
+        action="store_true",
+        help="also score each variant with the true edit mask as its gate (a diagnostic)",
+    )
     parser.add_argument("--log", default="sft_variants.log", help="training output goes here")
     args = parser.parse_args()
     version = dataset_version()
@@ -162,24 +198,35 @@ def main() -> None:
         if not done:
             run_trainer("viva_pipelines.train.sft", config, Path(args.log))
         took = time.perf_counter() - started
-        table = evaluate(store, config.output_prefix, args.sample_steps, args.guidance, args.shift)
         summary = store.read_json(summary_key(config.output_prefix))
-        rows.append(
-            {
-                "variant": label,
-                "train s": round(took) if not done else None,
-                "val loss": summary.get("val_loss_last"),
-                "frame": table["model frame"].mean(),
-                "region": table["model region"].mean(),
-                "outside": table["model outside"].mean(),
-                # the mean hides the clips whose whole frame the edit gate opened over
-                "worst outside": table["model outside"].min(),
-            }
+        scored = [(label, False)] + (
+            [(f"{label}, true-mask gate", True)] if args.true_mask_gate else []
         )
-        per_type[label] = table.groupby("edit_type")["model frame"].mean()
+        for name, true_gate in scored:
+            table = evaluate(
+                store,
+                config.output_prefix,
+                args.sample_steps,
+                args.guidance,
+                args.shift,
+                true_gate=true_gate,
+            )
+            rows.append(
+                {
+                    "variant": name,
+                    "train s": round(took) if not (done or true_gate) else None,
+                    "val loss": summary.get("val_loss_last"),
+                    "frame": table["model frame"].mean(),
+                    "region": table["model region"].mean(),
+                    "outside": table["model outside"].mean(),
+                    # the mean hides the clips whose whole frame the edit gate opened over
+                    "worst outside": table["model outside"].min(),
+                }
+            )
+            per_type[name] = table.groupby("edit_type")["model frame"].mean()
+            note(f"{name}: {rows[-1]}")
         if identity is None:
             identity = table
-        note(f"{label}: {rows[-1]}")
     rows.append(
         {
             "variant": "identity",
