@@ -7,9 +7,11 @@ import torch
 from diffusers import HunyuanVideoTransformer3DModel
 
 from viva_pipelines.model.transformer import (
+    POSITION_CHANNELS,
     build_transformer,
     editing_input,
     pooled_vector,
+    predict_output,
     predict_velocity,
     tiny_transformer_config,
     widen_patch_embedding,
@@ -71,6 +73,34 @@ def test_editing_input_stacks_noisy_source_and_repeated_reference():
     assert editing_input(noisy, source, None)[:, 2 * C :].abs().sum() == 0
     with pytest.raises(ValueError, match="source"):
         editing_input(noisy, source[:, :, :2])
+
+
+def test_position_channels_tell_the_model_where_each_cell_is():
+    noisy = torch.randn(2, C, 3, 4, 6)
+    stacked = editing_input(noisy, noisy, positions=True)
+    assert stacked.shape == (2, 3 * C + POSITION_CHANNELS, 3, 4, 6)
+    rows, columns = stacked[:, 3 * C], stacked[:, 3 * C + 1]
+    assert torch.equal(rows[0, 0, :, 0], torch.linspace(-1, 1, 4))
+    assert torch.equal(columns[1, 2, 0], torch.linspace(-1, 1, 6))
+    assert torch.equal(rows[:, :1].expand_as(rows), rows)  # the same in every frame
+
+    # A picture that is the same everywhere: rotary (relative) positions tell its patches
+    # apart only through the borders (an edge patch has no neighbours on one side), so their
+    # outputs barely differ; with the channels every patch knows where it is.
+    constant = torch.ones(1, C, 2, 8, 8)
+    _, tokens, mask = inputs(batch=1)
+    pooled = pooled_vector(tokens, mask, "instructor_mean")
+    spread = {}
+    for positions in (False, True):
+        config = tiny_transformer_config(C, D, position_channels=positions)
+        model = build_transformer(config, seed=0, init="default")
+        assert model.config.in_channels == 3 * C + POSITION_CHANNELS * positions
+        out = predict_output(
+            model, constant, torch.tensor(0.5), constant, None, tokens, mask, pooled
+        )
+        cells = out[..., ::2, ::2]  # one value per patch (the patch's pixels differ anyway)
+        spread[positions] = (cells - cells[..., :1, :1]).abs().max().item()
+    assert spread[True] > 10 * spread[False]
 
 
 def test_pooled_vector_reads_real_tokens_only():

@@ -30,6 +30,9 @@ from viva_pipelines.model.flow_matching import velocity_from_prediction
 
 #: Noisy, source and reference latents are stacked on channels, in this order.
 CONDITION_STREAMS = 3
+#: Input channels that hold each latent cell's absolute (row, column) place, when a model has
+#: them (:func:`editing_input`).
+POSITION_CHANNELS = 2
 
 #: The adaptive norms whose ``linear`` turns the conditioning vector into modulations.
 MODULATED_NORMS = (
@@ -53,18 +56,20 @@ def tiny_transformer_config(
     dual_layers: int = 2,
     single_layers: int = 2,
     out_channels: int | None = None,
+    position_channels: bool = False,
 ) -> dict[str, Any]:
     """A small HunyuanVideo config trained from scratch; the defaults (~2 M parameters: 2
     dual-stream + 2 single-stream blocks, 4 heads of 32) train on a CPU in minutes. Patch 2,
     no guidance embedding (VIVA uses real classifier-free guidance, not a distilled guidance
     input). The rotary axes split ``head_dim`` as HunyuanVideo does (time a quarter, then
     height and width equally). ``out_channels``: default ``latent_channels`` (see
-    :func:`~viva_pipelines.model.flow_matching.output_channels`)."""
+    :func:`~viva_pipelines.model.flow_matching.output_channels`). ``position_channels``: the
+    input also reads :data:`POSITION_CHANNELS` coordinate channels (:func:`editing_input`)."""
     if head_dim % 8:
         raise ValueError(f"head_dim must be a multiple of 8 for the rotary axes, got {head_dim}")
     time_axis = head_dim // 4
     return {
-        "in_channels": CONDITION_STREAMS * latent_channels,
+        "in_channels": CONDITION_STREAMS * latent_channels + POSITION_CHANNELS * position_channels,
         "out_channels": out_channels or latent_channels,
         "num_attention_heads": heads,
         "attention_head_dim": head_dim,
@@ -128,11 +133,17 @@ def zero_modulations(model: HunyuanVideoTransformer3DModel) -> HunyuanVideoTrans
     return model
 
 
+def reads_positions(in_channels: int) -> bool:
+    """Whether an editing DiT reading ``in_channels`` channels has the coordinate channels (its
+    latents come in :data:`CONDITION_STREAMS` equal streams, so only they leave a remainder)."""
+    return in_channels % CONDITION_STREAMS == POSITION_CHANNELS
+
+
 def check_editing_channels(model: HunyuanVideoTransformer3DModel) -> None:
-    """An editing DiT reads noisy + source + reference latents and predicts the noisy ones
-    (plus, for a gated output, one edit-gate channel)."""
+    """An editing DiT reads noisy + source + reference latents (and perhaps the coordinate
+    channels) and predicts the noisy ones (plus, for a gated output, one edit-gate channel)."""
     latent, extra = divmod(model.config.in_channels, CONDITION_STREAMS)
-    if extra or model.config.out_channels not in (latent, latent + 1):
+    if extra not in (0, POSITION_CHANNELS) or model.config.out_channels not in (latent, latent + 1):
         expected = CONDITION_STREAMS * model.config.out_channels
         raise ValueError(
             f"the editing transformer needs in_channels = {CONDITION_STREAMS} x out_channels "
@@ -201,12 +212,21 @@ def reproject_pooled_input(
 
 
 def editing_input(
-    noisy: torch.Tensor, source: torch.Tensor, reference: torch.Tensor | None = None
+    noisy: torch.Tensor,
+    source: torch.Tensor,
+    reference: torch.Tensor | None = None,
+    *,
+    positions: bool = False,
 ) -> torch.Tensor:
     """Channel-concatenate the context (docs/method.md): ``[B, 3C, t, h, w]``.
 
     ``noisy``, ``source``: ``[B, C, t, h, w]``; ``reference``: ``[B, C, 1, h, w]`` (one image
     latent, repeated over the ``t`` latent frames) or ``None`` (zeros: no reference).
+    ``positions``: append :data:`POSITION_CHANNELS` more, each cell's row and column scaled to
+    [-1, 1] (``[B, 3C + 2, t, h, w]``). Rotary embeddings give attention only *relative*
+    places, and a codec without convolutions leaks none at the borders, so without them "at
+    the bottom left" can only be guessed from the picture (docs/benchmark.md). A departure from
+    VIVA's input, off by default.
     """
     if source.shape != noisy.shape:
         raise ValueError(f"source {tuple(source.shape)} != noisy {tuple(noisy.shape)}")
@@ -214,7 +234,14 @@ def editing_input(
         reference = torch.zeros_like(noisy)
     else:
         reference = reference.to(noisy.dtype).expand(-1, -1, noisy.shape[2], -1, -1)
-    return torch.cat([noisy, source.to(noisy.dtype), reference], dim=1)
+    streams = [noisy, source.to(noisy.dtype), reference]
+    if positions:
+        batch, _, frames, height, width = noisy.shape
+        rows = torch.linspace(-1, 1, height, device=noisy.device, dtype=noisy.dtype)
+        columns = torch.linspace(-1, 1, width, device=noisy.device, dtype=noisy.dtype)
+        grid = torch.stack(torch.meshgrid(rows, columns, indexing="ij"))
+        streams.append(grid[None, :, None].expand(batch, -1, frames, -1, -1))
+    return torch.cat(streams, dim=1)
 
 
 def pooled_vector(tokens: torch.Tensor, attention_mask: torch.Tensor, source: str) -> torch.Tensor:
@@ -258,8 +285,11 @@ def predict_output(
     guidance = None
     if embedded_guidance is not None:
         guidance = torch.full((batch,), embedded_guidance * 1000, device=noisy.device)
+    in_channels = getattr(transformer, "module", transformer).config.in_channels
     return transformer(
-        hidden_states=editing_input(noisy, source, reference),
+        hidden_states=editing_input(
+            noisy, source, reference, positions=reads_positions(in_channels)
+        ),
         timestep=timestep,
         encoder_hidden_states=tokens.to(noisy.dtype),
         encoder_attention_mask=attention_mask,

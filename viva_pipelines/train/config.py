@@ -71,6 +71,7 @@ class ModelOptions(_Section):
     instructor_prompt: str = "instructor.md"  # prompt template in assets/prompts/ (or a path)
     instructor_layer: int = -1  # hidden layer whose states condition the DiT (-1 = last)
     text_only: bool = False  # ablation: the vanilla text-encoder baseline
+    position_channels: bool = False  # the DiT also reads each latent cell's (row, column)
     crop_template: bool = True  # keep only the prompt's instruction and image tokens
     #: prod: {kind: hunyuan_vae, subfolder: vae}
     codec: dict[str, Any] = Field(default_factory=lambda: {"kind": "pixel", "factor": 2})

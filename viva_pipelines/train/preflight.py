@@ -16,7 +16,7 @@ from typing import Any
 
 from viva_pipelines.config.schema import Settings
 from viva_pipelines.model.sources import looks_local
-from viva_pipelines.model.transformer import CONDITION_STREAMS
+from viva_pipelines.model.transformer import CONDITION_STREAMS, POSITION_CHANNELS
 from viva_pipelines.train.runs import codec_spec
 
 TRANSFORMER_CLASS = "HunyuanVideoTransformer3DModel"
@@ -62,11 +62,13 @@ def _transformer(settings: Settings, problems: list[str]) -> dict[str, Any] | No
         problems.append(f"models.transformer: {model!r} is a {found}, not a {TRANSFORMER_CLASS}")
         return None
     inputs, outputs = config.get("in_channels"), config.get("out_channels")
-    if inputs not in (outputs, CONDITION_STREAMS * outputs):
+    editing = CONDITION_STREAMS * outputs
+    if inputs not in (outputs, editing, editing + POSITION_CHANNELS):
         problems.append(
             f"models.transformer: {model!r} reads {inputs} channels and predicts {outputs}: "
             f"neither a text-to-video DiT (equal, widened here to {CONDITION_STREAMS} x) nor "
-            f"an editing one ({CONDITION_STREAMS} x {outputs} = {CONDITION_STREAMS * outputs})"
+            f"an editing one ({CONDITION_STREAMS} x {outputs} = {editing}, + {POSITION_CHANNELS} "
+            "with position channels)"
         )
     return config
 

@@ -52,9 +52,11 @@ from viva_pipelines.model.pipeline import (
 )
 from viva_pipelines.model.transformer import (
     CONDITION_STREAMS,
+    POSITION_CHANNELS,
     build_transformer,
     pooled_vector,
     predict_output,
+    reads_positions,
     reproject_pooled_input,
     tiny_transformer_config,
     widen_patch_embedding,
@@ -267,6 +269,7 @@ def build_model(
                 token_dim,
                 **scratch.model_dump(exclude={"init"}),
                 out_channels=output_channels(latent_channels, config.model.prediction),
+                position_channels=config.model.position_channels,
             ),
             seed=config.runtime.seed,
             init=scratch.init,
@@ -279,7 +282,13 @@ def build_model(
         config.model.transformer, subfolder=config.model.transformer_subfolder
     )
     if model.config.in_channels == model.config.out_channels:
-        widen_patch_embedding(model, (CONDITION_STREAMS - 1) * model.config.out_channels)
+        extra = (CONDITION_STREAMS - 1) * model.config.out_channels
+        widen_patch_embedding(model, extra + POSITION_CHANNELS * config.model.position_channels)
+    if reads_positions(model.config.in_channels) != config.model.position_channels:
+        raise ValueError(
+            f"{config.model.transformer}: reads {model.config.in_channels} input channels, which"
+            f" does not match sft.model.position_channels={config.model.position_channels}"
+        )
     if model.config.text_embed_dim != token_dim:
         raise ValueError(
             f"{config.model.transformer}: the DiT's text_embed_dim is "
