@@ -147,7 +147,8 @@ def check_editing_channels(model: HunyuanVideoTransformer3DModel) -> None:
         expected = CONDITION_STREAMS * model.config.out_channels
         raise ValueError(
             f"the editing transformer needs in_channels = {CONDITION_STREAMS} x out_channels "
-            f"= {expected} (noisy, source, reference latents), got {model.config.in_channels}; "
+            f"= {expected} (noisy, source, reference latents; + {POSITION_CHANNELS} with position "
+            f"channels), got {model.config.in_channels}; "
             "convert a text-to-video checkpoint with widen_patch_embedding()"
         )
 
