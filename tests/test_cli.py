@@ -51,12 +51,15 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
             "12",
             "--suite-per-category",
             "1",
+            "--image-pair-scenes",
+            "1",
         ],
         project,
         home,
     )
     assert made.returncode == 0, made.stderr
     assert "demo benchmark suite (9 instances)" in made.stdout
+    assert f"wrote {len(EDIT_TYPES)} image-editing pairs of 1 scenes to " in made.stdout
     source = project / "data" / "source_videos"
     assert len(list(source.glob("*.mp4"))) == 5
     assert len(list(source.glob("*.masks.npz"))) == 5
@@ -85,6 +88,9 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     dataset = storage.read_parquet("qc_dataset/manifest.parquet")
     accepted = dataset[dataset["status"] == "accepted"]
     assert set(accepted["modality"]) == {"video", "image"}
+    # The demo's external image pairs (conf/base's qc.image_manifest) beside the videos' own.
+    external = accepted[accepted["sample_id"].str.startswith("external-")]
+    assert len(external) == len(EDIT_TYPES) and set(external["modality"]) == {"image"}
 
     second = run(["ingest"], project, home)
     assert second.returncode == 0, second.stderr

@@ -157,6 +157,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
             "12",
             "--suite-per-category",
             "0",
+            "--image-pair-scenes",
+            "1",
         ],
         ["ingest"],
         ["materialize", "qc_dataset", "instructor_model", "reward_models"],

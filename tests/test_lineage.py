@@ -49,6 +49,7 @@ def test_a_changed_raw_video_changes_and_stales_exactly_its_downstream(make_sett
             "ingest.max_frames": 5,
             "pairs.edit_types": ["remove", "color"],
             "qc.val_fraction": 0.0,
+            "qc.image_manifest": None,  # the demo's image pairs are not rendered here
         }
     )
     defs = build_definitions(settings)

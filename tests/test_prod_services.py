@@ -293,6 +293,8 @@ def test_the_rehearsal_runs_the_production_graph_on_postgres_s3_and_an_mlflow_se
         "12",
         "--suite-per-category",
         "1",
+        "--image-pair-scenes",
+        "0",  # conf/prod reads no image-pair set
         env_name=None,
     )
     assert _upload_dir(s3, tmp_path / "videos", s3_bucket, "incoming/videos") == 12

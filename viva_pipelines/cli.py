@@ -52,6 +52,12 @@ def _demo_data(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.image_pair_scenes is not None and args.image_pair_scenes < 0:
+        print(
+            f"viva: --image-pair-scenes must be 0 or more, got {args.image_pair_scenes}",
+            file=sys.stderr,
+        )
+        return 2
     suite_root = settings.benchmark.root
     if args.suite_per_category and is_remote(suite_root):
         print(
@@ -81,6 +87,7 @@ def _demo_data(args: argparse.Namespace) -> int:
         f"in {time.perf_counter() - started:.1f}s"
     )
     _write_demo_requests(settings, [Path(p) for p in paths])
+    _write_image_pairs(settings, args.image_pair_scenes)
     if args.suite_per_category:
         started = time.perf_counter()
         instances = build_demo_suite(
@@ -112,6 +119,30 @@ def _write_demo_requests(settings, videos: list[Path]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("".join(json.dumps(r) + "\n" for r in requests))
     print(f"wrote {len(requests)} demo edit requests to {target}")
+
+
+def _write_image_pairs(settings, scenes: int | None) -> None:
+    """The demo's external image-editing pairs at ``qc.image_manifest`` (what ``qc_dataset``
+    adds to the image share of SFT), when that file is local."""
+    from viva_pipelines.config.schema import is_remote
+    from viva_pipelines.embedded.instructor_corpus import write_image_pairs
+    from viva_pipelines.storage import Storage
+
+    manifest = settings.qc.image_manifest
+    scenes = settings.demo.image_pair_scenes if scenes is None else scenes
+    if not scenes:
+        return
+    if manifest is None or is_remote(manifest):
+        print(
+            f"no demo image pairs: qc.image_manifest is {manifest or 'not set'}, not a local file"
+        )
+        return
+    started, path = time.perf_counter(), Path(manifest)
+    count = write_image_pairs(Storage(str(path.parent)), path.name, scenes)
+    print(
+        f"wrote {count} image-editing pairs of {scenes} scenes to {path} "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -499,6 +530,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=4,
         help="benchmark instances per category rendered into benchmark.root (0: none)",
+    )
+    demo.add_argument(
+        "--image-pair-scenes",
+        type=int,
+        help="scenes rendered as image-editing pairs at qc.image_manifest (default: "
+        "demo.image_pair_scenes; 0: none)",
     )
     demo.set_defaults(handler=_demo_data)
     ingest = commands.add_parser("ingest", help="register new videos and materialize raw_videos")

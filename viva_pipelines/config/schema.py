@@ -157,6 +157,8 @@ class DemoSettings(Section):
     height: EvenSize = 240  # ... height
     frames: PositiveInt = 48  # frames per video
     fps: PositiveFloat = 24  # frame rate of the rendered videos
+    #: more scenes, rendered as image-editing pairs at qc.image_manifest (docs/assets.md)
+    image_pair_scenes: Annotated[int, Field(ge=0)] = 200
 
 
 class TrackRulesSettings(Section):

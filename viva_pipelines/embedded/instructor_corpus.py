@@ -1,4 +1,5 @@
-"""A broad corpus of demo-world scenes for pretraining the demo's tiny instructor.
+"""A broad corpus of demo-world scenes: the demo's tiny instructor pretrains on it, and the
+demo's editor gets its external image-editing pairs from it.
 
 A production instructor (LLaVA-LLaMA-3-8B) has read far more pictures and sentences than any
 editing dataset holds before it conditions an editor. The demo's dataset has about twenty
@@ -8,11 +9,24 @@ breadth of a VLM's pretraining: scenes of the same procedural world, rendered at
 ``raw_videos`` normalises to, from their own seed stream (:data:`CORPUS_WORLD`, apart from
 the training videos' ``demo.seed`` stream and the benchmark suite's), edited by the same pair
 generators and backend as ``synthetic_pairs``, with the exact masks and captions the renderer
-knows, so no tracking is needed. Only the instructor sees it; the editing model trains on the
-dataset alone.
+knows, so no tracking is needed.
+
+The paper mixes image-editing pairs into SFT, from the videos' frames or an external image
+dataset (``qc.image_manifest``). :func:`write_image_pairs` writes the demo's external set from
+a second stream (:data:`IMAGE_PAIR_WORLD`; the instructor never sees those scenes): twenty
+videos show a few dozen objects in a few places, too few for the editor to learn which object
+or place an instruction names (docs/benchmark.md).
 """
 
 from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from viva_pipelines.demo_world.dataset import scene_seed
 from viva_pipelines.demo_world.render import render
@@ -20,7 +34,8 @@ from viva_pipelines.demo_world.sample import random_scene
 from viva_pipelines.embedded.opencv_backend import OpenCVBackend
 from viva_pipelines.masks.types import TrackedObject
 from viva_pipelines.pairs.generators import generate_pairs, load_templates
-from viva_pipelines.pairs.types import EDIT_TYPES
+from viva_pipelines.pairs.types import EDIT_TYPES, EditPair
+from viva_pipelines.storage import Storage
 from viva_pipelines.train.instructor import (
     GroundingExample,
     caption_examples,
@@ -31,28 +46,52 @@ from viva_pipelines.train.instructor import (
 
 #: Seed of the corpus's scene stream (the training videos use ``demo.seed``, the suite its own).
 CORPUS_WORLD = 20_261_204
+#: Seed of the scene stream of the demo's external image-editing pairs (apart from the above:
+#: the instructor never sees the editor's image pairs, as with a VLM and a separate dataset).
+IMAGE_PAIR_WORLD = 90_261_204
 #: The corpus's frames: the size ``raw_videos`` normalises the demo's videos to.
 WIDTH, HEIGHT = 128, 96
 #: Frames rendered per scene (the first and the last of the motion); examples are cut from both.
 FRAMES = 2
 
 
+@dataclass(frozen=True)
+class CorpusScene:
+    """One rendered corpus scene: its frames (``uint8 [T, H, W, 3]``), objects with exact
+    masks, caption, and one edit pair per edit type its objects allow."""
+
+    scene_id: int
+    frames: np.ndarray
+    objects: list[TrackedObject]
+    caption: str
+    pairs: list[EditPair]
+
+
+def corpus_scenes(scenes: int, *, world: int = CORPUS_WORLD, frames: int = FRAMES):
+    """Yield ``scenes`` random demo-world scenes of the seed stream ``world``, each edited once
+    per edit type by the dataset's own generators and backend. The same arguments give the
+    same scenes."""
+    backend, templates = OpenCVBackend(), load_templates()
+    for index in range(scenes):
+        scene_id = scene_seed(world, index)
+        scene = random_scene(scene_id, width=WIDTH, height=HEIGHT, num_frames=frames)
+        pixels, ids = render(scene)
+        objects = [TrackedObject(o.id, o.label, ids == o.id) for o in scene.objects]
+        caption = scene.caption()
+        pairs = generate_pairs(
+            pixels, objects, caption, EDIT_TYPES, backend, seed=scene_id, templates=templates
+        )
+        yield CorpusScene(scene_id, pixels, objects, caption, pairs)
+
+
 def corpus_examples(scenes: int, *, seed: int = 0) -> list[GroundingExample]:
     """Edit, caption and locate examples of ``scenes`` random demo-world scenes, each edited
     once per edit type (the corpus is broad already, so nothing is mirrored). The same
     ``(scenes, seed)`` gives the same examples."""
-    backend, templates = OpenCVBackend(), load_templates()
     examples: list[GroundingExample] = []
-    for index in range(scenes):
-        scene_id = scene_seed(CORPUS_WORLD + seed, index)
-        scene = random_scene(scene_id, width=WIDTH, height=HEIGHT, num_frames=FRAMES)
-        frames, ids = render(scene)
-        objects = [TrackedObject(o.id, o.label, ids == o.id) for o in scene.objects]
-        caption = scene.caption()
-        picks = frame_picks(len(frames), first_only=False)
-        for pair in generate_pairs(
-            frames, objects, caption, EDIT_TYPES, backend, seed=scene_id, templates=templates
-        ):
+    for scene in corpus_scenes(scenes, world=CORPUS_WORLD + seed):
+        picks = frame_picks(len(scene.frames), first_only=False)
+        for pair in scene.pairs:
             examples += edit_examples(
                 pair.instruction,
                 pair.source,
@@ -62,7 +101,45 @@ def corpus_examples(scenes: int, *, seed: int = 0) -> list[GroundingExample]:
                 pair.target_caption,
                 picks,
             )
-        examples += caption_examples(frames, caption, picks)
-        for obj in objects:
-            examples += locate_examples(obj.label, frames, obj.masks, picks)
+        examples += caption_examples(scene.frames, scene.caption, picks)
+        for obj in scene.objects:
+            examples += locate_examples(obj.label, scene.frames, obj.masks, picks)
     return examples
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_image_pairs(
+    folder: Storage, manifest: str, scenes: int, *, world: int = IMAGE_PAIR_WORLD
+) -> int:
+    """Write the image-editing pairs of ``scenes`` single-frame corpus scenes into ``folder``:
+    their PNGs, and the JSONL ``manifest`` in the format of an external image-pair manifest
+    (``qc.image_manifest``, :mod:`viva_pipelines.qc.external`). Returns how many pairs."""
+    lines = []
+    for scene in tqdm(corpus_scenes(scenes, world=world, frames=1), total=scenes, desc="pairs"):
+        for pair in scene.pairs:
+            pair_id = f"{scene.scene_id}-{pair.edit_type}"
+            images = {
+                "source": pair.source[0],
+                "target": pair.target[0],
+                "mask": pair.mask[0].astype(np.uint8) * 255,
+                "reference": pair.reference,
+            }
+            doc = {
+                "id": pair_id,
+                "instruction": pair.instruction,
+                "edit_type": pair.edit_type,
+                "source_caption": pair.source_caption,
+                "target_caption": pair.target_caption,
+            }
+            for field, image in images.items():
+                if image is not None:
+                    doc[field] = f"{pair_id}/{field}.png"
+                    folder.write_bytes(doc[field], _png(image))
+            lines.append(json.dumps(doc) + "\n")
+    folder.write_bytes(manifest, "".join(lines).encode())
+    return len(lines)

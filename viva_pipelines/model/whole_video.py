@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from viva_pipelines.manifests import one_line_reason
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.model.pipeline import VivaEditPipeline
+from viva_pipelines.pairs.pixels import changed_pixels
 from viva_pipelines.previews import grid
 from viva_pipelines.storage import is_storage_outage
 from viva_pipelines.video.probe import rotation_degrees
@@ -104,8 +105,7 @@ def crop_box(width: int, height: int, geometry: ClipGeometry) -> tuple[int, int,
 
 def change_map(source: np.ndarray, edited: np.ndarray) -> np.ndarray:
     """``float [h, w]`` in [0, 1]: where the model changed its input (model resolution)."""
-    diff = np.abs(edited.astype(np.int16) - source.astype(np.int16)).max(axis=-1)
-    changed = (diff > CHANGE_THRESHOLD).astype(np.uint8)
+    changed = changed_pixels(source, edited, CHANGE_THRESHOLD).astype(np.uint8)
     if CHANGE_DILATION:
         kernel = np.ones((2 * CHANGE_DILATION + 1,) * 2, np.uint8)
         changed = cv2.dilate(changed, kernel)

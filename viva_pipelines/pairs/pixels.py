@@ -46,6 +46,12 @@ def dilate_masks(masks: np.ndarray, radius: int) -> np.ndarray:
 # -- colour -------------------------------------------------------------------------------------
 
 
+def changed_pixels(before: np.ndarray, after: np.ndarray, threshold: int) -> np.ndarray:
+    """``bool [..., H, W]``: where a channel of ``after`` moved from ``before`` (``uint8
+    [..., H, W, 3]``) by more than ``threshold`` grey levels."""
+    return np.abs(after.astype(np.int16) - before.astype(np.int16)).max(axis=-1) > threshold
+
+
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """``float32 [N, 3]`` CIE Lab (L in 0..100) of ``uint8 [N, 3]`` RGB."""
     pixels = rgb.reshape(-1, 1, 3).astype(np.float32) / 255

@@ -2,7 +2,8 @@
 
 The manifest is JSONL, one pair per line, with paths relative to the manifest's folder
 (local or ``s3://``): ``{"id": ..., "source": "a/src.png", "target": "a/tgt.png",
-"instruction": ..., "edit_type": ... (optional), "mask": ... (optional),
+"instruction": ..., "edit_type": ... (optional), "mask": ... (optional), "reference": ...
+(optional: the image of the new object of a ``ref_add`` / ``ref_swap``),
 "source_caption": ..., "target_caption": ... (optional)}``. Valid pairs are copied into
 storage (``qc_dataset/external/{id}/…``) so they are versioned and addressed like every other
 sample; a bad line is one rejected row with its reason, never a failed run.
@@ -20,7 +21,7 @@ from viva_pipelines.storage import PathEscapeError, Storage, file_location
 REQUIRED = ("id", "source", "target", "instruction")
 #: Optional text fields; when present (and not null) they must be strings.
 OPTIONAL_TEXT = ("edit_type", "source_caption", "target_caption")
-IMAGE_FIELDS = ("source", "target", "mask")
+IMAGE_FIELDS = ("source", "target", "mask", "reference")
 
 
 class ExternalManifestError(ValueError):
@@ -137,4 +138,5 @@ def _row(
         "source_key": keys["source"],
         "target_key": keys["target"],
         "mask_key": keys.get("mask"),
+        "reference_key": keys.get("reference"),
     }

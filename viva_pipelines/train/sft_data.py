@@ -37,6 +37,7 @@ from viva_pipelines.masks.shard import load_frames, load_mask
 from viva_pipelines.model.clips import ClipGeometry, to_model_pixels
 from viva_pipelines.model.flow_matching import resize_mask_to_latents, sample_sigmas
 from viva_pipelines.pairs.captions import mirror_sides, names_a_side
+from viva_pipelines.pairs.pixels import changed_pixels
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.config import LossConfig
 
@@ -146,6 +147,12 @@ def _read_mask_png(storage: Storage, key: str) -> np.ndarray:
         return np.asarray(image.convert("L")) > 127
 
 
+#: The edit mask of an image pair that comes without one (an external pair may) is where its
+#: target moved from its source by more than this (of 255): above the rounding of a
+#: re-encoded image, below any visible change.
+UNMASKED_CHANGE = 8
+
+
 def _has(value: Any) -> bool:
     return isinstance(value, str) and value != ""
 
@@ -163,7 +170,11 @@ def load_pixel_sample(storage: Storage, row: Any, geometry: ClipGeometry) -> Pix
     elif row.modality == IMAGE:
         source = _read_png(storage, row.source_key)[None]
         target = _read_png(storage, row.target_key)[None]
-        mask = _read_mask_png(storage, row.mask_key)[None]
+        mask = (
+            _read_mask_png(storage, row.mask_key)[None]
+            if _has(row.mask_key)
+            else changed_pixels(source, target, UNMASKED_CHANGE)
+        )
         first_frame = source[0]
     else:
         raise ValueError(f"sample {row.sample_id}: unknown modality {row.modality!r}")
