@@ -423,3 +423,32 @@ def test_dataset_pairs_from_a_manifest(tmp_path: Path) -> None:
     np.testing.assert_array_equal(train_images[0], video[0])
     np.testing.assert_array_equal(train_images[1], video[-1])
     assert train_captions[:2] == ["a red square on a gradient"] * 2
+
+
+def test_dataset_pairs_fit_an_image_set_of_another_size_to_the_videos(tmp_path: Path) -> None:
+    """An external image pair need not have the videos' size: its images are fitted (area
+    scaling, centre crop) to it, as training fits every sample."""
+    import io
+
+    from PIL import Image
+
+    from viva_pipelines.video.normalise import NormaliseSpec, fit_frame
+
+    storage = Storage(str(tmp_path / "root"))
+    manifest = write_tiny_dataset(storage, videos=2)
+    manifest["source_caption"], manifest["target_caption"] = "a red square", "a blue square"
+    wide = np.zeros((48, 96, 3), np.uint8)
+    wide[:, 24:72] = (200, 40, 40)  # a square in the middle, bars either side
+    buffer = io.BytesIO()
+    Image.fromarray(wide).save(buffer, format="PNG")
+    storage.write_bytes("qc_dataset/external/x/source.png", buffer.getvalue())
+    external = {**manifest.iloc[0].to_dict(), "sample_id": "external-x", "modality": "image"}
+    external.update(source_key="qc_dataset/external/x/source.png", target_key=None, split="train")
+    manifest = manifest.assign(split="train")
+    manifest.loc[len(manifest)] = external
+
+    train_images, _, _, _ = dataset_pairs(storage, manifest, frames_per_video=2)
+    assert train_images.shape[1:] == (32, 32, 3)
+    spec = NormaliseSpec(width=32, height=32, fps=1, max_frames=1)
+    assert any(np.array_equal(image, fit_frame(wide, spec)) for image in train_images)
+    assert (fit_frame(wide, spec) == (200, 40, 40)).all()  # the centre crop keeps the square

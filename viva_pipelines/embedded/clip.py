@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from PIL import Image
 from viva_pipelines.rewards.clip_rewards import ClipScorer, as_frames, pooled_embeddings
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.schedule import warmup_cosine
+from viva_pipelines.video.normalise import NormaliseSpec, fit_frame
 
 log = logging.getLogger(__name__)
 
@@ -328,14 +330,13 @@ def _frame_indices(count: int, frames_per_video: int) -> list[int]:
     return list(dict.fromkeys(int(i) for i in picks))
 
 
-def _stack(frames: list[np.ndarray], what: str) -> np.ndarray:
-    shapes = {f.shape for f in frames}
-    if len(shapes) > 1:
-        raise ValueError(
-            f"{what} frames differ in size ({sorted(shapes)}); the tiny CLIP's training set "
-            "expects one frame size, as the demo dataset has"
-        )
-    return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
+def _stack(frames: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """``uint8 [N, *size, 3]``: the frames, those of another size fitted to ``size`` (area
+    scaling, centre crop, as training fits every sample): an external image set need not have
+    the videos' size."""
+    spec = NormaliseSpec(width=size[1], height=size[0], fps=1, max_frames=1)
+    fitted = [f if f.shape[:2] == size else fit_frame(f, spec) for f in frames]
+    return np.stack(fitted) if fitted else np.zeros((0, *size, 3), np.uint8)
 
 
 def dataset_pairs(
@@ -343,7 +344,8 @@ def dataset_pairs(
 ) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
     """(frame, caption) pairs from a ``qc_dataset`` manifest, for :func:`train_tiny_clip`:
     ``(train_images, train_captions, val_images, val_captions)``, images ``uint8 [N, H, W, 3]``
-    at the dataset's size (the CLIP processor resizes them later).
+    at the videos' size, images of another size fitted to it (the CLIP processor resizes them
+    later).
 
     Accepted rows of split ``train`` / ``val``: for a ``video`` row, ``frames_per_video``
     evenly spaced frames of the source video with ``source_caption`` and of the target video
@@ -362,6 +364,7 @@ def dataset_pairs(
     out: dict[str, tuple[list[np.ndarray], list[str]]] = {"train": ([], []), "val": ([], [])}
     seen: set[str] = set()
     skipped = 0
+    video_size: tuple[int, int] | None = None
     for row in rows.itertuples(index=False):
         for side in ("source", "target"):
             key, caption = getattr(row, f"{side}_key"), getattr(row, f"{side}_caption")
@@ -374,6 +377,7 @@ def dataset_pairs(
             if row.modality == "video":
                 video = load_frames(storage, key)
                 frames = [video[i] for i in _frame_indices(len(video), frames_per_video)]
+                video_size = video_size or video.shape[1:3]
             elif row.modality == "image":
                 frames = [_read_png(storage, key)]
             else:
@@ -383,8 +387,8 @@ def dataset_pairs(
             texts.extend([caption.strip()] * len(frames))
     if skipped:
         log.warning("tiny CLIP pairs: %d files skipped for want of a caption", skipped)
-    train_images = _stack(out["train"][0], "train")
-    val_images = _stack(out["val"][0], "val")
-    if not len(val_images) and len(train_images):
-        val_images = np.zeros((0, *train_images.shape[1:]), np.uint8)
+    # One size for all: the videos' (raw_videos made them one size), else the most common.
+    sizes = Counter(f.shape[:2] for images, _ in out.values() for f in images)
+    size = video_size or (sizes.most_common(1)[0][0] if sizes else (0, 0))
+    train_images, val_images = _stack(out["train"][0], size), _stack(out["val"][0], size)
     return train_images, out["train"][1], val_images, out["val"][1]

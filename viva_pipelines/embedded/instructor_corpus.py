@@ -5,8 +5,8 @@ A production instructor (LLaVA-LLaMA-3-8B) has read far more pictures and senten
 editing dataset holds before it conditions an editor. The demo's dataset has about twenty
 training videos: pretrained on those alone, the tiny LLaVA learns them by heart and reads a new
 scene's instruction poorly (measured in docs/benchmark.md). This corpus stands in for the
-breadth of a VLM's pretraining: scenes of the same procedural world, rendered at the size
-``raw_videos`` normalises to, from their own seed stream (:data:`CORPUS_WORLD`, apart from
+breadth of a VLM's pretraining: scenes of the same procedural world, rendered small
+(:data:`WIDTH` x :data:`HEIGHT`), from their own seed stream (:data:`CORPUS_WORLD`, apart from
 the training videos' ``demo.seed`` stream and the benchmark suite's), edited by the same pair
 generators and backend as ``synthetic_pairs``, with the exact masks and captions the renderer
 knows, so no tracking is needed.
@@ -49,7 +49,8 @@ CORPUS_WORLD = 20_261_204
 #: Seed of the scene stream of the demo's external image-editing pairs (apart from the above:
 #: the instructor never sees the editor's image pairs, as with a VLM and a separate dataset).
 IMAGE_PAIR_WORLD = 90_261_204
-#: The corpus's frames: the size ``raw_videos`` normalises the demo's videos to.
+#: The corpus's frames: the demo videos' 4:3 at ``raw_videos``' width (training fits every
+#: sample to its own size, scaling and centre-cropping, so the field of view is the videos').
 WIDTH, HEIGHT = 128, 96
 #: Frames rendered per scene (the first and the last of the motion); examples are cut from both.
 FRAMES = 2
