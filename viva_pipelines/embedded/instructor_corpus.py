@@ -20,12 +20,10 @@ or place an instruction names (docs/benchmark.md).
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from viva_pipelines.demo_world.dataset import scene_seed
@@ -35,6 +33,7 @@ from viva_pipelines.embedded.opencv_backend import OpenCVBackend
 from viva_pipelines.masks.types import TrackedObject
 from viva_pipelines.pairs.generators import generate_pairs, load_templates
 from viva_pipelines.pairs.types import EDIT_TYPES, EditPair
+from viva_pipelines.previews import to_png
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.instructor import (
     GroundingExample,
@@ -108,12 +107,6 @@ def corpus_examples(scenes: int, *, seed: int = 0) -> list[GroundingExample]:
     return examples
 
 
-def _png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def write_image_pairs(
     folder: Storage, manifest: str, scenes: int, *, world: int = IMAGE_PAIR_WORLD
 ) -> int:
@@ -140,7 +133,7 @@ def write_image_pairs(
             for field, image in images.items():
                 if image is not None:
                     doc[field] = f"{pair_id}/{field}.png"
-                    folder.write_bytes(doc[field], _png(image))
+                    folder.write_bytes(doc[field], to_png(image))
             lines.append(json.dumps(doc) + "\n")
     folder.write_bytes(manifest, "".join(lines).encode())
     return len(lines)
