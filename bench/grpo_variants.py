@@ -73,6 +73,7 @@ def score(pipeline: VivaEditPipeline, split: ValSplit, clip) -> pd.DataFrame:
         shift=spec.sampling.shift,
         embedded_guidance=spec.embedded_guidance,
         prediction=spec.prediction,
+        gate_reading=spec.sampling.gate_reading,
         generator=torch.Generator().manual_seed(0),
     )
     codec = pipeline.codec

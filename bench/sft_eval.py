@@ -25,7 +25,11 @@ from viva_pipelines.train.runs import model_key, summary_key
 from viva_pipelines.train.sft_data import CachedSamples, collate, load_unconditional, pad_tokens
 
 
-def edit_psnr(pipeline, transformer, batch, cond, uncond, steps, guidance, shift) -> pd.DataFrame:
+def edit_psnr(
+    pipeline, transformer, batch, cond, uncond, steps, guidance, shift, gate_reading=None
+) -> pd.DataFrame:
+    """Per-clip PSNR of ``transformer``'s edits (``gate_reading``: the pipeline's own unless
+    given) and of the identity baseline against the ground truth."""
     latents = sample_edit(
         transformer,
         batch.source,
@@ -38,6 +42,7 @@ def edit_psnr(pipeline, transformer, batch, cond, uncond, steps, guidance, shift
         generator=torch.Generator().manual_seed(1),
         embedded_guidance=pipeline.spec.embedded_guidance,
         prediction=pipeline.spec.prediction,
+        gate_reading=gate_reading or pipeline.spec.sampling.gate_reading,
     )
     codec = pipeline.codec
     edits, targets, sources = (codec.decode(x) for x in (latents, batch.target, batch.source))

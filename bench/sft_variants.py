@@ -38,7 +38,7 @@ from sft_eval import edit_psnr
 
 import viva_pipelines.model.transformer as transformer_module
 from viva_pipelines.config.loader import load_settings
-from viva_pipelines.model.flow_matching import GATED_PREDICTIONS
+from viva_pipelines.model.flow_matching import GATED_PREDICTIONS, GateReading
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline
 from viva_pipelines.settings import default_conf_dir
 from viva_pipelines.storage import Storage
@@ -97,10 +97,10 @@ def true_mask_gate(mask: torch.Tensor):
     the latent grid (area), whatever the model's gate channel says."""
     own = transformer_module.velocity_from_prediction
 
-    def with_true_gate(output, noisy, source, sigmas, prediction):
+    def with_true_gate(output, noisy, source, sigmas, prediction, gate_reading=None):
         gate = F.interpolate(mask, size=output.shape[2:], mode="area").clamp(1e-4, 1 - 1e-4)
         output = torch.cat([output[:, :-1], torch.logit(gate).to(output.dtype)], dim=1)
-        return own(output, noisy, source, sigmas, prediction)
+        return own(output, noisy, source, sigmas, prediction)  # the true gate read as it is
 
     transformer_module.velocity_from_prediction = with_true_gate
     try:
@@ -117,6 +117,7 @@ def evaluate(
     shift: float | None,
     *,
     true_gate: bool = False,
+    gate_reading: GateReading | None = None,
 ) -> pd.DataFrame:
     summary = store.read_json(summary_key(run))
     cache = store.key_of(summary["cache_uri"])
@@ -144,6 +145,7 @@ def evaluate(
             steps or spec.sampling.num_steps,
             spec.sampling.guidance_scale if guidance is None else guidance,
             spec.sampling.shift if shift is None else shift,
+            gate_reading,
         )
     table["edit_type"] = val["edit_type"]
     return table
@@ -162,6 +164,14 @@ def main() -> None:
         "--true-mask-gate",
         action="store_true",
         help="also score each variant with the true edit mask as its gate (a diagnostic)",
+    )
+    parser.add_argument(
+        "--gate-thresholds",
+        type=float,
+        nargs="+",
+        metavar="T",
+        help="also score each variant reading its edit gate with these thresholds "
+        "(GateReading; the model's own sharpness)",
     )
     parser.add_argument("--log", default="sft_variants.log", help="training output goes here")
     args = parser.parse_args()
@@ -199,10 +209,13 @@ def main() -> None:
             run_trainer("viva_pipelines.train.sft", config, Path(args.log))
         took = time.perf_counter() - started
         summary = store.read_json(summary_key(config.output_prefix))
-        scored = [(label, False)] + (
-            [(f"{label}, true-mask gate", True)] if args.true_mask_gate else []
-        )
-        for name, true_gate in scored:
+        scored = [(label, False, None)]
+        if args.true_mask_gate:
+            scored.append((f"{label}, true-mask gate", True, None))
+        for threshold in args.gate_thresholds or []:
+            reading = GateReading(threshold, config.eval.gate_sharpness)
+            scored.append((f"{label}, gate threshold {threshold}", False, reading))
+        for name, true_gate, reading in scored:
             table = evaluate(
                 store,
                 config.output_prefix,
@@ -210,11 +223,12 @@ def main() -> None:
                 args.guidance,
                 args.shift,
                 true_gate=true_gate,
+                gate_reading=reading,
             )
             rows.append(
                 {
                     "variant": name,
-                    "train s": round(took) if not (done or true_gate) else None,
+                    "train s": round(took) if not (done or true_gate or reading) else None,
                     "val loss": summary.get("val_loss_last"),
                     "frame": table["model frame"].mean(),
                     "region": table["model region"].mean(),

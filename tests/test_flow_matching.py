@@ -287,3 +287,31 @@ def test_blend_output_draws_its_content_over_the_source_where_the_gate_opens() -
     torch.testing.assert_close(clean[..., 0], torch.ones(2, 3, 1, 1))
     torch.testing.assert_close(clean[..., 1], torch.full((2, 3, 1, 1), 4.0))
     torch.testing.assert_close(clean[..., 2], torch.full((2, 3, 1, 1), 2.5))
+
+
+def test_gate_reading_keeps_the_source_where_the_gate_is_below_its_threshold() -> None:
+    from viva_pipelines.model.flow_matching import (
+        PLAIN_GATE,
+        GateReading,
+        velocity_from_prediction,
+    )
+
+    gates = torch.tensor([0.2, 0.5, 0.73, 0.95])
+    logits = torch.logit(gates)
+    assert torch.equal(PLAIN_GATE.logits(logits), logits)  # training's reading: as it is
+    read = torch.sigmoid(GateReading(threshold=0.73).logits(logits))
+    # The threshold reads as one half, the order is kept, and a doubtful gate is shut further.
+    torch.testing.assert_close(read[2], torch.tensor(0.5))
+    assert torch.all(read.diff() > 0) and torch.all(read < gates)
+    sharp = torch.sigmoid(GateReading(threshold=0.5, sharpness=3).logits(logits))
+    assert sharp[0] < gates[0] and sharp[3] > gates[3] and sharp[1] == 0.5
+    noisy, source = torch.zeros(1, 3, 1, 1, 4), torch.ones(1, 3, 1, 1, 4)
+    output = torch.cat([torch.full((1, 3, 1, 1, 4), 4.0), logits.reshape(1, 1, 1, 1, 4)], dim=1)
+    v = velocity_from_prediction(
+        output, noisy, source, torch.tensor(0.5), "source_blend", GateReading(threshold=0.73)
+    )
+    clean = noisy - 0.5 * v  # source 1 and content 4 blended by the gate as read
+    torch.testing.assert_close(clean[0, 0, 0, 0], 1 + 3 * read)
+    for bad in ({"threshold": 0.0}, {"threshold": 1.0}, {"sharpness": 0.0}):
+        with pytest.raises(ValueError, match="gate threshold"):
+            GateReading(**bad)

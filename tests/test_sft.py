@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from tests.sft_fixtures import tiny_sft_config, write_tiny_dataset
-from viva_pipelines.model.pipeline import VivaEditPipeline
+from viva_pipelines.model.flow_matching import PLAIN_GATE, GateReading
+from viva_pipelines.model.pipeline import MODEL_FILE, VivaEditPipeline
 from viva_pipelines.model.whole_video import edit_video
 from viva_pipelines.storage import Storage
 from viva_pipelines.train import sft
@@ -147,6 +149,16 @@ def test_training_learns_caches_and_writes_a_loadable_model(dataset_root, monkey
 
     model_dir = dataset_root / config.output_prefix / "model"
     pipeline = VivaEditPipeline.from_pretrained(model_dir)
+    # the model ships how its edit gate is read; a model file from before the reading reads it
+    # as trained
+    assert pipeline.spec.sampling.gate_reading == GateReading(0.73, 1.0)
+    older = json.loads((model_dir / MODEL_FILE).read_text())
+    for key in ("gate_threshold", "gate_sharpness"):
+        del older["sampling"][key]
+    shutil.copytree(model_dir, dataset_root / "older_model")
+    (dataset_root / "older_model" / MODEL_FILE).write_text(json.dumps(older))
+    older_spec = VivaEditPipeline.from_pretrained(dataset_root / "older_model").spec
+    assert older_spec.sampling.gate_reading == PLAIN_GATE
     frames, _ = read_video(dataset_root / "raw_videos/shard-000000/v0.mp4")
     edited = pipeline.edit(frames, "Remove the red square.", num_steps=3)
     assert edited.shape == (2, 16, 16, 3) and edited.dtype == np.uint8

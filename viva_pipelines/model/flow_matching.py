@@ -14,7 +14,9 @@ tensor unless it says otherwise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -108,6 +110,37 @@ def edit_gate_logits(output: torch.Tensor, prediction: str) -> torch.Tensor | No
     return output[:, -1:] if prediction in GATED_PREDICTIONS else None
 
 
+@dataclass(frozen=True)
+class GateReading:
+    """How sampling reads a trained edit gate: ``g' = sigmoid(sharpness·(logit g - logit
+    threshold))``. Training always reads it plainly (``threshold`` 0.5, ``sharpness`` 1: the
+    gate is the model's estimate of how likely a cell is edited, which is what its BCE teaches).
+    Under doubt about where the edit goes, that estimate opens a little over many places, and
+    each such place blends some of the new content over the untouched background; a threshold
+    above one half keeps the source where the model is unsure (docs/benchmark.md measures it on
+    the val split). ``sharpness`` > 1 pushes the gate towards 0 or 1."""
+
+    threshold: float = 0.5
+    sharpness: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold < 1 or self.sharpness <= 0:
+            raise ValueError(
+                f"gate threshold must be in (0, 1) and sharpness > 0, got {self.threshold}, "
+                f"{self.sharpness}"
+            )
+
+    def logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The gate logits ``[B, 1, ...]`` as sampling reads them."""
+        if self == PLAIN_GATE:
+            return logits
+        return self.sharpness * (logits - math.log(self.threshold / (1 - self.threshold)))
+
+
+#: The gate read as trained.
+PLAIN_GATE = GateReading()
+
+
 def gate_loss(logits: torch.Tensor, mask_latent: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of the edit gate against the (area-resized, fractional) edit mask
     ``[B, 1, t, h, w]``: the gate learns where edits happen from the pairs' masks, and the
@@ -121,6 +154,7 @@ def velocity_from_prediction(
     source: torch.Tensor,
     sigmas: torch.Tensor,
     prediction: str,
+    gate_reading: GateReading = PLAIN_GATE,
 ) -> torch.Tensor:
     """The velocity ``[B, ...]`` that a model output ``[B, ...]`` stands for.
 
@@ -137,7 +171,8 @@ def velocity_from_prediction(
     output itself over the source, ``x̂0 = (1 - g)·source + g·output``: inside an edit the
     model draws the new content (a flat red shape, say) instead of that content minus the
     source, which would make it reproduce every source pixel it replaces. ``sigmas``: ``[B]``
-    or 0-dim, all > 0 (the sampler never evaluates the model at sigma = 0). Returns
+    or 0-dim, all > 0 (the sampler never evaluates the model at sigma = 0). ``gate_reading``:
+    how a gated output's gate is read (:class:`GateReading`; plainly in training). Returns
     ``[B, C, ...]`` (the gate channel consumed); computed in float32, returned in
     ``output``'s dtype.
     """
@@ -148,7 +183,8 @@ def velocity_from_prediction(
     s = sigmas.float().expand(output.shape[0]).reshape(-1, *([1] * (output.ndim - 1)))
     residual = output.float()
     if prediction in GATED_PREDICTIONS:
-        gate, residual = torch.sigmoid(residual[:, -1:]), residual[:, :-1]
+        gate = torch.sigmoid(gate_reading.logits(residual[:, -1:]))
+        residual = residual[:, :-1]
         if prediction == "source_blend":
             residual = residual - source.float()
         residual = gate * residual

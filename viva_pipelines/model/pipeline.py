@@ -24,7 +24,13 @@ from tqdm.auto import tqdm
 
 from viva_pipelines.model.clips import ClipGeometry, to_model_pixels, to_uint8_frames
 from viva_pipelines.model.codecs import VideoCodec, load_codec
-from viva_pipelines.model.flow_matching import euler_step, guided_velocity, inference_sigmas
+from viva_pipelines.model.flow_matching import (
+    PLAIN_GATE,
+    GateReading,
+    euler_step,
+    guided_velocity,
+    inference_sigmas,
+)
 from viva_pipelines.model.instructor import Instructor, InstructorConfig
 from viva_pipelines.model.transformer import pooled_vector, predict_velocity
 
@@ -42,6 +48,15 @@ class SamplingDefaults:
     guidance_scale: float = 1.5
     source_guidance_scale: float | None = None
     shift: float = 1.0
+    gate_threshold: float = 0.5  # how a gated model's edit gate is read (GateReading)
+    gate_sharpness: float = 1.0
+
+    def __post_init__(self) -> None:
+        GateReading(self.gate_threshold, self.gate_sharpness)  # a bad one fails on loading
+
+    @property
+    def gate_reading(self) -> GateReading:
+        return GateReading(self.gate_threshold, self.gate_sharpness)
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,7 @@ def sample_edit(
     shift: float = 1.0,
     embedded_guidance: float | None = None,
     prediction: str = "velocity",
+    gate_reading: GateReading = PLAIN_GATE,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
     progress: bool = False,
@@ -113,7 +129,8 @@ def sample_edit(
     drops the source latents as well (see :func:`guided_velocity`). At ``guidance_scale`` 1
     without source guidance the guided velocity is the conditional one, and only that branch
     runs. Starts from ``noise`` (broadcast to the source's shape), else from noise drawn from
-    ``generator``, and follows the :func:`inference_sigmas` schedule.
+    ``generator``, and follows the :func:`inference_sigmas` schedule. ``gate_reading``: how a
+    gated model's edit gate is read (:class:`~viva_pipelines.model.flow_matching.GateReading`).
     """
     if noise is None:
         noise = torch.randn(source.shape, generator=generator, dtype=torch.float32)
@@ -144,6 +161,7 @@ def sample_edit(
             pooled,
             embedded_guidance=embedded_guidance,
             prediction=prediction,
+            gate_reading=gate_reading,
         ).chunk(len(branches))
         if len(branches) == 1:
             velocity = v[0]
@@ -306,6 +324,7 @@ class VivaEditPipeline:
             shift=sampling.shift,
             embedded_guidance=self.spec.embedded_guidance,
             prediction=self.spec.prediction,
+            gate_reading=sampling.gate_reading,
             noise=noise,
             progress=progress,
         )

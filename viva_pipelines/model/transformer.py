@@ -26,7 +26,7 @@ from diffusers.models.normalization import (
 )
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAdaNorm
 
-from viva_pipelines.model.flow_matching import velocity_from_prediction
+from viva_pipelines.model.flow_matching import PLAIN_GATE, GateReading, velocity_from_prediction
 
 #: Noisy, source and reference latents are stacked on channels, in this order.
 CONDITION_STREAMS = 3
@@ -312,6 +312,7 @@ def predict_velocity(
     *,
     embedded_guidance: float | None = None,
     prediction: str = "velocity",
+    gate_reading: GateReading = PLAIN_GATE,
 ) -> torch.Tensor:
     """The model velocity ``[B, C, t, h, w]`` for noisy latents at noise levels ``sigma``.
 
@@ -320,7 +321,8 @@ def predict_velocity(
     ``pooled`` ``[B, P]``. ``transformer`` may be wrapped (DDP, FSDP, peft).
     ``embedded_guidance`` feeds guidance-distilled checkpoints (``guidance_embeds=True``).
     ``prediction``: what the network's output means (see
-    :func:`~viva_pipelines.model.flow_matching.velocity_from_prediction`).
+    :func:`~viva_pipelines.model.flow_matching.velocity_from_prediction`; ``gate_reading``, how
+    it reads a gated output's edit gate).
     """
     output = predict_output(
         transformer,
@@ -333,4 +335,6 @@ def predict_velocity(
         pooled,
         embedded_guidance=embedded_guidance,
     )
-    return velocity_from_prediction(output, noisy, source, sigma.to(noisy.device), prediction)
+    return velocity_from_prediction(
+        output, noisy, source, sigma.to(noisy.device), prediction, gate_reading
+    )

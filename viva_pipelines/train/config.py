@@ -132,6 +132,9 @@ class EvalConfig(_Section):
     guidance_scale: float = 1.0  # instruction guidance when sampling (the model's default)
     source_guidance_scale: float | None = None  # source-video guidance; null = off
     sample_shift: float = Field(3.0, gt=0)  # time shift of the sampling schedule
+    #: gated models: the gate value sampling reads as one half (0.5 = as trained; GateReading)
+    gate_threshold: float = Field(0.73, gt=0, lt=1)
+    gate_sharpness: float = Field(1.0, gt=0)  # ... and how steeply it reads it (1 = as trained)
 
 
 class RuntimeConfig(_Section):

@@ -21,7 +21,12 @@ import numpy as np
 import torch
 
 from viva_pipelines.model.clips import to_uint8_frames
-from viva_pipelines.model.flow_matching import guided_velocity, inference_sigmas
+from viva_pipelines.model.flow_matching import (
+    PLAIN_GATE,
+    GateReading,
+    guided_velocity,
+    inference_sigmas,
+)
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline, pad_conditions
 from viva_pipelines.model.sde import sde_step_with_logprob
 from viva_pipelines.model.transformer import predict_velocity
@@ -113,6 +118,7 @@ class EditContext:
     guidance_scale: float = 1.0
     embedded_guidance: float | None = None
     prediction: str = "velocity"
+    gate_reading: GateReading = PLAIN_GATE  # the model's own (its sampling defaults)
 
 
 def guided_step_velocity(
@@ -133,6 +139,7 @@ def guided_step_velocity(
             c.pooled,
             embedded_guidance=ctx.embedded_guidance,
             prediction=ctx.prediction,
+            gate_reading=ctx.gate_reading,
         )
     tokens, mask = pad_conditions([ctx.uncond, ctx.cond])
     no_reference = None if ctx.reference is None else torch.zeros_like(ctx.reference)
@@ -147,6 +154,7 @@ def guided_step_velocity(
         torch.cat([ctx.uncond.pooled, ctx.cond.pooled]),
         embedded_guidance=ctx.embedded_guidance,
         prediction=ctx.prediction,
+        gate_reading=ctx.gate_reading,
     ).chunk(2)
     return guided_velocity(v_uncond, v_cond, ctx.guidance_scale)
 
@@ -397,6 +405,7 @@ def group_context(
         guidance_scale=guidance_scale,
         embedded_guidance=pipeline.spec.embedded_guidance,
         prediction=pipeline.spec.prediction,
+        gate_reading=pipeline.spec.sampling.gate_reading,
     )
 
 

@@ -32,6 +32,7 @@ from viva_pipelines.evaluation.metrics import capped_psnr
 from viva_pipelines.model.clips import ClipGeometry, to_uint8_frames
 from viva_pipelines.model.codecs import VideoCodec, load_codec
 from viva_pipelines.model.flow_matching import (
+    GateReading,
     add_noise,
     edit_gate_logits,
     gate_loss,
@@ -435,6 +436,7 @@ def sample_previews(
         shift=config.eval.sample_shift,
         embedded_guidance=_embedded_guidance(model, config),
         prediction=config.model.prediction,
+        gate_reading=GateReading(config.eval.gate_threshold, config.eval.gate_sharpness),
         generator=torch.Generator().manual_seed(evaluation.seed),
     )
     edits = codec.decode(latents)
@@ -706,6 +708,8 @@ def save_model(
             guidance_scale=config.eval.guidance_scale,
             source_guidance_scale=config.eval.source_guidance_scale,
             shift=config.eval.sample_shift,
+            gate_threshold=config.eval.gate_threshold,
+            gate_sharpness=config.eval.gate_sharpness,
         ),
         lineage={"dataset_version": config.data.dataset_version, "config": config.fingerprint()},
     )
