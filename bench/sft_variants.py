@@ -11,7 +11,8 @@ The benchmark suite is not touched: this is where the recipe is tuned.
 ``instructor=pretrained`` trains with ``instructor_model``'s instructor instead of the
 untrained tiny one. ``oracle`` in a variant's overrides (``oracle=true``) replaces the instructor's tokens by a
 fixed random vector per instruction word (a perfect bag-of-words text encoder, blind to the
-frame): the bound on what a better text reading could give.
+frame): the bound on what a better text reading could give. ``--gate-readings`` also scores
+each variant with other readings of its edit gate (``model.flow_matching.GateReading``).
 
     .venv/bin/python bench/sft_variants.py --variant base \
         --variant ema sft.optim.ema_decay=0.999 --steps 1200
@@ -151,6 +152,15 @@ def evaluate(
     return table
 
 
+def gate_reading(text: str) -> GateReading:
+    """``THRESHOLD[:SHARPNESS]`` (``--gate-readings``)."""
+    threshold, _, sharpness = text.partition(":")
+    try:
+        return GateReading(float(threshold), float(sharpness or 1))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -166,12 +176,12 @@ def main() -> None:
         help="also score each variant with the true edit mask as its gate (a diagnostic)",
     )
     parser.add_argument(
-        "--gate-thresholds",
-        type=float,
+        "--gate-readings",
+        type=gate_reading,
         nargs="+",
-        metavar="T",
-        help="also score each variant reading its edit gate with these thresholds "
-        "(GateReading; the model's own sharpness)",
+        default=[],
+        metavar="THRESHOLD[:SHARPNESS]",
+        help="also score each variant reading its edit gate so (GateReading; sharpness 1)",
     )
     parser.add_argument("--log", default="sft_variants.log", help="training output goes here")
     args = parser.parse_args()
@@ -212,9 +222,9 @@ def main() -> None:
         scored = [(label, False, None)]
         if args.true_mask_gate:
             scored.append((f"{label}, true-mask gate", True, None))
-        for threshold in args.gate_thresholds or []:
-            reading = GateReading(threshold, config.eval.gate_sharpness)
-            scored.append((f"{label}, gate threshold {threshold}", False, reading))
+        for reading in args.gate_readings:
+            name = f"{label}, gate {reading.threshold}:{reading.sharpness}"
+            scored.append((name, False, reading))
         for name, true_gate, reading in scored:
             table = evaluate(
                 store,
