@@ -111,7 +111,8 @@ class OptimConfig(_Section):
 
 class LossConfig(_Section):
     mask_lambda: float = Field(2.0, ge=0)  # w = 1 + lambda * M; 0 = plain flow matching
-    sigma_mean: float = 0.0  # logit-normal training noise levels: mean of the logit
+    #: logit-normal noise levels' mean logit (5: sigma ~ 1, the one-step sampler's; 0: SD3's)
+    sigma_mean: float = 5.0
     sigma_std: float = Field(1.0, gt=0)  # ... and its spread
     sigma_shift: float = Field(3.0, gt=0)  # > 1 trains more at high noise (the edit's layout)
     #: velocity (the paper) | clean: sigma^2, the clean video's error at every noise level
