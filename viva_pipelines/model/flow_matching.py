@@ -131,9 +131,8 @@ class GateReading:
             )
 
     def logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """The gate logits ``[B, 1, ...]`` as sampling reads them."""
-        if self == PLAIN_GATE:
-            return logits
+        """The gate logits ``[B, 1, ...]`` as sampling reads them (the plain reading returns
+        them exactly: ``1·(x - log 1) = x``)."""
         return self.sharpness * (logits - math.log(self.threshold / (1 - self.threshold)))
 
 
