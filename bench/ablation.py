@@ -8,7 +8,8 @@
 4. + image pairs: the full SFT recipe (conf as is);
 5. + Edit-GRPO: configuration 4 with its Edit-GRPO LoRA.
 
-Every SFT run gets the same steps and seed per seed row; each is trained through the same entry
+Every SFT run gets the same steps and seed per seed row (by default the demo's budget: the
+configured SFT steps and Edit-GRPO iterations); each is trained through the same entry
 point the ``sft_checkpoint`` asset launches (under ``sft_checkpoint/<fingerprint>``, so a
 re-run finds finished runs) and evaluated on the demo benchmark suite. Prints one table per
 criterion: rows are the categories (and their average), columns the configurations, each cell
@@ -19,7 +20,7 @@ the instruction is about, where returning the source is wrong by construction.
 Needs what ``make demo`` leaves: ``qc_dataset``, ``instructor_model``, ``reward_models`` and
 the rendered suite.
 
-    DAGSTER_HOME=.dagster .venv/bin/python bench/ablation.py --steps 400 --seeds 0 1
+    DAGSTER_HOME=.dagster .venv/bin/python bench/ablation.py --seeds 0 1
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ REPORTED = ("region_psnr", "target_psnr", "bg_psnr", "clip_if", "clip_t")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=400, help="SFT steps of every run")
-    parser.add_argument("--grpo-iterations", type=int, default=20)
+    parser.add_argument("--steps", type=int, help="SFT steps of every run; default: the configured")
+    parser.add_argument(
+        "--grpo-iterations", type=int, help="Edit-GRPO iterations; default: the configured ones"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--log", default="ablation.log", help="training output goes here")
     parser.add_argument(
@@ -83,6 +86,9 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.seeds) < 2:
         parser.error("the spread needs at least two seeds")
+    configured = load_settings(default_conf_dir())
+    args.steps = args.steps or configured.sft.optim.max_steps
+    args.grpo_iterations = args.grpo_iterations or configured.grpo.optim.iterations
     if args.report_only:
         report(pd.read_parquet(args.rows), args)
         return

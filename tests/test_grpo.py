@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
+from pydantic import ValidationError
 
 from viva_pipelines.model.pipeline import Conditions
 from viva_pipelines.model.transformer import build_transformer, tiny_transformer_config
+from viva_pipelines.train.config import GrpoSampling
 from viva_pipelines.train.grpo import (
     CandidateBatch,
     EditContext,
     add_lora,
+    explored_steps,
     grpo_iteration,
     rollout,
     sde_window,
@@ -75,9 +79,33 @@ def test_groups_share_their_start_and_a_window_limits_the_stochastic_steps():
         generator=torch.Generator().manual_seed(1),
     )
     assert ode.log_probs.shape == (0, G) and torch.equal(ode.final[0], ode.final[3])
-    windows = [sde_window(8, 3, torch.Generator().manual_seed(s)) for s in range(20)]
+    windows = [sde_window(7, 3, torch.Generator().manual_seed(s)) for s in range(20)]
     assert all(len(w) == 3 and w == list(range(w[0], w[0] + 3)) and w[-1] <= 6 for w in windows)
-    assert len({w[0] for w in windows}) > 1 and sde_window(8, 7, torch.Generator()) is None
+    assert len({w[0] for w in windows}) > 1 and sde_window(7, 7, torch.Generator()) is None
+    assert explored_steps(8, 0.0) == 7 and explored_steps(8, 0.1) == 8
+
+
+def test_a_one_step_rollout_explores_around_the_one_step_edit():
+    model, ctx = policy(), context(G)
+    run = rollout(
+        model,
+        ctx,
+        num_steps=1,
+        final_noise=0.1,
+        group_size=4,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert run.sde_steps == [0] and run.log_probs.shape == (1, G)
+    ode = rollout(
+        model, ctx, num_steps=1, group_size=4, generator=torch.Generator().manual_seed(1)
+    )  # the inference sampler: one Euler step, no exploration
+    assert ode.log_probs.shape == (0, G) and torch.equal(run.latents[0], ode.latents[0])
+    spread = (run.final - ode.final).std().item()
+    assert abs(spread - 0.1) < 0.01  # the one-step edit plus noise of the exploration scale
+    assert not torch.equal(run.final[0], run.final[1])  # a group's candidates part
+    assert GrpoSampling().num_steps == 1 and GrpoSampling().final_noise > 0  # the demo's
+    with pytest.raises(ValidationError, match="final_noise"):
+        GrpoSampling(num_steps=1, final_noise=0.0)  # nothing would explore
 
 
 def test_lora_starts_as_the_base_model_and_only_the_adapter_trains():
@@ -97,7 +125,10 @@ def brightness_in_mask(latents: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"total": value, "brightness": value}
 
 
-def test_grpo_raises_a_simple_known_reward_from_a_fixed_seed():
+@pytest.mark.parametrize(
+    ("num_steps", "final_noise"), [(4, 0.0), (1, 0.1)], ids=["sde", "one_step"]
+)
+def test_grpo_raises_a_simple_known_reward_from_a_fixed_seed(num_steps, final_noise):
     torch.manual_seed(0)
     model = policy()
     ctx = context(G)
@@ -105,7 +136,9 @@ def test_grpo_raises_a_simple_known_reward_from_a_fixed_seed():
 
     def evaluate() -> float:
         with torch.no_grad():
-            run = rollout(model, ctx, num_steps=4, generator=torch.Generator().manual_seed(99))
+            run = rollout(
+                model, ctx, num_steps=num_steps, generator=torch.Generator().manual_seed(99)
+            )
         return float(brightness_in_mask(run.final)["total"].mean())
 
     start = evaluate()
@@ -116,16 +149,18 @@ def test_grpo_raises_a_simple_known_reward_from_a_fixed_seed():
             model,
             optimizer,
             [CandidateBatch(ctx, [0] * G, brightness_in_mask)],
-            num_steps=4,
+            num_steps=num_steps,
+            final_noise=final_noise,
             train_steps=3,
             clip_range=0.2,
             beta=0.0,
             generator=generator,
+            group_size=G,  # one start noise: only the policy's exploration tells them apart
         )
         history.append(stats["reward/total_mean"])
         assert 0 <= stats["clip_fraction"] <= 1 and abs(stats["advantage_mean"]) < 1e-4
     end = evaluate()
-    assert end > start + 0.5, (start, end)  # measured: 0.12 -> 1.06
+    assert end > start + 0.5, (start, end)  # measured: 0.12 -> 1.03 (sde), 0.05 -> 1.36 (one step)
     assert sum(history[-5:]) / 5 > sum(history[:5]) / 5
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from viva_pipelines.model.sde import sde_step_with_logprob
+from viva_pipelines.model.sde import final_step_with_logprob, sde_step_with_logprob
 from viva_pipelines.train.grpo_math import group_advantages, kl_to_reference, ppo_clipped_loss
 
 
@@ -51,6 +51,24 @@ def test_mean_log_prob_of_own_samples_matches_the_gaussian_entropy():
 def test_sde_step_refuses_to_step_backwards():
     with pytest.raises(ValueError, match="smaller"):
         sde_step_with_logprob(torch.zeros(1, 2), 0.4, 0.5, torch.zeros(1, 2))
+
+
+def test_the_final_step_explores_around_the_clean_estimate_with_its_own_scale():
+    x, v = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 1.0]])
+    _, _, mean, std = final_step_with_logprob(v, 0.8, x, 0.1)
+    assert torch.allclose(mean, x - 0.8 * v)  # the ODE's Euler step to sigma 0
+    assert std.item() == pytest.approx(0.1)
+    _, at_mean, _, _ = final_step_with_logprob(v, 0.8, x, 0.1, prev_sample=mean)
+    assert at_mean.item() == pytest.approx(-math.log(0.1) - 0.5 * math.log(2 * math.pi))
+    off = mean + torch.tensor([[0.1, -0.1]])  # one scale away in every dimension
+    _, log_prob, _, _ = final_step_with_logprob(v, 0.8, x, 0.1, prev_sample=off)
+    assert log_prob.item() == pytest.approx(at_mean.item() - 0.5, abs=1e-5)
+    sample, _, _, _ = final_step_with_logprob(
+        torch.zeros(1, 20000), 1.0, torch.zeros(1, 20000), 0.2, torch.Generator().manual_seed(0)
+    )
+    assert sample.std().item() == pytest.approx(0.2, rel=0.03)
+    with pytest.raises(ValueError, match="exploration scale"):
+        final_step_with_logprob(v, 0.8, x, 0.0)
 
 
 def test_group_advantages_by_hand_with_population_std():

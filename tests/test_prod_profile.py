@@ -39,6 +39,8 @@ def test_grpo_trains_a_lora_without_guidance_in_its_rollouts(prod):
     assert grpo.lora.rank > 0 and grpo.sampling.same_noise
     assert grpo.sampling.guidance_scale == 1.0 and grpo.optim.beta == 0.0
     assert grpo.sampling.sde_window and grpo.sampling.sde_window <= grpo.sampling.num_steps
+    # Flow-GRPO's multi-step SDE rollouts: the last step, to sigma 0, is the ODE's
+    assert grpo.sampling.num_steps > 1 and grpo.sampling.final_noise == 0.0
 
 
 def test_a_batch_that_does_not_split_over_processes_and_micro_batches_is_refused():

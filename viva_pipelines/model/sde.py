@@ -10,6 +10,12 @@ samples with the SDE that has the same marginals. For a step from ``sigma`` to `
 
 and ``log p(x')`` is the Gaussian log-density with that mean and scale ``std_t * sqrt(-dt)``,
 averaged over all non-batch dimensions.
+
+The step to ``sigma = 0`` has no such SDE (Flow-GRPO takes it as an ODE step). A sampler that
+makes its edit in one step from ``sigma = 1`` (the demo's) has only that step, so a policy over
+it explores around the ODE's end point instead: ``x' = x - sigma * v + s * eps`` with a fixed
+exploration scale ``s`` (:func:`final_step_with_logprob`), a Gaussian policy over the clean
+result whose log-probability is scored the same way.
 """
 
 from __future__ import annotations
@@ -49,13 +55,41 @@ def sde_step_with_logprob(
         + v * (1 + std_t**2 * (1 - sigma_t) / (2 * sigma_t)) * dt
     )
     std = std_t * torch.sqrt(-dt)
+    return _gaussian_step(mean, std, generator, prev_sample)
+
+
+def final_step_with_logprob(
+    v: torch.Tensor,
+    sigma: float | torch.Tensor,
+    x: torch.Tensor,
+    scale: float,
+    generator: torch.Generator | None = None,
+    prev_sample: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The last step, from ``x`` at ``sigma`` to ``sigma = 0``, explored with Gaussian noise of
+    fixed ``scale`` (latent units) around the ODE's end point ``x - sigma * v`` (the model's
+    clean estimate). Shapes and return value as :func:`sde_step_with_logprob`'s."""
+    if not scale > 0:
+        raise ValueError(f"the exploration scale must be > 0, got {scale!r}")
+    mean = x - _per_sample(sigma, x) * v
+    std = torch.full((x.shape[0], *([1] * (x.ndim - 1))), scale, dtype=x.dtype, device=x.device)
+    return _gaussian_step(mean, std, generator, prev_sample)
+
+
+def _gaussian_step(
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    generator: torch.Generator | None,
+    prev_sample: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw ``mean + std * eps`` (or take ``prev_sample``) and its mean Gaussian log-density."""
     if prev_sample is None:
         # Drawn where the generator lives (a CPU generator keeps runs reproducible on GPUs).
-        where = generator.device if generator is not None else x.device
-        noise = torch.randn(x.shape, generator=generator, device=where, dtype=x.dtype).to(x.device)
-        prev_sample = mean + std * noise
+        where = generator.device if generator is not None else mean.device
+        noise = torch.randn(mean.shape, generator=generator, device=where, dtype=mean.dtype)
+        prev_sample = mean + std * noise.to(mean.device)
     log_prob = -((prev_sample.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - _HALF_LOG_2PI
-    return prev_sample, log_prob.mean(dim=tuple(range(1, x.ndim))), mean, std
+    return prev_sample, log_prob.mean(dim=tuple(range(1, mean.ndim))), mean, std
 
 
 def _per_sample(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -245,23 +245,35 @@ class LoraOptions(_Section):
 
 class GrpoSampling(_Section):
     group_size: int = Field(4, ge=2)  # G candidates per (source video, instruction)
-    num_steps: int = Field(2, ge=2)  # denoising steps of a rollout
+    #: denoising steps of a rollout (1: the demo's one-step sampler, explored by final_noise)
+    num_steps: int = Field(1, ge=1)
     train_steps: int = Field(3, ge=1)  # denoising steps trained per iteration (random subset)
     #: stochastic (trained) steps: a window of this many, ODE elsewhere (MixGRPO); null = all
     sde_window: int | None = Field(None, ge=1)
     same_noise: bool = True  # a group's candidates start from one noise (Flow-GRPO, DanceGRPO)
     noise_level: float = Field(0.7, gt=0)  # the SDE's a: how stochastic the rollouts are
+    #: exploration scale (latent units) of the last step, to sigma 0, which has no SDE; 0: an
+    #: ODE step (Flow-GRPO). A one-step rollout needs it (its only step is the last)
+    final_noise: float = Field(0.1, ge=0)
     shift: float = Field(3.0, gt=0)  # time shift of the rollout schedule
     guidance_scale: float = 1.0  # instruction guidance of the rollouts (1: CFG-free)
 
+    @model_validator(mode="after")
+    def _something_explores(self) -> Self:
+        if self.num_steps == 1 and self.final_noise == 0:
+            raise ValueError(
+                "a one-step rollout (num_steps 1) explores only through final_noise: set it > 0"
+            )
+        return self
+
 
 class GrpoOptim(_Section):
-    iterations: int = Field(20, ge=0)  # optimizer steps of the run
+    iterations: int = Field(100, ge=0)  # optimizer steps of the run
     groups_per_iteration: int = Field(2, ge=1)  # groups sampled together in one batch
     accumulate: int = Field(1, ge=1)  # such batches per optimizer step (gradient accumulation)
     lr: float = Field(1e-3, gt=0)  # AdamW on the LoRA weights
     clip_range: float = Field(1e-3, gt=0)  # PPO's ε: the probability ratio is clipped to 1 ± ε
-    beta: float = Field(0.01, ge=0)  # KL to the adapter-disabled reference
+    beta: float = Field(0.0, ge=0)  # KL to the adapter-disabled reference (none at first)
     min_group_std: float = Field(0.0, ge=0)  # groups whose rewards spread less teach nothing
     grad_clip: float = Field(1.0, gt=0)  # max global gradient norm
 

@@ -28,7 +28,7 @@ from viva_pipelines.model.flow_matching import (
     inference_sigmas,
 )
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline, pad_conditions
-from viva_pipelines.model.sde import sde_step_with_logprob
+from viva_pipelines.model.sde import final_step_with_logprob, sde_step_with_logprob
 from viva_pipelines.model.transformer import predict_velocity
 from viva_pipelines.rewards.clip_rewards import ClipScorer, edit_rewards
 from viva_pipelines.rewards.models import load_scorers
@@ -159,6 +159,31 @@ def guided_step_velocity(
     return guided_velocity(v_uncond, v_cond, ctx.guidance_scale)
 
 
+def policy_step(
+    v: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    noise_level: float,
+    final_noise: float,
+    generator: torch.Generator | None = None,
+    prev_sample: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One stochastic step of the rollout policy: Flow-GRPO's SDE (``noise_level``), or, to
+    ``sigma = 0``, Gaussian exploration of scale ``final_noise`` around the ODE's end point
+    (:mod:`~viva_pipelines.model.sde`). Returns ``(x_next, log_prob, mean, std)``."""
+    if sigma_next > 0:
+        return sde_step_with_logprob(v, sigma, sigma_next, x, noise_level, generator, prev_sample)
+    return final_step_with_logprob(v, sigma, x, final_noise, generator, prev_sample)
+
+
+def explored_steps(num_steps: int, final_noise: float) -> int:
+    """How many of a rollout's steps can be stochastic: all but the last, which goes to
+    ``sigma = 0``, unless that one is explored too (``final_noise > 0``)."""
+    return num_steps if final_noise > 0 else num_steps - 1
+
+
 @torch.no_grad()
 def rollout(
     transformer: torch.nn.Module,
@@ -167,15 +192,18 @@ def rollout(
     num_steps: int,
     shift: float = 1.0,
     noise_level: float = 0.7,
+    final_noise: float = 0.0,
     generator: torch.Generator | None = None,
     group_size: int = 1,
     sde_steps: Sequence[int] | None = None,
 ) -> Rollout:
     """Sample every candidate, keeping per-step latents and the log-probs of the stochastic
-    steps. ``sde_steps``: which denoising steps take the SDE (default: all but the last,
-    which goes to sigma = 0 and would have std 0); the others are Euler steps of the ODE, so
-    exploration and credit assignment stay inside that window (MixGRPO); an empty one samples
-    the ODE, as inference does. ``group_size``:
+    steps. ``sde_steps``: which denoising steps are stochastic (default: all but the last,
+    which goes to sigma = 0 and has no SDE, and the last too when ``final_noise > 0``, see
+    :func:`policy_step`); the others are Euler steps of the ODE, so exploration and credit
+    assignment stay inside that window (MixGRPO); an empty one samples the ODE, as inference
+    does. A one-step rollout (``num_steps=1``, ``final_noise > 0``) is the policy of a sampler
+    that edits in one step. ``group_size``:
     consecutive candidates of that many start from the same noise, so what separates a
     group's candidates is the policy's own exploration, not a luckier starting point."""
     sigmas = inference_sigmas(num_steps, shift).to(ctx.source.device)
@@ -184,13 +212,20 @@ def rollout(
         raise ValueError(f"{batch} candidates do not split into groups of {group_size}")
     noise = torch.randn((batch // group_size, *ctx.source.shape[1:]), generator=generator)
     x = noise.repeat_interleave(group_size, dim=0).to(ctx.source)
-    stochastic = set(range(num_steps - 1) if sde_steps is None else sde_steps)
+    explorable = explored_steps(num_steps, final_noise)
+    stochastic = set(range(explorable) if sde_steps is None else sde_steps)
     latents, log_probs, taken = [x], [], []
     for i in range(num_steps):
         v = guided_step_velocity(transformer, x, sigmas[i], ctx)
-        if i in stochastic and sigmas[i + 1] > 0:
-            x, log_prob, _, _ = sde_step_with_logprob(
-                v, sigmas[i], sigmas[i + 1], x, noise_level, generator=generator
+        if i in stochastic and i < explorable:
+            x, log_prob, _, _ = policy_step(
+                v,
+                sigmas[i],
+                sigmas[i + 1],
+                x,
+                noise_level=noise_level,
+                final_noise=final_noise,
+                generator=generator,
             )
             log_probs.append(log_prob)
             taken.append(i)
@@ -201,14 +236,15 @@ def rollout(
     return Rollout(torch.stack(latents), stacked, sigmas, taken)
 
 
-def sde_window(num_steps: int, size: int | None, generator: torch.Generator) -> list[int] | None:
-    """``size`` consecutive denoising steps at a random place among the stochastic ones
-    (all but the last), drawn anew each iteration; None (every step) when ``size`` is None or
-    covers them all."""
-    stochastic = num_steps - 1
-    if size is None or size >= stochastic:
+def sde_window(
+    num_stochastic: int, size: int | None, generator: torch.Generator
+) -> list[int] | None:
+    """``size`` consecutive denoising steps at a random place among the ``num_stochastic``
+    that can be (:func:`explored_steps`), drawn anew each iteration; None (every step) when
+    ``size`` is None or covers them all."""
+    if size is None or size >= num_stochastic:
         return None
-    start = int(torch.randint(stochastic - size + 1, (), generator=generator))
+    start = int(torch.randint(num_stochastic - size + 1, (), generator=generator))
     return list(range(start, start + size))
 
 
@@ -230,6 +266,7 @@ def grpo_loss_for_step(
     noise_level: float,
     clip_range: float,
     beta: float,
+    final_noise: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The GRPO objective of the ``step``-th stochastic step (``run.sde_steps[step]``) for all
     candidates: ``(loss, policy_loss, kl, clip_fraction)``; only ``loss`` carries gradients.
@@ -241,9 +278,8 @@ def grpo_loss_for_step(
     x, x_next = run.latents[i], run.latents[i + 1]
     sigma, sigma_next = run.sigmas[i], run.sigmas[i + 1]
     v = guided_step_velocity(transformer, x, sigma, ctx)
-    _, log_prob, mean, std = sde_step_with_logprob(
-        v, sigma, sigma_next, x, noise_level, prev_sample=x_next
-    )
+    explore = {"noise_level": noise_level, "final_noise": final_noise, "prev_sample": x_next}
+    _, log_prob, mean, std = policy_step(v, sigma, sigma_next, x, **explore)
     policy_loss, clip_fraction = ppo_clipped_loss(
         log_prob, run.log_probs[step], advantages, clip_range
     )
@@ -255,9 +291,7 @@ def grpo_loss_for_step(
                 v_ref = guided_step_velocity(transformer, x, sigma, ctx)
             finally:
                 transformer.enable_adapters()
-            _, _, ref_mean, _ = sde_step_with_logprob(
-                v_ref, sigma, sigma_next, x, noise_level, prev_sample=x_next
-            )
+            _, _, ref_mean, _ = policy_step(v_ref, sigma, sigma_next, x, **explore)
         kl = kl_to_reference(mean, ref_mean, std).mean()
     return policy_loss + beta * kl, policy_loss.detach(), kl.detach(), clip_fraction
 
@@ -282,6 +316,7 @@ def grpo_iteration(
     train_steps: int,
     shift: float = 1.0,
     noise_level: float = 0.7,
+    final_noise: float = 0.0,
     clip_range: float = 1e-3,
     beta: float = 0.01,
     grad_clip: float = 1.0,
@@ -307,9 +342,10 @@ def grpo_iteration(
             num_steps=num_steps,
             shift=shift,
             noise_level=noise_level,
+            final_noise=final_noise,
             generator=generator,
             group_size=group_size,
-            sde_steps=sde_window(num_steps, window, generator),
+            sde_steps=sde_window(explored_steps(num_steps, final_noise), window, generator),
         )
         batch_rewards = batch.reward_fn(run.final)
         batch_advantages = group_advantages(
@@ -324,6 +360,7 @@ def grpo_iteration(
                 batch.ctx,
                 batch_advantages.to(run.final.device),
                 noise_level=noise_level,
+                final_noise=final_noise,
                 clip_range=clip_range,
                 beta=beta,
             )
@@ -536,6 +573,7 @@ def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dic
             train_steps=sampling.train_steps,
             shift=sampling.shift,
             noise_level=sampling.noise_level,
+            final_noise=sampling.final_noise,
             clip_range=optim.clip_range,
             beta=optim.beta,
             grad_clip=optim.grad_clip,
