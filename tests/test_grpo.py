@@ -263,6 +263,10 @@ def test_grpo_run_over_a_trained_sft_model_resumes_to_the_same_adapter(tmp_path)
     for name in adapters[0]:
         assert torch.equal(adapters[0][name], adapters[1][name]), name
     assert any(t.abs().sum() > 0 for n, t in adapters[0].items() if "lora_B" in n)  # it trained
+    curves = storage.read_bytes("straight/reward_curves.png")  # the run's curves, as a picture
+    assert curves.startswith(b"\x89PNG") and straight["reward_curves_uri"].endswith(
+        "straight/reward_curves.png"
+    )
     assert (
         json.loads(storage.read_bytes("straight/lora/viva_adapter.json"))["base_model"]
         == "sft/model"

@@ -34,6 +34,7 @@ from viva_pipelines.train.runs import (
     instructor_location,
     lora_key,
     model_key,
+    reward_curves_key,
     run_key,
     sft_config,
     summary_key,
@@ -269,6 +270,10 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         )
         artifacts = {"lora_uri": lora_key(config.output_prefix), "base_model_uri": config.sft_model}
         details = {"registered_model": f"{grpo.register_model}/{version}", "base_model": sft_model}
+        curves = reward_curves_key(config.output_prefix)
+        if store.exists(curves):  # (a run finished by an older version has none)
+            png = markdown_image(store.read_bytes(curves), "Edit-GRPO rewards")
+            details["reward_curves"] = dg.MetadataValue.md(png)
         return _training_result(store, config, {**reported, **details}, artifacts)
 
     return dg.Definitions(

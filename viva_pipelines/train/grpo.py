@@ -30,6 +30,7 @@ from viva_pipelines.model.flow_matching import (
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline, pad_conditions
 from viva_pipelines.model.sde import final_step_with_logprob, sde_step_with_logprob
 from viva_pipelines.model.transformer import predict_velocity
+from viva_pipelines.previews import curves
 from viva_pipelines.rewards.clip_rewards import ClipScorer, edit_rewards
 from viva_pipelines.rewards.models import load_scorers
 from viva_pipelines.storage import Storage
@@ -42,7 +43,7 @@ from viva_pipelines.train.distributed import (
 )
 from viva_pipelines.train.grpo_math import group_advantages, kl_to_reference, ppo_clipped_loss
 from viva_pipelines.train.reporting import Reporter, run_entry_point
-from viva_pipelines.train.runs import lora_key, summary_key
+from viva_pipelines.train.runs import lora_key, reward_curves_key, summary_key
 from viva_pipelines.train.sft import summarise
 from viva_pipelines.train.sft_data import (
     CachedSamples,
@@ -605,8 +606,25 @@ def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dic
             )
     summary = summarise(history, config.optim.iterations, start)
     summary["lora_uri"] = save_adapter(storage, config, transformer)
+    summary["reward_curves_uri"] = save_reward_curves(storage, config, history, report)
     storage.write_json(summary_key(config.output_prefix), summary)
     return summary
+
+
+def save_reward_curves(
+    storage: Storage, config: GrpoConfig, history: dict[str, list], report: Reporter
+) -> str:
+    """The run's rewards as a PNG (the training batches' mean every iteration, the held-out
+    groups' components every evaluation), in storage and in the MLflow run."""
+    key = reward_curves_key(config.output_prefix)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp, Path(key).name)
+        local.write_bytes(
+            curves(history, "Edit-GRPO rewards: training batches and held-out groups")
+        )
+        storage.put_file(local, key)
+        report.artifact(local)
+    return storage.uri(key)
 
 
 def save_adapter(storage: Storage, config: GrpoConfig, transformer: torch.nn.Module) -> str:

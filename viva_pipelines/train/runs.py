@@ -52,6 +52,11 @@ def lora_key(run: str) -> str:
     return f"{run}/lora"
 
 
+def reward_curves_key(run: str) -> str:
+    """The reward curves (PNG) of an Edit-GRPO run."""
+    return f"{run}/reward_curves.png"
+
+
 def run_key(config: RunConfig) -> str:
     """The run's name under its asset's prefix (the fingerprint of its config): also the
     asset's data version."""
