@@ -10,7 +10,7 @@ and outside it, and CLIP-IF with the reward CLIP (what Edit-GRPO's R_IF rewards)
 benchmark suite is not touched: this is where the GRPO recipe is tuned.
 
     .venv/bin/python bench/grpo_variants.py --sft sft_checkpoint/<key> --variant base \
-        --variant window grpo.sampling.sde_window=3
+        --variant noise grpo.sampling.final_noise=0.2
 """
 
 from __future__ import annotations
