@@ -21,6 +21,10 @@ Needs what ``make demo`` leaves: ``qc_dataset``, ``instructor_model``, ``reward_
 the rendered suite.
 
     DAGSTER_HOME=.dagster .venv/bin/python bench/ablation.py --seeds 0 1
+
+``--configs`` runs some of the configurations only: ``--configs +images +Edit-GRPO --steps
+2000`` scores the demo's recipe at twice its SFT budget on the suite (a measurement of what
+the budget costs, not a way to choose a recipe: that is done on the val split).
 """
 
 from __future__ import annotations
@@ -78,6 +82,14 @@ def main() -> None:
         "--grpo-iterations", type=int, help="Edit-GRPO iterations; default: the configured ones"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=[label for label, _, _ in CONFIGS],
+        default=[label for label, _, _ in CONFIGS],
+        metavar="LABEL",
+        help="only these configurations (e.g. the full recipe at another --steps); default: all",
+    )
     parser.add_argument("--log", default="ablation.log", help="training output goes here")
     parser.add_argument(
         "--rows", default="ablation_rows.parquet", help="per-edit scores, saved as they come"
@@ -103,6 +115,8 @@ def main() -> None:
             "grpo.runtime.seed": seed,
         }
         for label, overrides, with_grpo in CONFIGS:
+            if label not in args.configs:
+                continue
             settings = load_settings(default_conf_dir(), overrides={**budget, **overrides})
             store = Storage(settings.storage.root)
             config = sft_config(settings, version, instructor_location(store))
@@ -118,7 +132,7 @@ def main() -> None:
                 pipeline.load_lora(store.uri(lora_key(grpo.output_prefix)))
             trained_s = time.perf_counter() - started
             editors = [PipelineEditor(label, pipeline)]
-            if label == CONFIGS[0][0]:
+            if label == args.configs[0]:
                 editors.append(IdentityEditor(editors[0].geometry))
             media, instances = load_configured_suite(settings)
             with tempfile.TemporaryDirectory() as tmp:

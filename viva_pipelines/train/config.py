@@ -57,7 +57,7 @@ class DataConfig(SampleOptions):
 class ScratchSize(_Section):
     """The DiT trained from scratch when ``models.transformer`` is null (the demo)."""
 
-    heads: int = Field(4, ge=1)  # attention heads of the from-scratch DiT
+    heads: int = Field(2, ge=1)  # attention heads of the from-scratch DiT (docs/benchmark.md)
     head_dim: int = Field(32, ge=8, multiple_of=8)  # width per head (rotary axes need 8s)
     dual_layers: int = Field(2, ge=0)  # dual-stream (video | text) blocks
     single_layers: int = Field(2, ge=0)  # single-stream blocks after them
@@ -106,7 +106,7 @@ class OptimConfig(_Section):
     #: micro-batches per rank and step, gradients summed: global batch at less memory
     grad_accumulation: int = Field(1, ge=1)
     ema_decay: float = Field(0.0, ge=0, lt=1)  # EMA of the weights, sampled and shipped; 0 = off
-    max_steps: int = Field(1000, ge=0)  # optimizer steps of the run
+    max_steps: int = Field(2000, ge=0)  # optimizer steps of the run
 
 
 class LossConfig(_Section):
