@@ -58,9 +58,9 @@ def tiny_transformer_config(
     out_channels: int | None = None,
     position_channels: bool = False,
 ) -> dict[str, Any]:
-    """A small HunyuanVideo config trained from scratch; these defaults (~2 M parameters: 2
-    dual-stream + 2 single-stream blocks, 4 heads of 32; the demo's ``sft.model.scratch``
-    has 2 heads) train on a CPU in minutes. Patch 2,
+    """A small HunyuanVideo config trained from scratch, in minutes on a CPU; SFT sizes it from
+    ``sft.model.scratch`` (the demo's: 2 heads of 32, 0.56 M parameters; these keyword
+    defaults, 4 heads, are ~2 M). Patch 2,
     no guidance embedding (VIVA uses real classifier-free guidance, not a distilled guidance
     input). The rotary axes split ``head_dim`` as HunyuanVideo does (time a quarter, then
     height and width equally). ``out_channels``: default ``latent_channels`` (see
