@@ -247,10 +247,11 @@ def test_reward_weights_are_validated(kwargs: dict, error: type[Exception]) -> N
 
 
 def test_reward_weights_defaults_and_zero_terms() -> None:
-    # PickScore is a logit (~100 x a cosine) while R_IF and R_SP are cosines: weighted 0.01
-    assert RewardWeights() == RewardWeights(instruction=1.0, preservation=1.0, pickscore=0.01)
+    # PickScore is a logit (~100 x a cosine) while R_IF and R_SP are cosines: weighted 0.01;
+    # instruction following counts twice (docs/benchmark.md)
+    assert RewardWeights() == RewardWeights(instruction=2.0, preservation=1.0, pickscore=0.01)
     assert RewardWeights(pickscore=0).pickscore == 0
-    assert RewardWeights(instruction=2).instruction == 2.0  # a YAML integer is a number
+    assert RewardWeights(instruction=3).instruction == 3.0  # a YAML integer is a number
 
 
 # -- lineage and loading --------------------------------------------------------------------------
