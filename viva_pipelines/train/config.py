@@ -37,8 +37,7 @@ class SampleOptions(_Section):
     frame_stride: int = Field(4, ge=1)  # take every n-th frame of the stored clip
     height: int = Field(32, ge=8)  # training sample size, fitted like ingest (scale, crop)
     width: int = Field(32, ge=8)  # ... width
-    #: share of all-video batches, rest are images (the paper's 0.4 in conf/prod; the demo's
-    #: 0.25: an image batch costs a quarter of a video one, so more steps fit its budget)
+    #: share of all-video batches, rest images (paper: 0.4, conf/prod; 0.25 is cheaper a step)
     video_fraction: float = Field(0.25, ge=0, le=1)
     use_images: bool = True  # ablation: image pairs off
     #: training pairs whose instruction says left or right also come mirrored (sides swapped)
@@ -295,8 +294,7 @@ class RewardWeights(_Section):
     is a logit (~100 x a cosine, ~20 for PickScore_v1) while R_IF and R_SP are cosines: at
     weight 1 it drowns the other two. Not all zero (the total would carry no signal)."""
 
-    #: R_IF (the paper states no weights; 2: +0.6 dB in the edit region on the demo's val split
-    #: where 1 gave +0.1, docs/benchmark.md)
+    #: R_IF (the paper states no weights; 2 edits more than 1 on val, docs/benchmark.md)
     instruction: RewardWeight = 2.0
     preservation: RewardWeight = 1.0  # R_SP
     pickscore: RewardWeight = 0.01  # R_PS
