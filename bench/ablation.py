@@ -22,9 +22,10 @@ the rendered suite.
 
     DAGSTER_HOME=.dagster .venv/bin/python bench/ablation.py --seeds 0 1
 
-``--configs`` runs some of the configurations only: ``--configs +images +Edit-GRPO --steps
-2000`` scores the demo's recipe at twice its SFT budget on the suite (a measurement of what
-the budget costs, not a way to choose a recipe: that is done on the val split).
+``--configs`` runs some of the configurations only: ``--configs +images +Edit-GRPO --seeds 0 1``
+scores the demo's recipe over two seeds on the suite, and with ``--steps`` at another SFT
+budget (a measurement of what the budget costs, not a way to choose a recipe: that is done on
+the val split).
 """
 
 from __future__ import annotations
