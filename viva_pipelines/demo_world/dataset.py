@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from viva_pipelines.demo_world.scene import SceneSpec
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.annotations import Annotations, sidecar_keys
 from viva_pipelines.video.io import write_video
+from viva_pipelines.workers import ordered_map
 
 
 def scene_seed(seed: int, index: int) -> int:
@@ -50,6 +52,21 @@ def write_scene(scene: SceneSpec, out_dir: str | os.PathLike, name: str) -> Path
     return Path(folder.uri(f"{name}.mp4"))
 
 
+def _write_demo_video(
+    index: int,
+    out_dir: str,
+    seed: int,
+    width: int,
+    height: int,
+    num_frames: int,
+    fps: float,
+) -> Path:
+    scene = random_scene(
+        scene_seed(seed, index), width=width, height=height, num_frames=num_frames, fps=fps
+    )
+    return write_scene(scene, out_dir, f"scene_{index:04d}")
+
+
 def generate_demo_videos(
     out_dir: str | os.PathLike,
     num_videos: int,
@@ -60,15 +77,21 @@ def generate_demo_videos(
     num_frames: int = 48,
     fps: float = 24,
 ) -> list[Path]:
-    """Render ``num_videos`` random scenes as ``scene_0000.mp4``… with sidecars."""
+    """Render ``num_videos`` random scenes as ``scene_0000.mp4``… with sidecars, one process
+    per core."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in tqdm(range(num_videos), desc="demo videos"):
-        scene = random_scene(
-            scene_seed(seed, index), width=width, height=height, num_frames=num_frames, fps=fps
-        )
-        paths.append(write_scene(scene, out_dir, f"scene_{index:04d}"))
-    return paths
+    write_one = partial(
+        _write_demo_video,
+        out_dir=os.fspath(out_dir),
+        seed=seed,
+        width=width,
+        height=height,
+        num_frames=num_frames,
+        fps=fps,
+    )
+    return list(
+        tqdm(ordered_map(write_one, range(num_videos)), total=num_videos, desc="demo videos")
+    )
 
 
 def demo_edit_requests(videos: list[Path], root: str | os.PathLike) -> list[dict[str, str]]:

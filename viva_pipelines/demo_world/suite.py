@@ -23,6 +23,7 @@ import io
 import json
 import tempfile
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -48,6 +49,7 @@ from viva_pipelines.pairs.generators import Templates, as_clause, load_templates
 from viva_pipelines.pairs.types import EditPair
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.io import write_video
+from viva_pipelines.workers import ordered_map
 
 #: Seed of the suite's scene stream; the training world uses ``demo.seed`` (0 by default).
 SUITE_WORLD = 20_260_611
@@ -262,22 +264,45 @@ def _npz(mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_case(storage: Storage, instance_id: str, edit: EditPair, fps: float) -> dict[str, str]:
-    keys = {
-        "source_video": f"{instance_id}/source.mp4",
-        "target_video": f"{instance_id}/target.mp4",
-        "edit_mask": f"{instance_id}/mask.npz",
-    }
+@dataclass(frozen=True)
+class RenderedCase:
+    """One suite instance as a worker hands it back: its texts and its files' bytes."""
+
+    instance_id: str
+    category: str
+    instruction: str
+    source_caption: str
+    target_caption: str
+    files: dict[str, tuple[str, bytes]]  # BenchInstance field -> (storage key, bytes)
+
+
+def _video_bytes(frames: np.ndarray, fps: float) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
-        for name, frames in (("source_video", edit.source), ("target_video", edit.target)):
-            local = Path(tmp, Path(keys[name]).name)
-            write_video(local, frames, fps)
-            storage.put_file(local, keys[name])
-    storage.write_bytes(keys["edit_mask"], _npz(edit.mask))
+        path = Path(tmp, "clip.mp4")
+        write_video(path, frames, fps)
+        return path.read_bytes()
+
+
+def _render_case_files(case: tuple[str, int], world: int, geometry: SuiteGeometry) -> RenderedCase:
+    """Render one ``(category, index)`` case and encode its files (run in a worker)."""
+    category, index = case
+    instance_id = f"{category}-{index + 1:02d}"
+    edit = render_case(category, index, world=world, geometry=geometry)
+    files = {
+        "source_video": (f"{instance_id}/source.mp4", _video_bytes(edit.source, geometry.fps)),
+        "target_video": (f"{instance_id}/target.mp4", _video_bytes(edit.target, geometry.fps)),
+        "edit_mask": (f"{instance_id}/mask.npz", _npz(edit.mask)),
+    }
     if edit.reference is not None:
-        keys["reference_image"] = f"{instance_id}/reference.png"
-        storage.write_bytes(keys["reference_image"], _png(edit.reference))
-    return keys
+        files["reference_image"] = (f"{instance_id}/reference.png", _png(edit.reference))
+    return RenderedCase(
+        instance_id,
+        category,
+        edit.instruction,
+        edit.source_caption,
+        edit.target_caption,
+        files,
+    )
 
 
 def build_demo_suite(
@@ -287,23 +312,24 @@ def build_demo_suite(
     world: int = SUITE_WORLD,
     geometry: SuiteGeometry | None = None,
 ) -> list[BenchInstance]:
-    """Render ``per_category`` instances of every category under ``storage`` and write the
-    manifest (:data:`MANIFEST`); returns the instances in manifest order."""
+    """Render ``per_category`` instances of every category under ``storage`` (one process per
+    core, :func:`~viva_pipelines.workers.ordered_map`) and write the manifest
+    (:data:`MANIFEST`); returns the instances in manifest order."""
     geometry = geometry or SuiteGeometry()
-    instances = []
     cases = [(category, i) for category in CATEGORIES for i in range(per_category)]
-    for category, index in tqdm(cases, desc="benchmark suite"):
-        instance_id = f"{category}-{index + 1:02d}"
-        edit = render_case(category, index, world=world, geometry=geometry)
-        keys = _write_case(storage, instance_id, edit, geometry.fps)
+    render_one = partial(_render_case_files, world=world, geometry=geometry)
+    instances = []
+    for case in tqdm(ordered_map(render_one, cases), total=len(cases), desc="benchmark suite"):
+        for key, data in case.files.values():
+            storage.write_bytes(key, data)
         instances.append(
             BenchInstance(
-                id=instance_id,
-                category=category,
-                instruction=edit.instruction,
-                source_caption=edit.source_caption,
-                target_caption=edit.target_caption,
-                **keys,
+                id=case.instance_id,
+                category=case.category,
+                instruction=case.instruction,
+                source_caption=case.source_caption,
+                target_caption=case.target_caption,
+                **{field: key for field, (key, _) in case.files.items()},
             )
         )
     storage.write_bytes(MANIFEST, manifest_text(instances).encode())
