@@ -51,11 +51,11 @@ def ordered_map(
     The first item runs in this process and is timed: only when the rest would take more than
     ``pool_worth_s`` seconds (default :data:`POOL_WORTH_S`) at that pace does a pool start for
     them (a handful of small items, as in tests, stays in this process). ``function`` must be
-    picklable (a module-level function or a ``functools.partial`` of one). Workers are spawned, not forked: a fork copies the
-    caller's thread pools (OpenCV's, PyTorch's) without their threads, and the first call into
-    such a pool in the child can wait forever; so, as with any spawning pool, a script that
-    calls this at import time needs the ``if __name__ == "__main__":`` guard. An exception in
-    a worker is raised here, at its item."""
+    picklable (a module-level function or a ``functools.partial`` of one). Workers are spawned,
+    not forked: a fork copies the caller's thread pools (OpenCV's, PyTorch's) without their
+    threads, and the first call into such a pool in the child can wait forever; so, as with any
+    spawning pool, a script that calls this at import time needs the ``if __name__ ==
+    "__main__":`` guard. An exception in a worker is raised here, at its item."""
     items = list(items)
     if not items:
         return
