@@ -287,6 +287,7 @@ def test_pairs_that_name_a_side_are_also_learned_in_a_mirror(dataset_root):
         *twins,
     }
     assert index.loc["v0-color" + MIRRORED_SUFFIX, "instruction"].endswith("on the right blue.")
+    assert twins <= set(sft.training_rows(storage, config)["sample_id"])  # what benches read too
     position = index.index.get_loc
     for sid in ("v0-color", "v0-color-image"):
         original, mirrored = samples[position(sid)], samples[position(sid + MIRRORED_SUFFIX)]

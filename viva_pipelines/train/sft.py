@@ -142,20 +142,23 @@ def instructor_config(
         prompt_template=model.instructor_prompt,
         hidden_layer=model.instructor_layer,
         text_only=model.text_only,
+        pad_to_square=model.instructor_pad_to_square,
         crop_template=model.crop_template,
         device=str(device),
     )
 
 
 def training_rows(storage: Storage, config: SftConfig) -> pd.DataFrame:
-    """The accepted samples of the dataset manifest (image rows dropped when images are off)."""
+    """The accepted samples of the dataset manifest (image rows dropped when images are off),
+    with their mirrored twins when ``data.mirror`` is on (:func:`with_mirrored`)."""
     manifest = read_dataset_manifest(storage, config.data.manifest_key)
     rows = manifest[manifest["status"] == ACCEPTED]
     if not config.data.use_images:
         rows = rows[rows["modality"] == VIDEO]
     if rows.empty:
         raise ValueError(f"{config.data.manifest_key}: no accepted samples to train on")
-    return rows.sort_values("sample_id").reset_index(drop=True)
+    rows = rows.sort_values("sample_id").reset_index(drop=True)
+    return with_mirrored(rows) if config.data.mirror else rows
 
 
 def make_encoder(codec: VideoCodec, instructor: Instructor, device: torch.device):
@@ -219,8 +222,6 @@ def prepare_cache(
     """The cached dataset, its unconditional tokens and its prefix; encodes what is missing."""
     geometry = geometry_of(config)
     rows = training_rows(storage, config)
-    if config.data.mirror:
-        rows = with_mirrored(rows)
     instructor_cfg = instructor_config(config, ctx.device, storage)
     prefix = cache_prefix_of(storage, config, codec, instructor_cfg)
     if cache_is_complete(storage, prefix):

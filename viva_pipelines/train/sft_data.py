@@ -158,7 +158,8 @@ def _has(value: Any) -> bool:
 
 
 def load_pixel_sample(storage: Storage, row: Any, geometry: ClipGeometry) -> PixelSample:
-    """Read one ``qc_dataset`` row (video or image modality) and cut it to ``geometry``."""
+    """Read one ``qc_dataset`` row (video or image modality) and cut it to ``geometry``; a
+    mirrored twin's (``row.mirrored``, see :func:`with_mirrored`) comes flipped."""
     if row.modality == VIDEO:
         source_all = load_frames(storage, row.source_key)
         target_all = load_frames(storage, row.target_key)
@@ -180,7 +181,7 @@ def load_pixel_sample(storage: Storage, row: Any, geometry: ClipGeometry) -> Pix
         raise ValueError(f"sample {row.sample_id}: unknown modality {row.modality!r}")
     reference_image = _read_png(storage, row.reference_key) if _has(row.reference_key) else None
     fitted_mask = np.stack([geometry.fit(m.astype(np.float32)) for m in mask])
-    return PixelSample(
+    sample = PixelSample(
         instruction=row.instruction,
         source=to_model_pixels(np.stack([geometry.fit(f) for f in source])),
         target=to_model_pixels(np.stack([geometry.fit(f) for f in target])),
@@ -193,6 +194,7 @@ def load_pixel_sample(storage: Storage, row: Any, geometry: ClipGeometry) -> Pix
         first_frame=first_frame,
         reference_image=reference_image,
     )
+    return sample.flipped() if getattr(row, "mirrored", False) else sample
 
 
 # -- the cache ------------------------------------------------------------------------------
@@ -226,7 +228,7 @@ MIRRORED_SUFFIX = "~mirrored"
 def with_mirrored(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` and, for each training-split row whose instruction says "left" or "right", its
     twin seen in a mirror: ``sample_id`` + :data:`MIRRORED_SUFFIX`, the sides swapped in its
-    instruction, ``mirrored`` true (its pictures are flipped when cached,
+    instruction, ``mirrored`` true (:func:`load_pixel_sample` flips its pictures,
     :meth:`PixelSample.flipped`). Such instructions (adds: "... at the top left") are the only
     ones that tie words to places in the frame, and a dataset has few of them; the twin gives
     every "on the left" an "on the right" over the same content. Other pairs are not
@@ -285,10 +287,6 @@ def build_cache(
         for start in tqdm(range(0, len(todo), chunk), desc=desc, disable=rank != 0):
             batch_rows = todo[start : start + chunk]
             samples = [load_pixel_sample(storage, row, geometry) for row in batch_rows]
-            samples = [
-                sample.flipped() if getattr(row, "mirrored", False) else sample
-                for sample, row in zip(samples, batch_rows, strict=True)
-            ]
             latents, tokens = encode(samples)
             for i, row in enumerate(batch_rows):
                 tensors = {name: value[i].contiguous() for name, value in latents.items()}
