@@ -18,6 +18,7 @@ from viva_pipelines.model.instructor import (
     InstructorConfig,
     PromptTemplate,
     load_prompt_template,
+    pad_to_square,
 )
 
 #: The tiny model's geometry (build_tiny_instructor defaults): 32 px images in 8 px patches.
@@ -139,6 +140,31 @@ def test_first_frame_and_reference_change_the_tokens(instructor: Instructor) -> 
     other_ref = real_rows(instructor.encode([SHORT], [frame(0)], [frame(3)]))[0]
     assert with_ref.shape[0] > base.shape[0] + IMAGE_TOKENS
     assert not torch.allclose(with_ref[-3:], other_ref[-3:], atol=1e-4)
+
+
+def test_pad_to_square_centres_the_picture_on_the_fill():
+    wide = frame(0, (2, 6))
+    square = pad_to_square(wide, (1, 2, 3))
+    assert square.shape == (6, 6, 3)
+    np.testing.assert_array_equal(square[2:4], wide)
+    assert (square[:2] == (1, 2, 3)).all() and (square[4:] == (1, 2, 3)).all()
+    tall = frame(1, (5, 2))
+    np.testing.assert_array_equal(pad_to_square(tall, (0, 0, 0))[:, 1:3], tall)
+    same = frame(2, (4, 4))
+    assert pad_to_square(same, (0, 0, 0)) is same
+
+
+def test_a_padded_frame_shows_the_instructor_its_sides(tiny_dir: Path, instructor: Instructor):
+    """The image processor keeps the centre square of a wide frame: what happens at its left
+    edge is out of sight unless the frame is padded to a square first."""
+    padded = _make(tiny_dir, pad_to_square=True)
+    seen = frame(0)  # 48 x 64: the processor's crop drops about 8 columns on each side
+    changed = seen.copy()
+    changed[:, :4] = 255 - changed[:, :4]
+    for reader, sees_the_edge in ((instructor, False), (padded, True)):
+        before = real_rows(reader.encode([SHORT], [seen]))[0]
+        after = real_rows(reader.encode([SHORT], [changed]))[0]
+        assert torch.allclose(before, after, atol=1e-6) is not sees_the_edge
 
 
 def test_text_only_has_no_images_and_differs(tiny_dir: Path, instructor: Instructor) -> None:

@@ -180,6 +180,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
                 model=settings.models.instructor,
                 options=cfg.pretrain,
                 prompt_template=settings.sft.model.instructor_prompt,
+                pad_to_square=settings.sft.model.instructor_pad_to_square,
             )
             metadata = {
                 "location": dg.MetadataValue.path(record["location"]),

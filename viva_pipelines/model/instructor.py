@@ -51,8 +51,10 @@ class InstructorConfig:
     tokenizer and image processor. ``prompt_template``: a file name under ``assets/prompts/``
     or an absolute path. ``hidden_layer``: index into the language model's hidden states
     (``0`` the embeddings, ``-1`` the final, normed output; HunyuanVideo reads ``-3``).
-    ``text_only``: no images at all. ``crop_template``: leave the system prefix out of the
-    output. ``max_length``: text tokens, counting each image as one token (before expansion);
+    ``text_only``: no images at all. ``pad_to_square``: pad each image to a square before the
+    image processor (:func:`pad_to_square`), so that its centre crop keeps the whole picture
+    (off: the processor's own resize and centre crop).
+    ``crop_template``: leave the system prefix out of the output. ``max_length``: text tokens, counting each image as one token (before expansion);
     longer instructions are cut to fit. ``dtype``: the model's weights (float32, bfloat16,
     float16); the output is float32 either way.
     """
@@ -61,6 +63,7 @@ class InstructorConfig:
     prompt_template: str = "instructor.md"
     hidden_layer: int = -1
     text_only: bool = False
+    pad_to_square: bool = False
     crop_template: bool = True
     max_length: int = 256
     device: str = "cpu"
@@ -79,6 +82,23 @@ class InstructorOutput:
     def lengths(self) -> torch.Tensor:
         """``int64 [B]``: real tokens per item."""
         return self.attention_mask.sum(dim=1)
+
+
+def pad_to_square(image: np.ndarray, fill: Sequence[int]) -> np.ndarray:
+    """``uint8 [H, W, 3]`` -> ``[S, S, 3]`` with ``S = max(H, W)``: the picture centred on a
+    ``fill`` background (LLaVA's ``expand2square``, what LLaVA models are trained on). A CLIP
+    image processor resizes the short side and crops the centre square, which would cut the
+    sides off a wide frame: an object at its left or right would be out of the instructor's
+    sight, and "on the left" would not mean the left third of what it sees."""
+    height, width = image.shape[:2]
+    if height == width:
+        return image
+    side = max(height, width)
+    square = np.empty((side, side, 3), np.uint8)
+    square[:] = np.asarray(fill, np.uint8)
+    top, left = (side - height) // 2, (side - width) // 2
+    square[top : top + height, left : left + width] = image
+    return square
 
 
 # -- prompt template --------------------------------------------------------------------------
@@ -312,11 +332,16 @@ class Instructor:
         return expanded
 
     def _check_image(self, image: Any, what: str) -> np.ndarray:
+        """``image`` checked, and padded to a square with the processor's mean colour unless
+        ``pad_to_square`` is off."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
             raise ValueError(f"{what}: expected a uint8 numpy array, got {type(image).__name__}")
         if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
             raise ValueError(f"{what}: expected an RGB image [H, W, 3], got shape {image.shape}")
-        return image
+        if not self.config.pad_to_square:
+            return image
+        mean = getattr(self.image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
+        return pad_to_square(image, [round(255 * m) for m in mean])
 
     def prepare_inputs(
         self,

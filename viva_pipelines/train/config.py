@@ -71,6 +71,8 @@ class ModelOptions(_Section):
 
     instructor_prompt: str = "instructor.md"  # prompt template in assets/prompts/ (or a path)
     instructor_layer: int = -1  # hidden layer whose states condition the DiT (-1 = last)
+    #: pad images to squares for the instructor, whose processor keeps a wide frame's centre only
+    instructor_pad_to_square: bool = False
     text_only: bool = False  # ablation: the vanilla text-encoder baseline
     position_channels: bool = False  # the DiT also reads each latent cell's (row, column)
     crop_template: bool = True  # keep only the prompt's instruction and image tokens

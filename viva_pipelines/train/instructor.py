@@ -356,6 +356,7 @@ def pretrain_instructor(
     options: PretrainOptions,
     *,
     prompt_template: str = "instructor.md",
+    pad_to_square: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train every weight of the LLaVA in ``model_dir`` (vision tower, projector, language
@@ -365,7 +366,11 @@ def pretrain_instructor(
     after (:func:`grounding_accuracy`), the loss curve's ends and the sizes."""
     if not train:
         raise ValueError("no training examples for the instructor")
-    instructor = Instructor(InstructorConfig(model=str(model_dir), prompt_template=prompt_template))
+    instructor = Instructor(
+        InstructorConfig(
+            model=str(model_dir), prompt_template=prompt_template, pad_to_square=pad_to_square
+        )
+    )
     model = instructor.model
     before = grounding_accuracy(instructor, val) if val else {}
     encoded = encode_examples(instructor, train)
@@ -425,6 +430,7 @@ def prepare_instructor(
     model: str | None,
     options: PretrainOptions,
     prompt_template: str = "instructor.md",
+    pad_to_square: bool = False,
 ) -> dict[str, Any]:
     """Resolve (production) or pretrain (demo) the instructor and write its record
     (:data:`RECORD_KEY`): ``location`` (what ``sft_checkpoint`` loads), ``sha256`` of its
@@ -456,7 +462,14 @@ def prepare_instructor(
         val = grounding_examples(storage, manifest, split="val", first_frame_only=True)
         with tempfile.TemporaryDirectory(prefix="viva-instructor-") as tmp:
             shutil.copytree(ensure_tiny_instructor(), tmp, dirs_exist_ok=True)
-            metrics = pretrain_instructor(tmp, train, val, options, prompt_template=prompt_template)
+            metrics = pretrain_instructor(
+                tmp,
+                train,
+                val,
+                options,
+                prompt_template=prompt_template,
+                pad_to_square=pad_to_square,
+            )
             digest = weights_sha256(Path(tmp))
             location = storage.put_dir(tmp, f"{ASSET}/{digest[:16]}")
         record = {"location": location, "sha256": digest, "trained": metrics}
