@@ -53,10 +53,10 @@ class InstructorConfig:
     (``0`` the embeddings, ``-1`` the final, normed output; HunyuanVideo reads ``-3``).
     ``text_only``: no images at all. ``pad_to_square``: pad each image to a square before the
     image processor (:func:`pad_to_square`), so that its centre crop keeps the whole picture
-    (off: the processor's own resize and centre crop).
-    ``crop_template``: leave the system prefix out of the output. ``max_length``: text tokens, counting each image as one token (before expansion);
-    longer instructions are cut to fit. ``dtype``: the model's weights (float32, bfloat16,
-    float16); the output is float32 either way.
+    (off: the processor's own resize and centre crop). ``crop_template``: leave the system
+    prefix out of the output. ``max_length``: text tokens, counting each image as one token
+    (before expansion); longer instructions are cut to fit. ``dtype``: the model's weights
+    (float32, bfloat16, float16); the output is float32 either way.
     """
 
     model: str
@@ -340,8 +340,7 @@ class Instructor:
             raise ValueError(f"{what}: expected an RGB image [H, W, 3], got shape {image.shape}")
         if not self.config.pad_to_square:
             return image
-        mean = getattr(self.image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
-        return pad_to_square(image, [round(255 * m) for m in mean])
+        return pad_to_square(image, [round(255 * m) for m in self.image_processor.image_mean])
 
     def prepare_inputs(
         self,
