@@ -4,8 +4,9 @@
 a handful of "where is" questions. This bench asks many more, on fresh demo-world scenes of the
 instructor's corpus world (another seed than the one it trained on) and on some of its own
 training scenes, and splits the answers by task: ``edit`` (what the edit brings, then where it
-goes) and ``locate`` ("Where is the <object>?"). Position accuracy is the place phrase right;
-chance is always answering the most common place. An instructor that knows where objects are
+goes) and ``locate`` ("Where is the <object>?"). Position accuracy is the place phrase right
+(teacher-forced, every token); chance is always answering the most common place; "ranked first"
+(``locate``) is how often the true place is the likeliest of the nine place phrases. An instructor that knows where objects are
 beats chance on ``locate``; on ``edit`` the adds (whose instruction says where) and the looks
 ("everywhere") are right without looking.
 
@@ -19,6 +20,7 @@ options (the examples ``instructor_model`` uses, from ``make demo``'s dataset) a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -31,12 +33,16 @@ from viva_pipelines.config.loader import load_settings
 from viva_pipelines.embedded.instructor import ensure_tiny_instructor
 from viva_pipelines.embedded.instructor_corpus import corpus_examples
 from viva_pipelines.model.instructor import Instructor, InstructorConfig
+from viva_pipelines.pairs.captions import POSITION_PHRASES
 from viva_pipelines.settings import default_conf_dir
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.instructor import (
+    GroundingExample,
+    encode_examples,
     grounding_accuracy,
     grounding_examples,
     pretrain_instructor,
+    training_batch,
 )
 from viva_pipelines.train.runs import instructor_location
 
@@ -68,6 +74,26 @@ def pretrained(storage: Storage, args: argparse.Namespace, folder: Path) -> str:
         f"{time.perf_counter() - started:.0f}s"
     )
     return str(folder)
+
+
+PLACES = [phrase for row in POSITION_PHRASES for phrase in row]
+
+
+@torch.no_grad()
+def ranked_place_accuracy(instructor: Instructor, examples: list[GroundingExample]) -> float:
+    """The share of ``locate`` questions whose true place is the likeliest of the nine place
+    phrases as the whole answer (no partial credit, no teacher-forced prefix)."""
+    right = 0
+    for example in examples:
+        candidates = [dataclasses.replace(example, answer=f"{p}.", position=p) for p in PLACES]
+        batch = training_batch(instructor, encode_examples(instructor, candidates))
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = instructor.model(**inputs, use_cache=False).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        picked = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        scores = (picked * (labels != -100)).sum(1)
+        right += PLACES[int(scores.argmax())] == example.position
+    return right / len(examples)
 
 
 def main() -> None:
@@ -108,6 +134,11 @@ def main() -> None:
                 scores = grounding_accuracy(instructor, [e for e in examples if e.task == task])
                 count = sum(e.task == task for e in examples)
                 change = scores["change_accuracy"]
+                ranked = (
+                    ranked_place_accuracy(instructor, [e for e in examples if e.task == task])
+                    if task == "locate"
+                    else None
+                )
                 rows.append(
                     [
                         name,
@@ -115,6 +146,7 @@ def main() -> None:
                         str(count),
                         f"{scores['position_accuracy']:.3f}",
                         f"{scores['position_chance']:.3f}",
+                        "" if ranked is None else f"{ranked:.3f}",
                         "" if change != change else f"{change:.3f}",
                         f"{scores['token_accuracy']:.3f}",
                     ]
@@ -122,7 +154,16 @@ def main() -> None:
     print(machine(torch.device("cpu")))
     print(f"\ninstructor: {described}\n")
     table(
-        ["scenes", "task", "questions", "place right", "chance", "change right", "tokens right"],
+        [
+            "scenes",
+            "task",
+            "questions",
+            "place right",
+            "chance",
+            "place ranked first",
+            "change right",
+            "tokens right",
+        ],
         rows,
         right=2,
     )
