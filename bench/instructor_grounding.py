@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shutil
 import tempfile
 import time
@@ -30,6 +31,7 @@ import torch
 from bench_common import machine, note, table
 
 from viva_pipelines.config.loader import load_settings
+from viva_pipelines.config.schema import Settings
 from viva_pipelines.embedded.instructor import ensure_tiny_instructor
 from viva_pipelines.embedded.instructor_corpus import corpus_examples
 from viva_pipelines.model.instructor import Instructor, InstructorConfig
@@ -40,8 +42,8 @@ from viva_pipelines.train.instructor import (
     GroundingExample,
     encode_examples,
     grounding_accuracy,
-    grounding_examples,
     pretrain_instructor,
+    pretraining_examples,
     training_batch,
 )
 from viva_pipelines.train.runs import instructor_location
@@ -49,16 +51,13 @@ from viva_pipelines.train.runs import instructor_location
 TASKS = ("edit", "locate")
 
 
-def pretrained(storage: Storage, args: argparse.Namespace, folder: Path) -> str:
+def pretrained(storage: Storage, settings: Settings, args: argparse.Namespace, folder: Path) -> str:
     """An instructor pretrained here with the bench's options (as ``instructor_model`` does)."""
-    settings = load_settings(default_conf_dir())
     options = settings.instructor.pretrain.model_copy(
         update={k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v}
     )
     manifest = storage.read_parquet("qc_dataset/manifest.parquet")
-    train = grounding_examples(storage, manifest, split="train")
-    train += corpus_examples(options.corpus_scenes, seed=options.seed)
-    val = grounding_examples(storage, manifest, split="val", first_frame_only=True)
+    train, val = pretraining_examples(storage, manifest, options)
     shutil.copytree(ensure_tiny_instructor(), folder, dirs_exist_ok=True)
     started = time.perf_counter()
     pretrain_instructor(
@@ -108,7 +107,7 @@ def main() -> None:
     settings = load_settings(default_conf_dir())
     with tempfile.TemporaryDirectory(prefix="viva-instructor-bench-") as tmp:
         if args.steps or args.batch_size or args.pad_to_square:
-            location = pretrained(storage, args, Path(tmp))
+            location = pretrained(storage, settings, args, Path(tmp))
             described = f"pretrained here ({location})"
         else:
             location = instructor_location(storage)
@@ -131,23 +130,19 @@ def main() -> None:
         for name, examples in sets.items():
             note(f"scoring {len(examples)} examples of {name}")
             for task in TASKS:
-                scores = grounding_accuracy(instructor, [e for e in examples if e.task == task])
-                count = sum(e.task == task for e in examples)
+                asked = [e for e in examples if e.task == task]
+                scores = grounding_accuracy(instructor, asked)
                 change = scores["change_accuracy"]
-                ranked = (
-                    ranked_place_accuracy(instructor, [e for e in examples if e.task == task])
-                    if task == "locate"
-                    else None
-                )
+                ranked = ranked_place_accuracy(instructor, asked) if task == "locate" else None
                 rows.append(
                     [
                         name,
                         task,
-                        str(count),
+                        str(len(asked)),
                         f"{scores['position_accuracy']:.3f}",
                         f"{scores['position_chance']:.3f}",
                         "" if ranked is None else f"{ranked:.3f}",
-                        "" if change != change else f"{change:.3f}",
+                        "" if math.isnan(change) else f"{change:.3f}",
                         f"{scores['token_accuracy']:.3f}",
                     ]
                 )

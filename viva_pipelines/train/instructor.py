@@ -417,6 +417,21 @@ def pretrain_instructor(
     return result
 
 
+def pretraining_examples(
+    storage: Storage, manifest: pd.DataFrame, options: PretrainOptions
+) -> tuple[list[GroundingExample], list[GroundingExample]]:
+    """What the demo's instructor is pretrained and scored on: (train, val). Train is the
+    dataset's training split and ``options.corpus_scenes`` scenes of
+    :mod:`~viva_pipelines.embedded.instructor_corpus`; val the dataset's val split, first
+    frames only (what the editor's instructor sees)."""
+    from viva_pipelines.embedded.instructor_corpus import corpus_examples
+
+    train = grounding_examples(storage, manifest, split="train")
+    train += corpus_examples(options.corpus_scenes, seed=options.seed)
+    val = grounding_examples(storage, manifest, split="val", first_frame_only=True)
+    return train, val
+
+
 # -- the asset's library call ------------------------------------------------------------------
 
 ASSET = "instructor_model"
@@ -446,7 +461,6 @@ def prepare_instructor(
     different instructor is a different location (and a different SFT cache).
     """
     from viva_pipelines.embedded.instructor import ensure_tiny_instructor
-    from viva_pipelines.embedded.instructor_corpus import corpus_examples
     from viva_pipelines.rewards.clip_rewards import weights_sha256
 
     if model:
@@ -457,9 +471,7 @@ def prepare_instructor(
             "trained": None,
         }
     else:
-        train = grounding_examples(storage, manifest, split="train")
-        train += corpus_examples(options.corpus_scenes, seed=options.seed)
-        val = grounding_examples(storage, manifest, split="val", first_frame_only=True)
+        train, val = pretraining_examples(storage, manifest, options)
         with tempfile.TemporaryDirectory(prefix="viva-instructor-") as tmp:
             shutil.copytree(ensure_tiny_instructor(), tmp, dirs_exist_ok=True)
             metrics = pretrain_instructor(
