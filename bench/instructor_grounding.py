@@ -8,7 +8,9 @@ goes) and ``locate`` ("Where is the <object>?"). Position accuracy is the place 
 (teacher-forced, every token); chance is always answering the most common place; "ranked first"
 (``locate``) is how often the true place is the likeliest of the nine place phrases. An instructor that knows where objects are
 beats chance on ``locate``; on ``edit`` the adds (whose instruction says where) and the looks
-("everywhere") are right without looking.
+("everywhere") are right without looking. Whether it looks at all: the answer loss with each
+example's own images beside the loss with blank ones (equal: the picture is not read), and the
+share of attention the last prompt token gives the image tokens beside an even spread.
 
 ``--steps`` / ``--batch-size`` / ``--pad-to-square`` also pretrain an instructor with those
 options (the examples ``instructor_model`` uses, from ``make demo``'s dataset) and score it.
@@ -95,6 +97,51 @@ def ranked_place_accuracy(instructor: Instructor, examples: list[GroundingExampl
     return right / len(examples)
 
 
+@torch.no_grad()
+def picture_reliance(
+    instructor: Instructor, examples: list[GroundingExample], batch_size: int = 64
+) -> tuple[float, float, float, float]:
+    """How much the answers lean on the picture: the teacher-forced answer loss (mean per
+    answer token) with the examples' own images, the same with blank ones (every pixel the
+    processor's mean), the share of its attention the last prompt token gives the image
+    tokens (mean over layers, heads and examples), and that share were attention spread
+    evenly over the prompt. Equal losses mean the picture is not read."""
+    model = instructor.model
+    implementation = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # attention weights need the eager path
+    image_token = model.config.image_token_index
+    encoded = encode_examples(instructor, examples)
+    total = {"own": 0.0, "blank": 0.0}
+    tokens = 0
+    shares, even = [], []
+    try:
+        for start in range(0, len(examples), batch_size):
+            part = encoded[start : start + batch_size]
+            batch = training_batch(instructor, part)
+            labels = batch.pop("labels")[:, 1:]
+            answered = labels != -100
+            for name, pixels in (
+                ("own", batch["pixel_values"]),
+                ("blank", torch.zeros_like(batch["pixel_values"])),
+            ):
+                out = model(**{**batch, "pixel_values": pixels}, output_attentions=name == "own")
+                logits = out.logits[:, :-1].log_softmax(-1)
+                nll = -logits.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+                total[name] += float(nll[answered].sum())
+                if name == "own":
+                    last = torch.tensor([len(e.prompt) - 1 for e in part])
+                    on_image = (batch["input_ids"] == image_token).float()
+                    even.append(on_image.sum(1) / (last + 1))
+                    for weights in out.attentions:  # [B, heads, queries, keys] per layer
+                        rows = weights[torch.arange(len(part)), :, last]  # [B, heads, keys]
+                        shares.append((rows * on_image[:, None]).sum(-1).mean(1))
+            tokens += int(answered.sum())
+    finally:
+        model.set_attn_implementation(implementation)
+    own, blank = total["own"] / tokens, total["blank"] / tokens
+    return own, blank, float(torch.cat(shares).mean()), float(torch.cat(even).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", default="data", help="make demo's storage root")
@@ -134,6 +181,7 @@ def main() -> None:
                 scores = grounding_accuracy(instructor, asked)
                 change = scores["change_accuracy"]
                 ranked = ranked_place_accuracy(instructor, asked) if task == "locate" else None
+                own, blank, share, even = picture_reliance(instructor, asked)
                 rows.append(
                     [
                         name,
@@ -144,6 +192,8 @@ def main() -> None:
                         "" if ranked is None else f"{ranked:.3f}",
                         "" if math.isnan(change) else f"{change:.3f}",
                         f"{scores['token_accuracy']:.3f}",
+                        f"{own:.3f} / {blank:.3f}",
+                        f"{share:.3f} (even {even:.3f})",
                     ]
                 )
     print(machine(torch.device("cpu")))
@@ -158,6 +208,8 @@ def main() -> None:
             "place ranked first",
             "change right",
             "tokens right",
+            "answer loss, own / blank images",
+            "attention on the image",
         ],
         rows,
         right=2,
