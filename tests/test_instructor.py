@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from viva_pipelines.embedded.instructor import build_tiny_instructor, instruction_vocabulary
+from viva_pipelines.embedded.instructor import (
+    build_tiny_instructor,
+    ensure_tiny_instructor,
+    instruction_vocabulary,
+)
 from viva_pipelines.model.instructor import (
     PROMPTS_DIR,
     Instructor,
@@ -340,6 +344,19 @@ def test_build_tiny_instructor_is_deterministic(tmp_path: Path, tiny_dir: Path) 
     vocab = json.loads((tiny_dir / "tokenizer.json").read_text())["model"]
     assert vocab == json.loads((again / "tokenizer.json").read_text())["model"]
     assert sum(t.numel() for t in weights.values()) < 1_000_000
+
+
+def test_a_build_of_other_sizes_is_never_taken_for_the_demo_instructor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = ensure_tiny_instructor(tmp_path)
+    assert ensure_tiny_instructor(tmp_path) == built  # built once, then found
+    sizes = dict(build_tiny_instructor.__kwdefaults__)
+    monkeypatch.setattr(build_tiny_instructor, "__kwdefaults__", {**sizes, "hidden_size": 32})
+    resized = ensure_tiny_instructor(tmp_path)
+    assert resized != built
+    assert json.loads((resized / "config.json").read_text())["text_config"]["hidden_size"] == 32
+    assert json.loads((built / "config.json").read_text())["text_config"]["hidden_size"] == 64
 
 
 def test_tiny_tokenizer_knows_the_demo_vocabulary(instructor: Instructor) -> None:

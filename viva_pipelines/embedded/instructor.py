@@ -13,6 +13,7 @@ determinism matter.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -253,11 +254,18 @@ def ensure_tiny_instructor(parent: str | Path | None = None, *, seed: int = 0) -
 
     Built from the shipped vocabulary and ``seed``, so every machine (a CI runner, a training
     pod) builds the same weights and nothing has to be shipped or downloaded; the directory
-    name carries a hash of the inputs, and the build is published with an atomic rename so
-    concurrent ranks never see half a model.
+    name carries a hash of the inputs (the texts, the seed and the sizes
+    :func:`build_tiny_instructor` builds with, so a build of other sizes is never taken for
+    it), and the build is published with an atomic rename so concurrent ranks never see half a
+    model.
     """
     texts = instruction_vocabulary()
-    digest = hashlib.sha256(json.dumps([texts, seed]).encode()).hexdigest()[:12]
+    sizes = {
+        name: parameter.default
+        for name, parameter in inspect.signature(build_tiny_instructor).parameters.items()
+        if parameter.kind is parameter.KEYWORD_ONLY and name != "seed"
+    }
+    digest = hashlib.sha256(json.dumps([texts, seed, sizes]).encode()).hexdigest()[:12]
     target = Path(parent or tempfile.gettempdir(), f"viva-tiny-instructor-{digest}")
     if (target / "config.json").is_file():
         return target
