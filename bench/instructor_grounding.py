@@ -80,6 +80,16 @@ def pretrained(storage: Storage, settings: Settings, args: argparse.Namespace, f
 PLACES = [phrase for row in POSITION_PHRASES for phrase in row]
 
 
+def answer_log_probs(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each label token's log-probability under the logits that predict it (``[B, T-1]``) and
+    where the labels are answer tokens (the rest of the log-probabilities mean nothing)."""
+    labels = labels[:, 1:]
+    log_probs = logits[:, :-1].log_softmax(-1)
+    return log_probs.gather(-1, labels.clamp(min=0)[..., None])[..., 0], labels != -100
+
+
 @torch.no_grad()
 def ranked_place_accuracy(instructor: Instructor, examples: list[GroundingExample]) -> float:
     """The share of ``locate`` questions whose true place is the likeliest of the nine place
@@ -89,10 +99,9 @@ def ranked_place_accuracy(instructor: Instructor, examples: list[GroundingExampl
         candidates = [dataclasses.replace(example, answer=f"{p}.", position=p) for p in PLACES]
         batch = training_batch(instructor, encode_examples(instructor, candidates))
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = instructor.model(**inputs, use_cache=False).logits[:, :-1]
-        labels = batch["labels"][:, 1:]
-        picked = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-        scores = (picked * (labels != -100)).sum(1)
+        logits = instructor.model(**inputs, use_cache=False).logits
+        picked, answered = answer_log_probs(logits, batch["labels"])
+        scores = (picked * answered).sum(1)
         right += PLACES[int(scores.argmax())] == example.position
     return right / len(examples)
 
@@ -118,16 +127,14 @@ def picture_reliance(
         for start in range(0, len(examples), batch_size):
             part = encoded[start : start + batch_size]
             batch = training_batch(instructor, part)
-            labels = batch.pop("labels")[:, 1:]
-            answered = labels != -100
+            labels = batch.pop("labels")
             for name, pixels in (
                 ("own", batch["pixel_values"]),
                 ("blank", torch.zeros_like(batch["pixel_values"])),
             ):
                 out = model(**{**batch, "pixel_values": pixels}, output_attentions=name == "own")
-                logits = out.logits[:, :-1].log_softmax(-1)
-                nll = -logits.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-                total[name] += float(nll[answered].sum())
+                picked, answered = answer_log_probs(out.logits, labels)
+                total[name] -= float(picked[answered].sum())
                 if name == "own":
                     last = torch.tensor([len(e.prompt) - 1 for e in part])
                     on_image = (batch["input_ids"] == image_token).float()
