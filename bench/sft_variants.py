@@ -13,6 +13,9 @@ untrained tiny one. ``oracle`` in a variant's overrides (``oracle=true``) replac
 fixed random vector per instruction word (a perfect bag-of-words text encoder, blind to the
 frame): the bound on what a better text reading could give. ``--gate-readings`` also scores
 each variant with other readings of its edit gate (``model.flow_matching.GateReading``).
+``--pipeline`` also scores each variant through the shipped pipeline, the path the benchmark
+and ``viva edit`` take (the instructor run on each request, ``VivaEditPipeline.edit_clips``),
+with its mirror ensemble off and on.
 
     .venv/bin/python bench/sft_variants.py --variant base \
         --variant ema sft.optim.ema_decay=0.999 --steps 1200
@@ -22,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +44,8 @@ from sft_eval import edit_psnr
 
 import viva_pipelines.model.transformer as transformer_module
 from viva_pipelines.config.loader import load_settings
+from viva_pipelines.evaluation.metrics import capped_psnr
+from viva_pipelines.model.clips import to_uint8_frames
 from viva_pipelines.model.flow_matching import GATED_PREDICTIONS, GateReading
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline
 from viva_pipelines.settings import default_conf_dir
@@ -47,8 +54,10 @@ from viva_pipelines.train.runs import instructor_location, model_key, sft_config
 from viva_pipelines.train.sft_data import (
     CachedSamples,
     collate,
+    load_pixel_sample,
     load_unconditional,
     pad_tokens,
+    read_dataset_manifest,
 )
 
 ORACLE_PREFIX = "sft_cache_oracle"
@@ -152,6 +161,35 @@ def evaluate(
     return table
 
 
+def pipeline_scores(store: Storage, run: str, manifest_key: str, *, mirror: bool) -> pd.DataFrame:
+    """Per val clip PSNR of the edits the run's shipped pipeline makes, as the benchmark calls it
+    (one request per clip: :meth:`VivaEditPipeline.prepare` runs the instructor, then
+    ``edit_clips``), with its mirror ensemble on or off; the same columns as :func:`evaluate`."""
+    pipeline = VivaEditPipeline.from_pretrained(store.uri(model_key(run)))
+    spec = pipeline.spec
+    sampling = dataclasses.replace(spec.sampling, mirror_ensemble=mirror)
+    pipeline.spec = dataclasses.replace(spec, sampling=sampling)
+    manifest = read_dataset_manifest(store, manifest_key)
+    val = manifest[
+        (manifest["status"] == "accepted")
+        & (manifest["split"] == "val")
+        & (manifest["modality"] == "video")
+    ]
+    rows = []
+    for row in val.sort_values("sample_id").assign(mirrored=False).itertuples():
+        sample = load_pixel_sample(store, row, spec.geometry)
+        prepared = pipeline.prepare(row.instruction, sample.first_frame, sample.reference_image)
+        edited = pipeline.edit_clips(to_uint8_frames(sample.source)[None], prepared)[0]
+        target, inside = to_uint8_frames(sample.target), sample.mask[0].numpy() > 0.5
+        record = {"edit_type": row.edit_type}
+        for name, video in (("model", edited), ("identity", to_uint8_frames(sample.source))):
+            record[f"{name} frame"] = capped_psnr(video, target)
+            record[f"{name} region"] = capped_psnr(video, target, mask=inside)
+            record[f"{name} outside"] = capped_psnr(video, target, mask=~inside)
+        rows.append(record)
+    return pd.DataFrame(rows)
+
+
 def gate_reading(text: str) -> GateReading:
     """``THRESHOLD[:SHARPNESS]`` (``--gate-readings``)."""
     threshold, _, sharpness = text.partition(":")
@@ -182,6 +220,11 @@ def main() -> None:
         default=[],
         metavar="THRESHOLD[:SHARPNESS]",
         help="also score each variant reading its edit gate so (GateReading; sharpness 1)",
+    )
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="also score each variant through the shipped pipeline, mirror ensemble off and on",
     )
     parser.add_argument("--log", default="sft_variants.log", help="training output goes here")
     args = parser.parse_args()
@@ -219,26 +262,25 @@ def main() -> None:
             run_trainer("viva_pipelines.train.sft", config, Path(args.log))
         took = time.perf_counter() - started
         summary = store.read_json(summary_key(config.output_prefix))
-        scored = [(label, False, None)]
+
+        run = config.output_prefix
+        score = partial(evaluate, store, run, args.sample_steps, args.guidance, args.shift)
+        scored = [(label, score)]
         if args.true_mask_gate:
-            scored.append((f"{label}, true-mask gate", True, None))
+            scored.append((f"{label}, true-mask gate", partial(score, true_gate=True)))
         for reading in args.gate_readings:
             name = f"{label}, gate {reading.threshold}:{reading.sharpness}"
-            scored.append((name, False, reading))
-        for name, true_gate, reading in scored:
-            table = evaluate(
-                store,
-                config.output_prefix,
-                args.sample_steps,
-                args.guidance,
-                args.shift,
-                true_gate=true_gate,
-                gate_reading=reading,
-            )
+            scored.append((name, partial(score, gate_reading=reading)))
+        if args.pipeline:
+            shipped = partial(pipeline_scores, store, run, config.data.manifest_key)
+            scored.append((f"{label}, pipeline", partial(shipped, mirror=False)))
+            scored.append((f"{label}, pipeline + mirror", partial(shipped, mirror=True)))
+        for name, scoring in scored:
+            table = scoring()
             rows.append(
                 {
                     "variant": name,
-                    "train s": round(took) if not (done or true_gate or reading) else None,
+                    "train s": round(took) if name == label and not done else None,
                     "val loss": summary.get("val_loss_last"),
                     "frame": table["model frame"].mean(),
                     "region": table["model region"].mean(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -152,13 +153,15 @@ def test_training_learns_caches_and_writes_a_loadable_model(dataset_root, monkey
     # the model ships how its edit gate is read; a model file from before the reading reads it
     # as trained
     assert pipeline.spec.sampling.gate_reading == GateReading(0.73, 1.0)
+    assert pipeline.spec.sampling.mirror_ensemble
     older = json.loads((model_dir / MODEL_FILE).read_text())
-    for key in ("gate_threshold", "gate_sharpness"):
+    for key in ("gate_threshold", "gate_sharpness", "mirror_ensemble"):
         del older["sampling"][key]
     shutil.copytree(model_dir, dataset_root / "older_model")
     (dataset_root / "older_model" / MODEL_FILE).write_text(json.dumps(older))
     older_spec = VivaEditPipeline.from_pretrained(dataset_root / "older_model").spec
     assert older_spec.sampling.gate_reading == PLAIN_GATE
+    assert not older_spec.sampling.mirror_ensemble
     frames, _ = read_video(dataset_root / "raw_videos/shard-000000/v0.mp4")
     edited = pipeline.edit(frames, "Remove the red square.", num_steps=3)
     assert edited.shape == (2, 16, 16, 3) and edited.dtype == np.uint8
@@ -172,6 +175,30 @@ def test_training_learns_caches_and_writes_a_loadable_model(dataset_root, monkey
     for clip, got in zip(clips, batched, strict=True):
         alone = pipeline.edit_clips(clip[None], prepared, num_steps=3)[0]
         assert np.abs(alone.astype(int) - got).max() <= 1  # float sums in another order
+    # The mirror ensemble is the mean of the plain edit and the mirrored request's edit
+    # flipped back, so a mirrored request comes out as the mirror of the edit.
+    sampling = dataclasses.replace(pipeline.spec.sampling, mirror_ensemble=False)
+    single = VivaEditPipeline(
+        pipeline.transformer,
+        pipeline.codec,
+        dataclasses.replace(pipeline.spec, sampling=sampling),
+        pipeline.instructor,
+    )
+    clip, flipped_clip = clips[:1], clips[:1, ..., ::-1, :]
+    said, mirror_said = "Add a red square on the left.", "Add a red square on the right."
+    first, flipped_first = frames[0], frames[0][:, ::-1]
+    plain = single.edit_clips(clip, single.prepare(said, first), num_steps=3)
+    seen_in_mirror = single.edit_clips(
+        flipped_clip, single.prepare(mirror_said, flipped_first), num_steps=3
+    )[..., ::-1, :]
+    assert not np.array_equal(plain, seen_in_mirror)  # two views that differ
+    both = pipeline.edit_clips(clip, pipeline.prepare(said, first), num_steps=3)
+    expected = (plain.astype(float) + seen_in_mirror) / 2
+    assert np.abs(both - expected).max() <= 1  # rounded once instead of twice
+    mirrored_request = pipeline.edit_clips(
+        flipped_clip, pipeline.prepare(mirror_said, flipped_first), num_steps=3
+    )
+    assert np.abs(mirrored_request[..., ::-1, :].astype(int) - both).max() <= 1
     out = edit_video(
         model_dir,
         dataset_root / "raw_videos/shard-000000/v0.mp4",

@@ -33,6 +33,7 @@ from viva_pipelines.model.flow_matching import (
 )
 from viva_pipelines.model.instructor import Instructor, InstructorConfig
 from viva_pipelines.model.transformer import pooled_vector, predict_velocity
+from viva_pipelines.pairs.captions import mirror_sides
 
 MODEL_FILE = "viva_model.json"
 #: What ``save_lora_adapter`` writes (safetensors, peft key names).
@@ -50,6 +51,8 @@ class SamplingDefaults:
     shift: float = 1.0
     gate_threshold: float = 0.5  # how a gated model's edit gate is read (GateReading)
     gate_sharpness: float = 1.0
+    #: also edit the mirrored clip ("left"/"right" swapped) and average the two edits
+    mirror_ensemble: bool = False
 
     def __post_init__(self) -> None:
         GateReading(self.gate_threshold, self.gate_sharpness)  # a bad one fails on loading
@@ -101,6 +104,12 @@ class Conditions:
             self.mask.repeat(times, 1),
             self.pooled.repeat(times, 1),
         )
+
+    @classmethod
+    def cat(cls, conditions: list[Conditions]) -> Conditions:
+        """Batches of different token lengths as one batch (right-padded)."""
+        tokens, mask = pad_conditions(conditions)
+        return cls(tokens, mask, torch.cat([c.pooled for c in conditions]))
 
 
 @torch.no_grad()
@@ -281,7 +290,22 @@ class VivaEditPipeline:
         self, instruction: str, first_frame: np.ndarray, reference: np.ndarray | None = None
     ) -> PreparedEdit:
         """What every clip of one edit request shares: the instructor's encodings of the
-        instruction with the video's first frame (and reference), and the reference's latent."""
+        instruction with the video's first frame (and reference), and the reference's latent;
+        with the sampling default ``mirror_ensemble``, the same for the request seen in a
+        mirror (pictures flipped, "left" and "right" swapped in the instruction)."""
+        prepared = self._prepare_view(instruction, first_frame, reference)
+        if not self.spec.sampling.mirror_ensemble:
+            return prepared
+        mirrored = self._prepare_view(
+            mirror_sides(instruction),
+            first_frame[:, ::-1].copy(),
+            None if reference is None else reference[:, ::-1].copy(),
+        )
+        return PreparedEdit(prepared.cond, prepared.uncond, prepared.ref_latent, mirrored)
+
+    def _prepare_view(
+        self, instruction: str, first_frame: np.ndarray, reference: np.ndarray | None
+    ) -> PreparedEdit:
         cond, uncond = self.conditions([instruction], [first_frame], [reference])
         ref_latent = None
         if reference is not None:
@@ -304,20 +328,34 @@ class VivaEditPipeline:
         """Edit clips already at the model's geometry (``uint8 [n, frames, height, width, 3]``,
         e.g. consecutive windows of one video) in one batch; returns the same shape. Every
         clip starts from the same noise (drawn from ``seed``), so a clip comes out as it
-        would alone and windows of one video agree with each other."""
+        would alone and windows of one video agree with each other.
+
+        With a mirrored view in ``prepared`` (:meth:`prepare`), the flipped clips are edited
+        in the same batch, flipped back and averaged with the plain edits: a self-ensemble of
+        two views the model was trained on (a flipped pair keeps its meaning once "left" and
+        "right" are swapped), whose average is closer to the ground truth than either
+        (docs/benchmark.md measures it), and an editor that edits a mirrored request into the
+        mirror of its edit."""
         pixels = torch.stack([to_model_pixels(clip) for clip in clips]).to(self.device)
-        source = self.codec.encode(pixels)
-        batch = len(clips)
+        views = [prepared] if prepared.mirrored is None else [prepared, prepared.mirrored]
+        count = len(clips)
+        source = self.codec.encode(
+            pixels if len(views) == 1 else torch.cat([pixels, pixels.flip(-1)])
+        )
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((1, *source.shape[1:]), generator=generator, dtype=torch.float32)
+        reference = None
+        if prepared.ref_latent is not None:
+            reference = torch.cat(
+                [view.ref_latent.expand(count, *view.ref_latent.shape[1:]) for view in views]
+            )
         sampling = self.spec.sampling
-        ref = prepared.ref_latent
         latents = sample_edit(
             self.transformer,
             source,
-            None if ref is None else ref.expand(batch, *ref.shape[1:]),
-            prepared.cond.repeat(batch),
-            prepared.uncond.repeat(batch),
+            reference,
+            Conditions.cat([view.cond.repeat(count) for view in views]),
+            Conditions.cat([view.uncond.repeat(count) for view in views]),
             num_steps=num_steps or sampling.num_steps,
             guidance_scale=sampling.guidance_scale if guidance_scale is None else guidance_scale,
             source_guidance_scale=source_guidance_scale or sampling.source_guidance_scale,
@@ -325,10 +363,13 @@ class VivaEditPipeline:
             embedded_guidance=self.spec.embedded_guidance,
             prediction=self.spec.prediction,
             gate_reading=sampling.gate_reading,
-            noise=noise,
+            noise=noise,  # the same start for every clip and both views
             progress=progress,
         )
         decoded = self.codec.decode(latents)
+        if len(views) == 2:
+            plain, mirrored = decoded.chunk(2)
+            decoded = (plain + mirrored.flip(-1)) / 2
         return np.stack([to_uint8_frames(clip) for clip in decoded])
 
     def edit(
@@ -351,11 +392,13 @@ class VivaEditPipeline:
 
 @dataclass(frozen=True)
 class PreparedEdit:
-    """One edit request's instructor encodings (and reference latent), shared by its clips."""
+    """One edit request's instructor encodings (and reference latent), shared by its clips;
+    ``mirrored``: the same for the request seen in a mirror, when sampling ensembles the two."""
 
     cond: Conditions
     uncond: Conditions
     ref_latent: torch.Tensor | None
+    mirrored: PreparedEdit | None = None
 
 
 def _dir_size(path: Path) -> int:

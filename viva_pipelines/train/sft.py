@@ -711,6 +711,7 @@ def save_model(
             shift=config.eval.sample_shift,
             gate_threshold=config.eval.gate_threshold,
             gate_sharpness=config.eval.gate_sharpness,
+            mirror_ensemble=config.eval.mirror_ensemble,
         ),
         lineage={"dataset_version": config.data.dataset_version, "config": config.fingerprint()},
     )
