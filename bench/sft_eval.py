@@ -50,14 +50,19 @@ def edit_psnr(
     rows = []
     for i in range(len(edits)):
         out, tgt, src = (to_uint8_frames(x[i]) for x in (edits, targets, sources))
-        inside = regions[i, 0].numpy() > 0.5
-        row = {}
-        for name, video in (("model", out), ("identity", src)):
-            row[f"{name} frame"] = capped_psnr(video, tgt)
-            row[f"{name} region"] = capped_psnr(video, tgt, mask=inside)
-            row[f"{name} outside"] = capped_psnr(video, tgt, mask=~inside)
-        rows.append(row)
+        rows.append(psnr_record(out, src, tgt, regions[i, 0].numpy() > 0.5))
     return pd.DataFrame(rows)
+
+
+def psnr_record(edited, source, target, inside) -> dict[str, float]:
+    """PSNR of the edit and of the identity baseline (the source) against ``target``, over the
+    whole frame, inside the edit region ``inside`` and outside it (uint8 videos, bool mask)."""
+    record = {}
+    for name, video in (("model", edited), ("identity", source)):
+        record[f"{name} frame"] = capped_psnr(video, target)
+        record[f"{name} region"] = capped_psnr(video, target, mask=inside)
+        record[f"{name} outside"] = capped_psnr(video, target, mask=~inside)
+    return record
 
 
 def main() -> None:

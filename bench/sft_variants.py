@@ -40,11 +40,10 @@ import torch.nn.functional as F
 import yaml
 from bench_common import dataset_version, note, run_trainer
 from safetensors.torch import save as save_safetensors
-from sft_eval import edit_psnr
+from sft_eval import edit_psnr, psnr_record
 
 import viva_pipelines.model.transformer as transformer_module
 from viva_pipelines.config.loader import load_settings
-from viva_pipelines.evaluation.metrics import capped_psnr
 from viva_pipelines.model.clips import to_uint8_frames
 from viva_pipelines.model.flow_matching import GATED_PREDICTIONS, GateReading
 from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline
@@ -180,13 +179,9 @@ def pipeline_scores(store: Storage, run: str, manifest_key: str, *, mirror: bool
         sample = load_pixel_sample(store, row, spec.geometry)
         prepared = pipeline.prepare(row.instruction, sample.first_frame, sample.reference_image)
         edited = pipeline.edit_clips(to_uint8_frames(sample.source)[None], prepared)[0]
-        target, inside = to_uint8_frames(sample.target), sample.mask[0].numpy() > 0.5
-        record = {"edit_type": row.edit_type}
-        for name, video in (("model", edited), ("identity", to_uint8_frames(sample.source))):
-            record[f"{name} frame"] = capped_psnr(video, target)
-            record[f"{name} region"] = capped_psnr(video, target, mask=inside)
-            record[f"{name} outside"] = capped_psnr(video, target, mask=~inside)
-        rows.append(record)
+        source, target = to_uint8_frames(sample.source), to_uint8_frames(sample.target)
+        inside = sample.mask[0].numpy() > 0.5
+        rows.append({"edit_type": row.edit_type, **psnr_record(edited, source, target, inside)})
     return pd.DataFrame(rows)
 
 

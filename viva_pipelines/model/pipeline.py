@@ -155,8 +155,7 @@ def sample_edit(
         branches.append((source, reference, cond))
     sources = torch.cat([b[0] for b in branches])
     references = None if reference is None else torch.cat([b[1] for b in branches])
-    tokens, mask = pad_conditions([b[2] for b in branches])
-    pooled = torch.cat([b[2].pooled for b in branches])
+    conditions = Conditions.cat([b[2] for b in branches])
     sigmas = inference_sigmas(num_steps, shift).to(source.device)
     for i in tqdm(range(num_steps), disable=not progress, desc="editing"):
         v = predict_velocity(
@@ -165,9 +164,9 @@ def sample_edit(
             sigmas[i],
             sources,
             references,
-            tokens,
-            mask,
-            pooled,
+            conditions.tokens,
+            conditions.mask,
+            conditions.pooled,
             embedded_guidance=embedded_guidance,
             prediction=prediction,
             gate_reading=gate_reading,
