@@ -15,7 +15,7 @@ frame): the bound on what a better text reading could give. ``--gate-readings`` 
 each variant with other readings of its edit gate (``model.flow_matching.GateReading``).
 ``--pipeline`` also scores each variant through the shipped pipeline, the path the benchmark
 and ``viva edit`` take (the instructor run on each request, ``VivaEditPipeline.edit_clips``),
-with its mirror ensemble off and on.
+with its mirror ensemble off and on (and on, with each of ``--gate-readings``).
 
     .venv/bin/python bench/sft_variants.py --variant base \
         --variant ema sft.optim.ema_decay=0.999 --steps 1200
@@ -160,13 +160,27 @@ def evaluate(
     return table
 
 
-def pipeline_scores(store: Storage, run: str, manifest_key: str, *, mirror: bool) -> pd.DataFrame:
+def pipeline_scores(
+    store: Storage,
+    run: str,
+    manifest_key: str,
+    *,
+    mirror: bool,
+    gate_reading: GateReading | None = None,
+) -> pd.DataFrame:
     """Per val clip PSNR of the edits the run's shipped pipeline makes, as the benchmark calls it
     (one request per clip: :meth:`VivaEditPipeline.prepare` runs the instructor, then
-    ``edit_clips``), with its mirror ensemble on or off; the same columns as :func:`evaluate`."""
+    ``edit_clips``), with its mirror ensemble on or off and its gate read as shipped or as
+    ``gate_reading`` says; the same columns as :func:`evaluate`."""
     pipeline = VivaEditPipeline.from_pretrained(store.uri(model_key(run)))
     spec = pipeline.spec
     sampling = dataclasses.replace(spec.sampling, mirror_ensemble=mirror)
+    if gate_reading is not None:
+        sampling = dataclasses.replace(
+            sampling,
+            gate_threshold=gate_reading.threshold,
+            gate_sharpness=gate_reading.sharpness,
+        )
     pipeline.spec = dataclasses.replace(spec, sampling=sampling)
     manifest = read_dataset_manifest(store, manifest_key)
     val = manifest[
@@ -270,6 +284,9 @@ def main() -> None:
             shipped = partial(pipeline_scores, store, run, config.data.manifest_key)
             scored.append((f"{label}, pipeline", partial(shipped, mirror=False)))
             scored.append((f"{label}, pipeline + mirror", partial(shipped, mirror=True)))
+            for reading in args.gate_readings:
+                name = f"{label}, pipeline + mirror, gate {reading.threshold}:{reading.sharpness}"
+                scored.append((name, partial(shipped, mirror=True, gate_reading=reading)))
         for name, scoring in scored:
             table = scoring()
             if identity is None:  # the cached path's masks, as every variant's first row

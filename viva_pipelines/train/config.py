@@ -138,7 +138,7 @@ class EvalConfig(_Section):
     source_guidance_scale: float | None = None  # source-video guidance; null = off
     sample_shift: float = Field(3.0, gt=0)  # time shift of the sampling schedule
     #: gated models: the gate value sampling reads as one half (0.5 = as trained; GateReading)
-    gate_threshold: float = Field(0.73, gt=0, lt=1)
+    gate_threshold: float = Field(0.66, gt=0, lt=1)
     gate_sharpness: float = Field(1.0, gt=0)  # ... and how steeply it reads it (1 = as trained)
     #: the shipped model also edits each clip mirrored and averages the two (2x inference)
     mirror_ensemble: bool = True
