@@ -27,7 +27,7 @@ from viva_pipelines.model.flow_matching import (
     guided_velocity,
     inference_sigmas,
 )
-from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline, pad_conditions
+from viva_pipelines.model.pipeline import Conditions, VivaEditPipeline
 from viva_pipelines.model.sde import final_step_with_logprob, sde_step_with_logprob
 from viva_pipelines.model.transformer import predict_velocity
 from viva_pipelines.previews import curves
@@ -142,7 +142,7 @@ def guided_step_velocity(
             prediction=ctx.prediction,
             gate_reading=ctx.gate_reading,
         )
-    tokens, mask = pad_conditions([ctx.uncond, ctx.cond])
+    both = Conditions.cat([ctx.uncond, ctx.cond])
     no_reference = None if ctx.reference is None else torch.zeros_like(ctx.reference)
     v_uncond, v_cond = predict_velocity(
         transformer,
@@ -150,9 +150,9 @@ def guided_step_velocity(
         sigma,
         torch.cat([ctx.source, ctx.source]),
         None if ctx.reference is None else torch.cat([no_reference, ctx.reference]),
-        tokens,
-        mask,
-        torch.cat([ctx.uncond.pooled, ctx.cond.pooled]),
+        both.tokens,
+        both.mask,
+        both.pooled,
         embedded_guidance=ctx.embedded_guidance,
         prediction=ctx.prediction,
         gate_reading=ctx.gate_reading,
