@@ -20,6 +20,7 @@ from viva_pipelines.demo_world.suite import (
     SuiteGeometry,
     _scene,
     build_demo_suite,
+    local_case_scenes,
     render_case,
 )
 from viva_pipelines.embedded.clip import build_tiny_clip
@@ -73,6 +74,20 @@ def test_demo_cases_change_only_inside_their_mask(category: str, index: int):
         assert 0 < case.mask.mean() < 0.9
     assert (case.reference is not None) == category.startswith("ref_")
     assert case.source_caption != case.target_caption
+
+
+@pytest.mark.parametrize("category", ["add", "ref_swap"])
+def test_a_local_case_scenes_are_what_render_case_renders(category: str):
+    """Diagnostics that draw an instance's scene again (bench/placement_bound.py) start from
+    the very scenes the suite renders."""
+    edit = local_case_scenes(category, 1, geometry=SMALL)
+    case = render_case(category, 1, geometry=SMALL)
+    source, (target, _), mask = edit.render()
+    assert edit.instruction == case.instruction
+    assert np.array_equal(source, case.source) and np.array_equal(target, case.target)
+    assert np.array_equal(mask, case.mask)
+    with pytest.raises(ValueError, match="'tone' is not a local edit"):
+        local_case_scenes("tone", 0, geometry=SMALL)
 
 
 def test_demo_suite_scenes_are_not_training_scenes():

@@ -20,6 +20,7 @@ from viva_pipelines.demo_world import (
     random_scene,
     render,
 )
+from viva_pipelines.demo_world.sample import random_object
 from viva_pipelines.video.annotations import Annotations, sidecar_keys
 from viva_pipelines.video.io import read_video
 
@@ -177,6 +178,22 @@ def test_sampled_sprites_are_never_cut_from_the_background_photo():
         for obj in scene.objects:
             if obj.entry.kind == "sprite":
                 assert SPRITES[obj.entry.sprite].image != scene.camera.image, seed
+
+
+def test_random_objects_start_move_and_spin_within_the_sampler_s_law():
+    rng = np.random.default_rng(0)
+    shape, sprite = BankEntry("star", "red"), object_bank()[-1]
+    for _ in range(200):
+        obj = random_object(rng, shape, 3, 1)
+        (x0, y0), (x1, y1) = obj.trajectory.start, obj.trajectory.end
+        assert min(x0, y0) >= 0.2 and max(x0, y0) <= 0.8
+        assert min(x1, y1) >= 0.15 and max(x1, y1) <= 0.85
+        assert 0.22 <= obj.size <= 0.4 and -90 <= obj.spin <= 90
+        assert (obj.id, obj.z, obj.entry) == (3, 1, shape)
+    assert random_object(rng, sprite, 1, 0).spin == 0.0  # a photo sprite stays upright
+    # the law is the scene sampler's: a scene's objects are such draws, in the seed's order
+    starts = [o.trajectory.start for s in range(50) for o in random_scene(s, **SMALL).objects]
+    assert min(min(xy) for xy in starts) >= 0.2 and max(max(xy) for xy in starts) <= 0.8
 
 
 def test_sampler_and_bank_reject_impossible_requests():

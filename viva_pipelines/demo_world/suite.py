@@ -46,7 +46,7 @@ from viva_pipelines.evaluation.suite import CATEGORIES, MANIFEST, BenchInstance
 from viva_pipelines.pairs import captions
 from viva_pipelines.pairs.captions import with_article
 from viva_pipelines.pairs.generators import Templates, as_clause, load_templates, object_crop
-from viva_pipelines.pairs.types import EditPair
+from viva_pipelines.pairs.types import LOCAL_EDITS, EditPair
 from viva_pipelines.storage import Storage
 from viva_pipelines.video.io import write_video
 from viva_pipelines.workers import ordered_map
@@ -97,7 +97,7 @@ def _fresh_colour(scene: SceneSpec, rng: np.random.Generator) -> str:
 
 
 @dataclass
-class _SceneEdit:
+class SceneEdit:
     """A local edit as scenes: ``old`` is the edited object (its id is kept by the edit)."""
 
     source: SceneSpec
@@ -116,7 +116,7 @@ class _SceneEdit:
 
 def _local(
     kind: str, scene: SceneSpec, templates: Templates, rng: np.random.Generator
-) -> _SceneEdit:
+) -> SceneEdit:
     """A local edit of the scene's most visible object (a flat shape for ``color``, since
     sprites keep their photo colours). ``add`` is ``remove`` read backwards, as in training."""
     _, ids = render(scene)
@@ -133,12 +133,12 @@ def _local(
             where=captions.position_phrase(ids == obj.id),
         )
         if kind == "remove":
-            return _SceneEdit(scene, without, obj, text)
-        return _SceneEdit(without, scene, obj, text)
+            return SceneEdit(scene, without, obj, text)
+        return SceneEdit(without, scene, obj, text)
     if kind == "color":
         colour = _fresh_colour(scene, rng)
         text, _ = templates.instruction(kind, rng, object=label, colour=colour)
-        return _SceneEdit(scene, scene.with_object_colour(obj.id, colour), obj, text)
+        return SceneEdit(scene, scene.with_object_colour(obj.id, colour), obj, text)
     entry = _fresh_entry(scene, rng)  # swap / ref_swap
     text, _ = templates.instruction(
         kind,
@@ -148,7 +148,7 @@ def _local(
         new_object=entry.label,
         a_new_object=with_article(entry.label),
     )
-    return _SceneEdit(scene, scene.with_object_replaced(obj.id, entry), obj, text)
+    return SceneEdit(scene, scene.with_object_replaced(obj.id, entry), obj, text)
 
 
 def _local_edit(
@@ -236,14 +236,31 @@ def _scene(category: str, index: int, world: int, geometry: SuiteGeometry) -> Sc
         attempt += 1
 
 
+def _case(
+    category: str, index: int, world: int, geometry: SuiteGeometry | None
+) -> tuple[SceneSpec, Templates, np.random.Generator]:
+    """What instance ``index`` of ``category`` is made from: its scene, the instruction
+    templates and the instance's own random stream."""
+    scene = _scene(category, index, world, geometry or SuiteGeometry())
+    rng = np.random.default_rng([world, CATEGORIES.index(category), index])
+    return scene, load_templates(), rng
+
+
+def local_case_scenes(
+    category: str, index: int, *, world: int = SUITE_WORLD, geometry: SuiteGeometry | None = None
+) -> SceneEdit:
+    """The scenes of local instance ``index`` of ``category`` before they are rendered (what
+    :func:`render_case` renders), for diagnostics that draw an instance's scene again."""
+    if category not in LOCAL_EDITS:
+        raise ValueError(f"{category!r} is not a local edit; local: {', '.join(LOCAL_EDITS)}")
+    return _local(category, *_case(category, index, world, geometry))
+
+
 def render_case(
     category: str, index: int, *, world: int = SUITE_WORLD, geometry: SuiteGeometry | None = None
 ) -> EditPair:
     """Instance ``index`` of ``category``, rendered (deterministic)."""
-    geometry = geometry or SuiteGeometry()
-    scene = _scene(category, index, world, geometry)
-    rng = np.random.default_rng([world, CATEGORIES.index(category), index])
-    templates = load_templates()
+    scene, templates, rng = _case(category, index, world, geometry)
     if category in ("tone", "style"):
         return _look_edit(category, scene, templates, rng)
     if category == "hybrid":
