@@ -200,6 +200,8 @@ class PlacementEditor:
 
     def edit(self, media, instance: BenchInstance) -> np.ndarray:
         found = self.placements[instance.id]
+        if self.single is not None and self.single >= len(found.singles):
+            raise ValueError(f"{instance.id}: only {found.kept} draws fit its instruction")
         frames = found.mean if self.single is None else found.singles[self.single]
         return self.geometry.cut(_normalised(frames, self.fps, self.spec))
 
@@ -226,6 +228,8 @@ def main() -> None:
         "--out", default="placement_bound", help="a folder for the previews and scores"
     )
     args = parser.parse_args()
+    if not 1 <= args.singles <= args.draws:
+        parser.error("need 1 <= --singles <= --draws")
     settings = load_settings(default_conf_dir())
     store = Storage(settings.storage.root)
     demo = settings.demo
