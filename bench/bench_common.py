@@ -70,9 +70,15 @@ def sync(device: torch.device) -> None:
 
 
 def dataset_version() -> str:
-    """``qc_dataset``'s data version from the Dagster instance ``make demo`` used."""
+    """``qc_dataset``'s data version from the Dagster instance ``make demo`` used
+    (``DAGSTER_HOME``; the benches' commands name it relative to the repository, ``.dagster``,
+    and Dagster wants an absolute path)."""
     import dagster as dg
 
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        sys.exit("DAGSTER_HOME is not set: run the bench as DAGSTER_HOME=.dagster after make demo")
+    os.environ["DAGSTER_HOME"] = os.path.abspath(home)
     instance = dg.DagsterInstance.get()
     event = instance.get_latest_materialization_event(dg.AssetKey("qc_dataset"))
     if event is None or event.asset_materialization is None:
