@@ -15,10 +15,10 @@ suite picks the object to add) and averages ``--draws`` of them. The true object
 is kept (the bound knows slightly more than an editor could). Each estimate goes through the
 same MP4 encoding, normalisation and clip geometry as the suite's own files and is scored by
 the benchmark's code, beside single draws (each a sharp object in a plausible place, scored
-one by one and averaged), the demo's SFT model and the source unchanged. Printed: Edit / GT / BG PSNR per model and category, and
-how opaque the mean draws the object inside its true region (the share of draws that cover each
-pixel of it, averaged) and at its most opaque pixel. Previews (middle frames: source, target,
-SFT, mean, one draw) go to ``--out``.
+one by one and averaged), the demo's SFT model and the source unchanged. Printed: Edit / GT / BG
+PSNR per model and category, and how opaque the mean draws the object inside its true region
+(the share of draws that cover each pixel of it, averaged) and at its most opaque pixel.
+Previews (middle frames: source, target, SFT, mean, one draw, identity) go to ``--out``.
 
 A diagnostic, not an editor: it reads the world's generator and the suite's scenes, so its
 figures bound what an editor can reach; nothing here tunes anything.
@@ -49,6 +49,7 @@ from viva_pipelines.demo_world.sample import random_object
 from viva_pipelines.demo_world.scene import SceneSpec
 from viva_pipelines.demo_world.suite import SceneEdit, SuiteGeometry, local_case_scenes
 from viva_pipelines.evaluation.benchmark import (
+    IDENTITY,
     IdentityEditor,
     PipelineEditor,
     category_table,
@@ -58,7 +59,7 @@ from viva_pipelines.evaluation.benchmark import (
 from viva_pipelines.evaluation.suite import BenchInstance
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.model.pipeline import VivaEditPipeline
-from viva_pipelines.pairs.captions import position_phrase
+from viva_pipelines.pairs.captions import position_cell, position_phrase
 from viva_pipelines.rewards.models import RECORD_KEY, load_scorers
 from viva_pipelines.settings import default_conf_dir
 from viva_pipelines.storage import Storage
@@ -78,8 +79,8 @@ ONE_DRAW = "one draw"
 @dataclass
 class Placements:
     """One instance's draws: the mean target and the first ``singles`` draws, ``uint8 [T, H,
-    W, 3]`` at the suite's render size; the share of draws covering each pixel of the true object (mean) and
-    at the most covered pixel (peak); draws screened, rendered and kept."""
+    W, 3]`` at the suite's render size; the share of draws covering each pixel of the true
+    object (mean) and at the most covered pixel (peak); draws screened, rendered and kept."""
 
     mean: np.ndarray
     singles: list[np.ndarray]
@@ -104,16 +105,6 @@ def _plausible_start(start: tuple[float, float], row: int, col: int) -> bool:
     return all(near)
 
 
-def _cell_of(mask: np.ndarray) -> tuple[int, int]:
-    """The ninth ``(row, col)`` of the first frame ``mask`` (``bool [T, H, W]``) shows."""
-    frame = mask[np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))[0]]
-    ys, xs = np.nonzero(frame)
-    return (
-        min(2, int(3 * (ys.mean() + 0.5) / frame.shape[0])),
-        min(2, int(3 * (xs.mean() + 0.5) / frame.shape[1])),
-    )
-
-
 def _described(scene: SceneSpec, object_id: int, phrase: str):
     """``scene`` rendered, and where it shows ``object_id``, when the suite would add that
     object with ``phrase`` (the place of its centre, and the scene's most visible object);
@@ -135,7 +126,7 @@ def draw_placements(edit: SceneEdit, draws: int, singles: int, seed: int) -> Pla
     _, true_ids = render(edit.target)
     truth = true_ids == obj.id
     phrase = position_phrase(truth)
-    row, col = _cell_of(truth)
+    row, col = position_cell(truth)
     small = {
         "width": edit.target.width // 4,
         "height": edit.target.height // 4,
@@ -267,7 +258,7 @@ def main() -> None:
         clips[ONE_DRAW] = clips.pop("draw 0")
         for k in range(1, args.singles):
             del clips[f"draw {k}"]
-        clips["identity"] = clips.pop("identity")  # last, as in the benchmark's previews
+        clips[IDENTITY] = clips.pop(IDENTITY)  # last, as in the benchmark's previews
     table = category_table(run.rows)
 
     print(

@@ -526,3 +526,9 @@ def test_position_phrase_says_where_by_thirds_of_the_frame():
     assert position_phrase(np.ones((9, 9), bool)) == "everywhere"
     with pytest.raises(ValueError, match="empty"):
         position_phrase(np.zeros((2, 9, 9), bool))
+    # the cell a phrase names, (row, col) in thirds
+    assert captions.position_cell(mask) == (0, 2)
+    assert captions.position_cell(mask[1].T[::-1]) == (0, 0)
+    assert captions.position_cell(centre) == (1, 1)
+    with pytest.raises(ValueError, match="empty"):
+        captions.position_cell(np.zeros((9, 9), bool))

@@ -135,6 +135,27 @@ def position_phrase(mask: np.ndarray) -> str:
     when it covers nearly all of the frame. Instructions that add an object say where with it
     (nothing else in the source could tell), and the instructor learns to say where an edit
     goes."""
+    frame = _first_shown(mask)
+    if frame.mean() >= WHOLE_FRAME:
+        return "everywhere"
+    row, col = position_cell(frame)
+    return POSITION_PHRASES[row][col]
+
+
+def position_cell(mask: np.ndarray) -> tuple[int, int]:
+    """The third of the frame down and across, ``(row, col)`` in 0..2, that holds the centroid
+    of ``mask`` (as :func:`position_phrase` reads it): the cell its phrase names."""
+    frame = _first_shown(mask)
+    ys, xs = np.nonzero(frame)
+    return (
+        min(2, int(3 * (ys.mean() + 0.5) / frame.shape[0])),
+        min(2, int(3 * (xs.mean() + 0.5) / frame.shape[1])),
+    )
+
+
+def _first_shown(mask: np.ndarray) -> np.ndarray:
+    """``mask`` (``[H, W]`` or ``[T, H, W]``) as ``bool [H, W]``: the first frame it is not
+    empty in; an empty mask is an error."""
     mask = np.asarray(mask, bool)
     if mask.ndim == 3:
         visible = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
@@ -143,9 +164,4 @@ def position_phrase(mask: np.ndarray) -> str:
         mask = mask[visible[0]]
     if not mask.any():
         raise ValueError("the mask is empty")
-    if mask.mean() >= WHOLE_FRAME:
-        return "everywhere"
-    ys, xs = np.nonzero(mask)
-    row = min(2, int(3 * (ys.mean() + 0.5) / mask.shape[0]))
-    col = min(2, int(3 * (xs.mean() + 0.5) / mask.shape[1]))
-    return POSITION_PHRASES[row][col]
+    return mask
