@@ -17,6 +17,7 @@ from viva_pipelines.train.instructor import (
     DESCRIBE,
     RECORD_KEY,
     GroundingExample,
+    answer_loss,
     edit_change,
     encode_examples,
     grounding_examples,
@@ -102,6 +103,42 @@ def test_answers_follow_the_exact_sft_prompt_and_only_they_are_learned(dataset):
         assert int(answer[-1]) == instructor.tokenizer.eos_token_id
         decoded = instructor.tokenizer.decode(example.answer[:-1])
         assert decoded == examples[i].answer
+
+
+def test_the_answer_loss_runs_the_shared_prefix_once_and_equals_the_whole_forward(dataset):
+    storage, manifest = dataset
+    instructor = Instructor(InstructorConfig(model=str(ensure_tiny_instructor())))
+    model = instructor.model.train().requires_grad_(True)
+    train = grounding_examples(storage, manifest, split="train")
+    with_reference = [e for e in train if e.reference is not None]
+    examples = [*train[:5], with_reference[0]]  # prompts of one image and of two
+    batch = training_batch(instructor, encode_examples(instructor, examples))
+    assert (
+        instructor.prefix_length > 0
+        and (batch["labels"][:, : instructor.prefix_length] == -100).all()
+    )
+    parameters = [p for p in model.parameters()]
+    whole = model(**batch).loss
+    whole_grads = torch.autograd.grad(whole, parameters, allow_unused=True)
+    shared = answer_loss(instructor, batch)
+    shared_grads = torch.autograd.grad(shared, parameters, allow_unused=True)
+    torch.testing.assert_close(shared, whole)
+    for a, b in zip(shared_grads, whole_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    # The prefix runs once: the language model sees one row of it, not one per example.
+    lengths = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda _, args, kwargs: lengths.append(kwargs["inputs_embeds"].shape[:2]), with_kwargs=True
+    )
+    try:
+        answer_loss(instructor, batch)
+    finally:
+        hook.remove()
+    rows, total = batch["input_ids"].shape
+    prefix = instructor.prefix_length
+    assert lengths == [torch.Size([1, prefix]), torch.Size([rows, total - prefix])]
 
 
 def test_pretraining_learns_on_held_out_frames_and_saves_a_loadable_instructor(dataset):
