@@ -31,10 +31,8 @@ demo: install
 	@start=$$(date +%s); \
 	$(BIN)/viva demo-data && \
 	$(BIN)/viva ingest && \
-	$(BIN)/viva materialize qc_dataset && \
-	$(BIN)/viva materialize instructor_model sft_checkpoint && \
-	$(BIN)/viva materialize reward_models grpo_lora && \
-	$(BIN)/viva materialize benchmark_suite benchmark_scores edited_videos && \
+	$(BIN)/viva materialize qc_dataset instructor_model sft_checkpoint reward_models grpo_lora \
+		benchmark_suite benchmark_scores edited_videos && \
 	$(BIN)/viva report && \
 	echo "demo materialized in $$(( $$(date +%s) - start ))s" && \
 	echo "" && \

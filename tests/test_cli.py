@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,8 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     trained = run(["materialize", "instructor_model", "sft_checkpoint"], project, home)
     assert trained.returncode == 0, trained.stdout + trained.stderr[-3000:]
     assert "instructor_model, sft_checkpoint materialized" in trained.stdout
+    # Each asset's own time, in the order they ran (the instructor first: SFT reads it).
+    assert re.search(r"\n  instructor_model \d+\.\ds, sft_checkpoint \d+\.\ds\n", trained.stdout)
     tracking = f"sqlite:///{project / 'data' / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking)
     instructor = json.loads(storage.read_bytes("instructor_model/instructor.json"))

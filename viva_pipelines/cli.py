@@ -244,6 +244,16 @@ def _materialize(args: argparse.Namespace) -> int:
         f"{', '.join(args.assets)} {outcome} in {time.perf_counter() - started:.1f}s "
         f"(run {result.run_id})"
     )
+    if len(selection) > 1:
+        steps = sorted(
+            (
+                step
+                for step in instance.get_run_step_stats(result.run_id)
+                if step.step_key in args.assets and step.start_time and step.end_time
+            ),
+            key=lambda step: step.start_time,
+        )
+        print("  " + ", ".join(f"{s.step_key} {s.end_time - s.start_time:.1f}s" for s in steps))
     return 0 if result.success else 1
 
 
