@@ -117,7 +117,7 @@ def test_the_answer_loss_runs_the_shared_prefix_once_and_equals_the_whole_forwar
         instructor.prefix_length > 0
         and (batch["labels"][:, : instructor.prefix_length] == -100).all()
     )
-    parameters = [p for p in model.parameters()]
+    parameters = list(model.parameters())
     whole = model(**batch).loss
     whole_grads = torch.autograd.grad(whole, parameters, allow_unused=True)
     shared = answer_loss(instructor, batch)

@@ -316,7 +316,7 @@ def answer_loss(instructor: Instructor, batch: dict[str, torch.Tensor]) -> torch
     cache.batch_repeat_interleave(len(input_ids))
     return model(
         input_ids=input_ids[:, prefix:],
-        pixel_values=batch["pixel_values"],
+        pixel_values=batch.get("pixel_values"),
         attention_mask=batch["attention_mask"],
         cache=cache,
         labels=batch["labels"][:, prefix:],
