@@ -138,14 +138,18 @@ def position_phrase(mask: np.ndarray) -> str:
     frame = _first_shown(mask)
     if frame.mean() >= WHOLE_FRAME:
         return "everywhere"
-    row, col = position_cell(frame)
+    row, col = _centroid_cell(frame)
     return POSITION_PHRASES[row][col]
 
 
 def position_cell(mask: np.ndarray) -> tuple[int, int]:
     """The third of the frame down and across, ``(row, col)`` in 0..2, that holds the centroid
     of ``mask`` (as :func:`position_phrase` reads it): the cell its phrase names."""
-    frame = _first_shown(mask)
+    return _centroid_cell(_first_shown(mask))
+
+
+def _centroid_cell(frame: np.ndarray) -> tuple[int, int]:
+    """``(row, col)`` in thirds of the centroid of a non-empty ``bool [H, W]`` frame."""
     ys, xs = np.nonzero(frame)
     return (
         min(2, int(3 * (ys.mean() + 0.5) / frame.shape[0])),
