@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationError,
     field_validator,
     model_validator,
@@ -76,8 +77,9 @@ class ModelOptions(_Section):
     text_only: bool = False  # ablation: the vanilla text-encoder baseline
     position_channels: bool = False  # the DiT also reads each latent cell's (row, column)
     crop_template: bool = True  # keep only the prompt's instruction and image tokens
+    #: JSON values only (the trainer re-reads the config: a YAML date would come back as text)
     #: prod: {kind: hunyuan_vae, subfolder: vae}
-    codec: dict[str, Any] = Field(default_factory=lambda: {"kind": "pixel", "factor": 2})
+    codec: dict[str, JsonValue] = Field(default_factory=lambda: {"kind": "pixel", "factor": 2})
     transformer_subfolder: str | None = None  # of models.transformer (e.g. transformer)
     pooled: Literal["instructor_last", "instructor_mean", "none"] = Field(
         "instructor_last", description="the pooled vector beside the tokens (pooled_vector)"
