@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from viva_pipelines.model.sde import final_step_with_logprob, sde_step_with_logprob
+from viva_pipelines.model.sde import block_means, final_step_with_logprob, sde_step_with_logprob
 from viva_pipelines.train.grpo_math import group_advantages, kl_to_reference, ppo_clipped_loss
 
 
@@ -69,6 +69,37 @@ def test_the_final_step_explores_around_the_clean_estimate_with_its_own_scale():
     assert sample.std().item() == pytest.approx(0.2, rel=0.03)
     with pytest.raises(ValueError, match="exploration scale"):
         final_step_with_logprob(v, 0.8, x, 0.0)
+
+
+def test_block_exploration_draws_one_value_per_block_and_scores_the_block_means():
+    x, v = torch.zeros(3, 2, 2, 6, 7), torch.zeros(3, 2, 2, 6, 7)  # 6 x 7: edge blocks cut
+    sample, log_prob, mean, _ = final_step_with_logprob(
+        v, 1.0, x, 0.1, torch.Generator().manual_seed(0), cell=4
+    )
+    assert sample.shape == x.shape and torch.equal(mean, x)
+    corner = sample[..., :4, :4]  # a whole block: one value
+    assert torch.equal(corner, corner[..., :1, :1].expand_as(corner))
+    edge = sample[..., 4:, 4:]  # the cut block at the bottom right: one value too
+    assert torch.equal(edge, edge[..., :1, :1].expand_as(edge))
+    assert not torch.equal(sample[..., 0, 0], sample[..., 0, 4])  # blocks differ
+    # The log-density is that of the block means: a block one scale off costs 0.5 per block.
+    draws = block_means(sample, 4) / 0.1
+    expected = (
+        -0.5 * draws.pow(2).mean(dim=(1, 2, 3, 4)) - math.log(0.1) - 0.5 * math.log(2 * math.pi)
+    )
+    assert torch.allclose(log_prob, expected, atol=1e-5)
+    _, rescored, _, _ = final_step_with_logprob(v, 1.0, x, 0.1, prev_sample=sample, cell=4)
+    assert torch.allclose(rescored, log_prob)  # re-scoring a stored rollout agrees
+    # Only block means count: a change that averages out within every block is not seen.
+    checker = 0.05 * (-1.0) ** torch.arange(4).reshape(1, 1, 1, 4, 1).expand(3, 2, 2, 4, 4)
+    moved = sample.clone()
+    moved[..., :4, :4] += checker
+    _, same, _, _ = final_step_with_logprob(v, 1.0, x, 0.1, prev_sample=moved, cell=4)
+    assert torch.allclose(same, log_prob, atol=1e-6)
+    assert block_means(torch.arange(6.0).reshape(1, 1, 1, 1, 6), 4).flatten().tolist() == [
+        1.5,
+        4.5,
+    ]
 
 
 def test_group_advantages_by_hand_with_population_std():

@@ -263,6 +263,8 @@ class GrpoSampling(_Section):
     #: exploration scale (latent units) of the last step, to sigma 0, which has no SDE; 0: an
     #: ODE step (Flow-GRPO). A one-step rollout needs it (its only step is the last)
     final_noise: float = Field(0.1, ge=0)
+    #: one draw of that exploration per n x n block of latent positions (1: each its own)
+    final_noise_cell: int = Field(4, ge=1)
     shift: float = Field(3.0, gt=0)  # time shift of the rollout schedule
     guidance_scale: float = 1.0  # instruction guidance of the rollouts (1: CFG-free)
 
@@ -303,7 +305,8 @@ class RewardWeights(_Section):
 
     #: R_IF (the paper states no weights; 2 edits more than 1 on val, docs/benchmark.md)
     instruction: RewardWeight = 2.0
-    preservation: RewardWeight = 1.0  # R_SP
+    #: R_SP (1.5 holds the background of the demo's block-wise exploration, docs/benchmark.md)
+    preservation: RewardWeight = 1.5
     pickscore: RewardWeight = 0.01  # R_PS
 
     @field_validator("*", mode="before")

@@ -170,13 +170,17 @@ def policy_step(
     final_noise: float,
     generator: torch.Generator | None = None,
     prev_sample: torch.Tensor | None = None,
+    final_noise_cell: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One stochastic step of the rollout policy: Flow-GRPO's SDE (``noise_level``), or, to
-    ``sigma = 0``, Gaussian exploration of scale ``final_noise`` around the ODE's end point
-    (:mod:`~viva_pipelines.model.sde`). Returns ``(x_next, log_prob, mean, std)``."""
+    ``sigma = 0``, Gaussian exploration of scale ``final_noise`` around the ODE's end point,
+    drawn per ``final_noise_cell`` block (:mod:`~viva_pipelines.model.sde`). Returns
+    ``(x_next, log_prob, mean, std)``."""
     if sigma_next > 0:
         return sde_step_with_logprob(v, sigma, sigma_next, x, noise_level, generator, prev_sample)
-    return final_step_with_logprob(v, sigma, x, final_noise, generator, prev_sample)
+    return final_step_with_logprob(
+        v, sigma, x, final_noise, generator, prev_sample, final_noise_cell
+    )
 
 
 def explored_steps(num_steps: int, final_noise: float) -> int:
@@ -197,6 +201,7 @@ def rollout(
     generator: torch.Generator | None = None,
     group_size: int = 1,
     sde_steps: Sequence[int] | None = None,
+    final_noise_cell: int = 1,
 ) -> Rollout:
     """Sample every candidate, keeping per-step latents and the log-probs of the stochastic
     steps. ``sde_steps``: which denoising steps are stochastic (default: all but the last,
@@ -227,6 +232,7 @@ def rollout(
                 noise_level=noise_level,
                 final_noise=final_noise,
                 generator=generator,
+                final_noise_cell=final_noise_cell,
             )
             log_probs.append(log_prob)
             taken.append(i)
@@ -268,6 +274,7 @@ def grpo_loss_for_step(
     clip_range: float,
     beta: float,
     final_noise: float = 0.0,
+    final_noise_cell: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The GRPO objective of the ``step``-th stochastic step (``run.sde_steps[step]``) for all
     candidates: ``(loss, policy_loss, kl, clip_fraction)``; only ``loss`` carries gradients.
@@ -279,7 +286,12 @@ def grpo_loss_for_step(
     x, x_next = run.latents[i], run.latents[i + 1]
     sigma, sigma_next = run.sigmas[i], run.sigmas[i + 1]
     v = guided_step_velocity(transformer, x, sigma, ctx)
-    explore = {"noise_level": noise_level, "final_noise": final_noise, "prev_sample": x_next}
+    explore = {
+        "noise_level": noise_level,
+        "final_noise": final_noise,
+        "final_noise_cell": final_noise_cell,
+        "prev_sample": x_next,
+    }
     _, log_prob, mean, std = policy_step(v, sigma, sigma_next, x, **explore)
     policy_loss, clip_fraction = ppo_clipped_loss(
         log_prob, run.log_probs[step], advantages, clip_range
@@ -325,6 +337,7 @@ def grpo_iteration(
     group_size: int = 1,
     window: int | None = None,
     min_group_std: float = 0.0,
+    final_noise_cell: int = 1,
 ) -> dict[str, float]:
     """One Edit-GRPO iteration: for each batch (gradient accumulation), a rollout (groups of
     ``group_size`` from one noise, stochastic only in a ``window`` of steps, see
@@ -347,6 +360,7 @@ def grpo_iteration(
             generator=generator,
             group_size=group_size,
             sde_steps=sde_window(explored_steps(num_steps, final_noise), window, generator),
+            final_noise_cell=final_noise_cell,
         )
         batch_rewards = batch.reward_fn(run.final)
         batch_advantages = group_advantages(
@@ -362,6 +376,7 @@ def grpo_iteration(
                 batch_advantages.to(run.final.device),
                 noise_level=noise_level,
                 final_noise=final_noise,
+                final_noise_cell=final_noise_cell,
                 clip_range=clip_range,
                 beta=beta,
             )
@@ -582,6 +597,7 @@ def _train(config, ctx, report, storage, pipeline, clip, pick, model_dir) -> dic
             group_size=sampling.group_size if sampling.same_noise else 1,
             window=sampling.sde_window,
             min_group_std=optim.min_group_std,
+            final_noise_cell=sampling.final_noise_cell,
         )
         done = iteration + 1
         report.metrics(done, stats)
