@@ -305,8 +305,8 @@ class RewardWeights(_Section):
 
     #: R_IF (the paper states no weights; 2 edits more than 1 on val, docs/benchmark.md)
     instruction: RewardWeight = 2.0
-    #: R_SP (1.5 holds the background of the demo's block-wise exploration, docs/benchmark.md)
-    preservation: RewardWeight = 1.5
+    #: R_SP (2, as much as R_IF, holds the background of the demo's block-wise exploration)
+    preservation: RewardWeight = 2.0
     pickscore: RewardWeight = 0.01  # R_PS
 
     @field_validator("*", mode="before")
