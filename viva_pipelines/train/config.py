@@ -264,7 +264,7 @@ class GrpoSampling(_Section):
     #: ODE step (Flow-GRPO). A one-step rollout needs it (its only step is the last)
     final_noise: float = Field(0.1, ge=0)
     #: one draw of that exploration per n x n block of latent positions (1: each its own)
-    final_noise_cell: int = Field(4, ge=1)
+    final_noise_cell: int = Field(1, ge=1)
     shift: float = Field(3.0, gt=0)  # time shift of the rollout schedule
     guidance_scale: float = 1.0  # instruction guidance of the rollouts (1: CFG-free)
 
@@ -305,8 +305,7 @@ class RewardWeights(_Section):
 
     #: R_IF (the paper states no weights; 2 edits more than 1 on val, docs/benchmark.md)
     instruction: RewardWeight = 2.0
-    #: R_SP (2, as much as R_IF, holds the background of the demo's block-wise exploration)
-    preservation: RewardWeight = 2.0
+    preservation: RewardWeight = 1.0  # R_SP
     pickscore: RewardWeight = 0.01  # R_PS
 
     @field_validator("*", mode="before")
