@@ -87,14 +87,14 @@ def final_step_with_logprob(
     std = torch.full((x.shape[0], *([1] * (x.ndim - 1))), scale, dtype=x.dtype, device=x.device)
     if cell == 1:
         return _gaussian_step(mean, std, generator, prev_sample)
+    coarse_mean = block_means(mean, cell)
     if prev_sample is None:
         where = generator.device if generator is not None else mean.device
-        coarse = block_means(mean, cell)
-        noise = torch.randn(coarse.shape, generator=generator, device=where, dtype=mean.dtype)
+        noise = torch.randn(coarse_mean.shape, generator=generator, device=where, dtype=mean.dtype)
         blocks = noise.to(mean.device).repeat_interleave(cell, -2).repeat_interleave(cell, -1)
         prev_sample = mean + std * blocks[..., : mean.shape[-2], : mean.shape[-1]]
     _, log_prob, _, _ = _gaussian_step(
-        block_means(mean, cell), std, None, block_means(prev_sample.detach(), cell)
+        coarse_mean, std, None, block_means(prev_sample.detach(), cell)
     )
     return prev_sample, log_prob, mean, std
 
