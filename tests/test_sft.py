@@ -122,7 +122,8 @@ def test_collate_pads_tokens_and_applies_condition_dropout():
 def test_training_learns_caches_and_writes_a_loadable_model(dataset_root, monkeypatch):
     config = tiny_sft_config(
         dataset_root,
-        optim={"max_steps": 30, "lr": 2e-3},
+        # the last weights: an average over 30 steps still holds some of the first ones
+        optim={"max_steps": 30, "lr": 2e-3, "ema_decay": 0.0},
         eval={"every": 30},
         runtime={"checkpoint_every": 30},
     )
@@ -333,13 +334,14 @@ def test_two_gloo_processes_follow_the_single_process_loss_trajectory(
 ):
     """DDP (or FSDP2) over 2 CPU processes, each accumulating 2 micro-batches, with the same
     global batch as 1 process: same data, same noise, averaged gradients. With mask_lambda 0 the loss is a plain mean, so only
-    float summation order differs."""
+    float summation order differs. The validation at step 10 runs on the weights' average and
+    training goes on from its own weights (FSDP2 must not reuse the average's gathered copy)."""
     summaries = {}
     for nproc in (1, 2):
         config = tiny_sft_config(
             dataset_root,
             f"{parallel}{nproc}",
-            optim={"max_steps": 20, "lr": 1e-3},
+            optim={"max_steps": 20, "lr": 1e-3, "ema_decay": 0.9},
             loss={"mask_lambda": 0.0},
             eval={"every": 10, "sample_count": 1},
             runtime={"checkpoint_every": 20, "parallel": parallel},

@@ -97,6 +97,19 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext, parallel: str) -> torch
     raise ValueError(f"unknown parallel mode {parallel!r}; known: ddp, fsdp")
 
 
+def drop_gathered_weights(model: torch.nn.Module) -> None:
+    """Make the next forward gather the current sharded weights. FSDP2 keeps the root module's
+    gathered weights after a forward that no backward follows (evaluation), and the next
+    forward reuses them: after the sharded weights are changed in place (the weights' average
+    swapped in for evaluation and out again), training would run on the stale copy. DDP and a
+    bare model hold no gathered copy."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 @contextmanager
 def gradient_sync(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     """Backward passes inside skip (``enabled`` False) or do the all-reduce of gradients
