@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import torch
 
+from viva_pipelines.train.distributed import drop_gathered_weights
+
 
 def ema_decay_at(decay: float, updates: int) -> float:
     """The decay used for update number ``updates`` (0-based): ``min(decay, (1 + n) / (10 + n))``.
@@ -31,6 +33,7 @@ class WeightEma:
         if not 0 < decay < 1:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = decay
+        self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.shadow = [p.detach().float().clone() for p in self.params]
         self.updates = 0
@@ -44,17 +47,21 @@ class WeightEma:
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
-        """The model holds the averaged weights inside the block, its own ones again after."""
+        """The model holds the averaged weights inside the block, its own ones again after.
+        Each swap also drops any gathered copy of the old weights (FSDP2), so the next forward
+        runs on the ones just put in place."""
         with torch.no_grad():
             backup = [p.detach().clone() for p in self.params]
             for param, average in zip(self.params, self.shadow, strict=True):
                 param.copy_(average)
+        drop_gathered_weights(self.model)
         try:
             yield
         finally:
             with torch.no_grad():
                 for param, saved in zip(self.params, backup, strict=True):
                     param.copy_(saved)
+            drop_gathered_weights(self.model)
 
     @torch.no_grad()
     def take_from_model(self, updates: int) -> None:

@@ -73,7 +73,6 @@ from viva_pipelines.train.config import TINY, SftConfig
 from viva_pipelines.train.distributed import (
     DistContext,
     apply_gradient_checkpointing,
-    drop_gathered_weights,
     gradient_sync,
     precision,
     unwrap,
@@ -531,20 +530,8 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     ema = WeightEma(model, config.optim.ema_decay) if config.optim.ema_decay else None
-
-    @contextlib.contextmanager
-    def shipped():
-        """Evaluation and export use the averaged weights when there are any: they ship."""
-        if ema is None:
-            yield
-            return
-        drop_gathered_weights(model)  # the average is what the next forward gathers
-        try:
-            with ema.applied():
-                yield
-        finally:
-            drop_gathered_weights(model)  # ... and training's own weights after it
-
+    # Evaluation and export use the averaged weights when there are any: they are what ships.
+    shipped = ema.applied if ema is not None else contextlib.nullcontext
     if (
         runtime.parallel == "fsdp"
         and ctx.active
