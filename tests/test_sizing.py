@@ -13,13 +13,20 @@ import pytest
 from tests.conftest import REPO
 from viva_pipelines.config import load_settings
 from viva_pipelines.model.transformer import tiny_transformer_config
+from viva_pipelines.train.config import LoraOptions
+from viva_pipelines.train.runs import sft_config
+from viva_pipelines.train.sft import build_model
 from viva_pipelines.train.sizing import (
     GIB,
+    TINY_INSTRUCTOR_WIDTH,
     checkpointed_activations,
+    dit_builder,
+    latent_shape,
     measure_pass,
     plan_grpo,
     plan_sft,
     plan_table,
+    stack_pass,
 )
 
 CONFIG = tiny_transformer_config(16, 64, heads=4, head_dim=32, dual_layers=2, single_layers=2)
@@ -102,6 +109,37 @@ def test_flops_grow_with_the_tokens_and_backward_costs_twice_forward():
     # 64 -> 256 video tokens beside 64 text tokens: 2.5x the tokens, a bit more for attention
     assert 2.5 < large.forward_flops / small.forward_flops < 3.5
     assert small.backward_flops == pytest.approx(2 * small.forward_flops, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("dual", "single", "lora", "checkpointing"),
+    [(3, 2, None, False), (0, 3, None, True), (2, 0, LoraOptions(rank=4), True)],
+)
+def test_a_pass_measured_on_two_blocks_of_each_kind_extends_exactly_to_the_stack(
+    dual, single, lora, checkpointing
+):
+    """What viva plan measures on a small stack is what the whole model's pass keeps and
+    computes, to the byte and the FLOP (a kind may be absent)."""
+    config = {**CONFIG, "num_layers": dual, "num_single_layers": single}
+    build = dit_builder(config, lora)
+    whole = measure_pass(build, LATENT, TOKENS, BATCH, checkpointing=checkpointing)
+    extended = stack_pass(config, LATENT, TOKENS, BATCH, lora=lora, checkpointing=checkpointing)
+    assert extended == whole
+    fewer = stack_pass(
+        {**config, "num_layers": 1, "num_single_layers": min(1, single)}, LATENT, TOKENS, BATCH
+    )
+    assert fewer.forward_flops < whole.forward_flops  # the blocks' count is in it
+
+
+def test_the_demo_profile_plans_the_model_its_sft_builds():
+    """viva plan on the embedded profile sizes the from-scratch DiT that SFT trains."""
+    settings = load_settings(REPO / "conf", include_local=False)
+    config = sft_config(settings, "any")
+    channels = latent_shape(settings)[0]
+    model = build_model(config, channels, TINY_INSTRUCTOR_WIDTH)
+    plan = plan_sft(settings)
+    assert plan.parameters == sum(p.numel() for p in model.parameters())
+    assert plan.micro_batch == config.optim.batch_size and plan.activations > 0
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,7 @@ from viva_pipelines.train.checkpoint import (
     load_latest_checkpoint,
     save_checkpoint,
 )
-from viva_pipelines.train.config import TINY, SftConfig
+from viva_pipelines.train.config import TINY, ModelOptions, SftConfig
 from viva_pipelines.train.distributed import (
     DistContext,
     apply_gradient_checkpointing,
@@ -256,6 +256,19 @@ def geometry_of(config: SftConfig) -> ClipGeometry:
     return ClipGeometry(data.frames, data.frame_stride, data.height, data.width)
 
 
+def scratch_config(model: ModelOptions, latent_channels: int, token_dim: int) -> dict[str, Any]:
+    """The diffusers config of the DiT trained from scratch (``sft.model.scratch``) for
+    ``latent_channels`` and condition tokens ``token_dim`` wide: what :func:`build_model`
+    builds and ``viva plan`` sizes."""
+    return tiny_transformer_config(
+        latent_channels,
+        token_dim,
+        **model.scratch.model_dump(exclude={"init"}),
+        out_channels=output_channels(latent_channels, model.prediction),
+        position_channels=model.position_channels,
+    )
+
+
 def build_model(
     config: SftConfig, latent_channels: int, token_dim: int
 ) -> HunyuanVideoTransformer3DModel:
@@ -264,17 +277,10 @@ def build_model(
     From scratch with ``prediction: source_residual`` the output layer starts at zero, so the
     untrained model returns the source unchanged and training learns only what to change."""
     if config.model.transformer is None:
-        scratch = config.model.scratch
         model = build_transformer(
-            tiny_transformer_config(
-                latent_channels,
-                token_dim,
-                **scratch.model_dump(exclude={"init"}),
-                out_channels=output_channels(latent_channels, config.model.prediction),
-                position_channels=config.model.position_channels,
-            ),
+            scratch_config(config.model, latent_channels, token_dim),
             seed=config.runtime.seed,
-            init=scratch.init,
+            init=config.model.scratch.init,
         )
         if config.model.prediction != "velocity":
             torch.nn.init.zeros_(model.proj_out.weight)
