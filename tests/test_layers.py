@@ -82,6 +82,19 @@ def test_loading_the_definitions_loads_neither_the_demo_nor_the_stand_ins():
     assert "defs" in loaded and not loaded & APART
 
 
+def test_an_edit_request_is_checked_without_the_model_libraries():
+    """viva edit refuses a bad request or model folder before torch, diffusers and
+    transformers load (seconds on 2 cores): the checks' module imports none of them."""
+    code = (
+        "import sys, viva_pipelines.model.requests;"
+        "print(sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
 def _asset_bodies() -> list[tuple[str, int]]:
     """(asset, lines of its body below the docstring) of every asset in defs/."""
     bodies = []

@@ -23,11 +23,10 @@ from viva_pipelines import cli
 from viva_pipelines.inference.batch import edit_stored_requests
 from viva_pipelines.model import whole_video
 from viva_pipelines.model.clips import ClipGeometry
+from viva_pipelines.model.requests import EditRequestError, check_request
 from viva_pipelines.model.whole_video import (
-    EditRequestError,
     beside,
     blend_weights,
-    check_request,
     crop_box,
     edit_batch,
     edit_whole_video,

@@ -315,12 +315,8 @@ def _runs_clean(args: argparse.Namespace) -> int:
 def _edit(args: argparse.Namespace) -> int:
     import av
 
-    from viva_pipelines.model.pipeline import resolve_model
-    from viva_pipelines.model.whole_video import (
-        EditRequestError,
-        check_request,
-        edit_video,
-    )
+    # The request and the model are checked before the model libraries are imported (seconds).
+    from viva_pipelines.model.requests import EditRequestError, check_request, resolve_model
     from viva_pipelines.tracking import use_s3_endpoint
 
     single = [args.video, args.instruction, args.out]
@@ -349,6 +345,8 @@ def _edit(args: argparse.Namespace) -> int:
         lora = args.lora and resolve_model(args.lora, tracking_uri=tracking_uri, lora=True)
         if args.batch:
             return _edit_batch(args, model_dir, lora, options)
+        from viva_pipelines.model.whole_video import edit_video
+
         edited = edit_video(
             model_dir,
             args.video,

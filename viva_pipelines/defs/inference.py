@@ -44,7 +44,7 @@ def build_inference_defs(settings: Settings) -> dg.Definitions:
         if cfg.requests is None:
             raise dg.Failure("inference.requests is not set: nothing to edit", allow_retries=False)
         from viva_pipelines.inference.batch import log_edits, run_edit_requests
-        from viva_pipelines.model.pipeline import resolve_model
+        from viva_pipelines.model.requests import resolve_model
         from viva_pipelines.model.whole_video import outcome_line
 
         store, s3 = storage.get(), settings.storage.s3
@@ -80,7 +80,7 @@ def _model(
 ) -> tuple[str, Path]:
     """(URI, local directory) of the model to edit with: ``model`` as configured, or the
     latest sft_checkpoint's."""
-    from viva_pipelines.model.pipeline import resolve_model
+    from viva_pipelines.model.requests import resolve_model
 
     if model is not None:
         return model, resolve_model(model, tracking_uri=mlflow.tracking_uri)

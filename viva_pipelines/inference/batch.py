@@ -22,9 +22,9 @@ import pandas as pd
 from viva_pipelines.config.schema import InferenceSettings
 from viva_pipelines.manifests import FAILED, typed_frame
 from viva_pipelines.model.pipeline import VivaEditPipeline
+from viva_pipelines.model.requests import EditRequestError
 from viva_pipelines.model.whole_video import (
     EditRequest,
-    EditRequestError,
     Placed,
     Placement,
     edit_batch,

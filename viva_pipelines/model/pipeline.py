@@ -32,10 +32,10 @@ from viva_pipelines.model.flow_matching import (
     inference_sigmas,
 )
 from viva_pipelines.model.instructor import Instructor, InstructorConfig
+from viva_pipelines.model.requests import MODEL_FILE
 from viva_pipelines.model.transformer import pooled_vector, predict_velocity
 from viva_pipelines.pairs.captions import mirror_sides
 
-MODEL_FILE = "viva_model.json"
 #: What ``save_lora_adapter`` writes (safetensors, peft key names).
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 FORMAT = "viva-edit-model/1"
@@ -402,31 +402,3 @@ class PreparedEdit:
 
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def resolve_model(
-    model: str | Path, *, tracking_uri: str | None = None, lora: bool = False
-) -> Path:
-    """A local model (or, with ``lora``, adapter) directory for ``model``: a directory as is,
-    or an MLflow URI (``models:/viva-sft/3``, ``runs:/<id>/model``) downloaded from
-    ``tracking_uri``."""
-    text = str(model)
-    if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
-        import mlflow
-
-        if tracking_uri:  # models:/ URIs resolve through the registry, which follows this
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=text)
-        except mlflow.exceptions.MlflowException as exc:
-            raise FileNotFoundError(f"{text}: cannot fetch the model from MLflow: {exc}") from None
-        return Path(local)
-    path = Path(text)
-    if lora:
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path}: no such LoRA directory")
-        return path
-    if not (path / MODEL_FILE).is_file():
-        raise FileNotFoundError(f"{path}: not a VIVA model directory (no {MODEL_FILE})")
-    return path

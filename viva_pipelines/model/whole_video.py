@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from viva_pipelines.manifests import one_line_reason
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.model.pipeline import VivaEditPipeline
+from viva_pipelines.model.requests import EditRequestError, check_request
 from viva_pipelines.pairs.pixels import changed_pixels
 from viva_pipelines.previews import grid
 from viva_pipelines.storage import is_storage_outage
@@ -408,44 +409,6 @@ def _edit_stream(
         sink.mux(packet)
     bar.close()
     return written, width, height, windows, previews.image()
-
-
-class EditRequestError(ValueError):
-    """An edit request that cannot be carried out; the message names the file or value."""
-
-
-def check_request(
-    video: str | os.PathLike,
-    instruction: str,
-    out: str | os.PathLike,
-    reference: str | os.PathLike | None = None,
-    *,
-    overwrite: bool = False,
-) -> None:
-    """Refuse a bad request before any model is loaded, naming what is wrong."""
-    video, out = Path(video), Path(out)
-    if not video.is_file():
-        raise EditRequestError(f"video {video}: no such file")
-    try:
-        with av.open(os.fspath(video)) as container:
-            if not container.streams.video:
-                raise EditRequestError(f"video {video}: has no video stream")
-    except av.FFmpegError as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise EditRequestError(f"video {video}: not a readable video ({reason})") from exc
-    if not instruction or not instruction.strip():
-        raise EditRequestError("the instruction is empty")
-    if reference is not None and not Path(reference).is_file():
-        raise EditRequestError(f"reference {reference}: no such file")
-    if out.exists() and not overwrite:
-        raise EditRequestError(f"{out} exists (pass --overwrite to replace it)")
-    folder = out.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EditRequestError(f"cannot create the output folder {folder}: {exc.strerror}") from exc
-    if not os.access(folder, os.W_OK):
-        raise EditRequestError(f"the output folder {folder} is not writable")
 
 
 def edit_video(
