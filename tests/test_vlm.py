@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from tests.chat_server import API_KEY, GOOD, KEY_ENV, Reply, clip
+from viva_pipelines.config.schema import JudgeSettings, VlmSettings
+from viva_pipelines.defs.resources import vlm_backend
 from viva_pipelines.storage import Storage
 from viva_pipelines.vlm import (
     ChatCompletionsClient,
@@ -70,6 +72,22 @@ def test_review_pair_sends_sampled_frames_and_returns_the_verdict(server, make_c
     text = " ".join(p["text"] for p in parts if p["type"] == "text")
     assert '"Remove the ball"' in text and "Edit type: remove" in text
     assert "$" not in text and "<!--" not in text
+
+
+@pytest.mark.parametrize("settings", [VlmSettings, JudgeSettings])
+def test_the_configured_answer_cap_reaches_the_endpoint(server, monkeypatch, tmp_path, settings):
+    """qc.vlm / benchmark.judge max_new_tokens is the request's max_tokens (OpenAI's cap)."""
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    vlm = settings(
+        enabled=True,
+        base_url=server.base_url,
+        model="test-vlm",
+        api_key_env=KEY_ENV,
+        max_new_tokens=77,
+    )
+    review_pair(vlm_backend(vlm, Storage(str(tmp_path))), clip(0), clip(1), "Remove it", "remove")
+    (request,) = server.requests
+    assert request.body["max_tokens"] == 77
 
 
 def test_malformed_json_then_valid_answer_uses_one_corrective_retry(server, make_client):

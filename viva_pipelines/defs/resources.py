@@ -94,6 +94,7 @@ def vlm_backend(vlm: VlmSettings, storage: Storage) -> VlmBackend:
         vlm.model,
         api_key_env=vlm.api_key_env,
         timeout_s=vlm.timeout_s,
+        max_tokens=vlm.max_new_tokens,
         retry=RetryPolicy(vlm.max_attempts, vlm.backoff_s, vlm.max_backoff_s),
         rate_limit_per_s=vlm.rate_limit_per_s,
         cache=storage,
