@@ -70,16 +70,21 @@ def test_library_code_has_no_dagster():
 
 
 def test_loading_the_definitions_loads_neither_the_demo_nor_the_stand_ins():
+    """Nor the model libraries: every `viva` command, run worker and UI load reads the
+    definitions, and torch, diffusers and transformers take seconds to import (an asset imports
+    what it needs when it runs)."""
     code = (
         "import sys, viva_pipelines.definitions;"
         "print(sorted({m.split('.')[1] for m in sys.modules"
-        " if m.startswith('viva_pipelines.') and m.count('.') >= 1}))"
+        " if m.startswith('viva_pipelines.') and m.count('.') >= 1}));"
+        "print(sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
     ).stdout
-    loaded = set(ast.literal_eval(out.strip().splitlines()[-1]))
-    assert "defs" in loaded and not loaded & APART
+    packages, libraries = (ast.literal_eval(line) for line in out.strip().splitlines()[-2:])
+    assert "defs" in set(packages) and not set(packages) & APART
+    assert libraries == []
 
 
 def test_an_edit_request_is_checked_without_the_model_libraries():
