@@ -493,6 +493,38 @@ def test_a_random_local_model_answers_in_the_schema_when_guided(tiny_llava):
     assert json.loads(text) == judged.as_dict()  # greedy: the same answer again
 
 
+def test_a_guided_choice_scores_each_option_as_one_whole_forward_pass_would(tiny_llava):
+    """A choice reads the prompt (images included) once and each option on its keys and
+    values: the same log probabilities as running prompt and option through the model in one
+    piece, whatever the options' lengths and order."""
+    import torch
+
+    from viva_pipelines.vlm.local import LocalLlavaBackend, to_chat_template
+
+    backend = LocalLlavaBackend(tiny_llava, max_new_tokens=4)
+    frame = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    messages = [{"role": "user", "content": [image_part(frame), {"type": "text", "text": "Rate"}]}]
+    conversation, images = to_chat_template(messages)
+    text = backend.processor.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=False
+    )
+    text += '{"keep": true, "score": '
+    options = ["10", "3", "true", '"a longer answer"', "7"]
+
+    def whole(option: str) -> float:
+        start = backend._inputs(text, images)["input_ids"].shape[1]
+        inputs = backend._inputs(text + option, images)
+        with torch.inference_mode():
+            logits = backend.model(**inputs).logits[0, start - 1 : -1].float()
+        chosen = inputs["input_ids"][0, start:]
+        return float(logits.log_softmax(-1).gather(1, chosen[:, None]).sum())
+
+    scores = backend.option_scores(text, images, options)
+    assert scores == pytest.approx([whole(option) for option in options], abs=1e-4)
+    assert len(set(scores)) == len(options)
+    assert backend._choose(text, images, options) == int(np.argmax(scores))
+
+
 def test_local_backend_refuses_remote_images(tiny_llava):
     from viva_pipelines.vlm.local import LocalLlavaBackend
 

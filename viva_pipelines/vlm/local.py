@@ -140,16 +140,37 @@ class LocalLlavaBackend(VlmBackend):
         return self.processor.decode(new_tokens, skip_special_tokens=True)
 
     def _choose(self, text: str, images: list[Image.Image], options: Sequence[str]) -> int:
-        """The option whose tokens the model finds most likely after ``text`` (summed log
-        probabilities: one forward pass per option)."""
-        start = self._inputs(text, images)["input_ids"].shape[1]
+        """The option the model finds most likely after ``text`` (:meth:`option_scores`)."""
+        scores = self.option_scores(text, images, options)
+        return max(range(len(options)), key=scores.__getitem__)
+
+    @torch.inference_mode()
+    def option_scores(
+        self, text: str, images: list[Image.Image], options: Sequence[str]
+    ) -> list[float]:
+        """Summed log probability of each option's tokens after ``text``.
+
+        One forward pass reads the prompt (its images included: hundreds of tokens or more)
+        and keeps its keys and values; each option (a few tokens) then runs on that cache,
+        cut back to the prompt before the next. An option's tokens are those that
+        ``text + option`` has after ``text``'s."""
+        prompt = self._inputs(text, images)
+        length = prompt["input_ids"].shape[1]
+        read = self.model(**prompt, use_cache=True, logits_to_keep=1)
+        cache = read.cache
+        first = read.logits[0, -1].float().log_softmax(-1)
+        tokenizer = self.processor.tokenizer
+        known = len(tokenizer(text)["input_ids"])
         scores = []
         for option in options:
-            inputs = self._inputs(text + option, images)
-            logits = self.model(**inputs).logits[0, start - 1 : -1].float()
-            chosen = inputs["input_ids"][0, start:]
-            scores.append(float(logits.log_softmax(-1).gather(1, chosen[:, None]).sum()))
-        return max(range(len(options)), key=scores.__getitem__)
+            ids = torch.tensor(tokenizer(text + option)["input_ids"][known:], device=self.device)
+            score = first[ids[0]]
+            if len(ids) > 1:
+                cache.crop(length - cache.get_seq_length())
+                logits = self.model(input_ids=ids[None, :-1], cache=cache).logits
+                score = score + logits[0].float().log_softmax(-1).gather(1, ids[1:, None]).sum()
+            scores.append(float(score))
+        return scores
 
     def _write(self, text: str, images: list[Image.Image], least: int) -> str:
         """Free text after ``text`` up to the closing quote (or line end); a model that would
