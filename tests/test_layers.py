@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import viva_pipelines
 
 PACKAGE = Path(viva_pipelines.__file__).parent
@@ -87,11 +89,21 @@ def test_loading_the_definitions_loads_neither_the_demo_nor_the_stand_ins():
     assert libraries == []
 
 
-def test_an_edit_request_is_checked_without_the_model_libraries():
-    """viva edit refuses a bad request or model folder before torch, diffusers and
-    transformers load (seconds on 2 cores): the checks' module imports none of them."""
+@pytest.mark.parametrize(
+    "module",
+    [
+        "model.requests",  # viva edit's checks of a request and its model folder
+        "train.preflight",  # the training assets' checks of models.* (run by every asset load)
+        "model.sources",  # where weights come from: paths and hub ids
+        "model.channels",  # the editing DiT's channel layout
+    ],
+)
+def test_the_checks_import_no_model_library(module: str):
+    """viva edit refuses a bad request or model folder, and the definitions load, before
+    torch, diffusers and transformers (seconds on 2 cores): these modules import none of them,
+    so no light caller can pull them in."""
     code = (
-        "import sys, viva_pipelines.model.requests;"
+        f"import sys, viva_pipelines.{module};"
         "print(sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))"
     )
     out = subprocess.run(

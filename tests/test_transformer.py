@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
 
+from viva_pipelines.model.channels import POSITION_CHANNELS
 from viva_pipelines.model.transformer import (
-    POSITION_CHANNELS,
     build_transformer,
     editing_input,
     pooled_vector,

@@ -5,28 +5,30 @@ the dtypes they load in.
 Nothing is downloaded at run time; a hub id resolves through the local cache only (offline),
 so a name that is clearly meant as a local path and is missing fails here, naming the path,
 instead of as a hub lookup error.
+
+Imports no model library (torch is imported by :func:`dtype_of`, whose callers hold it
+already), so the training assets' checks of ``models.*`` use it while the definitions load.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-#: Weight dtypes by the name conf uses.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float64": torch.float64,
-}
+#: The weight dtypes conf may name (torch's names for them).
+DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
 
 
 def dtype_of(name: str) -> torch.dtype:
     """The torch dtype conf calls ``name``; an unknown name fails naming the known ones."""
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; known: {', '.join(DTYPES)}")
-    return DTYPES[name]
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; known: {', '.join(DTYPE_NAMES)}")
+    import torch
+
+    return getattr(torch, name)
 
 
 def looks_local(model: str) -> bool:

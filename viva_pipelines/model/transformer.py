@@ -26,13 +26,8 @@ from diffusers.models.normalization import (
 )
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAdaNorm
 
+from viva_pipelines.model.channels import CONDITION_STREAMS, POSITION_CHANNELS, reads_positions
 from viva_pipelines.model.flow_matching import PLAIN_GATE, GateReading, velocity_from_prediction
-
-#: Noisy, source and reference latents are stacked on channels, in this order.
-CONDITION_STREAMS = 3
-#: Input channels that hold each latent cell's absolute (row, column) place, when a model has
-#: them (:func:`editing_input`).
-POSITION_CHANNELS = 2
 
 #: The adaptive norms whose ``linear`` turns the conditioning vector into modulations.
 MODULATED_NORMS = (
@@ -132,12 +127,6 @@ def zero_modulations(model: HunyuanVideoTransformer3DModel) -> HunyuanVideoTrans
     model.proj_out.weight.zero_()
     model.proj_out.bias.zero_()
     return model
-
-
-def reads_positions(in_channels: int) -> bool:
-    """Whether an editing DiT reading ``in_channels`` channels has the coordinate channels (its
-    latents come in :data:`CONDITION_STREAMS` equal streams, so only they leave a remainder)."""
-    return in_channels % CONDITION_STREAMS == POSITION_CHANNELS
 
 
 def check_editing_channels(model: HunyuanVideoTransformer3DModel) -> None:

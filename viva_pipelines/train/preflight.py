@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from viva_pipelines.config.schema import Settings
+from viva_pipelines.model.channels import CONDITION_STREAMS, POSITION_CHANNELS
+from viva_pipelines.model.sources import looks_local
 from viva_pipelines.train.runs import codec_spec
 
 TRANSFORMER_CLASS = "HunyuanVideoTransformer3DModel"
@@ -33,8 +35,6 @@ def read_config(model: str, subfolder: str | None = None) -> dict[str, Any] | No
     path = Path(model).expanduser() / name
     if path.is_file():
         return json.loads(path.read_text())
-    from viva_pipelines.model.sources import looks_local  # (torch: imported when a check runs)
-
     if looks_local(model) or Path(model).expanduser().exists():
         return None
     from huggingface_hub import try_to_load_from_cache
@@ -61,8 +61,6 @@ def _transformer(settings: Settings, problems: list[str]) -> dict[str, Any] | No
     if found != TRANSFORMER_CLASS:
         problems.append(f"models.transformer: {model!r} is a {found}, not a {TRANSFORMER_CLASS}")
         return None
-    from viva_pipelines.model.transformer import CONDITION_STREAMS, POSITION_CHANNELS
-
     inputs, outputs = config.get("in_channels"), config.get("out_channels")
     editing = CONDITION_STREAMS * outputs
     if inputs not in (outputs, editing, editing + POSITION_CHANNELS):

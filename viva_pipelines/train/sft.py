@@ -29,6 +29,7 @@ from diffusers import HunyuanVideoTransformer3DModel
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from viva_pipelines.evaluation.metrics import capped_psnr
+from viva_pipelines.model.channels import CONDITION_STREAMS, POSITION_CHANNELS, reads_positions
 from viva_pipelines.model.clips import ClipGeometry, to_uint8_frames
 from viva_pipelines.model.codecs import VideoCodec, load_codec
 from viva_pipelines.model.flow_matching import (
@@ -52,12 +53,9 @@ from viva_pipelines.model.pipeline import (
     sample_edit,
 )
 from viva_pipelines.model.transformer import (
-    CONDITION_STREAMS,
-    POSITION_CHANNELS,
     build_transformer,
     pooled_vector,
     predict_output,
-    reads_positions,
     reproject_pooled_input,
     tiny_transformer_config,
     widen_patch_embedding,

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from viva_pipelines.config.schema import Settings
-from viva_pipelines.model.transformer import CONDITION_STREAMS
+from viva_pipelines.model.channels import CONDITION_STREAMS
 from viva_pipelines.train.config import LoraOptions
 
 GIB = 2**30
