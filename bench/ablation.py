@@ -13,7 +13,8 @@ configured SFT steps and Edit-GRPO iterations); each is trained through the same
 point the ``sft_checkpoint`` asset launches (under ``sft_checkpoint/<fingerprint>``, so a
 re-run finds finished runs) and evaluated on the demo benchmark suite. Prints one table per
 criterion: rows are the categories (and their average), columns the configurations, each cell
-the mean over seeds and, after the ``±``, half the range between the seeds. The primary
+the mean over seeds and, after the ``±``, half the range between the seeds; then each seed's
+averages, to read each step per seed. The primary
 criterion is the edit-region PSNR against the ground truth (``Edit PSNR``): inside the region
 the instruction is about, where returning the source is wrong by construction.
 
@@ -182,6 +183,18 @@ def report(rows: pd.DataFrame, args: argparse.Namespace) -> None:
         print(f"### {CRITERIA[criterion]}\n")
         print(cells.to_markdown())
         print()
+    print("### Averages per seed\n")
+    per_seed_average = pd.DataFrame(
+        {
+            f"{CRITERIA[criterion]}, seed {seed}": table.xs(criterion, axis=1, level=1).loc[
+                "average"
+            ]
+            for criterion in REPORTED
+            for seed, table in per_seed.items()
+        }
+    ).T
+    print(per_seed_average[[m for m in models if m in per_seed_average]].round(3).to_markdown())
+    print()
     print(json.dumps({"rows": len(rows), "failed": int(rows["error"].notna().sum())}))
 
 
