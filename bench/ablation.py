@@ -23,8 +23,10 @@ the rendered suite.
 
     DAGSTER_HOME=.dagster .venv/bin/python bench/ablation.py --seeds 0 1
 
-``--configs`` runs some of the configurations only: ``--configs +images +Edit-GRPO --seeds 0 1``
-scores the demo's recipe over two seeds on the suite, and with ``--steps`` at another SFT
+``--configs`` runs some of the configurations only, or adds the opt-in one: ``--configs +images
+"+images, text only"`` scores the full recipe beside the same with the instructor reading the
+text alone (leave-one-out: what the frame gives once the rest of the recipe is in);
+``--configs +images +Edit-GRPO --seeds 0 1`` scores the demo's recipe over two seeds on the suite, and with ``--steps`` at another SFT
 budget (a measurement of what the budget costs, not a way to choose a recipe: that is done on
 the val split).
 """
@@ -74,6 +76,11 @@ CONFIGS: list[tuple[str, dict[str, object], bool]] = [
     ("+images", {}, False),
     ("+Edit-GRPO", {}, True),
 ]  # fmt: skip
+#: Opt-in (``--configs``): the full recipe with one component taken out, which the cumulative
+#: order above cannot show: what the component gives once the others are in.
+LEAVE_ONE_OUT: list[tuple[str, dict[str, object], bool]] = [
+    ("+images, text only", {"sft.model.text_only": True}, False),  # the instructor blind
+]
 REPORTED = ("region_psnr", "target_psnr", "bg_psnr", "clip_if", "clip_t")
 
 
@@ -87,7 +94,7 @@ def main() -> None:
     parser.add_argument(
         "--configs",
         nargs="+",
-        choices=[label for label, _, _ in CONFIGS],
+        choices=[label for label, _, _ in CONFIGS + LEAVE_ONE_OUT],
         default=[label for label, _, _ in CONFIGS],
         metavar="LABEL",
         help="only these configurations (e.g. the full recipe at another --steps); default: all",
@@ -116,7 +123,7 @@ def main() -> None:
             "grpo.optim.iterations": args.grpo_iterations,
             "grpo.runtime.seed": seed,
         }
-        for label, overrides, with_grpo in CONFIGS:
+        for label, overrides, with_grpo in CONFIGS + LEAVE_ONE_OUT:
             if label not in args.configs:
                 continue
             settings = load_settings(default_conf_dir(), overrides={**budget, **overrides})
@@ -158,7 +165,7 @@ def report(rows: pd.DataFrame, args: argparse.Namespace) -> None:
     per_seed = {
         seed: category_table(group.drop(columns="seed")) for seed, group in rows.groupby("seed")
     }
-    models = [label for label, _, _ in CONFIGS] + ["identity"]
+    models = [label for label, _, _ in CONFIGS + LEAVE_ONE_OUT] + ["identity"]
     print(
         f"\nAblation on the demo suite: {args.steps} SFT steps, {args.grpo_iterations} "
         f"Edit-GRPO iterations, seeds {args.seeds}; mean ± half-range over seeds\n"
