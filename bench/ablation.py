@@ -26,8 +26,8 @@ the rendered suite.
 ``--configs`` runs some of the configurations only, or adds the opt-in one: ``--configs +images
 "+images, text only"`` scores the full recipe beside the same with the instructor reading the
 text alone (leave-one-out: what the frame gives once the rest of the recipe is in);
-``--configs +images +Edit-GRPO --seeds 0 1`` scores the demo's recipe over two seeds on the suite, and with ``--steps`` at another SFT
-budget (a measurement of what the budget costs, not a way to choose a recipe: that is done on
+``--configs +images +Edit-GRPO --seeds 0 1`` scores the demo's recipe over two seeds on the
+suite, and with ``--steps`` at another SFT budget (a measurement of what the budget costs, not a way to choose a recipe: that is done on
 the val split).
 """
 
@@ -81,6 +81,8 @@ CONFIGS: list[tuple[str, dict[str, object], bool]] = [
 LEAVE_ONE_OUT: list[tuple[str, dict[str, object], bool]] = [
     ("+images, text only", {"sft.model.text_only": True}, False),  # the instructor blind
 ]
+#: Every configuration ``--configs`` may name, in the order they run and are reported.
+RUNNABLE = CONFIGS + LEAVE_ONE_OUT
 REPORTED = ("region_psnr", "target_psnr", "bg_psnr", "clip_if", "clip_t")
 
 
@@ -94,7 +96,7 @@ def main() -> None:
     parser.add_argument(
         "--configs",
         nargs="+",
-        choices=[label for label, _, _ in CONFIGS + LEAVE_ONE_OUT],
+        choices=[label for label, _, _ in RUNNABLE],
         default=[label for label, _, _ in CONFIGS],
         metavar="LABEL",
         help="only these configurations (e.g. the full recipe at another --steps); default: all",
@@ -123,7 +125,7 @@ def main() -> None:
             "grpo.optim.iterations": args.grpo_iterations,
             "grpo.runtime.seed": seed,
         }
-        for label, overrides, with_grpo in CONFIGS + LEAVE_ONE_OUT:
+        for label, overrides, with_grpo in RUNNABLE:
             if label not in args.configs:
                 continue
             settings = load_settings(default_conf_dir(), overrides={**budget, **overrides})
@@ -165,7 +167,7 @@ def report(rows: pd.DataFrame, args: argparse.Namespace) -> None:
     per_seed = {
         seed: category_table(group.drop(columns="seed")) for seed, group in rows.groupby("seed")
     }
-    models = [label for label, _, _ in CONFIGS + LEAVE_ONE_OUT] + ["identity"]
+    models = [label for label, _, _ in RUNNABLE] + ["identity"]
     print(
         f"\nAblation on the demo suite: {args.steps} SFT steps, {args.grpo_iterations} "
         f"Edit-GRPO iterations, seeds {args.seeds}; mean ± half-range over seeds\n"

@@ -3,12 +3,11 @@
 The editing DiT is built on the ``meta`` device from its config (shapes only: no weights, no
 memory, a 13B model in a second), and one forward and backward pass runs at the profile's
 token count (on models of two or three blocks, extended to the whole stack: :func:`stack_pass`).
-Autograd reports every tensor it keeps for the backward pass
-(``saved_tensors_hooks``: the activations, counted once per storage, parameters left out)
-and ``FlopCounterMode`` counts the FLOPs. Attention is accounted as the fused kernel GPUs run
-(flash / memory-efficient: output and log-sum-exp kept, ``O(L)`` memory, ``4·L²·d`` FLOPs per
-head forward, twice that backward) rather than the ``O(L²)`` probabilities a plain ``meta``
-run would keep.
+Autograd reports every tensor it keeps for the backward pass (``saved_tensors_hooks``: the
+activations, counted once per storage, parameters left out) and ``FlopCounterMode`` counts
+the FLOPs. Attention is accounted as the fused kernel GPUs run (flash / memory-efficient:
+output and log-sum-exp kept, ``O(L)`` memory, ``4·L²·d`` FLOPs per head forward, twice that
+backward) rather than the ``O(L²)`` probabilities a plain ``meta`` run would keep.
 
 What a GPU holds during a step: the weights, their gradients and AdamW's two moments (fp32,
 sharded over the ranks under FSDP, replicated under DDP; only the trainable ones get
