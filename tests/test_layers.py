@@ -7,6 +7,7 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,20 +72,30 @@ def test_library_code_has_no_dagster():
     assert dagster == []
 
 
+#: In a fresh interpreter: which of the model libraries it has imported.
+MODEL_LIBRARIES = "sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules))"
+
+
+def _after_import(module: str, *expressions: str) -> list[Any]:
+    """The values of ``expressions`` in a fresh interpreter that has imported
+    ``viva_pipelines.<module>`` and nothing else."""
+    code = f"import sys, viva_pipelines.{module};" + ";".join(f"print({e})" for e in expressions)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    return [ast.literal_eval(line) for line in out.strip().splitlines()[-len(expressions) :]]
+
+
 def test_loading_the_definitions_loads_neither_the_demo_nor_the_stand_ins():
     """Nor the model libraries: every `viva` command, run worker and UI load reads the
     definitions, and torch, diffusers and transformers take seconds to import (an asset imports
     what it needs when it runs)."""
-    code = (
-        "import sys, viva_pipelines.definitions;"
-        "print(sorted({m.split('.')[1] for m in sys.modules"
-        " if m.startswith('viva_pipelines.') and m.count('.') >= 1}));"
-        "print(sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))"
+    packages, libraries = _after_import(
+        "definitions",
+        "sorted({m.split('.')[1] for m in sys.modules"
+        " if m.startswith('viva_pipelines.') and m.count('.') >= 1})",
+        MODEL_LIBRARIES,
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
-    ).stdout
-    packages, libraries = (ast.literal_eval(line) for line in out.strip().splitlines()[-2:])
     assert "defs" in set(packages) and not set(packages) & APART
     assert libraries == []
 
@@ -102,14 +113,7 @@ def test_the_checks_import_no_model_library(module: str):
     """viva edit refuses a bad request or model folder, and the definitions load, before
     torch, diffusers and transformers (seconds on 2 cores): these modules import none of them,
     so no light caller can pull them in."""
-    code = (
-        f"import sys, viva_pipelines.{module};"
-        "print(sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
-    ).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+    assert _after_import(module, MODEL_LIBRARIES) == [[]]
 
 
 def _asset_bodies() -> list[tuple[str, int]]:
