@@ -14,6 +14,7 @@ from tests.conftest import REPO
 from viva_pipelines.config import load_settings
 from viva_pipelines.model.transformer import tiny_transformer_config
 from viva_pipelines.train.config import LoraOptions
+from viva_pipelines.train.optimizers import state_floats
 from viva_pipelines.train.runs import sft_config
 from viva_pipelines.train.sft import build_model
 from viva_pipelines.train.sizing import (
@@ -140,6 +141,10 @@ def test_the_demo_profile_plans_the_model_its_sft_builds():
     plan = plan_sft(settings)
     assert plan.parameters == sum(p.numel() for p in model.parameters())
     assert plan.micro_batch == config.optim.batch_size and plan.activations > 0
+    # The demo's Muon: one momentum per entry of the blocks' matrices, two AdamW moments for
+    # the other parameters
+    assert plan.optimizer == 4 * state_floats(model.named_parameters(), config.optim.optimizer)
+    assert 4 * plan.parameters < plan.optimizer < 8 * plan.parameters
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@
 
 Steps: cache the instructor tokens and latents (once per dataset version), build or load the
 DiT, resume from the newest checkpoint, then per step: the global batch plan -> this rank's
-share -> noise -> velocity -> mask-weighted flow-matching loss -> AdamW. Validation loss,
+share -> noise -> velocity -> mask-weighted flow-matching loss -> AdamW, or Muon for the DiT
+blocks' matrices (``optim.optimizer``, train/optimizers.py). Validation loss,
 sampled previews and PSNR at intervals; checkpoints every ``runtime.checkpoint_every`` steps;
 the final model directory under ``{output_prefix}/model``.
 """
@@ -77,6 +78,7 @@ from viva_pipelines.train.distributed import (
     wrap_model,
 )
 from viva_pipelines.train.ema import WeightEma
+from viva_pipelines.train.optimizers import build_optimizer
 from viva_pipelines.train.reporting import Reporter, run_entry_point
 from viva_pipelines.train.runs import model_key, summary_key
 from viva_pipelines.train.schedule import warmup_cosine
@@ -526,8 +528,9 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
     apply_gradient_checkpointing(bare, runtime)
     autocast = precision(runtime, ctx.device)
     model = wrap_model(bare, ctx, runtime.parallel)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
+    optimizer = build_optimizer(
+        model,
+        config.optim.optimizer,
         lr=config.optim.lr,
         betas=config.optim.betas,
         weight_decay=config.optim.weight_decay,

@@ -9,9 +9,9 @@ the FLOPs. Attention is accounted as the fused kernel GPUs run (flash / memory-e
 output and log-sum-exp kept, ``O(L)`` memory, ``4·L²·d`` FLOPs per head forward, twice that
 backward) rather than the ``O(L²)`` probabilities a plain ``meta`` run would keep.
 
-What a GPU holds during a step: the weights, their gradients and AdamW's two moments (fp32,
-sharded over the ranks under FSDP, replicated under DDP; only the trainable ones get
-gradients and moments), and one micro-batch's activations (with gradient checkpointing: the
+What a GPU holds during a step: the weights, their gradients and the optimizer's state (fp32:
+AdamW's two moments, Muon's one momentum for the blocks' matrices; sharded over the ranks under
+FSDP, replicated under DDP; only the trainable ones get gradients and state), and one micro-batch's activations (with gradient checkpointing: the
 blocks' inputs plus one block's activations, recomputed in the backward pass). Checked
 against the resident memory a step adds on a CPU (``tests/test_sizing.py``: within 15 %). The VLM
 instructor and the VAE are not there: their outputs are cached before training
@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from viva_pipelines.config.schema import Settings
 from viva_pipelines.model.channels import CONDITION_STREAMS
 from viva_pipelines.train.config import LoraOptions
+from viva_pipelines.train.optimizers import state_floats
 
 GIB = 2**30
 #: HunyuanVideo-T2V-13B's transformer (diffusers' ``HunyuanVideoTransformer3DModel`` defaults,
@@ -323,6 +324,8 @@ def plan_sft(settings: Settings) -> StepPlan:
     full = stack_pass(config, latent, tokens, micro, dtype=dtype)
     checkpointed = stack_pass(config, latent, tokens, micro, dtype=dtype, checkpointing=True)
     parameters, _ = parameter_counts(dit_builder(config))
+    with torch.device("meta"):
+        state = state_floats(dit_builder(config)().named_parameters(), sft.optim.optimizer)
     shards = ranks if sft.runtime.parallel == "fsdp" else 1
     per_gpu = math.ceil(parameters / shards)
     passes = ranks * accumulation
@@ -335,7 +338,7 @@ def plan_sft(settings: Settings) -> StepPlan:
         micro_batch=micro,
         weights=4 * per_gpu,
         gradients=4 * per_gpu,
-        optimizer=8 * per_gpu,
+        optimizer=4 * math.ceil(state / shards),
         activations=full.saved_bytes,
         activations_checkpointed=checkpointed_activations(full, checkpointed, block_count(config)),
         flops=passes * (full.forward_flops + full.backward_flops),
@@ -389,7 +392,7 @@ def plan_table(
     ``gpu_gib`` GPU (with 10 % headroom), FLOPs of the step and its time at
     :data:`ASSUMED_MFU` of ``gpu_tflops`` per GPU."""
     rows = [
-        "| step | params (trainable) | ranks | micro-batch | weights | grads | AdamW | "
+        "| step | params (trainable) | ranks | micro-batch | weights | grads | optimizer | "
         "activations | act. checkpointed | peak (ckpt) | fits | PFLOP/step | s/step |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
