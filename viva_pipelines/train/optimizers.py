@@ -1,15 +1,15 @@
 """The SFT optimizer: AdamW (the paper's), or Muon for the transformer blocks' weight matrices
 with AdamW for every other parameter (``sft.optim.optimizer``).
 
-Muon (Jordan et al., 2024) keeps SGD momentum per weight matrix and steps along its
-orthogonalised direction: the momentum ``U S V^T`` with its singular values pushed towards 1
-by a few Newton-Schulz iterations, so that every direction of the matrix moves at about the
-same rate instead of the few large ones AdamW's update is dominated by. It is for the hidden
-matrices of a network; the embeddings, the output layer, biases and norm weights stay with
-AdamW. The update is scaled to AdamW's RMS (``0.2 * sqrt(max(rows, cols))``, Liu et al., 2025),
-so one learning rate, weight decay and schedule serve both halves. The demo's DiT is
-step-bound at its CPU budget (docs/benchmark.md, "Capacity against steps"), which is where a
-faster optimizer per step pays; conf/prod keeps the paper's AdamW.
+Muon keeps SGD momentum per weight matrix and steps along its orthogonalised direction: the
+momentum ``U S V^T`` with its singular values pushed towards 1 by a few Newton-Schulz
+iterations, so that every direction of the matrix moves at about the same rate instead of the
+few large ones AdamW's update is dominated by. It is for the hidden matrices of a network; the
+embeddings, the output layer, biases and norm weights stay with AdamW. The update is scaled to
+the RMS of an AdamW update (``0.2 * sqrt(max(rows, cols))``), so one learning rate, weight
+decay and schedule serve both halves. The demo's DiT is step-bound at its CPU budget
+(docs/benchmark.md, "Capacity against steps"), which is where an optimizer that learns more
+per step pays; conf/prod keeps the paper's AdamW.
 
 Both halves are one :class:`torch.optim.Optimizer` (one learning-rate schedule, one state dict
 for the checkpoints). Muon needs whole matrices: with FSDP's shards it is refused.
@@ -23,8 +23,8 @@ from collections.abc import Iterable
 import torch
 from torch.optim.adamw import adamw
 
-#: Muon's quintic Newton-Schulz coefficients. They maximise the slope at zero: five iterations
-#: take the singular values that matter to 0.7-1.2 (not all the way to 1, which Muon needs not).
+#: Muon's quintic Newton-Schulz coefficients. They maximise the slope at zero, so that five
+#: iterations take all but the smallest singular values to 0.7-1.2: near 1 is all Muon needs.
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 
 
