@@ -102,7 +102,7 @@ class ModelConfig(ModelOptions):
 
 class OptimConfig(_Section):
     # The paper's is AdamW; Muon for the DiT blocks' matrices, AdamW for the rest, is the
-    # demo's: +0.46 dB val frame PSNR, ahead with each of 3 seeds (docs/benchmark.md).
+    # demo's: +0.55 dB val frame PSNR, +0.60 dB in the edit region, 3 seeds (docs/benchmark.md).
     #: adamw | muon: Muon on the blocks' matrices, AdamW on the rest (train/optimizers.py)
     optimizer: Literal["adamw", "muon"] = "muon"
     lr: float = Field(2e-3, gt=0)  # 1e-3: -0.4 dB frame PSNR on the val split at 1200 steps
