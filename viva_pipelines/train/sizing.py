@@ -11,8 +11,9 @@ backward) rather than the ``O(L²)`` probabilities a plain ``meta`` run would ke
 
 What a GPU holds during a step: the weights, their gradients and the optimizer's state (fp32:
 AdamW's two moments, Muon's one momentum for the blocks' matrices; sharded over the ranks under
-FSDP, replicated under DDP; only the trainable ones get gradients and state), and one micro-batch's activations (with gradient checkpointing: the
-blocks' inputs plus one block's activations, recomputed in the backward pass). Checked
+FSDP, replicated under DDP; only the trainable ones get gradients and state), and one
+micro-batch's activations (with gradient checkpointing: the blocks' inputs plus one block's
+activations, recomputed in the backward pass). Checked
 against the resident memory a step adds on a CPU (``tests/test_sizing.py``: within 15 %). The VLM
 instructor and the VAE are not there: their outputs are cached before training
 (:mod:`viva_pipelines.train.sft_data`).
@@ -323,9 +324,10 @@ def plan_sft(settings: Settings) -> StepPlan:
     latent, tokens = latent_shape(settings), _text_tokens(settings)
     full = stack_pass(config, latent, tokens, micro, dtype=dtype)
     checkpointed = stack_pass(config, latent, tokens, micro, dtype=dtype, checkpointing=True)
-    parameters, _ = parameter_counts(dit_builder(config))
     with torch.device("meta"):
-        state = state_floats(dit_builder(config)().named_parameters(), sft.optim.optimizer)
+        model = dit_builder(config)()  # built once: its size and the optimizer's state
+    parameters, _ = parameter_counts(lambda: model)
+    state = state_floats(model.named_parameters(), sft.optim.optimizer)
     shards = ranks if sft.runtime.parallel == "fsdp" else 1
     per_gpu = math.ceil(parameters / shards)
     passes = ranks * accumulation
