@@ -457,7 +457,7 @@ def caching_speedup(setup: Setup, args: argparse.Namespace) -> None:
         latents, tokens = encode(samples)
         phases.mark("encode: codec + masks to latents + instructor (make_encoder)")
         items = [
-            {**{name: value[i] for name, value in latents.items()}, "tokens": tokens[i]}
+            {**{name: value[i] for name, value in latents.items()}, "tokens": tokens["tokens"][i]}
             for i in range(len(samples))
         ]
         batch = collate(

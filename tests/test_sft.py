@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from tests.sft_fixtures import tiny_sft_config, write_tiny_dataset
-from viva_pipelines.model.flow_matching import PLAIN_GATE, GateReading
+from viva_pipelines.model.flow_matching import PLAIN_GATE, GateReading, sample_sigmas
 from viva_pipelines.model.pipeline import MODEL_FILE, VivaEditPipeline
 from viva_pipelines.model.whole_video import edit_video
 from viva_pipelines.storage import Storage
@@ -26,10 +26,12 @@ from viva_pipelines.train.config import ConfigFileError, LossConfig, SftConfig
 from viva_pipelines.train.distributed import DistContext
 from viva_pipelines.train.reporting import Reporter
 from viva_pipelines.train.sft_data import (
+    BLIND_TOKENS,
     MIRRORED_SUFFIX,
     collate,
     pad_tokens,
     plan_step,
+    step_generator,
     with_mirrored,
 )
 from viva_pipelines.video.io import read_video
@@ -95,6 +97,25 @@ def test_step_plan_is_a_pure_function_of_seed_and_step():
     assert torch.equal(torch.cat(halves), a.positions)
 
 
+def test_frame_dropout_draws_its_share_and_leaves_the_stream_alone_when_off():
+    pools = {"video": np.arange(0, 10)}
+    kwargs = dict(seed=3, pools=pools, video_fraction=1.0, batch_size=64)
+    off = plan_step(2, **kwargs, loss=LossConfig(frame_dropout=0.0))
+    on = plan_step(2, **kwargs, loss=LossConfig(frame_dropout=0.5))
+    assert not off.drop_frame.any()
+    assert 0.3 < on.drop_frame.float().mean() < 0.7
+    # Off, the step draws what it drew before the setting: the noise after the plan is the
+    # one drawn after the draws every plan makes.
+    generator = step_generator(3, 2)
+    torch.rand((), generator=generator)
+    torch.randint(10, (64,), generator=generator)
+    sample_sigmas(64, mean=5.0, std=1.0, shift=3.0, generator=generator)
+    torch.rand(64, generator=generator), torch.rand(64, generator=generator)
+    assert torch.equal(torch.randn(5, generator=off.generator), torch.randn(5, generator=generator))
+    assert torch.equal(on.drop_instruction, off.drop_instruction)
+    assert torch.equal(on.sigmas, off.sigmas) and torch.equal(on.positions, off.positions)
+
+
 def test_collate_pads_tokens_and_applies_condition_dropout():
     tokens, mask = pad_tokens([torch.ones(2, 3), torch.ones(4, 3)])
     assert tokens.shape == (2, 4, 3) and mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
@@ -117,6 +138,15 @@ def test_collate_pads_tokens_and_applies_condition_dropout():
     assert batch.token_mask.tolist() == [[1, 0, 0], [1, 1, 1]]  # dropped -> unconditional
     assert batch.reference[0].abs().sum() == 0 and batch.reference[1].eq(2).all()
     assert batch.source[0].eq(1).all() and batch.source[1].abs().sum() == 0
+
+    blind = [{**item(v), BLIND_TOKENS: torch.full((2, 4), -v)} for v in (1.0, 2.0)]
+    batch = collate(
+        blind, uncond, torch.tensor([True, False]), torch.tensor([False, False]),
+        torch.tensor([True, True]),
+    )  # fmt: skip
+    assert batch.token_mask.tolist() == [[1, 0], [1, 1]]  # the dropped instruction wins
+    assert batch.tokens[0, 0].abs().sum() == 0 and batch.tokens[1].eq(-2).all()
+    assert batch.reference[1].eq(2).all()  # the editor still gets the reference's latents
 
 
 def test_training_learns_caches_and_writes_a_loadable_model(dataset_root, monkeypatch):
@@ -277,6 +307,32 @@ def test_ablation_switches_change_what_is_trained(dataset_root):
     full_tokens = full_cache[0][0]["tokens"]
     text_tokens = text_cache[0][0]["tokens"]
     assert text_tokens.shape[0] < full_tokens.shape[0]  # no image tokens
+
+
+def test_frame_dropout_caches_what_the_instructor_says_without_the_picture(dataset_root):
+    storage = Storage(str(dataset_root))
+    config = tiny_sft_config(dataset_root, "blind", loss={"frame_dropout": 0.5})
+    with Reporter(enabled=False, tracking_uri=None, run_id=None) as report:
+        codec = sft.load_codec(config.model.codec)
+        plain_samples, _, plain_prefix = sft.prepare_cache(
+            storage, tiny_sft_config(dataset_root, loss={"frame_dropout": 0.0}), CPU, codec, report
+        )
+        samples, _, prefix = sft.prepare_cache(storage, config, CPU, codec, report)
+    assert prefix != plain_prefix and BLIND_TOKENS not in plain_samples[0]
+    index = samples.index
+    videos = index[index["modality"] == "video"]
+    # Two pairs of one instruction from two videos: the blind tokens cannot tell them apart,
+    # the tokens of the real pictures can.
+    by_instruction = videos.groupby("instruction")["sample_id"].apply(list)
+    first, second = (
+        samples[int(index.index[index["sample_id"] == sample_id][0])]
+        for sample_id in next(ids for ids in by_instruction if len(ids) > 1)[:2]
+    )
+    assert torch.equal(first[BLIND_TOKENS], second[BLIND_TOKENS])
+    assert not torch.equal(first["tokens"], second["tokens"])
+    plain = next(samples[i] for i in range(len(samples)) if not samples[i]["has_reference"])
+    assert plain[BLIND_TOKENS].shape == plain["tokens"].shape  # one prompt, a blank picture
+    assert torch.equal(plain_samples[0]["tokens"], samples[0]["tokens"])
 
 
 def test_pairs_that_name_a_side_are_also_learned_in_a_mirror(dataset_root):

@@ -83,6 +83,7 @@ from viva_pipelines.train.reporting import Reporter, run_entry_point
 from viva_pipelines.train.runs import model_key, summary_key
 from viva_pipelines.train.schedule import warmup_cosine
 from viva_pipelines.train.sft_data import (
+    BLIND_TOKENS,
     IMAGE,
     VIDEO,
     Batch,
@@ -161,8 +162,15 @@ def training_rows(storage: Storage, config: SftConfig) -> pd.DataFrame:
     return with_mirrored(rows) if config.data.mirror else rows
 
 
-def make_encoder(codec: VideoCodec, instructor: Instructor, device: torch.device):
-    """The cache encoder: a chunk of same-modality pixel samples -> latents and tokens."""
+def make_encoder(
+    codec: VideoCodec, instructor: Instructor, device: torch.device, *, blind: bool = False
+):
+    """The cache encoder: a chunk of same-modality pixel samples -> latents and tokens; with
+    ``blind`` also the tokens of each instruction with a blank first frame and no reference
+    (:data:`BLIND_TOKENS`, for ``loss.frame_dropout``)."""
+
+    def real_tokens(out) -> list[torch.Tensor]:
+        return [t[m.bool()].cpu() for t, m in zip(out.tokens, out.attention_mask, strict=True)]
 
     @torch.no_grad()
     def encode(samples: list[PixelSample]) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
@@ -180,7 +188,12 @@ def make_encoder(codec: VideoCodec, instructor: Instructor, device: torch.device
             [s.first_frame for s in samples],
             [s.reference_image for s in samples],
         )
-        tokens = [t[m.bool()].cpu() for t, m in zip(out.tokens, out.attention_mask, strict=True)]
+        tokens = {"tokens": real_tokens(out)}
+        if blind:
+            blank = [np.zeros_like(s.first_frame) for s in samples]
+            tokens[BLIND_TOKENS] = real_tokens(
+                instructor.encode([s.instruction for s in samples], blank)
+            )
         latents = {"source": source, "target": target, "reference": reference, "mask": mask}
         return {name: value.float().cpu() for name, value in latents.items()}, tokens
 
@@ -212,6 +225,7 @@ def cache_prefix_of(
         codec.config,
         geometry_of(config),
         mirror=config.data.mirror,
+        blind=config.loss.frame_dropout > 0,
     )
     return f"{config.data.cache_prefix}/{version}"
 
@@ -238,7 +252,7 @@ def prepare_cache(
             prefix,
             rows,
             geometry,
-            make_encoder(codec, instructor, ctx.device),
+            make_encoder(codec, instructor, ctx.device, blind=config.loss.frame_dropout > 0),
             unconditional,
             rank=ctx.rank,
             world_size=ctx.world_size,
@@ -602,7 +616,7 @@ def train(config: SftConfig, ctx: DistContext, report: Reporter) -> dict[str, An
         micro_batches = []
         for micro in plan.micro_batches(ctx.rank, ctx.world_size, accumulation):
             items = [dataset[int(p)] for p in plan.positions[micro]]
-            drops = plan.drop_instruction[micro], plan.drop_source[micro]
+            drops = plan.drop_instruction[micro], plan.drop_source[micro], plan.drop_frame[micro]
             micro_batches.append((micro, collate(items, unconditional, *drops)))
         sample_shape = micro_batches[0][1].target.shape[1:]
         noise = torch.randn((len(plan.positions), *sample_shape), generator=plan.generator)

@@ -207,9 +207,10 @@ def cache_version(
     geometry: ClipGeometry,
     *,
     mirror: bool = False,
+    blind: bool = False,
 ) -> str:
     """Changes whenever a cached tensor would: the data, the instructor, the codec, the cut,
-    and whether mirrored samples are in it."""
+    whether mirrored samples are in it and whether their blind tokens are."""
     doc = {
         "format": CACHE_FORMAT,
         "dataset": dataset_version,
@@ -218,6 +219,8 @@ def cache_version(
         "geometry": geometry.__dict__,
         "mirror": mirror,
     }
+    if blind:  # only when on: the caches built before the setting keep their version
+        doc["blind"] = True
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -250,8 +253,14 @@ def cache_is_complete(storage: Storage, prefix: str) -> bool:
     return storage.exists(f"{prefix}/{INDEX_NAME}")
 
 
-#: ``encode(samples) -> (latents per field, tokens per sample)``; see :func:`build_cache`.
-Encoder = Callable[[Sequence[PixelSample]], tuple[dict[str, torch.Tensor], list[torch.Tensor]]]
+#: ``encode(samples) -> (latents per field, token sequences per field)``; see
+#: :func:`build_cache`.
+Encoder = Callable[
+    [Sequence[PixelSample]], tuple[dict[str, torch.Tensor], dict[str, list[torch.Tensor]]]
+]
+#: The cached field of the instructor's tokens for the instruction with a blank first frame
+#: and no reference (``loss.frame_dropout``), beside ``tokens``, those of the real pictures.
+BLIND_TOKENS = "blind_tokens"
 
 
 def build_cache(
@@ -271,7 +280,8 @@ def build_cache(
 
     ``encode`` turns a chunk of same-modality pixel samples into latents
     (``source``/``target``/``mask``: ``[n, C, t, h, w]``, ``reference``: ``[n, C, 1, h, w]``
-    with zeros where absent) and condition tokens (a list of ``[L_i, D]``, real tokens only).
+    with zeros where absent) and condition tokens (``tokens`` and optionally
+    :data:`BLIND_TOKENS`, each a list of ``[L_i, D]``, real tokens only).
     ``unconditional_tokens`` ``[L, D]`` are stored beside them for condition dropout.
     Samples already in the cache (a run that stopped while caching) are not encoded again.
     """
@@ -290,7 +300,8 @@ def build_cache(
             latents, tokens = encode(samples)
             for i, row in enumerate(batch_rows):
                 tensors = {name: value[i].contiguous() for name, value in latents.items()}
-                tensors["tokens"] = tokens[i].float().contiguous()
+                for name, sequences in tokens.items():
+                    tensors[name] = sequences[i].float().contiguous()
                 tensors["has_reference"] = torch.tensor(samples[i].reference is not None)
                 storage.write_bytes(_sample_key(prefix, row.sample_id), save_safetensors(tensors))
     barrier()
@@ -377,16 +388,20 @@ def collate(
     unconditional: torch.Tensor,
     drop_instruction: torch.Tensor,
     drop_source: torch.Tensor,
+    drop_frame: torch.Tensor | None = None,
 ) -> Batch:
     """Stack cached samples; dropped instructions get the unconditional tokens (and no
-    reference), dropped sources get zero source latents."""
+    reference), dropped sources get zero source latents, dropped frames the instructor's
+    tokens of the instruction alone with a blank picture (:data:`BLIND_TOKENS`)."""
     source = torch.stack([item["source"] for item in items])
     reference = torch.stack([item["reference"] for item in items])
     drop_i = drop_instruction.reshape(-1, 1, 1, 1, 1)
+    if drop_frame is None:
+        drop_frame = torch.zeros_like(drop_instruction)
     tokens, token_mask = pad_tokens(
         [
-            unconditional if drop else item["tokens"]
-            for item, drop in zip(items, drop_instruction, strict=True)
+            unconditional if drop else item[BLIND_TOKENS] if blind else item["tokens"]
+            for item, drop, blind in zip(items, drop_instruction, drop_frame, strict=True)
         ]
     )
     return Batch(
@@ -408,6 +423,7 @@ class StepPlan:
     sigmas: torch.Tensor  # [B]
     drop_instruction: torch.Tensor  # [B] bool
     drop_source: torch.Tensor  # [B] bool
+    drop_frame: torch.Tensor  # [B] bool
     generator: torch.Generator  # continues the step's stream: draw the noise from it
 
     def share(self, rank: int, world_size: int) -> slice:
@@ -456,11 +472,19 @@ def plan_step(
         shift=loss.sigma_shift,
         generator=generator,
     )
+    drop_instruction = torch.rand(batch_size, generator=generator) < loss.instruction_dropout
+    drop_source = torch.rand(batch_size, generator=generator) < loss.source_dropout
+    # Drawn only when on, so that the stream (and the noise drawn from it next) is the same
+    # as before the setting when it is off.
+    drop_frame = torch.zeros(batch_size, dtype=torch.bool)
+    if loss.frame_dropout:
+        drop_frame = torch.rand(batch_size, generator=generator) < loss.frame_dropout
     return StepPlan(
         modality=modality,
         positions=torch.from_numpy(np.array(pool))[picks],
         sigmas=sigmas,
-        drop_instruction=torch.rand(batch_size, generator=generator) < loss.instruction_dropout,
-        drop_source=torch.rand(batch_size, generator=generator) < loss.source_dropout,
+        drop_instruction=drop_instruction,
+        drop_source=drop_source,
+        drop_frame=drop_frame,
         generator=generator,
     )
