@@ -45,7 +45,12 @@ from viva_pipelines.model.flow_matching import (
     velocity_from_prediction,
     velocity_target,
 )
-from viva_pipelines.model.instructor import Instructor, InstructorConfig, load_prompt_template
+from viva_pipelines.model.instructor import (
+    Instructor,
+    InstructorConfig,
+    InstructorOutput,
+    load_prompt_template,
+)
 from viva_pipelines.model.pipeline import (
     Conditions,
     ModelSpec,
@@ -169,11 +174,13 @@ def make_encoder(
     ``blind`` also the tokens of each instruction with a blank first frame and no reference
     (:data:`BLIND_TOKENS`, for ``loss.frame_dropout``)."""
 
-    def real_tokens(out) -> list[torch.Tensor]:
+    def real_tokens(out: InstructorOutput) -> list[torch.Tensor]:
         return [t[m.bool()].cpu() for t, m in zip(out.tokens, out.attention_mask, strict=True)]
 
     @torch.no_grad()
-    def encode(samples: list[PixelSample]) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    def encode(
+        samples: list[PixelSample],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, list[torch.Tensor]]]:
         source = codec.encode(torch.stack([s.source for s in samples]).to(device))
         target = codec.encode(torch.stack([s.target for s in samples]).to(device))
         first = samples[0].source
