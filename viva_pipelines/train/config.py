@@ -140,6 +140,11 @@ class LossConfig(_Section):
     #: share of training examples whose instructor sees a blank frame (instruction kept)
     frame_dropout: float = Field(0.8, ge=0, le=1)
 
+    @property
+    def needs_blind_tokens(self) -> bool:
+        """Whether the SFT cache must hold the instructor's blank-frame tokens."""
+        return self.frame_dropout > 0
+
 
 class EvalConfig(_Section):
     every: int = Field(300, ge=1)  # validation loss every n steps (and at the first and last)

@@ -197,9 +197,9 @@ def make_encoder(
         )
         tokens = {"tokens": real_tokens(out)}
         if blind:
-            blank = [np.zeros_like(s.first_frame) for s in samples]
+            blank_frames = [np.zeros_like(s.first_frame) for s in samples]
             tokens[BLIND_TOKENS] = real_tokens(
-                instructor.encode([s.instruction for s in samples], blank)
+                instructor.encode([s.instruction for s in samples], blank_frames)
             )
         latents = {"source": source, "target": target, "reference": reference, "mask": mask}
         return {name: value.float().cpu() for name, value in latents.items()}, tokens
@@ -232,7 +232,7 @@ def cache_prefix_of(
         codec.config,
         geometry_of(config),
         mirror=config.data.mirror,
-        blind=config.loss.frame_dropout > 0,
+        blind=config.loss.needs_blind_tokens,
     )
     return f"{config.data.cache_prefix}/{version}"
 
@@ -259,7 +259,7 @@ def prepare_cache(
             prefix,
             rows,
             geometry,
-            make_encoder(codec, instructor, ctx.device, blind=config.loss.frame_dropout > 0),
+            make_encoder(codec, instructor, ctx.device, blind=config.loss.needs_blind_tokens),
             unconditional,
             rank=ctx.rank,
             world_size=ctx.world_size,
