@@ -21,6 +21,7 @@ from tests import video_fixtures as vf
 from tests.footage import ClipSpec, write_clip
 from viva_pipelines import cli
 from viva_pipelines.inference.batch import edit_stored_requests
+from viva_pipelines.model import requests as requests_module
 from viva_pipelines.model import whole_video
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.model.requests import EditRequestError, check_request
@@ -159,7 +160,8 @@ def test_every_source_frame_comes_back_once_at_the_source_size_rate_and_audio(tm
     assert after.has_audio == before.has_audio == result.has_audio
     assert not list(tmp_path.glob(".*partial*"))  # the temporary name is gone
     frames, edited = _upright_frames(source), _upright_frames(result.path)
-    expected = [put_back(f, 255 - GEOMETRY.fit(f), GEOMETRY) for f in frames]
+    # the default keeps the source where the model changed nothing (here: grey levels near 128)
+    expected = [put_back(f, 255 - GEOMETRY.fit(f), GEOMETRY, GEOMETRY.fit(f)) for f in frames]
     for index, got in enumerate(edited):
         error = np.abs(got.astype(int) - expected[index]).mean()
         assert error < 4, (index, error)  # its own frame's edit, through the codec
@@ -180,15 +182,47 @@ def test_preserve_unchanged_keeps_the_original_pixels_where_the_model_changed_no
             out[:, :, :6, :6] = 255 - out[:, :, :6, :6]
             return out
 
-    plain = edit_whole_video(CornerOnly(), source, "x", tmp_path / "a.mp4", progress=False)
-    kept = edit_whole_video(
-        CornerOnly(), source, "x", tmp_path / "b.mp4", progress=False, preserve_unchanged=True
+    plain = edit_whole_video(
+        CornerOnly(), source, "x", tmp_path / "a.mp4", progress=False, preserve_unchanged=False
     )
+    kept = edit_whole_video(CornerOnly(), source, "x", tmp_path / "b.mp4", progress=False)
     src, a, b = (np.stack(_upright_frames(p)).astype(int) for p in (source, plain.path, kept.path))
     far = (slice(None), slice(60, None), slice(40, None))  # away from the changed corner
     assert np.abs(b[far] - src[far]).mean() < np.abs(a[far] - src[far]).mean() / 2
     corner = (slice(None), slice(0, 20), slice(16, 36))  # the crop's top-left corner, changed
     assert np.abs(b[corner] - src[corner]).mean() > 30
+
+
+def test_viva_edit_takes_each_option_it_is_not_given_from_the_inference_settings(
+    tmp_path, monkeypatch, make_settings
+):
+    """`viva edit` and `edited_videos` edit alike: a flag left out is the configured
+    ``inference.*``, and a flag given wins (``--no-preserve-unchanged`` included)."""
+    video = vf.good_video(tmp_path / "in.mp4", frames=4)
+    settings = make_settings(**{"inference.crf": 23, "inference.window_batch": 2})
+    monkeypatch.setattr(cli, "get_settings", lambda: settings)
+    monkeypatch.setattr(requests_module, "resolve_model", lambda uri, **_: tmp_path)
+    seen: list[dict] = []
+
+    def recording_edit_video(model, video, instruction, out, **options):
+        seen.append(options)
+        return whole_video.EditedVideo(Path(out), 4, 24.0, 64, 48, 1, 0.1, False)
+
+    monkeypatch.setattr(whole_video, "edit_video", recording_edit_video)
+    out = str(tmp_path / "o.mp4")
+    request = ["edit", "--model", "m", "--video", str(video), "--instruction", "x", "--out", out]
+    assert cli.main(request) == 0
+    assert cli.main([*request, "--crf", "30", "--no-preserve-unchanged", "--seed", "5"]) == 0
+    configured, given = seen
+    assert {k: configured[k] for k in ("crf", "window_batch", "preserve_unchanged", "seed")} == {
+        "crf": 23,
+        "window_batch": 2,
+        "preserve_unchanged": True,
+        "seed": 0,
+    }
+    assert configured["num_steps"] is None and configured["guidance_scale"] is None
+    assert (given["crf"], given["preserve_unchanged"], given["seed"]) == (30, False, 5)
+    assert given["window_batch"] == 2
 
 
 def test_bad_requests_are_refused_naming_the_thing(tmp_path):

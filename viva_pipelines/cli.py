@@ -26,12 +26,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from viva_pipelines.config import ConfigError
 from viva_pipelines.settings import PACKAGE_DIR, get_settings
+
+if TYPE_CHECKING:
+    from viva_pipelines.config.schema import InferenceSettings
 
 #: Run logs stay in the Dagster instance (the UI shows them); the terminal gets our summary.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -323,14 +326,6 @@ def _edit(args: argparse.Namespace) -> int:
     if bool(args.batch) == any(single) or (not args.batch and not all(single)):
         print("viva edit: give --video, --instruction and --out, or --batch", file=sys.stderr)
         return 2
-    options = {
-        "crf": args.crf,
-        "preserve_unchanged": args.preserve_unchanged,
-        "window_batch": args.window_batch,
-        "num_steps": args.steps,
-        "guidance_scale": args.guidance,
-        "seed": args.seed,
-    }
     try:
         if not args.batch:
             check_request(
@@ -339,6 +334,7 @@ def _edit(args: argparse.Namespace) -> int:
         elif not Path(args.batch).is_file():
             raise EditRequestError(f"requests {args.batch}: no such file")
         settings = get_settings()
+        options = _edit_options(args, settings.inference)
         use_s3_endpoint(settings.storage.s3.endpoint_url)
         tracking_uri = settings.mlflow_tracking_uri
         model_dir = resolve_model(args.model, tracking_uri=tracking_uri)
@@ -366,9 +362,25 @@ def _edit(args: argparse.Namespace) -> int:
     print(
         f"wrote {edited.path}: {edited.frames} frames of {edited.width}x{edited.height} at"
         f" {edited.fps:g} fps{' with audio' if edited.has_audio else ''}"
-        f" ({edited.windows} windows, {edited.seconds:.1f}s)"
+        f" ({edited.windows} window{'s' * (edited.windows != 1)}, {edited.seconds:.1f}s)"
     )
     return 0
+
+
+def _edit_options(args: argparse.Namespace, configured: InferenceSettings) -> dict[str, Any]:
+    """``viva edit``'s sampling and output options: each flag given, else ``inference.*`` (the
+    settings that ``edited_videos`` edits with, so both edit alike)."""
+    given = {
+        "crf": args.crf,
+        "preserve_unchanged": args.preserve_unchanged,
+        "window_batch": args.window_batch,
+        "num_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "seed": args.seed,
+    }
+    return {
+        key: getattr(configured, key) if value is None else value for key, value in given.items()
+    }
 
 
 def _edit_batch(args: argparse.Namespace, model_dir: Path, lora, options: dict) -> int:
@@ -566,19 +578,21 @@ def main(argv: list[str] | None = None) -> int:
     edit.add_argument(
         "--batch", help='a JSONL file of {"video", "instruction", "reference"?, "out"} lines'
     )
+    # Each default is the configured inference.* (`viva config --reference`).
     edit.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     edit.add_argument("--guidance", type=float, help="instruction guidance scale")
-    edit.add_argument("--seed", type=int, default=0)
-    edit.add_argument("--crf", type=int, default=18, help="H.264 quality (lower = better)")
+    edit.add_argument("--seed", type=int, help="start noise of every window")
+    edit.add_argument("--crf", type=int, help="H.264 quality (lower = better)")
     edit.add_argument(
         "--preserve-unchanged",
-        action="store_true",
-        help="keep the original full-resolution pixels wherever the model changed nothing",
+        action=argparse.BooleanOptionalAction,
+        help="keep the original full-resolution pixels wherever the model changed nothing "
+        "(inference.preserve_unchanged, on by default); --no-preserve-unchanged: the whole "
+        "crop is the model's edit, scaled up",
     )
     edit.add_argument(
         "--window-batch",
         type=int,
-        default=4,
         help="windows edited per model call (more: faster on a GPU, more memory)",
     )
     edit.add_argument("--overwrite", action="store_true", help="replace an existing --out")

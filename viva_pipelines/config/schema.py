@@ -499,7 +499,8 @@ class InferenceSettings(Section):
     guidance_scale: Annotated[float, Field(ge=1)] | None = None  # null = the model's default
     seed: int = 0  # start noise of every window
     crf: Annotated[int, Field(ge=0, le=51)] = 18  # H.264 quality (lower = better, larger)
-    preserve_unchanged: bool = False  # keep the source's pixels where the model changed nothing
+    #: keep the source's full-size pixels where the model changed nothing (false: the whole crop is the edit, scaled up)
+    preserve_unchanged: bool = True
     #: source | edit rows per request in the previews
     preview_frames: Annotated[int, Field(ge=0)] = 3
     window_batch: PositiveInt = 4  # windows per model call

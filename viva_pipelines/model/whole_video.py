@@ -11,9 +11,11 @@ source's frame rate.
 **Size.** Each frame is brought to the model's resolution the way ingest does (one scale
 factor, centre crop); the edited crop is scaled back and put in its place in the source frame,
 so the output keeps the source's width and height, and the margins the crop cut away keep the
-source's pixels. With ``preserve_unchanged``, pixels where the model itself changed nothing (its
-own edit-vs-source difference at model resolution, thresholded, dilated and feathered) keep the
-original full-resolution pixels too: no external mask is used.
+source's pixels. With ``preserve_unchanged`` (the default), pixels where the model itself
+changed nothing (its own edit-vs-source difference at model resolution, thresholded, dilated and
+feathered) keep the original full-resolution pixels too, so a model that edits at 64 pixels
+gives back a sharp video with the edit in its place rather than the whole crop scaled up; no
+external mask is used.
 
 **Memory.** Decoding, editing and encoding stream window by window: at most one window of
 source frames (full resolution) is held, whatever the video's length. Audio packets are copied
@@ -194,7 +196,7 @@ def edit_whole_video(
     *,
     reference: np.ndarray | None = None,
     overlap: int | None = None,
-    preserve_unchanged: bool = False,
+    preserve_unchanged: bool = True,
     crf: int = 18,
     seed: int = 0,
     num_steps: int | None = None,
