@@ -378,9 +378,9 @@ def _edit_options(args: argparse.Namespace, configured: InferenceSettings) -> di
         "guidance_scale": args.guidance,
         "seed": args.seed,
     }
-    return {
-        key: getattr(configured, key) if value is None else value for key, value in given.items()
-    }
+    options = configured.edit_options()
+    options.update((key, value) for key, value in given.items() if value is not None)
+    return options
 
 
 def _edit_batch(args: argparse.Namespace, model_dir: Path, lora, options: dict) -> int:

@@ -506,6 +506,12 @@ class InferenceSettings(Section):
     window_batch: PositiveInt = 4  # windows per model call
     device: str = "auto"  # cuda when available
 
+    def edit_options(self) -> dict[str, Any]:
+        """The sampling and output keywords of an edit (``edit_whole_video``'s) these settings
+        give: what ``edited_videos`` edits with, and ``viva edit`` for each flag not given."""
+        keys = ("num_steps", "guidance_scale", "seed", "crf", "preserve_unchanged", "window_batch")
+        return {key: getattr(self, key) for key in keys}
+
 
 class Settings(Section):
     env: str = "base"

@@ -198,12 +198,7 @@ def run_edit_requests(
         on_result=on_result,
         progress=False,
         preview_frames=cfg.preview_frames,
-        crf=cfg.crf,
-        preserve_unchanged=cfg.preserve_unchanged,
-        seed=cfg.seed,
-        window_batch=cfg.window_batch,
-        num_steps=cfg.num_steps,
-        guidance_scale=cfg.guidance_scale,
+        **cfg.edit_options(),
     )
 
 
