@@ -57,8 +57,12 @@ def test_retrain_schedule_runs_the_training_job_on_the_conf_cron(make_settings):
     assert schedule.job_name == TRAINING_JOB
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     tick = dt.datetime(2026, 6, 1, 2, 30, tzinfo=dt.timezone.utc)
-    with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
+    # The context is closed too: left open, it keeps the instance's state storage current for
+    # every later Definitions in the process (after the instance is gone).
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context,
+    ):
         requests = schedule.evaluate_tick(context).run_requests
     assert len(requests) == 1
 
