@@ -5,7 +5,8 @@ keys, values parsed as YAML), trained through the same entry point ``sft_checkpo
 launches (under ``sft_checkpoint/<fingerprint>``, so a re-run finds finished runs) and
 scored on every val video clip of the dataset: PSNR against the ground truth over the whole
 frame, inside the edit region and outside it (mean, and the worst clip outside), per edit type,
-beside the identity baseline.
+beside the identity baseline. ``--split train`` scores the training clips instead: beside the val
+figures, the gap between the two says how much of a variant's fit does not carry over.
 The benchmark suite is not touched: this is where the recipe is tuned.
 
 ``instructor=pretrained`` trains with ``instructor_model``'s instructor instead of the
@@ -125,13 +126,14 @@ def evaluate(
     guidance: float | None,
     shift: float | None,
     *,
+    split: str = "val",
     true_gate: bool = False,
     gate_reading: GateReading | None = None,
 ) -> pd.DataFrame:
     summary = store.read_json(summary_key(run))
     cache = store.key_of(summary["cache_uri"])
     index = store.read_parquet(f"{cache}/index.parquet")
-    val = index[(index["split"] == "val") & (index["modality"] == "video")].reset_index(drop=True)
+    val = index[(index["split"] == split) & (index["modality"] == "video")].reset_index(drop=True)
     samples = CachedSamples(store, val)
     unconditional = load_unconditional(store, cache)
     pipeline = VivaEditPipeline.from_pretrained(store.uri(model_key(run)))
@@ -166,9 +168,10 @@ def pipeline_scores(
     manifest_key: str,
     *,
     mirror: bool,
+    split: str = "val",
     gate_reading: GateReading | None = None,
 ) -> pd.DataFrame:
-    """Per val clip PSNR of the edits the run's shipped pipeline makes, as the benchmark calls it
+    """Per clip (of ``split``) PSNR of the edits the run's shipped pipeline makes, as the benchmark calls it
     (one request per clip: :meth:`VivaEditPipeline.prepare` runs the instructor, then
     ``edit_clips``), with its mirror ensemble on or off and its gate read as shipped or as
     ``gate_reading`` says; the same columns as :func:`evaluate`."""
@@ -185,7 +188,7 @@ def pipeline_scores(
     manifest = read_dataset_manifest(store, manifest_key)
     val = manifest[
         (manifest["status"] == "accepted")
-        & (manifest["split"] == "val")
+        & (manifest["split"] == split)
         & (manifest["modality"] == "video")
     ]
     rows = []
@@ -235,6 +238,12 @@ def main() -> None:
         action="store_true",
         help="also score each variant through the shipped pipeline, mirror ensemble off and on",
     )
+    parser.add_argument(
+        "--split",
+        choices=("val", "train"),
+        default="val",
+        help="the dataset's clips to score (train: how well each variant fits what it saw)",
+    )
     parser.add_argument("--log", default="sft_variants.log", help="training output goes here")
     args = parser.parse_args()
     version = dataset_version()
@@ -273,7 +282,9 @@ def main() -> None:
         summary = store.read_json(summary_key(config.output_prefix))
 
         run = config.output_prefix
-        score = partial(evaluate, store, run, args.sample_steps, args.guidance, args.shift)
+        score = partial(
+            evaluate, store, run, args.sample_steps, args.guidance, args.shift, split=args.split
+        )
         scored = [(label, score)]
         if args.true_mask_gate:
             scored.append((f"{label}, true-mask gate", partial(score, true_gate=True)))
@@ -281,7 +292,9 @@ def main() -> None:
             name = f"{label}, gate {reading.threshold}:{reading.sharpness}"
             scored.append((name, partial(score, gate_reading=reading)))
         if args.pipeline:
-            shipped = partial(pipeline_scores, store, run, config.data.manifest_key)
+            shipped = partial(
+                pipeline_scores, store, run, config.data.manifest_key, split=args.split
+            )
             scored.append((f"{label}, pipeline", partial(shipped, mirror=False)))
             scored.append((f"{label}, pipeline + mirror", partial(shipped, mirror=True)))
             for reading in args.gate_readings:
@@ -315,7 +328,8 @@ def main() -> None:
         }
     )
     per_type["identity"] = identity.groupby("edit_type")["identity frame"].mean()
-    print(f"\nval split, {len(identity)} video clips; PSNR (dB) against the ground truth\n")
+    clips = f"{args.split} split, {len(identity)} video clips"
+    print(f"\n{clips}; PSNR (dB) against the ground truth\n")
     print(pd.DataFrame(rows).round(2).to_markdown(index=False))
     print("\nwhole-frame PSNR per edit type\n")
     print(pd.DataFrame(per_type).T.round(2).to_markdown())
