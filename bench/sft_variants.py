@@ -133,12 +133,13 @@ def evaluate(
     summary = store.read_json(summary_key(run))
     cache = store.key_of(summary["cache_uri"])
     index = store.read_parquet(f"{cache}/index.parquet")
-    val = index[(index["split"] == split) & (index["modality"] == "video")].reset_index(drop=True)
-    samples = CachedSamples(store, val)
+    clips = index[(index["split"] == split) & (index["modality"] == "video")]
+    clips = clips.reset_index(drop=True)
+    samples = CachedSamples(store, clips)
     unconditional = load_unconditional(store, cache)
     pipeline = VivaEditPipeline.from_pretrained(store.uri(model_key(run)))
     spec = pipeline.spec
-    items = [samples[i] for i in range(len(val))]
+    items = [samples[i] for i in range(len(clips))]
     keep = torch.zeros(len(items), dtype=torch.bool)
     batch = collate(items, unconditional, keep, keep)
     cond = Conditions.from_tokens(batch.tokens, batch.token_mask, spec.pooled)
@@ -158,7 +159,7 @@ def evaluate(
             spec.sampling.shift if shift is None else shift,
             gate_reading,
         )
-    table["edit_type"] = val["edit_type"]
+    table["edit_type"] = clips["edit_type"]
     return table
 
 
@@ -171,8 +172,8 @@ def pipeline_scores(
     split: str = "val",
     gate_reading: GateReading | None = None,
 ) -> pd.DataFrame:
-    """Per clip (of ``split``) PSNR of the edits the run's shipped pipeline makes, as the benchmark calls it
-    (one request per clip: :meth:`VivaEditPipeline.prepare` runs the instructor, then
+    """Per clip of ``split``, PSNR of the edits the run's shipped pipeline makes, as the
+    benchmark calls it (one request per clip: :meth:`VivaEditPipeline.prepare` runs the instructor, then
     ``edit_clips``), with its mirror ensemble on or off and its gate read as shipped or as
     ``gate_reading`` says; the same columns as :func:`evaluate`."""
     pipeline = VivaEditPipeline.from_pretrained(store.uri(model_key(run)))
@@ -186,13 +187,13 @@ def pipeline_scores(
         )
     pipeline.spec = dataclasses.replace(spec, sampling=sampling)
     manifest = read_dataset_manifest(store, manifest_key)
-    val = manifest[
+    clips = manifest[
         (manifest["status"] == "accepted")
         & (manifest["split"] == split)
         & (manifest["modality"] == "video")
     ]
     rows = []
-    for row in val.sort_values("sample_id").assign(mirrored=False).itertuples():
+    for row in clips.sort_values("sample_id").assign(mirrored=False).itertuples():
         sample = load_pixel_sample(store, row, spec.geometry)
         prepared = pipeline.prepare(row.instruction, sample.first_frame, sample.reference_image)
         edited = pipeline.edit_clips(to_uint8_frames(sample.source)[None], prepared)[0]
