@@ -41,8 +41,8 @@ demo: install
 
 # Two workers: the suite's tests mostly keep one core busy (subprocesses, services, one-thread
 # training), so two of them share a 2-core machine: 792 s and 825 s against 1214 s in one
-# process on 2-core AMD EPYC machines without AVX-512. Work stealing keeps a worker from idling while the other still holds queued
-# tests. TEST_WORKERS=0 runs the suite in this one process.
+# process on 2-core AMD EPYC machines without AVX-512. Work stealing keeps a worker from idling
+# while the other still holds queued tests. TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= 2
 
 test: install chromium
