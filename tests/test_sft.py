@@ -207,6 +207,8 @@ def test_training_learns_caches_and_writes_a_loadable_model(dataset_root, monkey
     for clip, got in zip(clips, batched, strict=True):
         alone = pipeline.edit_clips(clip[None], prepared, num_steps=3)[0]
         assert np.abs(alone.astype(int) - got).max() <= 1  # float sums in another order
+    with pytest.raises(ValueError, match="num_steps must be >= 1, got 0"):
+        pipeline.edit_clips(clips, prepared, num_steps=0)  # not the model's default steps
     # The mirror ensemble is the mean of the plain edit and the mirrored request's edit
     # flipped back, so a mirrored request comes out as the mirror of the edit.
     sampling = dataclasses.replace(pipeline.spec.sampling, mirror_ensemble=False)

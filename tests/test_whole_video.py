@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests import video_fixtures as vf
+from tests.conftest import write_conf
 from tests.footage import ClipSpec, write_clip
 from viva_pipelines import cli
 from viva_pipelines.inference.batch import edit_stored_requests
@@ -193,14 +194,14 @@ def test_preserve_unchanged_keeps_the_original_pixels_where_the_model_changed_no
     assert np.abs(b[corner] - src[corner]).mean() > 30
 
 
-def test_viva_edit_takes_each_option_it_is_not_given_from_the_inference_settings(
-    tmp_path, monkeypatch, make_settings
-):
-    """`viva edit` and `edited_videos` edit alike: a flag left out is the configured
-    ``inference.*``, and a flag given wins (``--no-preserve-unchanged`` included)."""
-    video = vf.good_video(tmp_path / "in.mp4", frames=4)
-    settings = make_settings(**{"inference.crf": 23, "inference.window_batch": 2})
-    monkeypatch.setattr(cli, "get_settings", lambda: settings)
+@pytest.fixture
+def edit_cli(tmp_path, monkeypatch, project):
+    """``viva edit`` over ``project``'s conf (``inference.crf`` 23 and ``window_batch`` 2 in
+    conf/local), the model resolved to nothing: returns ``(run, seen)``, ``run(*flags)`` the
+    exit code of a request with those flags, ``seen`` the options of each edit it started."""
+    write_conf(project, "local", "inference.yaml", {"inference": {"crf": 23, "window_batch": 2}})
+    monkeypatch.setenv("VIVA_CONF_DIR", str(project / "conf"))
+    monkeypatch.delenv("VIVA_ENV", raising=False)
     monkeypatch.setattr(requests_module, "resolve_model", lambda uri, **_: tmp_path)
     seen: list[dict] = []
 
@@ -209,10 +210,18 @@ def test_viva_edit_takes_each_option_it_is_not_given_from_the_inference_settings
         return whole_video.EditedVideo(Path(out), 4, 24.0, 64, 48, 1, 0.1, False)
 
     monkeypatch.setattr(whole_video, "edit_video", recording_edit_video)
+    video = vf.good_video(tmp_path / "in.mp4", frames=4)
     out = str(tmp_path / "o.mp4")
     request = ["edit", "--model", "m", "--video", str(video), "--instruction", "x", "--out", out]
-    assert cli.main(request) == 0
-    assert cli.main([*request, "--crf", "30", "--no-preserve-unchanged", "--seed", "5"]) == 0
+    return (lambda *flags: cli.main([*request, *flags])), seen
+
+
+def test_viva_edit_takes_each_option_it_is_not_given_from_the_inference_settings(edit_cli):
+    """`viva edit` and `edited_videos` edit alike: a flag left out is the configured
+    ``inference.*``, and a flag given wins (``--no-preserve-unchanged`` included)."""
+    run, seen = edit_cli
+    assert run() == 0
+    assert run("--crf", "30", "--no-preserve-unchanged", "--seed", "5", "--steps", "3") == 0
     configured, given = seen
     assert {k: configured[k] for k in ("crf", "window_batch", "preserve_unchanged", "seed")} == {
         "crf": 23,
@@ -222,7 +231,28 @@ def test_viva_edit_takes_each_option_it_is_not_given_from_the_inference_settings
     }
     assert configured["num_steps"] is None and configured["guidance_scale"] is None
     assert (given["crf"], given["preserve_unchanged"], given["seed"]) == (30, False, 5)
-    assert given["window_batch"] == 2
+    assert (given["num_steps"], given["window_batch"]) == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--crf", "99"], "inference.crf: Input should be less than or equal to 51 (got 99)"),
+        (["--window-batch", "0"], "inference.window_batch: Input should be greater than 0"),
+        (["--steps", "0"], "inference.num_steps: Input should be greater than 0"),
+        (["--guidance", "0.5"], "inference.guidance_scale: Input should be greater than or equal"),
+    ],
+)
+def test_viva_edit_refuses_a_flag_its_setting_would_refuse_before_editing(
+    edit_cli, capsys, flags, message
+):
+    """A flag is its ``inference.*`` setting and is validated as the configuration is: an out
+    of range value is one clear error naming the flags and the setting, before any model loads
+    (``--steps 0`` was the model's default steps, ``--crf 99`` went to the encoder)."""
+    run, seen = edit_cli
+    assert run(*flags) == 2
+    assert f"viva edit's flags: {message}" in capsys.readouterr().err
+    assert seen == []
 
 
 def test_bad_requests_are_refused_naming_the_thing(tmp_path):

@@ -26,15 +26,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from viva_pipelines.config import ConfigError
-from viva_pipelines.settings import PACKAGE_DIR, get_settings
-
-if TYPE_CHECKING:
-    from viva_pipelines.config.schema import InferenceSettings
+from viva_pipelines.config.schema import InferenceSettings
+from viva_pipelines.settings import PACKAGE_DIR, get_settings, settings_with
 
 #: Run logs stay in the Dagster instance (the UI shows them); the terminal gets our summary.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -333,8 +331,12 @@ def _edit(args: argparse.Namespace) -> int:
             )
         elif not Path(args.batch).is_file():
             raise EditRequestError(f"requests {args.batch}: no such file")
-        settings = get_settings()
-        options = _edit_options(args, settings.inference)
+        flags = {key: getattr(args, key) for key in InferenceSettings.EDIT_OPTIONS}
+        settings = settings_with(
+            {f"inference.{key}": value for key, value in flags.items() if value is not None},
+            "viva edit's flags",
+        )
+        options = settings.inference.edit_options()
         use_s3_endpoint(settings.storage.s3.endpoint_url)
         tracking_uri = settings.mlflow_tracking_uri
         model_dir = resolve_model(args.model, tracking_uri=tracking_uri)
@@ -365,22 +367,6 @@ def _edit(args: argparse.Namespace) -> int:
         f" ({edited.windows} window{'s' * (edited.windows != 1)}, {edited.seconds:.1f}s)"
     )
     return 0
-
-
-def _edit_options(args: argparse.Namespace, configured: InferenceSettings) -> dict[str, Any]:
-    """``viva edit``'s sampling and output options: each flag given, else ``inference.*`` (the
-    settings that ``edited_videos`` edits with, so both edit alike)."""
-    given = {
-        "crf": args.crf,
-        "preserve_unchanged": args.preserve_unchanged,
-        "window_batch": args.window_batch,
-        "num_steps": args.steps,
-        "guidance_scale": args.guidance,
-        "seed": args.seed,
-    }
-    options = configured.edit_options()
-    options.update((key, value) for key, value in given.items() if value is not None)
-    return options
 
 
 def _edit_batch(args: argparse.Namespace, model_dir: Path, lora, options: dict) -> int:
@@ -578,11 +564,21 @@ def main(argv: list[str] | None = None) -> int:
     edit.add_argument(
         "--batch", help='a JSONL file of {"video", "instruction", "reference"?, "out"} lines'
     )
-    # Each default is the configured inference.* (`viva config --reference`).
-    edit.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    edit.add_argument("--guidance", type=float, help="instruction guidance scale")
-    edit.add_argument("--seed", type=int, help="start noise of every window")
-    edit.add_argument("--crf", type=int, help="H.264 quality (lower = better)")
+    # Each sets inference.<dest> (`viva config --reference`), validated as the configuration.
+    edit.add_argument(
+        "--steps",
+        dest="num_steps",
+        type=int,
+        help="sampling steps (inference.num_steps; default: the model's)",
+    )
+    edit.add_argument(
+        "--guidance",
+        dest="guidance_scale",
+        type=float,
+        help="instruction guidance scale (inference.guidance_scale; default: the model's)",
+    )
+    edit.add_argument("--seed", type=int, help="start noise of every window (inference.seed)")
+    edit.add_argument("--crf", type=int, help="H.264 quality, 0-51, lower = better (inference.crf)")
     edit.add_argument(
         "--preserve-unchanged",
         action=argparse.BooleanOptionalAction,
@@ -593,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     edit.add_argument(
         "--window-batch",
         type=int,
-        help="windows edited per model call (more: faster on a GPU, more memory)",
+        help="windows edited per model call, more: faster on a GPU, more memory "
+        "(inference.window_batch)",
     )
     edit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     edit.set_defaults(handler=_edit)

@@ -7,8 +7,10 @@ conf folder (default: the ``conf/`` of this checkout, else ``./conf``).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from viva_pipelines.config import Settings, load_settings
 
@@ -27,3 +29,15 @@ def default_conf_dir() -> Path:
 def get_settings() -> Settings:
     """Settings for this process, loaded once."""
     return load_settings(default_conf_dir(), os.environ.get("VIVA_ENV") or None)
+
+
+def settings_with(overrides: Mapping[str, Any], origin: str) -> Settings:
+    """This process's settings with ``overrides`` (dotted keys) set over them and validated as
+    the configuration is: a command's flags for settings, checked before anything runs, and an
+    error in one names ``origin`` ("viva edit's flags") and the setting."""
+    return load_settings(
+        default_conf_dir(),
+        os.environ.get("VIVA_ENV") or None,
+        overrides=overrides,
+        overrides_origin=origin,
+    )

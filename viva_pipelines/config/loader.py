@@ -40,11 +40,14 @@ def load_settings(
     *,
     include_local: bool = True,
     overrides: Mapping[str, Any] | None = None,
+    overrides_origin: str = OVERRIDES,
 ) -> Settings:
     """Merge and validate the configuration layers under ``conf_dir``.
 
     ``env`` names an overlay directory (``prod``…); ``None`` or ``"base"`` uses base alone.
     Relative local paths are resolved against ``conf_dir``'s parent (the project directory).
+    ``overrides``: dotted keys set over every layer, validated with them; an error in one names
+    ``overrides_origin`` as where it was set (a command's flags, say).
     """
     conf_dir = Path(conf_dir).resolve()
     if not (conf_dir / BASE_ENV).is_dir():
@@ -73,7 +76,7 @@ def load_settings(
                 layer_keys[key] = name
             _merge_into(merged, doc, origin, name, ())
     if overrides:
-        _merge_into(merged, _expand_dotted(overrides), origin, OVERRIDES, ())
+        _merge_into(merged, _expand_dotted(overrides), origin, overrides_origin, ())
     merged["env"] = env or BASE_ENV
 
     searched = _searched(layers, project_dir)

@@ -7,7 +7,7 @@ setting means the same thing whatever the working directory of the process that 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -506,11 +506,21 @@ class InferenceSettings(Section):
     window_batch: PositiveInt = 4  # windows per model call
     device: str = "auto"  # cuda when available
 
+    #: The settings that are an edit's sampling and output keywords (``edit_whole_video``'s),
+    #: each also a ``viva edit`` flag of the same name.
+    EDIT_OPTIONS: ClassVar[tuple[str, ...]] = (
+        "num_steps",
+        "guidance_scale",
+        "seed",
+        "crf",
+        "preserve_unchanged",
+        "window_batch",
+    )
+
     def edit_options(self) -> dict[str, Any]:
-        """The sampling and output keywords of an edit (``edit_whole_video``'s) these settings
-        give: what ``edited_videos`` edits with, and ``viva edit`` for each flag not given."""
-        keys = ("num_steps", "guidance_scale", "seed", "crf", "preserve_unchanged", "window_batch")
-        return {key: getattr(self, key) for key in keys}
+        """The keywords of :data:`EDIT_OPTIONS` these settings give: what ``edited_videos``
+        edits with, and ``viva edit`` with its flags applied on top."""
+        return {key: getattr(self, key) for key in self.EDIT_OPTIONS}
 
 
 class Settings(Section):

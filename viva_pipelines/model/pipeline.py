@@ -355,7 +355,7 @@ class VivaEditPipeline:
             reference,
             Conditions.cat([view.cond.repeat(count) for view in views]),
             Conditions.cat([view.uncond.repeat(count) for view in views]),
-            num_steps=num_steps or sampling.num_steps,
+            num_steps=sampling.num_steps if num_steps is None else num_steps,
             guidance_scale=sampling.guidance_scale if guidance_scale is None else guidance_scale,
             source_guidance_scale=source_guidance_scale or sampling.source_guidance_scale,
             shift=sampling.shift,
