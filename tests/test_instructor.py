@@ -146,6 +146,19 @@ def test_first_frame_and_reference_change_the_tokens(instructor: Instructor) -> 
     assert not torch.allclose(with_ref[-3:], other_ref[-3:], atol=1e-4)
 
 
+def test_a_picture_three_pixels_tall_is_read_as_height_width_channels(instructor: Instructor):
+    """[3, W, 3] could be channels first; the instructor's images are always [H, W, 3]: its
+    pixels are those of the same picture scaled up first (nearest, so the same colours)."""
+    ramp = np.linspace(0, 255, 12)
+    thin = np.broadcast_to(np.stack([ramp, 255 - ramp, np.full(12, 128)], -1), (3, 12, 3))
+    thin = thin.round().astype(np.uint8)
+    scaled = np.repeat(np.repeat(thin, 8, axis=0), 8, axis=1)
+    pixels = instructor.prepare_inputs([SHORT], [thin])["pixel_values"]
+    reference = instructor.prepare_inputs([SHORT], [scaled])["pixel_values"]
+    assert pixels.shape == reference.shape
+    assert (pixels - reference).abs().mean() < 0.12  # 0.05; the axes swapped: 0.26
+
+
 def test_pad_to_square_centres_the_picture_on_the_fill():
     wide = frame(0, (2, 6))
     square = pad_to_square(wide, (1, 2, 3))

@@ -401,7 +401,11 @@ class Instructor:
         }
         if images:
             assert self.image_processor is not None
-            pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            # Channels last, said: left to guess, the processor reads an image 1 or 3 pixels
+            # tall as channels-first.
+            pixels = self.image_processor(
+                images=images, return_tensors="pt", input_data_format="channels_last"
+            )["pixel_values"]
             size = self.model.config.vision_config.image_size
             if tuple(pixels.shape[-2:]) != (size, size):
                 raise ValueError(
