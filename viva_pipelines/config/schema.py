@@ -517,6 +517,11 @@ class InferenceSettings(Section):
         "window_batch",
     )
 
+    @classmethod
+    def edit_option_defaults(cls) -> dict[str, Any]:
+        """:data:`EDIT_OPTIONS`' defaults: an edit's keywords when nothing is configured."""
+        return {key: cls.model_fields[key].default for key in cls.EDIT_OPTIONS}
+
     def edit_options(self) -> dict[str, Any]:
         """The keywords of :data:`EDIT_OPTIONS` these settings give: what ``edited_videos``
         edits with, and ``viva edit`` with its flags applied on top."""

@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from viva_pipelines.config.schema import InferenceSettings
 from viva_pipelines.manifests import one_line_reason
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.model.pipeline import VivaEditPipeline
@@ -55,6 +56,8 @@ from viva_pipelines.video.probe import rotation_degrees
 CHANGE_THRESHOLD = 12
 CHANGE_DILATION = 1
 CHANGE_FEATHER = 1.0
+#: An edit's sampling and output keywords when none is given: the ``inference.*`` defaults.
+DEFAULTS = InferenceSettings.edit_option_defaults()
 
 
 @dataclass(frozen=True)
@@ -196,13 +199,13 @@ def edit_whole_video(
     *,
     reference: np.ndarray | None = None,
     overlap: int | None = None,
-    preserve_unchanged: bool = True,
-    crf: int = 18,
-    seed: int = 0,
-    num_steps: int | None = None,
-    guidance_scale: float | None = None,
+    preserve_unchanged: bool = DEFAULTS["preserve_unchanged"],
+    crf: int = DEFAULTS["crf"],
+    seed: int = DEFAULTS["seed"],
+    num_steps: int | None = DEFAULTS["num_steps"],
+    guidance_scale: float | None = DEFAULTS["guidance_scale"],
     preview_frames: int = 0,
-    window_batch: int = 4,
+    window_batch: int = DEFAULTS["window_batch"],
     progress: bool = True,
 ) -> EditedVideo:
     """Edit every frame of ``video`` and write ``out`` (H.264 MP4, the source's size and frame
