@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import write_conf
+from viva_pipelines import cli
 from viva_pipelines.defs.lineage import nodes_by_asset
 from viva_pipelines.ingest.raw_videos import manifest_key
 from viva_pipelines.pairs.shard import manifest_key as pairs_manifest_key
@@ -341,6 +342,23 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
             os.environ.pop("DAGSTER_HOME")
         else:
             os.environ["DAGSTER_HOME"] = previous
+
+
+def test_materialize_refuses_an_unknown_or_sharded_asset_before_any_run(
+    monkeypatch, make_settings, capsys, tmp_path: Path
+):
+    """A typo in an asset name, or a per-shard asset, is one line naming it and what can be
+    run, exit 2, and no run (it was a Dagster traceback, or a failed run)."""
+    monkeypatch.setattr(cli, "get_settings", make_settings)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert cli.main(["materialize", "qc_dataset", "nosuch_asset"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("viva materialize: no asset named nosuch_asset; assets: ")
+    assert "qc_dataset" in err and "sft_checkpoint" in err and "tracked_masks" not in err
+    assert cli.main(["materialize", "tracked_masks"]) == 2
+    err = capsys.readouterr().err
+    assert "tracked_masks: partitioned by shard" in err and "`viva ingest` materializes" in err
+    assert not (tmp_path / "home").exists()  # no Dagster instance was opened
 
 
 def test_a_bad_config_is_one_clear_message_and_exit_code_2(project: Path, tmp_path: Path):

@@ -222,6 +222,10 @@ def _materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
     _, defs = _definitions()
+    refused = _not_materializable(defs.resolve_asset_graph(), args.assets)
+    if refused:
+        print(f"viva materialize: {refused}", file=sys.stderr)
+        return 2
     instance = _dagster_instance()
     selection = [dg.AssetKey(name) for name in args.assets]
     pools = {defs.resolve_assets_def(key).op.pool for key in selection} - {None}
@@ -256,6 +260,27 @@ def _materialize(args: argparse.Namespace) -> int:
         )
         print("  " + ", ".join(f"{s.step_key} {s.end_time - s.start_time:.1f}s" for s in steps))
     return 0 if result.success else 1
+
+
+def _not_materializable(graph, names: list[str]) -> str | None:
+    """Why ``viva materialize`` cannot run ``names`` (one line naming them and what it can
+    run), or None: each must be an asset of the graph and not partitioned (the per-shard assets
+    are materialized by ``viva ingest``, shard by shard)."""
+    nodes = {key.to_user_string(): graph.get(key) for key in graph.get_all_asset_keys()}
+    unknown = [name for name in names if name not in nodes]
+    sharded = sorted(name for name, node in nodes.items() if node.is_partitioned)
+    asked_sharded = [name for name in names if name in sharded]
+    runnable = sorted(
+        name for name, node in nodes.items() if node.is_materializable and not node.is_partitioned
+    )
+    if unknown:
+        return f"no asset named {', '.join(unknown)}; assets: {', '.join(runnable)}"
+    if asked_sharded:
+        return (
+            f"{', '.join(asked_sharded)}: partitioned by shard ({', '.join(sharded)}); "
+            "`viva ingest` materializes them"
+        )
+    return None
 
 
 def _execute(instance, run: Callable[[dict[str, str]], Any], pools: set[str]) -> Any:
