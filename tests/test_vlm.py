@@ -623,3 +623,37 @@ def test_vlm_serve_answers_the_review_over_the_real_protocol(tiny_llava, monkeyp
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_vlm_serve_refuses_what_it_cannot_serve_in_one_line(tiny_llava, tmp_path, capsys):
+    """A folder that is not a LLaVA checkpoint, a cap of no tokens, a port out of range and an
+    address that is not this machine's: each one line naming it, exit 2, no traceback."""
+    from viva_pipelines import cli
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(
+        '{"_class_name": "HunyuanVideoTransformer3DModel"}'
+    )
+    serve = ["vlm-serve", "--port", "0", "--model"]
+    refused = {
+        f"{tmp_path / 'missing'}: not a LLaVA checkpoint folder (no config.json)": [
+            *serve,
+            str(tmp_path / "missing"),
+        ],
+        f"{tmp_path / 'other'}: not a loadable LLaVA checkpoint": [*serve, str(tmp_path / "other")],
+        "max_new_tokens must be at least 1, got 0": [
+            *serve,
+            str(tiny_llava),
+            "--max-new-tokens",
+            "0",
+        ],
+        "cannot listen on 192.0.2.1:0": [*serve, str(tiny_llava), "--host", "192.0.2.1"],
+    }
+    for message, argv in refused.items():
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"viva vlm-serve: {message}" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["vlm-serve", "--model", str(tiny_llava), "--port", "99999"])
+    assert exited.value.code == 2
+    assert "argument --port: 99999 is not a port (0 to 65535)" in capsys.readouterr().err

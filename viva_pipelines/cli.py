@@ -526,13 +526,17 @@ def _vlm_serve(args: argparse.Namespace) -> int:
 
     try:
         api_key = read_api_key(args.api_key_env)
+        backend = LocalLlavaBackend(
+            args.model, device=args.device, max_new_tokens=args.max_new_tokens, model_name=args.name
+        )
     except VlmError as exc:
-        print(f"viva: {exc}", file=sys.stderr)
+        print(f"viva vlm-serve: {exc}", file=sys.stderr)
         return 2
-    backend = LocalLlavaBackend(
-        args.model, device=args.device, max_new_tokens=args.max_new_tokens, model_name=args.name
-    )
-    server = make_server(backend, args.host, args.port, api_key=api_key)
+    try:
+        server = make_server(backend, args.host, args.port, api_key=api_key)
+    except OSError as exc:  # the address is taken, or not this machine's
+        print(f"viva vlm-serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
     host, port = server.server_address[:2]
     print(f"serving {backend.model_id} on http://{host}:{port}/v1", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
@@ -543,6 +547,14 @@ def _vlm_serve(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _port(text: str) -> int:
+    """A TCP port number, 0 to 65535 (argparse type)."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0 to 65535)")
+    return port
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -652,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--model", required=True, help="a LLaVA checkpoint folder")
     serve.add_argument("--name", help="the model id it answers as (default: the folder's name)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
+    serve.add_argument("--port", type=_port, default=8000, help="0: any free port (printed)")
     serve.add_argument("--device", default="cpu")
     serve.add_argument("--max-new-tokens", type=int, default=512)
     serve.add_argument("--api-key-env", help="require the key in this environment variable")

@@ -77,17 +77,26 @@ class LocalLlavaBackend(VlmBackend):
     ) -> None:
         super().__init__(cache=cache)
         self.model_path = Path(model_path)
+        if not (self.model_path / "config.json").is_file():
+            raise VlmError(f"{self.model_path}: not a LLaVA checkpoint folder (no config.json)")
+        if max_new_tokens < 1:
+            raise VlmError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         self.max_new_tokens = max_new_tokens
         self.guided = guided
         self.device = torch.device(device)
         self.model_name = model_name or self.model_path.name
-        self.processor = AutoProcessor.from_pretrained(self.model_path, local_files_only=True)
-        if not getattr(self.processor, "chat_template", None):
-            raise VlmError(f"the processor in {self.model_path} has no chat template")
         load_kwargs: dict[str, Any] = {"local_files_only": True}
         if dtype is not None:
             load_kwargs["dtype"] = getattr(torch, dtype)
-        self.model = LlavaForConditionalGeneration.from_pretrained(self.model_path, **load_kwargs)
+        try:
+            self.processor = AutoProcessor.from_pretrained(self.model_path, local_files_only=True)
+            if not getattr(self.processor, "chat_template", None):
+                raise VlmError(f"the processor in {self.model_path} has no chat template")
+            self.model = LlavaForConditionalGeneration.from_pretrained(
+                self.model_path, **load_kwargs
+            )
+        except (OSError, ValueError) as exc:  # transformers' words for a folder it cannot load
+            raise VlmError(f"{self.model_path}: not a loadable LLaVA checkpoint ({exc})") from exc
         self.model.to(self.device).eval()
         # One generate at a time: concurrent calls would only contend for the same device.
         self._lock = threading.Lock()
