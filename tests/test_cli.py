@@ -361,6 +361,29 @@ def test_materialize_refuses_an_unknown_or_sharded_asset_before_any_run(
     assert not (tmp_path / "home").exists()  # no Dagster instance was opened
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--videos", "0"], "demo.videos: Input should be greater than 0 (got 0)"),
+        (["--width", "3"], "demo.width: must be even"),
+        (["--fps", "0"], "demo.fps: Input should be greater than 0"),
+        (["--image-pair-scenes", "-2"], "demo.image_pair_scenes: Input should be greater than"),
+    ],
+)
+def test_demo_data_refuses_a_flag_its_setting_would_refuse_before_writing(
+    project: Path, tmp_path: Path, monkeypatch, capsys, flags, message
+):
+    """`viva demo-data`'s flags are their demo.* settings, validated as the configuration:
+    `--videos 0` rendered nothing and overwrote the demo's edit requests with none, `--fps 0`
+    and `--width 0` silently meant the defaults, `--width 3` failed in the encoder."""
+    monkeypatch.setenv("VIVA_CONF_DIR", str(project / "conf"))
+    monkeypatch.delenv("VIVA_ENV", raising=False)
+    out = tmp_path / "videos"
+    assert cli.main(["demo-data", "--out", str(out), "--suite-per-category", "0", *flags]) == 2
+    assert f"viva demo-data's flags: {message}" in capsys.readouterr().err
+    assert not out.exists() and not (project / "data").exists()
+
+
 def test_a_bad_config_is_one_clear_message_and_exit_code_2(project: Path, tmp_path: Path):
     write_conf(project, "base", "zz_typo.yaml", {"ingest": {"shard_sise": 3}})
     done = run(["config"], project, tmp_path)

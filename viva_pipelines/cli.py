@@ -39,12 +39,17 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from viva_pipelines.config.schema import is_remote
+    from viva_pipelines.config.schema import DemoSettings, is_remote
     from viva_pipelines.demo_world import generate_demo_videos
     from viva_pipelines.demo_world.suite import SuiteGeometry, build_demo_suite
     from viva_pipelines.storage import Storage
 
-    settings = get_settings()
+    # Each flag but --out and --suite-per-category is its demo.* setting, validated as such.
+    given = {key: getattr(args, key) for key in DemoSettings.model_fields}
+    settings = settings_with(
+        {f"demo.{key}": value for key, value in given.items() if value is not None},
+        "viva demo-data's flags",
+    )
     demo = settings.demo
     out = args.out or settings.sources.raw_videos.uri
     if is_remote(out):
@@ -53,11 +58,8 @@ def _demo_data(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.image_pair_scenes is not None and args.image_pair_scenes < 0:
-        print(
-            f"viva: --image-pair-scenes must be 0 or more, got {args.image_pair_scenes}",
-            file=sys.stderr,
-        )
+    if Path(out).exists() and not Path(out).is_dir():
+        print(f"viva: demo-data writes into a folder; {out} is a file", file=sys.stderr)
         return 2
     suite_root = settings.benchmark.root
     if args.suite_per_category and is_remote(suite_root):
@@ -68,16 +70,11 @@ def _demo_data(args: argparse.Namespace) -> int:
         )
         return 2
     started = time.perf_counter()
-    geometry = SuiteGeometry(
-        args.width or demo.width,
-        args.height or demo.height,
-        args.frames or demo.frames,
-        args.fps or demo.fps,
-    )
+    geometry = SuiteGeometry(demo.width, demo.height, demo.frames, demo.fps)
     paths = generate_demo_videos(
         out,
-        demo.videos if args.videos is None else args.videos,
-        demo.seed if args.seed is None else args.seed,
+        demo.videos,
+        demo.seed,
         width=geometry.width,
         height=geometry.height,
         num_frames=geometry.frames,
@@ -88,7 +85,7 @@ def _demo_data(args: argparse.Namespace) -> int:
         f"in {time.perf_counter() - started:.1f}s"
     )
     _write_demo_requests(settings, [Path(p) for p in paths])
-    _write_image_pairs(settings, args.image_pair_scenes)
+    _write_image_pairs(settings)
     if args.suite_per_category:
         started = time.perf_counter()
         instances = build_demo_suite(
@@ -122,15 +119,16 @@ def _write_demo_requests(settings, videos: list[Path]) -> None:
     print(f"wrote {len(requests)} demo edit requests to {target}")
 
 
-def _write_image_pairs(settings, scenes: int | None) -> None:
+def _write_image_pairs(settings) -> None:
     """The demo's external image-editing pairs at ``qc.image_manifest`` (what ``qc_dataset``
-    adds to the image share of SFT), when that file is local."""
+    adds to the image share of SFT; ``demo.image_pair_scenes`` scenes), when that file is
+    local."""
     from viva_pipelines.config.schema import is_remote
     from viva_pipelines.embedded.instructor_corpus import write_image_pairs
     from viva_pipelines.storage import Storage
 
     manifest = settings.qc.image_manifest
-    scenes = settings.demo.image_pair_scenes if scenes is None else scenes
+    scenes = settings.demo.image_pair_scenes
     if not scenes:
         return
     if manifest is None or is_remote(manifest):
@@ -549,6 +547,14 @@ def _vlm_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """A whole number, 0 or more (argparse type)."""
+    number = int(text)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
+    return number
+
+
 def _port(text: str) -> int:
     """A TCP port number, 0 to 65535 (argparse type)."""
     port = int(text)
@@ -564,13 +570,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", help="folder to write into (default: sources.raw_videos.uri)")
     demo.add_argument("--videos", type=int, help="how many (default: demo.videos)")
     demo.add_argument("--seed", type=int, help="world seed (default: demo.seed)")
-    demo.add_argument("--width", type=int, help="frame width (default: demo.width)")
-    demo.add_argument("--height", type=int, help="frame height (default: demo.height)")
+    demo.add_argument("--width", type=int, help="frame width, even (default: demo.width)")
+    demo.add_argument("--height", type=int, help="frame height, even (default: demo.height)")
     demo.add_argument("--frames", type=int, help="frames per video (default: demo.frames)")
     demo.add_argument("--fps", type=float, help="frame rate (default: demo.fps)")
     demo.add_argument(
         "--suite-per-category",
-        type=int,
+        type=_count,
         default=4,
         help="benchmark instances per category rendered into benchmark.root (0: none)",
     )
