@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from tests import video_fixtures as vf
+from viva_pipelines import cli
 from viva_pipelines.definitions import build_definitions
 from viva_pipelines.defs.ingest import ingest_options
 from viva_pipelines.defs.jobs import SHARD_JOB
@@ -273,6 +274,29 @@ def test_sensor_registers_shards_requests_runs_and_respects_its_cursor(make_sett
         fourth = tick(second.cursor)
         assert [r.run_key for r in fourth.run_requests] == ["shard-000002@2"]
         assert len(load_registry(Storage(settings.storage.root))) == 6
+
+
+def test_an_empty_source_is_nothing_to_ingest_for_the_sensor_and_the_cli(
+    make_settings, tmp_path, monkeypatch, capsys
+):
+    """A new deployment's empty (or not yet created) source: the sensor ticks with nothing to
+    request and `viva ingest` says there is nothing to ingest (both raised KeyError 'key':
+    the empty listing's row mask selected no columns)."""
+    src = tmp_path / "incoming"
+    src.mkdir()
+    root = {"storage.root": str(tmp_path / "root")}
+    defs = build_definitions(make_settings(**root, **{"sources.raw_videos.uri": str(src)}))
+    sensor = defs.resolve_sensor_def("raw_video_sensor")
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources=defs.resources)
+        assert not sensor(context).run_requests
+    assert load_registry(Storage(str(tmp_path / "root"))).empty
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    for source in (src, tmp_path / "not-yet"):
+        settings = make_settings(**root, **{"sources.raw_videos.uri": str(source)})
+        monkeypatch.setattr(cli, "get_settings", lambda settings=settings: settings)
+        assert cli.main(["ingest"]) == 0
+        assert "nothing to ingest" in capsys.readouterr().out
 
 
 def test_s3_source_and_s3_root_by_configuration_alone(

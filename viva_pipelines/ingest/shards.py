@@ -54,7 +54,8 @@ def assign_new_videos(
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
     known = set(registry["key"])  # a set lookup: Series.isin on Arrow strings is ~10x slower
-    is_new = [key not in known for key in listing["key"]]
+    # A Series, not a list: an empty list would select no columns instead of no rows.
+    is_new = pd.Series([key not in known for key in listing["key"]], listing.index, dtype=bool)
     new = listing[is_new].sort_values("key", ignore_index=True)
     if new.empty:
         return registry, new.assign(shard=pd.Series(dtype=str), video_id=pd.Series(dtype=str))
