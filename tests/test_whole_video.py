@@ -271,6 +271,12 @@ def test_bad_requests_are_refused_naming_the_thing(tmp_path):
     with pytest.raises(EditRequestError, match=r"out\.mp4 exists \(pass --overwrite"):
         check_request(video, "x", out)
     check_request(video, "x", out, overwrite=True)
+    with pytest.raises(EditRequestError, match="is a folder; name the output file"):
+        check_request(video, "x", tmp_path, overwrite=True)  # was replaced after the edit
+    with pytest.raises(EditRequestError, match="a folder, not a video file"):
+        check_request(tmp_path, "x", out, overwrite=True)
+    with pytest.raises(EditRequestError, match="a folder, not an image file"):
+        check_request(video, "x", out, tmp_path, overwrite=True)
     with pytest.raises(EditRequestError, match="cannot create the output folder"):
         check_request(video, "x", video / "sub" / "o.mp4")
     code = cli.main(

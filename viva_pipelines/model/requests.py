@@ -28,6 +28,8 @@ def check_request(
 ) -> None:
     """Refuse a bad request before any model is loaded, naming what is wrong."""
     video, out = Path(video), Path(out)
+    if video.is_dir():
+        raise EditRequestError(f"video {video}: a folder, not a video file")
     if not video.is_file():
         raise EditRequestError(f"video {video}: no such file")
     try:
@@ -39,8 +41,12 @@ def check_request(
         raise EditRequestError(f"video {video}: not a readable video ({reason})") from exc
     if not instruction or not instruction.strip():
         raise EditRequestError("the instruction is empty")
+    if reference is not None and Path(reference).is_dir():
+        raise EditRequestError(f"reference {reference}: a folder, not an image file")
     if reference is not None and not Path(reference).is_file():
         raise EditRequestError(f"reference {reference}: no such file")
+    if out.is_dir():
+        raise EditRequestError(f"{out} is a folder; name the output file (out.mp4)")
     if out.exists() and not overwrite:
         raise EditRequestError(f"{out} exists (pass --overwrite to replace it)")
     folder = out.parent
