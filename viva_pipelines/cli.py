@@ -45,7 +45,7 @@ def _demo_data(args: argparse.Namespace) -> int:
     from viva_pipelines.storage import Storage
 
     # Each flag but --out and --suite-per-category is its demo.* setting, validated as such.
-    given = {key: getattr(args, key) for key in DemoSettings.model_fields}
+    given = {key: getattr(args, key, None) for key in DemoSettings.model_fields}
     settings = settings_with(
         {f"demo.{key}": value for key, value in given.items() if value is not None},
         "viva demo-data's flags",

@@ -90,13 +90,13 @@ class LocalLlavaBackend(VlmBackend):
             load_kwargs["dtype"] = getattr(torch, dtype)
         try:
             self.processor = AutoProcessor.from_pretrained(self.model_path, local_files_only=True)
-            if not getattr(self.processor, "chat_template", None):
-                raise VlmError(f"the processor in {self.model_path} has no chat template")
             self.model = LlavaForConditionalGeneration.from_pretrained(
                 self.model_path, **load_kwargs
             )
         except (OSError, ValueError) as exc:  # transformers' words for a folder it cannot load
             raise VlmError(f"{self.model_path}: not a loadable LLaVA checkpoint ({exc})") from exc
+        if not getattr(self.processor, "chat_template", None):
+            raise VlmError(f"the processor in {self.model_path} has no chat template")
         self.model.to(self.device).eval()
         # One generate at a time: concurrent calls would only contend for the same device.
         self._lock = threading.Lock()
