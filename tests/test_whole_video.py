@@ -382,3 +382,43 @@ def test_stored_requests_on_s3_are_fetched_edited_uploaded_and_checksummed(
         assert probe_video(local).frame_count == 6
     assert rows["source_sha256"][0] == hashlib.sha256(video.read_bytes()).hexdigest()
     assert not list((tmp_path / "scratch").rglob("*.mp4"))  # uploaded, not kept
+
+
+@pytest.mark.parametrize("missing", ["model", "requests"])
+def test_edited_videos_fails_at_once_when_a_configured_input_does_not_exist(
+    make_settings, tmp_path, missing
+):
+    """A model folder or requests file that is not there fails the step once, with its one-line
+    reason: the step's retry policy is for outages, and retried this took minutes to end in
+    "Exceeded max_retries"."""
+    import dagster as dg
+
+    from viva_pipelines.definitions import build_definitions
+
+    model = tmp_path / "model"
+    if missing != "model":
+        model.mkdir()
+        (model / requests_module.MODEL_FILE).write_text("{}")
+    requests = tmp_path / "requests.jsonl"
+    if missing != "requests":
+        requests.write_text('{"video": "v.mp4", "instruction": "x", "out": "o.mp4"}\n')
+    settings = make_settings(
+        **{
+            "storage.root": str(tmp_path / "root"),
+            "inference.model": str(model),
+            "inference.requests": str(requests),
+        }
+    )
+    defs = build_definitions(settings)
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            asset_selection=[dg.AssetKey("edited_videos")], instance=instance, raise_on_error=False
+        )
+    events = {event.event_type_value for event in result.all_events}
+    assert not result.success and "STEP_UP_FOR_RETRY" not in events
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    reason = {
+        "model": "not a VIVA model directory",
+        "requests": "requests.jsonl: no such file",
+    }[missing]
+    assert reason in failure.step_failure_data.user_failure_data.description

@@ -44,28 +44,33 @@ def build_inference_defs(settings: Settings) -> dg.Definitions:
         if cfg.requests is None:
             raise dg.Failure("inference.requests is not set: nothing to edit", allow_retries=False)
         from viva_pipelines.inference.batch import log_edits, run_edit_requests
-        from viva_pipelines.model.requests import resolve_model
+        from viva_pipelines.model.requests import MissingInputError, resolve_model
         from viva_pipelines.model.whole_video import outcome_line
 
         store, s3 = storage.get(), settings.storage.s3
         root = Storage(cfg.root, endpoint_url=s3.endpoint_url, region_name=s3.region_name)
-        with tempfile.TemporaryDirectory(prefix="viva-edit-") as tmp:
-            model_uri, model_dir = _model(context, store, cfg.model, mlflow, Path(tmp, "model"))
-            lora = cfg.lora and resolve_model(cfg.lora, tracking_uri=mlflow.tracking_uri, lora=True)
-            events = _model_events(context, mlflow, cfg.model, cfg.lora)
-            with mlflow.start_run(context) as run:
-                outcome = run_edit_requests(
-                    cfg,
-                    model_dir,
-                    lora or None,
-                    root,
-                    store,
-                    f"{EDITED_PREFIX}/{run.info.run_id}",
-                    Path(tmp, "work"),
-                    endpoint_url=s3.endpoint_url,
-                    on_result=lambda result: context.log.info(outcome_line(result)),
+        try:
+            with tempfile.TemporaryDirectory(prefix="viva-edit-") as tmp:
+                model_uri, model_dir = _model(context, store, cfg.model, mlflow, Path(tmp, "model"))
+                lora = cfg.lora and resolve_model(
+                    cfg.lora, tracking_uri=mlflow.tracking_uri, lora=True
                 )
-                log_edits(outcome, cfg, model_uri)
+                events = _model_events(context, mlflow, cfg.model, cfg.lora)
+                with mlflow.start_run(context) as run:
+                    outcome = run_edit_requests(
+                        cfg,
+                        model_dir,
+                        lora or None,
+                        root,
+                        store,
+                        f"{EDITED_PREFIX}/{run.info.run_id}",
+                        Path(tmp, "work"),
+                        endpoint_url=s3.endpoint_url,
+                        on_result=lambda result: context.log.info(outcome_line(result)),
+                    )
+                    log_edits(outcome, cfg, model_uri)
+        except MissingInputError as exc:  # the retry policy is for outages; this is not one
+            raise dg.Failure(str(exc), allow_retries=False) from None
         return dg.MaterializeResult(metadata=_metadata(store, outcome, model_uri, cfg.lora, events))
 
     return dg.Definitions(assets=[edited_videos])

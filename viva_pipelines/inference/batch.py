@@ -22,7 +22,7 @@ import pandas as pd
 from viva_pipelines.config.schema import InferenceSettings
 from viva_pipelines.manifests import FAILED, typed_frame
 from viva_pipelines.model.pipeline import VivaEditPipeline
-from viva_pipelines.model.requests import EditRequestError
+from viva_pipelines.model.requests import EditRequestError, MissingInputError
 from viva_pipelines.model.whole_video import (
     EditRequest,
     Placed,
@@ -145,7 +145,7 @@ def edit_stored_requests(
     (``preview_frames`` > 0 for previews)."""
     store, key = file_location(requests_uri, endpoint_url=endpoint_url)
     if not store.exists(key):
-        raise FileNotFoundError(f"requests {requests_uri}: no such file")
+        raise MissingInputError(f"requests {requests_uri}: no such file")
     lines = store.read_bytes(key).decode("utf-8", errors="replace").splitlines()
     place = stored_placement(root, sink, prefix, scratch, endpoint_url=endpoint_url)
     results = edit_batch(load, lines, place, on_result=on_result, **options)

@@ -18,6 +18,11 @@ class EditRequestError(ValueError):
     """An edit request that cannot be carried out; the message names the file or value."""
 
 
+class MissingInputError(FileNotFoundError):
+    """A model, adapter or requests file that the configuration names does not exist (as
+    opposed to a store or registry that cannot be reached): trying again cannot help."""
+
+
 def check_request(
     video: str | os.PathLike,
     instruction: str,
@@ -74,13 +79,15 @@ def resolve_model(
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=text)
         except mlflow.exceptions.MlflowException as exc:
-            raise FileNotFoundError(f"{text}: cannot fetch the model from MLflow: {exc}") from None
+            missing = exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+            error = MissingInputError if missing else FileNotFoundError
+            raise error(f"{text}: cannot fetch the model from MLflow: {exc}") from None
         return Path(local)
     path = Path(text)
     if lora:
         if not path.is_dir():
-            raise FileNotFoundError(f"{path}: no such LoRA directory")
+            raise MissingInputError(f"{path}: no such LoRA directory")
         return path
     if not (path / MODEL_FILE).is_file():
-        raise FileNotFoundError(f"{path}: not a VIVA model directory (no {MODEL_FILE})")
+        raise MissingInputError(f"{path}: not a VIVA model directory (no {MODEL_FILE})")
     return path
