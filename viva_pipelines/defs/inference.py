@@ -44,7 +44,7 @@ def build_inference_defs(settings: Settings) -> dg.Definitions:
         if cfg.requests is None:
             raise dg.Failure("inference.requests is not set: nothing to edit", allow_retries=False)
         from viva_pipelines.inference.batch import log_edits, run_edit_requests
-        from viva_pipelines.model.requests import MissingInputError, resolve_model
+        from viva_pipelines.model.requests import MissingInputError
         from viva_pipelines.model.whole_video import outcome_line
 
         store, s3 = storage.get(), settings.storage.s3
@@ -52,15 +52,13 @@ def build_inference_defs(settings: Settings) -> dg.Definitions:
         try:
             with tempfile.TemporaryDirectory(prefix="viva-edit-") as tmp:
                 model_uri, model_dir = _model(context, store, cfg.model, mlflow, Path(tmp, "model"))
-                lora = cfg.lora and resolve_model(
-                    cfg.lora, tracking_uri=mlflow.tracking_uri, lora=True
-                )
+                lora = _lora(cfg.lora, mlflow)
                 events = _model_events(context, mlflow, cfg.model, cfg.lora)
                 with mlflow.start_run(context) as run:
                     outcome = run_edit_requests(
                         cfg,
                         model_dir,
-                        lora or None,
+                        lora,
                         root,
                         store,
                         f"{EDITED_PREFIX}/{run.info.run_id}",
@@ -74,6 +72,13 @@ def build_inference_defs(settings: Settings) -> dg.Definitions:
         return dg.MaterializeResult(metadata=_metadata(store, outcome, model_uri, cfg.lora, events))
 
     return dg.Definitions(assets=[edited_videos])
+
+
+def _lora(lora: str | None, mlflow: MlflowResource) -> Path | None:
+    """The local directory of the configured Edit-GRPO LoRA, or None without one."""
+    from viva_pipelines.model.requests import resolve_model
+
+    return resolve_model(lora, tracking_uri=mlflow.tracking_uri, lora=True) if lora else None
 
 
 def _model(
