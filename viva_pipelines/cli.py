@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +44,8 @@ def _demo_data(args: argparse.Namespace) -> int:
     from viva_pipelines.demo_world.suite import SuiteGeometry, build_demo_suite
     from viva_pipelines.storage import Storage
 
-    # Each flag but --out and --suite-per-category is its demo.* setting, validated as such.
-    given = {key: getattr(args, key, None) for key in DemoSettings.model_fields}
-    settings = settings_with(
-        {f"demo.{key}": value for key, value in given.items() if value is not None},
-        "viva demo-data's flags",
-    )
+    # Each flag but --out and --suite-per-category is its demo.* setting.
+    settings = _settings_with_flags(args, "demo", DemoSettings.model_fields)
     demo = settings.demo
     out = args.out or settings.sources.raw_videos.uri
     if is_remote(out):
@@ -96,6 +92,17 @@ def _demo_data(args: argparse.Namespace) -> int:
             f"in {time.perf_counter() - started:.1f}s"
         )
     return 0
+
+
+def _settings_with_flags(args: argparse.Namespace, section: str, keys: Iterable[str]):
+    """This process's settings with each flag of ``keys`` that ``args`` gives (a flag whose
+    ``dest`` is the setting's name) set as ``<section>.<key>``, validated as the configuration
+    is: an error names ``viva <command>'s flags`` and the setting."""
+    given = {f"{section}.{key}": getattr(args, key, None) for key in keys}
+    return settings_with(
+        {key: value for key, value in given.items() if value is not None},
+        f"viva {args.command}'s flags",
+    )
 
 
 def _write_demo_requests(settings, videos: list[Path]) -> None:
@@ -354,11 +361,7 @@ def _edit(args: argparse.Namespace) -> int:
             )
         elif not Path(args.batch).is_file():
             raise EditRequestError(f"requests {args.batch}: no such file")
-        flags = {key: getattr(args, key) for key in InferenceSettings.EDIT_OPTIONS}
-        settings = settings_with(
-            {f"inference.{key}": value for key, value in flags.items() if value is not None},
-            "viva edit's flags",
-        )
+        settings = _settings_with_flags(args, "inference", InferenceSettings.EDIT_OPTIONS)
         options = settings.inference.edit_options()
         use_s3_endpoint(settings.storage.s3.endpoint_url)
         tracking_uri = settings.mlflow_tracking_uri
