@@ -57,6 +57,23 @@ def test_wrong_type_names_file_key_and_value(project: Path, make_settings):
     assert "conf/staging/x.yaml: ingest.width" in message and "even" in message
 
 
+def test_infinity_and_not_a_number_are_refused_where_a_bound_would_let_them_by(
+    project: Path, make_settings
+):
+    """YAML's `.inf` passes a lower bound (`guidance_scale >= 1`) and `.nan` fails every bound
+    with an unhelpful comparison; both are named as not finite."""
+    write_conf(
+        project,
+        "staging",
+        "x.yaml",
+        {"inference": {"guidance_scale": float("inf")}, "ingest": {"fps": float("nan")}},
+    )
+    message = config_error(make_settings, "staging")
+    assert "conf/staging/x.yaml: inference.guidance_scale" in message
+    assert "conf/staging/x.yaml: ingest.fps" in message
+    assert message.count("finite number") == 2
+
+
 def test_missing_required_value_is_named(project: Path):
     (project / "conf" / "base" / "storage.yaml").write_text("mlflow: {experiment: x}\n")
     message = config_error(load_settings, project / "conf")

@@ -147,6 +147,20 @@ def test_the_demo_profile_plans_the_model_its_sft_builds():
     assert 4 * plan.parameters < plan.optimizer < 8 * plan.parameters
 
 
+def test_viva_plan_refuses_a_gpu_without_memory_or_speed(capsys):
+    """--gpu-tflops 0 was a ZeroDivisionError traceback, and a negative or NaN size a table of
+    "NO" rows: the GPU's figures are finite and positive, checked before planning."""
+    from viva_pipelines import cli
+
+    for flag, value in [("--gpu-tflops", "0"), ("--gpu-gib", "-5"), ("--gpu-gib", "nan")]:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["plan", flag, value])
+        assert exited.value.code == 2
+        assert f"argument {flag}: must be a finite number above 0, got {value}" in (
+            capsys.readouterr().err
+        )
+
+
 @pytest.fixture(scope="module")
 def prod_plans():
     prod = load_settings(REPO / "conf", "prod", include_local=False)

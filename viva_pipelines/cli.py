@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -558,6 +559,14 @@ def _count(text: str) -> int:
     return number
 
 
+def _positive(text: str) -> float:
+    """A finite number above 0 (argparse type)."""
+    number = float(text)
+    if not math.isfinite(number) or number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return number
+
+
 def _port(text: str) -> int:
     """A TCP port number, 0 to 65535 (argparse type)."""
     port = int(text)
@@ -662,9 +671,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = commands.add_parser(
         "plan", help="per-GPU memory and FLOPs of the profile's training steps (no GPU needed)"
     )
-    plan.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory to check against")
+    plan.add_argument("--gpu-gib", type=_positive, default=80.0, help="GPU memory to check against")
     plan.add_argument(
-        "--gpu-tflops", type=float, default=989.0, help="the GPU's dense bf16 TFLOP/s (H100)"
+        "--gpu-tflops", type=_positive, default=989.0, help="the GPU's dense bf16 TFLOP/s (H100)"
     )
     plan.set_defaults(handler=_plan)
     serve = commands.add_parser(

@@ -70,7 +70,9 @@ EvenSize = Annotated[PositiveInt, AfterValidator(_even)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No setting means infinity or not-a-number: `inf` would pass a `ge=1` bound and reach the
+    # sampler as a NaN frame, so a non-finite float is refused like any other bad value.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class S3Settings(Section):
