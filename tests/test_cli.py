@@ -361,6 +361,37 @@ def test_materialize_refuses_an_unknown_or_sharded_asset_before_any_run(
     assert not (tmp_path / "home").exists()  # no Dagster instance was opened
 
 
+def test_a_step_that_fails_on_purpose_prints_its_reason_not_dagsters_stack(
+    project: Path, tmp_path: Path
+):
+    """qc_dataset before any shard fails with a reason (dg.Failure); the terminal shows it on
+    the step's and the run's failure lines, without the framework's stack around it."""
+    failed = run(["materialize", "qc_dataset"], project, tmp_path / "home")
+    assert failed.returncode == 1
+    reason = "Reason: no shard has synthetic_pairs yet; materialize the shards first"
+    assert "STEP_FAILURE" in failed.stderr and failed.stderr.count(reason) == 2
+    assert "Stack Trace" not in failed.stderr and "File " not in failed.stderr
+    assert "qc_dataset FAILED in" in failed.stdout
+
+
+def test_only_a_deliberate_failure_loses_its_stack_trace():
+    """A bug's error (any class but dg.Failure) keeps Dagster's full message with its stack."""
+    from types import SimpleNamespace
+
+    from viva_pipelines.defs.console import failure_reason
+
+    def record(cls_name: str, message: str):
+        error = SimpleNamespace(cls_name=cls_name, message=message)
+        return SimpleNamespace(
+            dagster_event=SimpleNamespace(event_specific_data=SimpleNamespace(error=error))
+        )
+
+    failure = record("Failure", "dagster._core.definitions.events.Failure: no shard: none\n")
+    assert failure_reason(failure) == "no shard: none"
+    assert failure_reason(record("KeyError", "KeyError: 'key'\n")) is None
+    assert failure_reason(SimpleNamespace()) is None  # a plain log line
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -153,6 +153,7 @@ def _write_image_pairs(settings) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    from viva_pipelines.defs.console import console_logger
     from viva_pipelines.defs.jobs import SHARD_JOB
     from viva_pipelines.defs.partitions import video_shards
     from viva_pipelines.ingest.raw_videos import manifest_key, shard_is_current
@@ -190,7 +191,7 @@ def _ingest(args: argparse.Namespace) -> int:
         or not shard_is_current(storage, s, shard_members(registry, s))
         or not storage.exists(pairs_manifest_key(s))
     ]
-    job = defs.resolve_job_def(SHARD_JOB)
+    job = defs.resolve_job_def(SHARD_JOB).with_logger_defs({"console": console_logger})
     pools = {node.definition.pool for node in job.graph.nodes} - {None}
     failed = []
     for shard in pending:
@@ -227,6 +228,8 @@ def _ingest(args: argparse.Namespace) -> int:
 def _materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from viva_pipelines.defs.console import console_logger
+
     _, defs = _definitions()
     refused = _not_materializable(defs.resolve_asset_graph(), args.assets)
     if refused:
@@ -234,11 +237,12 @@ def _materialize(args: argparse.Namespace) -> int:
         return 2
     instance = _dagster_instance()
     selection = [dg.AssetKey(name) for name in args.assets]
+    job = defs.resolve_implicit_global_asset_job_def().with_logger_defs({"console": console_logger})
     pools = {defs.resolve_assets_def(key).op.pool for key in selection} - {None}
     started = time.perf_counter()
     result = _execute(
         instance,
-        lambda tags: defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        lambda tags: job.execute_in_process(
             asset_selection=selection,
             instance=instance,
             raise_on_error=False,
