@@ -48,6 +48,7 @@ EXPECTED = {
     "zero_fps.mp4": "frame rate",
     "single.mp4": "frames",
     "huge.mp4": "10000x10000",
+    "escape.mp4": "refused: 'escape.mp4' resolves outside",  # a symlink out of the source
 }
 
 
@@ -92,6 +93,8 @@ def source_dir(tmp_path: Path) -> Path:
     _move(vf.zero_fps(scratch), src / "zero_fps.mp4")
     _move(vf.single_frame(scratch), src / "single.mp4")
     _move(vf.huge_declared_size(scratch), src / "huge.mp4")
+    vf.good_video(scratch / "outside.mp4", frames=24, size=(64, 48), fps=10)
+    (src / "escape.mp4").symlink_to(scratch / "outside.mp4")
     assert sorted(p.name for p in src.glob("*.mp4")) == sorted(EXPECTED)
     (src / "notes.txt").write_text("not a video")
     return src
@@ -127,7 +130,8 @@ def test_every_file_gets_one_row_ok_or_rejected_with_its_reason(settings):
             assert storage.exists(row.video_key)
         else:
             assert row.status == REJECTED, row.source_key
-            assert expected in row.reason.lower(), f"{row.source_key}: {row.reason!r}"
+            assert expected.lower() in row.reason.lower(), f"{row.source_key}: {row.reason!r}"
+            assert "unexpected" not in row.reason, "an expected refusal, said as one"
             assert pd.isna(row.video_key)
     stored = storage.read_parquet(manifest_key("shard-000000"))
     pd.testing.assert_frame_equal(stored, manifest)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from viva_pipelines.config.schema import LimitsSettings
 from viva_pipelines.manifests import content_hash, one_line_reason, write_manifest
 from viva_pipelines.previews import grid, to_png
-from viva_pipelines.storage import Storage, is_storage_outage, sha256_file
+from viva_pipelines.storage import PathEscapeError, Storage, is_storage_outage, sha256_file
 from viva_pipelines.video.annotations import (
     AnnotationError,
     Annotations,
@@ -191,6 +191,8 @@ def _ingest_one(
         raise  # the storage's fault, not the video's: fail the step (retried), reject nothing
     except FileNotFoundError:
         row.update(status=REJECTED, reason="source file is missing (deleted after registration?)")
+    except PathEscapeError as exc:  # a symlink out of the source: never read, a plain refusal
+        row.update(status=REJECTED, reason=f"refused: {exc}")
     except Exception as exc:  # one bad file must never stop the shard; the reason is kept
         if is_storage_outage(exc):
             raise  # reading the source failed, not the video: fail the step (retried)
