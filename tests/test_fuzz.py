@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from tests import video_fixtures as vf
 from tests.conftest import REPO
 from viva_pipelines.config import ConfigError, load_settings
 from viva_pipelines.evaluation.suite import CATEGORIES, SuiteError, load_suite
@@ -409,9 +410,9 @@ def test_suite_manifest_with_random_bytes_raises_suite_error(suite_root: Path, d
 
 
 # -- QC external image manifest -----------------------------------------------------------------
-def _png() -> bytes:
+def _png(size: int = 8) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, format="PNG")
+    Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -421,6 +422,9 @@ def external_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     (folder / "a").mkdir()
     for name in ("src.png", "tgt.png", "mask.png"):
         (folder / "a" / name).write_bytes(_png())
+    (folder / "a" / "text.png").write_text("not a picture")
+    (folder / "a" / "bomb.png").write_bytes(vf.png_bomb())
+    (folder / "a" / "big.png").write_bytes(_png(16))
     (tmp_path_factory.getbasetemp() / "outside.png").write_bytes(_png())
     return folder, tmp_path_factory.mktemp("external-root")
 
@@ -495,6 +499,11 @@ def test_external_manifest_rejects_bad_lines_with_reasons(external_dirs: tuple[P
         json.dumps(good),  # the same id again
         "{not json",
         json.dumps({**good, "source": "a\x00b", "id": "p6"}),
+        # Accepted before and read first by SFT, whose cache build they stopped:
+        json.dumps({**good, "target": "a/text.png", "id": "p7"}),
+        json.dumps({**good, "reference": "a/bomb.png", "id": "p8"}),
+        json.dumps({**good, "mask": "a/big.png", "id": "p9"}),
+        json.dumps({**good, "reference": "a/big.png", "id": "p10"}),  # any size
     ]
     rows = _external(folder, root, "\n".join(lines).encode())
     reasons = [row.get("reason") for row in rows]
@@ -506,6 +515,10 @@ def test_external_manifest_rejects_bad_lines_with_reasons(external_dirs: tuple[P
     assert "duplicate id 'p1' (first on line 1)" in reasons[5]
     assert "not valid JSON" in reasons[6]
     assert "source path" in reasons[7]
+    assert "target file 'a/text.png' is not a readable image (UnidentifiedImageError" in reasons[8]
+    assert "reference file 'a/bomb.png' is not a readable image (DecompressionBomb" in reasons[9]
+    assert "mask is 16x16, the source 8x8: a pair's pictures must be the same size" in reasons[10]
+    assert reasons[11] is None
 
 
 def test_external_manifest_that_is_missing_or_not_utf8_is_a_clear_error(

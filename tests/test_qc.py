@@ -1,6 +1,9 @@
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from viva_pipelines.config.schema import QcSettings, QcThresholdsSettings, VlmSettings
 from viva_pipelines.qc import checks
@@ -243,8 +246,12 @@ def test_external_image_pairs_are_validated_copied_and_split(tmp_path):
 
     folder = tmp_path / "external"
     (folder / "img").mkdir(parents=True)
-    for name in ("a_src.png", "a_tgt.png", "b_src.png", "b_tgt.png"):
-        (folder / "img" / name).write_bytes(name.encode())
+    pictures = {}
+    for level, name in enumerate(("a_src.png", "a_tgt.png", "b_src.png", "b_tgt.png")):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), 40 * level, np.uint8)).save(buffer, format="PNG")
+        pictures[name] = buffer.getvalue()
+        (folder / "img" / name).write_bytes(pictures[name])
     (tmp_path / "secret.png").write_bytes(b"outside")
     lines = [
         {
@@ -270,7 +277,7 @@ def test_external_image_pairs_are_validated_copied_and_split(tmp_path):
     rows = external_image_rows(storage, str(folder / "pairs.jsonl"), val_fraction=0.2, split_seed=0)
     by_id = {row["sample_id"]: row for row in rows}
     assert by_id["external-a"]["status"] == ACCEPTED
-    assert storage.read_bytes(by_id["external-a"]["source_key"]) == b"a_src.png"
+    assert storage.read_bytes(by_id["external-a"]["source_key"]) == pictures["a_src.png"]
     assert by_id["external-b_1"]["edit_type"] == "add"
     assert "missing" in by_id["external-c"]["reason"]
     assert "leaves the manifest's folder" in by_id["external-d"]["reason"]

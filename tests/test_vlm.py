@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import socket
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests import video_fixtures as vf
 from tests.chat_server import API_KEY, GOOD, KEY_ENV, Reply, clip
 from viva_pipelines.config.schema import JudgeSettings, VlmSettings
 from viva_pipelines.defs.resources import vlm_backend
@@ -532,6 +534,15 @@ def test_local_backend_refuses_remote_images(tiny_llava):
     remote = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
     with pytest.raises(VlmError, match="only base64 data: image URLs"):
         backend.complete_json([{"role": "user", "content": [remote]}], lambda data: data)
+    # Base64 that is not a picture was an UnidentifiedImageError that dropped the connection.
+    for raw, why in [
+        (b"not a picture", "UnidentifiedImageError"),
+        (vf.png_bomb(), "DecompressionBombError"),
+    ]:
+        url = "data:image/png;base64," + base64.b64encode(raw).decode()
+        part = {"type": "image_url", "image_url": {"url": url}}
+        with pytest.raises(VlmError, match=f"cannot give this image to a local model: {why}"):
+            backend.complete_json([{"role": "user", "content": [part]}], lambda data: data)
 
 
 def test_guided_decoding_writes_keys_and_lets_the_model_choose_each_value():

@@ -31,6 +31,7 @@ from viva_pipelines.model.whole_video import (
     blend_weights,
     crop_box,
     edit_batch,
+    edit_video,
     edit_whole_video,
     plan_windows,
     put_back,
@@ -279,6 +280,15 @@ def test_bad_requests_are_refused_naming_the_thing(tmp_path):
         check_request(video, "x", out, tmp_path, overwrite=True)
     with pytest.raises(EditRequestError, match="cannot create the output folder"):
         check_request(video, "x", video / "sub" / "o.mp4")
+    # A reference that is not a picture, or one that declares 900 million pixels, is refused
+    # before the model loads (the bomb was a Pillow traceback).
+    (tmp_path / "text.png").write_text("not a picture")
+    (tmp_path / "bomb.png").write_bytes(vf.png_bomb())
+    for name, why in [("text.png", "UnidentifiedImageError"), ("bomb.png", "DecompressionBomb")]:
+        with pytest.raises(EditRequestError, match=rf"{name}: not a readable image \({why}"):
+            edit_video(
+                tmp_path / "no-model", video, "x", out, reference=tmp_path / name, overwrite=True
+            )
     code = cli.main(
         [
             "edit",

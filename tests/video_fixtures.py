@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import zlib
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -422,3 +423,15 @@ def huge_declared_size(directory: Path) -> Path:
             packet.time_base = Fraction(1, 10)
             out.mux(packet)
     return path
+
+
+def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A PNG of a few dozen bytes whose header declares ``width`` x ``height`` pixels (a
+    decompression bomb's shape: Pillow refuses to open more than about 179 million)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")

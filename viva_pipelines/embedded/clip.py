@@ -13,7 +13,6 @@ rewards need.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections import Counter
@@ -25,11 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from viva_pipelines.rewards.clip_rewards import ClipScorer, as_frames, pooled_embeddings
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.schedule import warmup_cosine
+from viva_pipelines.video.images import decode_image
 from viva_pipelines.video.normalise import NormaliseSpec, fit_frame
 
 log = logging.getLogger(__name__)
@@ -317,11 +316,6 @@ def train_tiny_clip(
 # -- data ---------------------------------------------------------------------------------------
 
 
-def _read_png(storage: Storage, key: str) -> np.ndarray:
-    with Image.open(io.BytesIO(storage.read_bytes(key))) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 def _frame_indices(count: int, frames_per_video: int) -> list[int]:
     """``frames_per_video`` evenly spaced frame indices (first and last included)."""
     if frames_per_video == 1:
@@ -379,7 +373,7 @@ def dataset_pairs(
                 frames = [video[i] for i in _frame_indices(len(video), frames_per_video)]
                 video_size = video_size or video.shape[1:3]
             elif row.modality == "image":
-                frames = [_read_png(storage, key)]
+                frames = [decode_image(storage.read_bytes(key))]
             else:
                 raise ValueError(f"unknown modality {row.modality!r} in the manifest")
             images, texts = out[row.split]

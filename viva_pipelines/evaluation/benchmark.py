@@ -35,6 +35,7 @@ from viva_pipelines.manifests import FAILED, item_failure, markdown_table
 from viva_pipelines.model.clips import ClipGeometry
 from viva_pipelines.previews import grid, to_png
 from viva_pipelines.storage import Storage
+from viva_pipelines.video.images import ImageUnreadable, decode_image
 from viva_pipelines.video.io import write_video
 from viva_pipelines.video.normalise import NormaliseSpec, decode_normalised, normalise_masks
 from viva_pipelines.video.probe import VideoRejected
@@ -200,12 +201,9 @@ def _read_mask(storage: Storage, key: str, frame_count: int) -> np.ndarray:
 
 
 def _read_image(storage: Storage, key: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(io.BytesIO(storage.read_bytes(key))) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
+        return decode_image(storage.read_bytes(key))
+    except ImageUnreadable as exc:
         raise MediaError(f"{key}: not a readable image ({exc})") from None
 
 

@@ -49,6 +49,7 @@ from viva_pipelines.model.requests import EditRequestError, check_request
 from viva_pipelines.pairs.pixels import changed_pixels
 from viva_pipelines.previews import grid
 from viva_pipelines.storage import is_storage_outage
+from viva_pipelines.video.images import ImageUnreadable, decode_image
 from viva_pipelines.video.probe import rotation_degrees
 
 #: Grey levels (0-255, at model resolution) below which the model is taken to have changed
@@ -432,13 +433,10 @@ def edit_video(
     check_request(video, instruction, out, reference, overwrite=overwrite)
     ref = None
     if reference is not None:
-        from PIL import Image, UnidentifiedImageError
-
         try:
-            with Image.open(reference) as image:
-                ref = np.asarray(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise EditRequestError(f"reference {reference}: not a readable image") from exc
+            ref = decode_image(Path(reference))
+        except ImageUnreadable as exc:
+            raise EditRequestError(f"reference {reference}: not a readable image ({exc})") from None
     pipeline = (
         VivaEditPipeline.from_pretrained(model) if isinstance(model, (str, os.PathLike)) else model
     )

@@ -10,14 +10,12 @@ region, ``bool [T, H, W]``), ``reference.png`` for ``ref_*`` edits, and a key fr
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from viva_pipelines.config.schema import PairsSettings
@@ -35,6 +33,7 @@ from viva_pipelines.pairs.types import LOCAL_EDITS, EditBackend, EditPair
 from viva_pipelines.previews import grid, to_png
 from viva_pipelines.qc.rules import pair_metrics
 from viva_pipelines.storage import Storage
+from viva_pipelines.video.images import decode_image
 from viva_pipelines.video.io import write_video
 
 ASSET = "synthetic_pairs"
@@ -74,15 +73,14 @@ def write_preview(storage: Storage, shard: str, manifest: pd.DataFrame) -> bytes
     for _, pairs_of_type in ok.groupby("edit_type", sort=True):
         pair = pairs_of_type.iloc[0]
         rows.append(
-            [_read_png(storage, pair[key]) for key in ("key_source", "key_target", "key_mask")]
+            [
+                decode_image(storage.read_bytes(pair[key]))
+                for key in ("key_source", "key_target", "key_mask")
+            ]
         )
     png = to_png(grid(rows))
     storage.write_bytes(preview_key(shard), png)
     return png
-
-
-def _read_png(storage: Storage, key: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(storage.read_bytes(key))).convert("RGB"))
 
 
 def _video_seed(seed: int, video_id: str) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 from viva_pipelines.qc.dataset import ACCEPTED, ASSET, REJECTED, split_of
 from viva_pipelines.storage import PathEscapeError, Storage, file_location
+from viva_pipelines.video.images import ImageUnreadable, decode_image
 
 REQUIRED = ("id", "source", "target", "instruction")
 #: Optional text fields; when present (and not null) they must be strings.
@@ -114,12 +115,12 @@ def _row(
         "target_caption": doc.get("target_caption"),
         "split": split_of(f"external-{pair_id}", val_fraction, seed),
     }
-    keys = {}
+    files, sizes = {}, {}
     for field in IMAGE_FIELDS:
         if not doc.get(field):
             continue
         try:
-            data = source.read_bytes(doc[field])
+            files[field] = source.read_bytes(doc[field])
         except PathEscapeError:
             return {
                 **base,
@@ -127,6 +128,25 @@ def _row(
             }
         except (FileNotFoundError, OSError, ValueError):
             return {**base, "reason": f"line {number}: {field} file {doc[field]!r} is missing"}
+        # Decoded here, not first in training: an undecodable picture would stop SFT's cache.
+        try:
+            height, width = decode_image(files[field]).shape[:2]
+        except ImageUnreadable as exc:
+            return {
+                **base,
+                "reason": f"line {number}: {field} file {doc[field]!r} is not a readable image "
+                f"({exc})",
+            }
+        sizes[field] = f"{width}x{height}"
+    for field in ("target", "mask"):  # the reference is a picture of its own, any size
+        if field in sizes and sizes[field] != sizes["source"]:
+            return {
+                **base,
+                "reason": f"line {number}: {field} is {sizes[field]}, the source "
+                f"{sizes['source']}: a pair's pictures must be the same size",
+            }
+    keys = {}
+    for field, data in files.items():
         suffix = doc[field].rsplit(".", 1)[-1].lower() if "." in doc[field] else ""
         suffix = suffix if re.fullmatch(r"[a-z0-9]{1,8}", suffix) else "png"
         keys[field] = f"{ASSET}/external/{pair_id}/{field}.{suffix}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -28,7 +27,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from PIL import Image
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
@@ -40,6 +38,7 @@ from viva_pipelines.pairs.captions import mirror_sides, names_a_side
 from viva_pipelines.pairs.pixels import changed_pixels
 from viva_pipelines.storage import Storage
 from viva_pipelines.train.config import LossConfig
+from viva_pipelines.video.images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +136,8 @@ class PixelSample:
         )
 
 
-def _read_png(storage: Storage, key: str) -> np.ndarray:
-    with Image.open(io.BytesIO(storage.read_bytes(key))) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def _read_mask_png(storage: Storage, key: str) -> np.ndarray:
-    with Image.open(io.BytesIO(storage.read_bytes(key))) as image:
-        return np.asarray(image.convert("L")) > 127
+def _read_image(storage: Storage, key: str, mode: str = "RGB") -> np.ndarray:
+    return decode_image(storage.read_bytes(key), mode)
 
 
 #: The edit mask of an image pair that comes without one (an external pair may) is where its
@@ -169,17 +162,17 @@ def load_pixel_sample(storage: Storage, row: Any, geometry: ClipGeometry) -> Pix
         source, target, mask = source_all[picks], target_all[picks], mask_all[picks]
         first_frame = source_all[0]
     elif row.modality == IMAGE:
-        source = _read_png(storage, row.source_key)[None]
-        target = _read_png(storage, row.target_key)[None]
+        source = _read_image(storage, row.source_key)[None]
+        target = _read_image(storage, row.target_key)[None]
         mask = (
-            _read_mask_png(storage, row.mask_key)[None]
+            (_read_image(storage, row.mask_key, "L") > 127)[None]
             if _has(row.mask_key)
             else changed_pixels(source, target, UNMASKED_CHANGE)
         )
         first_frame = source[0]
     else:
         raise ValueError(f"sample {row.sample_id}: unknown modality {row.modality!r}")
-    reference_image = _read_png(storage, row.reference_key) if _has(row.reference_key) else None
+    reference_image = _read_image(storage, row.reference_key) if _has(row.reference_key) else None
     fitted_mask = np.stack([geometry.fit(m.astype(np.float32)) for m in mask])
     sample = PixelSample(
         instruction=row.instruction,

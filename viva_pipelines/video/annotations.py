@@ -104,7 +104,7 @@ def masks_from_pngs(pngs: list[bytes]) -> np.ndarray:
         try:
             image = Image.open(io.BytesIO(data))
             image.load()
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise AnnotationError(f"mask frame {index}: unreadable PNG ({exc})") from None
         if image.mode not in ("P", "L", "1"):
             raise AnnotationError(

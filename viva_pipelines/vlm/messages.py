@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from viva_pipelines.video.images import decode_image
+
 Message = dict[str, Any]
 
 _PNG_PREFIX = "data:image/png;base64,"
@@ -35,7 +37,7 @@ def image_part(frame: np.ndarray) -> dict[str, Any]:
 
 
 def decode_image_url(url: str) -> Image.Image:
-    """The RGB image inside a base64 ``data:`` URL. Remote URLs are refused: a backend that
+    """The RGB image inside a base64 ``data:`` URL (a ``ValueError`` says why it is not one). Remote URLs are refused: a backend that
     fetched them would make the answer depend on the network, not on the cached messages."""
     header, sep, payload = url.partition(",")
     if not sep or not header.startswith("data:image/") or not header.endswith(";base64"):
@@ -44,5 +46,4 @@ def decode_image_url(url: str) -> Image.Image:
         raw = base64.b64decode(payload, validate=True)
     except binascii.Error as exc:
         raise ValueError(f"malformed base64 in image data URL: {exc}") from exc
-    with Image.open(io.BytesIO(raw)) as image:
-        return image.convert("RGB")
+    return Image.fromarray(decode_image(raw))  # not an image, or a bomb: ImageUnreadable
