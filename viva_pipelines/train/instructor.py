@@ -49,6 +49,7 @@ from viva_pipelines.storage import Storage
 from viva_pipelines.train.config import PretrainOptions
 from viva_pipelines.train.runs import INSTRUCTOR_RECORD
 from viva_pipelines.train.schedule import warmup_cosine
+from viva_pipelines.video.images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,6 @@ def grounding_examples(
     picked frame and a ``locate`` example per tracked object and picked frame.
     ``first_frame_only`` keeps the frame the editor's instructor sees (for held-out
     accuracy). Training examples also come mirrored."""
-    from viva_pipelines.train.sft_data import _read_png
-
     rows = manifest[
         (manifest["status"] == "accepted")
         & (manifest["modality"] == "video")
@@ -189,7 +188,7 @@ def grounding_examples(
         frames = frames_of[row.source_key]
         masks = load_mask(storage, row.mask_key)
         reference = (
-            _read_png(storage, row.reference_key)
+            decode_image(storage.read_bytes(row.reference_key))
             if isinstance(row.reference_key, str) and row.reference_key
             else None
         )
