@@ -5,12 +5,13 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+import pytest
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
 from viva_pipelines.definitions import build_definitions
 from viva_pipelines.defs.jobs import SHARD_JOB
-from viva_pipelines.defs.lineage import build_lineage, resolve_target
+from viva_pipelines.defs.lineage import LineageError, build_lineage, resolve_target
 from viva_pipelines.demo_world import generate_demo_videos
 from viva_pipelines.ingest.shards import scan_and_register
 from viva_pipelines.storage import Storage, sha256_file
@@ -109,3 +110,17 @@ def test_a_changed_raw_video_changes_and_stales_exactly_its_downstream(make_sett
         }
         assert sorted(videos) == [f"scene_000{i}.mp4" for i in range(4)]
         assert videos["scene_0003.mp4"] == sha256_file(source / "scene_0003.mp4")
+
+
+def test_a_model_target_that_names_no_version_is_one_clear_line():
+    """`models:/<name>/latest` of a name never registered was `max() arg is an empty sequence`
+    with a traceback; a target without a version number said "not found" with MLflow's words
+    about a parameter."""
+    from types import SimpleNamespace
+
+    client = SimpleNamespace(tracking_uri="sqlite:///x.db", search_model_versions=lambda _: [])
+    with pytest.raises(LineageError, match=r"no model 'nosuch' is registered in MLflow at sqlite"):
+        resolve_target(None, "models:/nosuch/latest", client)
+    for target in ("models:/viva-sft", "models:/viva-sft/abc", "models:/", "models:/a'b/1"):
+        with pytest.raises(LineageError, match="give models:/<name>/<version number or latest>"):
+            resolve_target(None, target, client)

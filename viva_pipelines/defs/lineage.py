@@ -265,12 +265,19 @@ def resolve_target(instance: dg.DagsterInstance, target: str, client: Any) -> dg
 
     try:
         if target.startswith("models:/"):
-            name, _, version = target.removeprefix("models:/").partition("/")
+            model = re.fullmatch(r"models:/([^/']+)/(\d+|latest)", target)
+            if model is None:
+                raise LineageError(f"{target}: give models:/<name>/<version number or latest>")
+            name, version = model.groups()
             if version == "latest":
-                version = max(
-                    int(v.version) for v in client.search_model_versions(f"name='{name}'")
-                )
-            run_id = client.get_model_version(name, str(version)).run_id
+                versions = [int(v.version) for v in client.search_model_versions(f"name='{name}'")]
+                if not versions:
+                    raise LineageError(
+                        f"{target}: no model {name!r} is registered in MLflow at "
+                        f"{client.tracking_uri}"
+                    )
+                version = str(max(versions))
+            run_id = client.get_model_version(name, version).run_id
         else:
             run_id = target.removeprefix("runs:/").split("/")[0]
         run = client.get_run(run_id)
