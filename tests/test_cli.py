@@ -156,6 +156,22 @@ def test_demo_data_then_ingest_materializes_every_shard_once(project: Path, tmp_
     assert edited.returncode == 0, edited.stderr[-3000:]
     assert read_video(out)[0].shape == (12, 48, 64, 3)  # the source's frames and size
     assert "wrote " in edited.stdout and "12 frames of 64x48" in edited.stdout
+    # The same model over a requests file, saved with a byte-order mark first as some Windows
+    # editors do: one outcome line per request, kept beside the file; a bad line fails alone.
+    requests = project / "requests.jsonl"
+    lines = [
+        {"video": str(next(source.glob("*.mp4"))), "instruction": "Remove it.", "out": "b1.mp4"},
+        {"video": "missing.mp4", "instruction": "Remove it.", "out": "b2.mp4"},
+    ]
+    requests.write_text("\ufeff" + "".join(json.dumps(line) + "\n" for line in lines))
+    batch = ["edit", "--model", "models:/viva-sft/1", "--batch", str(requests), "--steps", "2"]
+    batched = run(batch, project, home)
+    assert batched.returncode == 1, batched.stderr[-3000:]
+    assert "1 edited, 1 failed" in batched.stdout
+    assert read_video(project / "b1.mp4")[0].shape == (12, 48, 64, 3)
+    outcomes = (project / "requests.results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["status"] for line in outcomes] == ["ok", "failed"]
+    assert "missing.mp4: no such file" in json.loads(outcomes[1])["reason"]
 
     # Reward models (tiny CLIP trained on the dataset) and Edit-GRPO over the SFT model.
     write_conf(

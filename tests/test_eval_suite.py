@@ -142,6 +142,14 @@ def test_broken_line_raises_naming_the_line(tmp_path: Path, case: str) -> None:
         assert fragment in message
 
 
+def test_a_manifest_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    """Windows editors may start a UTF-8 file with a BOM; line 1 is still JSON (it was
+    refused as "Unexpected UTF-8 BOM")."""
+    storage = _write_suite(tmp_path, _valid_lines())
+    storage.write_bytes(MANIFEST, b"\xef\xbb\xbf" + storage.read_bytes(MANIFEST))
+    assert [instance.id for instance in load_suite(storage, MANIFEST)] == ["swap-001", "ref-001"]
+
+
 @pytest.mark.parametrize("content", [b"", b"\n  \n"])
 def test_empty_manifest_raises(tmp_path: Path, content: bytes) -> None:
     storage = Storage(str(tmp_path))

@@ -505,7 +505,8 @@ def test_external_manifest_rejects_bad_lines_with_reasons(external_dirs: tuple[P
         json.dumps({**good, "mask": "a/big.png", "id": "p9"}),
         json.dumps({**good, "reference": "a/big.png", "id": "p10"}),  # any size
     ]
-    rows = _external(folder, root, "\n".join(lines).encode())
+    # A byte-order mark first (Windows editors) does not make line 1 invalid JSON.
+    rows = _external(folder, root, "\ufeff".join(["", "\n".join(lines)]).encode())
     reasons = [row.get("reason") for row in rows]
     assert reasons[0] is None
     assert "leaves the manifest's folder" in reasons[1]

@@ -369,7 +369,8 @@ def test_stored_requests_on_s3_are_fetched_edited_uploaded_and_checksummed(
         {"video": "clips/../../a.mp4", "instruction": "invert", "out": "b.mp4"},
         {"video": "clips/a.mp4", "instruction": "invert", "out": "../c.mp4"},
     ]
-    root.write_bytes("requests.jsonl", "".join(json.dumps(r) + "\n" for r in lines).encode())
+    text = "".join(json.dumps(r) + "\n" for r in lines)
+    root.write_bytes("requests.jsonl", ("\ufeff" + text).encode())  # a BOM first, as Windows
     done = edit_stored_requests(
         Negative,
         f"s3://{s3_bucket}/requests/requests.jsonl",

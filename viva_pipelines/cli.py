@@ -416,7 +416,8 @@ def _edit_batch(args: argparse.Namespace, model_dir: Path, lora, options: dict) 
     requests = Path(args.batch)
     results = edit_batch(
         load,
-        requests.read_text().splitlines(),
+        # utf-8-sig: the byte-order mark some Windows editors write first is not text
+        requests.read_text(encoding="utf-8-sig").splitlines(),
         beside(requests.parent),
         overwrite=args.overwrite,
         on_result=say,

@@ -124,7 +124,8 @@ def load_suite(
     if not source.exists(manifest_key):
         raise SuiteError(f"{manifest_key}: manifest not found under {source.root_uri}")
     try:
-        text = source.read_bytes(manifest_key).decode("utf-8")
+        # utf-8-sig: the byte-order mark some Windows editors write first is not text
+        text = source.read_bytes(manifest_key).decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise SuiteError(f"{manifest_key}: not UTF-8 text ({err.reason})") from None
     instances: list[BenchInstance] = []

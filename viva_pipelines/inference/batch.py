@@ -146,7 +146,8 @@ def edit_stored_requests(
     store, key = file_location(requests_uri, endpoint_url=endpoint_url)
     if not store.exists(key):
         raise MissingInputError(f"requests {requests_uri}: no such file")
-    lines = store.read_bytes(key).decode("utf-8", errors="replace").splitlines()
+    # utf-8-sig: the byte-order mark some Windows editors write first is not text
+    lines = store.read_bytes(key).decode("utf-8-sig", errors="replace").splitlines()
     place = stored_placement(root, sink, prefix, scratch, endpoint_url=endpoint_url)
     results = edit_batch(load, lines, place, on_result=on_result, **options)
     previews = []

@@ -44,7 +44,8 @@ def external_image_rows(
     except (FileNotFoundError, IsADirectoryError, PathEscapeError) as exc:
         raise ExternalManifestError(f"{manifest_uri}: external manifest not found ({exc})") from exc
     try:
-        lines = data.decode("utf-8").splitlines()
+        # utf-8-sig: the byte-order mark some Windows editors write first is not text
+        lines = data.decode("utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise ExternalManifestError(
             f"{manifest_uri}: not UTF-8 text (byte {exc.start}: {exc.reason})"
