@@ -123,6 +123,19 @@ def test_invalid_yaml_names_file_and_line(project: Path, make_settings):
     assert "conf/base/broken.yaml" in message and "line" in message
 
 
+def test_a_section_written_twice_in_one_file_is_refused_not_half_dropped(
+    project: Path, make_settings
+):
+    """PyYAML keeps a duplicated key's last value: `inference.crf: 30` written above a second
+    `inference:` block was silently lost."""
+    (project / "conf" / "base" / "twice.yaml").write_text(
+        "inference:\n  crf: 30\ningest:\n  fps: 8\ninference:\n  seed: 3\n"
+    )
+    message = config_error(make_settings)
+    assert "conf/base/twice.yaml: line 5: not valid YAML (key 'inference' given twice" in message
+    assert "(lines 1 and 5)" in message
+
+
 def test_same_key_in_two_files_of_one_layer_is_refused(project: Path, make_settings):
     write_conf(project, "base", "zz.yaml", {"storage": {"root": "elsewhere"}})
     message = config_error(make_settings)

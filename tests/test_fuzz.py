@@ -306,6 +306,9 @@ def test_run_config_errors_name_the_key(tmp_path: Path):
         SftConfig.from_yaml(path)
     with pytest.raises(ConfigFileError, match=r"missing\.yaml"):
         SftConfig.from_yaml(tmp_path / "missing.yaml")
+    path.write_text("optim:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigFileError, match=r"bad\.yaml: .*key 'lr' given twice"):
+        SftConfig.from_yaml(path)
 
 
 # -- benchmark suite manifests ------------------------------------------------------------------

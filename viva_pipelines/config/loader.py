@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import ValidationError
 
 from viva_pipelines.config.schema import Settings
+from viva_pipelines.yaml_loading import load_yaml
 
 BASE_ENV = "base"
 LOCAL_ENV = "local"
@@ -138,7 +139,7 @@ def _profile_layers(conf_dir: Path, env: str, project_dir: Path) -> list[Path]:
 
 def _read_yaml(file: Path, name: str) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(file.read_bytes().decode("utf-8"))
+        doc = load_yaml(file.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{name}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except OSError as exc:

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from viva_pipelines.yaml_loading import load_yaml
+
 #: The tiny demo instructor, built by the training process itself (deterministically).
 TINY = "tiny"
 
@@ -190,7 +192,7 @@ class RunConfig(_Section):
     def from_yaml(cls, path: str | Path) -> Self:
         path = Path(path)
         try:
-            doc = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+            doc = load_yaml(path.read_bytes().decode("utf-8")) or {}
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ConfigFileError(f"{path}: cannot read the training config: {exc}") from exc
         except RecursionError:
