@@ -272,6 +272,10 @@ def test_bad_requests_are_refused_naming_the_thing(tmp_path):
     with pytest.raises(EditRequestError, match=r"out\.mp4 exists \(pass --overwrite"):
         check_request(video, "x", out)
     check_request(video, "x", out, overwrite=True)
+    for name in ("out.gif", "out.avi", "out"):  # each was an MP4 under a name that says otherwise
+        with pytest.raises(EditRequestError, match=rf"{name}: the edit is written as an H.264"):
+            check_request(video, "x", tmp_path / name)
+    check_request(video, "x", tmp_path / "out.MOV")
     with pytest.raises(EditRequestError, match="is a folder; name the output file"):
         check_request(video, "x", tmp_path, overwrite=True)  # was replaced after the edit
     with pytest.raises(EditRequestError, match="a folder, not a video file"):

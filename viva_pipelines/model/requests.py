@@ -23,6 +23,11 @@ class MissingInputError(FileNotFoundError):
     opposed to a store or registry that cannot be reached): trying again cannot help."""
 
 
+#: What an edited video may be called: it is always written as an MP4 (H.264, the source's
+#: audio copied), which these names tell players to expect (QuickTime reads MP4 as .mov).
+OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov")
+
+
 def check_request(
     video: str | os.PathLike,
     instruction: str,
@@ -52,6 +57,10 @@ def check_request(
         raise EditRequestError(f"reference {reference}: no such file")
     if out.is_dir():
         raise EditRequestError(f"{out} is a folder; name the output file (out.mp4)")
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise EditRequestError(
+            f"{out}: the edit is written as an H.264 MP4; name it {', '.join(OUTPUT_SUFFIXES)}"
+        )
     if out.exists() and not overwrite:
         raise EditRequestError(f"{out} exists (pass --overwrite to replace it)")
     folder = out.parent
