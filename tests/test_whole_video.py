@@ -309,6 +309,17 @@ def test_bad_requests_are_refused_naming_the_thing(tmp_path):
     assert code == 2 and not (tmp_path / "o.mp4").exists()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "corrupt_middle"])
+def test_a_video_that_stops_decoding_is_named_and_leaves_no_output(tmp_path, damage):
+    """Its header opens, its frames stop decoding part-way: the error was FFmpeg's alone
+    ("Invalid data found when processing input: 'avcodec_send_packet()'"), naming no file."""
+    broken = vf.truncated(tmp_path) if damage == "truncated" else vf.corrupt_middle(tmp_path)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(EditRequestError, match=rf"video {broken}: cannot be decoded after frame"):
+        edit_whole_video(Negative(), broken, "invert", out, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [broken.name]  # no partial file
+
+
 def test_a_batch_loads_the_model_once_and_records_every_bad_line(tmp_path):
     vf.good_video(tmp_path / "a.mp4", frames=6)
     vf.good_video(tmp_path / "b.mp4", frames=5, size=(48, 32))

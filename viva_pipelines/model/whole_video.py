@@ -178,18 +178,28 @@ class _AudioCopy:
             self.waiting.append(packet)
 
 
-def _decoded(container, audio: _AudioCopy | None) -> Iterator[np.ndarray]:
-    """Upright RGB frames of the first video stream; audio packets go to ``audio``."""
+def _decoded(container, audio: _AudioCopy | None, name: object) -> Iterator[np.ndarray]:
+    """Upright RGB frames of the first video stream; audio packets go to ``audio``. A stream
+    that stops decoding (a truncated or corrupt file) is an :class:`EditRequestError` naming
+    the video ``name`` and how far it got."""
     video = container.streams.video[0]
     source_audio = container.streams.audio[0] if audio is not None else None
     streams = [video] + ([source_audio] if source_audio is not None else [])
-    for packet in container.demux(*streams):
-        if packet.stream is source_audio:
-            audio(packet)
-            continue
-        for frame in packet.decode():
-            rgb = frame.to_ndarray(format="rgb24")
-            yield np.ascontiguousarray(np.rot90(rgb, rotation_degrees(frame) // 90))
+    decoded = 0
+    try:
+        for packet in container.demux(*streams):
+            if packet.stream is source_audio:
+                audio(packet)
+                continue
+            for frame in packet.decode():
+                rgb = frame.to_ndarray(format="rgb24")
+                decoded += 1
+                yield np.ascontiguousarray(np.rot90(rgb, rotation_degrees(frame) // 90))
+    except av.FFmpegError as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise EditRequestError(
+            f"video {name}: cannot be decoded after frame {decoded} ({reason})"
+        ) from None
 
 
 def edit_whole_video(
@@ -230,7 +240,7 @@ def edit_whole_video(
             total = stream.frames or 0
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
             audio = _AudioCopy(sink, source.streams.audio[0]) if source.streams.audio else None
-            frames = _decoded(source, audio)
+            frames = _decoded(source, audio, video)
             result = _edit_stream(
                 pipeline,
                 frames,
