@@ -268,6 +268,10 @@ def test_bad_requests_are_refused_naming_the_thing(tmp_path):
         check_request(video, "  ", out)
     with pytest.raises(EditRequestError, match=r"reference .*ref\.png: no such file"):
         check_request(video, "x", out, tmp_path / "ref.png")
+    with pytest.raises(EditRequestError, match="video /dev/zero: not a regular file"):
+        check_request("/dev/zero", "x", out)  # it was "no such file"
+    with pytest.raises(EditRequestError, match="reference /dev/null: not a regular file"):
+        check_request(video, "x", out, "/dev/null")
     out.write_bytes(b"old")
     with pytest.raises(EditRequestError, match=r"out\.mp4 exists \(pass --overwrite"):
         check_request(video, "x", out)

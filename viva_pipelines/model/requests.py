@@ -41,7 +41,8 @@ def check_request(
     if video.is_dir():
         raise EditRequestError(f"video {video}: a folder, not a video file")
     if not video.is_file():
-        raise EditRequestError(f"video {video}: no such file")
+        what = "not a regular file" if video.exists() else "no such file"  # /dev/zero, a FIFO
+        raise EditRequestError(f"video {video}: {what}")
     try:
         with av.open(os.fspath(video)) as container:
             if not container.streams.video:
@@ -54,7 +55,8 @@ def check_request(
     if reference is not None and Path(reference).is_dir():
         raise EditRequestError(f"reference {reference}: a folder, not an image file")
     if reference is not None and not Path(reference).is_file():
-        raise EditRequestError(f"reference {reference}: no such file")
+        what = "not a regular file" if Path(reference).exists() else "no such file"
+        raise EditRequestError(f"reference {reference}: {what}")
     if out.is_dir():
         raise EditRequestError(f"{out} is a folder; name the output file (out.mp4)")
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
