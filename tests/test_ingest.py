@@ -1,6 +1,7 @@
 """Ingestion of a shard holding good files, every kind of bad file, and sidecar annotations."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,7 @@ EXPECTED = {
     "single.mp4": "frames",
     "huge.mp4": "10000x10000",
     "escape.mp4": "refused: 'escape.mp4' resolves outside",  # a symlink out of the source
+    "pipe.mp4": "not a regular file",  # a FIFO: it was "missing (deleted after registration?)"
 }
 
 
@@ -95,6 +97,7 @@ def source_dir(tmp_path: Path) -> Path:
     _move(vf.huge_declared_size(scratch), src / "huge.mp4")
     vf.good_video(scratch / "outside.mp4", frames=24, size=(64, 48), fps=10)
     (src / "escape.mp4").symlink_to(scratch / "outside.mp4")
+    os.mkfifo(src / "pipe.mp4")
     assert sorted(p.name for p in src.glob("*.mp4")) == sorted(EXPECTED)
     (src / "notes.txt").write_text("not a video")
     return src

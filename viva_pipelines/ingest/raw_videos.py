@@ -190,7 +190,11 @@ def _ingest_one(
     except StorageWriteError:
         raise  # the storage's fault, not the video's: fail the step (retried), reject nothing
     except FileNotFoundError:
-        row.update(status=REJECTED, reason="source file is missing (deleted after registration?)")
+        if source.exists(key):  # listed like a file, read as none
+            reason = "not a regular file (a FIFO, device or socket)"
+        else:
+            reason = "source file is missing (deleted after registration?)"
+        row.update(status=REJECTED, reason=reason)
     except PathEscapeError as exc:  # a symlink out of the source: never read, a plain refusal
         row.update(status=REJECTED, reason=f"refused: {exc}")
     except Exception as exc:  # one bad file must never stop the shard; the reason is kept
