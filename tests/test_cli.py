@@ -404,6 +404,15 @@ def test_only_a_deliberate_failure_loses_its_stack_trace():
 
     failure = record("Failure", "dagster._core.definitions.events.Failure: no shard: none\n")
     assert failure_reason(failure) == "no shard: none"
+    retried = record("RetryRequestedFromPolicy", "Exceeded max_retries of 2\n")
+    retried.dagster_event.event_specific_data.error.cause = (
+        failure.dagster_event.event_specific_data.error
+    )
+    assert failure_reason(retried) == "no shard: none (exceeded max_retries of 2)"
+    retried.dagster_event.event_specific_data.error.cause = SimpleNamespace(
+        cls_name="OSError", message="OSError: disk full\n"
+    )
+    assert failure_reason(retried) is None  # a bug retried in vain keeps its stack
     assert failure_reason(record("KeyError", "KeyError: 'key'\n")) is None
     assert failure_reason(SimpleNamespace()) is None  # a plain log line
 

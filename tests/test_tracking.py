@@ -75,6 +75,21 @@ def test_a_failing_step_marks_its_run_failed(tmp_path: Path):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
+def test_an_unreachable_tracking_server_fails_the_step_with_its_reason_alone():
+    """The environment's fault, not a bug: a dg.Failure naming the server (the console prints
+    its one line, defs/console.py), before the step's body runs."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _materialize(MlflowResource(tracking_uri=f"http://127.0.0.1:{port}", experiment="t"))
+    assert not result.success
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    assert error.cls_name == "Failure", error.cls_name
+    assert f"MLflow tracking server at http://127.0.0.1:{port} is not reachable" in error.message
+
+
 @pytest.fixture(autouse=True)
 def _reset_mlflow_uri():
     yield

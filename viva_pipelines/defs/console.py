@@ -22,12 +22,17 @@ _FORMAT = "%(asctime)s - dagster - %(levelname)s - %(message)s"
 
 def failure_reason(record: logging.LogRecord) -> str | None:
     """The reason of a step or run that failed with ``dg.Failure``, from a Dagster log record,
-    else None (not a failure event, or an error whose stack trace matters)."""
+    else None (not a failure event, or an error whose stack trace matters). A failure that
+    the step's retry policy retried until it gave up says so after its reason."""
     event = getattr(record, "dagster_event", None)
     error = getattr(getattr(event, "event_specific_data", None), "error", None)
+    retries = ""
+    if error is not None and error.cls_name == "RetryRequestedFromPolicy":
+        retries = f" ({error.message.strip().lower()})"  # "exceeded max_retries of 2"
+        error = getattr(error, "cause", None)
     if error is None or error.cls_name != "Failure":
         return None
-    return error.message.split(": ", 1)[-1].strip()
+    return error.message.split(": ", 1)[-1].strip() + retries
 
 
 class _ReasonFormatter(logging.Formatter):

@@ -10,7 +10,13 @@ from dagster_aws.s3 import S3Resource
 from viva_pipelines.config import Settings
 from viva_pipelines.config.schema import VlmSettings
 from viva_pipelines.storage import Storage
-from viva_pipelines.tracking import lineage_tags, tracked_run, use_s3_endpoint
+from viva_pipelines.tracking import (
+    TrackingServerUnreachable,
+    check_reachable,
+    lineage_tags,
+    tracked_run,
+    use_s3_endpoint,
+)
 from viva_pipelines.vlm.base import VlmBackend
 from viva_pipelines.vlm.client import ChatCompletionsClient, RetryPolicy
 
@@ -63,6 +69,12 @@ class MlflowResource(dg.ConfigurableResource):
             upstream_data_versions=upstream_data_versions,
         )
         name = run_name or "-".join(filter(None, [asset_key.to_user_string(), partition]))
+        try:
+            check_reachable(self.tracking_uri)
+        except TrackingServerUnreachable as exc:
+            # The environment's fault, not the code's: its one line (the step's retry policy
+            # still applies: the server may be back by then), not a stack trace.
+            raise dg.Failure(str(exc)) from None
         with tracked_run(
             self.tracking_uri,
             self.experiment,
