@@ -370,6 +370,49 @@ def test_mlflow_down_fails_sft_checkpoint_fast_naming_the_uri_before_training(
     assert launched == []  # no training process was started
 
 
+def test_mlflow_down_the_commands_that_read_it_answer_in_seconds_naming_the_server(
+    project, tmp_path
+):
+    """`viva edit --model models:/…` and `viva lineage` waited minutes on MLflow's retries
+    (`viva lineage` once per run of the tree) before a stack trace or a "not found"."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import write_conf
+    from tests.video_fixtures import good_video
+
+    uri = f"http://127.0.0.1:{_closed_loopback_port()}"
+    write_conf(project, "base", "mlflow.yaml", {"mlflow": {"tracking_uri": uri}})
+    env = {**os.environ, "VIVA_CONF_DIR": str(project / "conf"), "DAGSTER_HOME": str(tmp_path)}
+    env.pop("VIVA_ENV", None)
+    viva = str(Path(sys.executable).parent / "viva")
+    video = good_video(tmp_path / "in.mp4")
+    down = f"MLflow tracking server at {uri} is not reachable"
+
+    def viva_run(*args: str) -> subprocess.CompletedProcess:
+        started = time.monotonic()
+        done = subprocess.run([viva, *args], env=env, capture_output=True, text=True, timeout=120)
+        assert time.monotonic() - started < 30, (args, done.stderr)
+        return done
+
+    edit = viva_run(
+        *("edit", "--model", "models:/viva-sft/1", "--video", str(video)),
+        *("--instruction", "Remove the ball.", "--out", str(tmp_path / "out.mp4")),
+    )
+    assert edit.returncode == 2, edit.stderr
+    assert f"viva edit: models:/viva-sft/1: cannot fetch the model: {down}" in edit.stderr
+    assert "Traceback" not in edit.stderr
+    by_model = viva_run("lineage", "models:/viva-sft/1")
+    assert by_model.returncode == 2 and down in by_model.stderr, by_model.stderr
+    assert "models:/viva-sft/1: names an MLflow run or model, and MLflow cannot be reached" in (
+        by_model.stderr
+    )
+    by_asset = viva_run("lineage", "qc_dataset")  # answered from Dagster alone
+    assert by_asset.returncode == 2, by_asset.stderr
+    assert down in by_asset.stderr and "qc_dataset has not been materialized" in by_asset.stderr
+
+
 def test_an_answering_tracking_server_is_reachable_whatever_it_answers(monkeypatch):
     """Any HTTP answer (here 404 from a plain web server) counts as reachable; a server
     that accepts but never answers fails after the probe's timeout."""

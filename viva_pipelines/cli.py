@@ -353,7 +353,7 @@ def _edit(args: argparse.Namespace) -> int:
 
     # The request and the model are checked before the model libraries are imported (seconds).
     from viva_pipelines.model.requests import EditRequestError, check_request, resolve_model
-    from viva_pipelines.tracking import use_s3_endpoint
+    from viva_pipelines.tracking import TrackingServerUnreachable, use_s3_endpoint
 
     single = [args.video, args.instruction, args.out]
     if bool(args.batch) == any(single) or (not args.batch and not all(single)):
@@ -386,11 +386,13 @@ def _edit(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             **options,
         )
-    except (EditRequestError, FileNotFoundError, ValueError) as exc:
+    except (EditRequestError, FileNotFoundError, TrackingServerUnreachable, ValueError) as exc:
         print(f"viva edit: {exc}", file=sys.stderr)
         return 2
     except av.FFmpegError as exc:
-        print(f"viva edit: video {args.video}: decoding failed ({exc})", file=sys.stderr)
+        # A source that stops decoding is an EditRequestError by now: what is left is FFmpeg
+        # failing on the output (an encoder or muxer error).
+        print(f"viva edit: {args.video} -> {args.out}: FFmpeg failed ({exc})", file=sys.stderr)
         return 2
     print(
         f"wrote {edited.path}: {edited.frames} frames of {edited.width}x{edited.height} at"
@@ -474,7 +476,7 @@ def _lineage(args: argparse.Namespace) -> int:
 
     from viva_pipelines.defs.lineage import LineageError, build_lineage, resolve_target
     from viva_pipelines.storage import Storage
-    from viva_pipelines.tracking import use_s3_endpoint
+    from viva_pipelines.tracking import TrackingServerUnreachable, check_reachable, use_s3_endpoint
 
     settings = get_settings()
     instance = _dagster_instance()
@@ -485,6 +487,11 @@ def _lineage(args: argparse.Namespace) -> int:
     )
     tracking_uri = settings.mlflow_tracking_uri
     client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    try:  # MLflow's own client would retry for minutes on every run the tree shows
+        check_reachable(tracking_uri)
+    except TrackingServerUnreachable as exc:
+        print(f"viva lineage: {exc}; the tree leaves out what MLflow records", file=sys.stderr)
+        client = None
     try:
         record = resolve_target(instance, args.target, client)
         tree = build_lineage(instance, record, storage, client)

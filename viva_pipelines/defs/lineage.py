@@ -253,7 +253,8 @@ def _materialization_of_run(
 def resolve_target(instance: dg.DagsterInstance, target: str, client: Any) -> dg.EventLogRecord:
     """The materialization a target names: ``benchmark`` (the latest benchmark_scores), an
     asset name (its latest materialization), ``models:/<name>/<version>``, ``runs:/<id>`` or
-    a bare MLflow run id, looked up with the ``mlflow.MlflowClient`` ``client``."""
+    a bare MLflow run id, looked up with the ``mlflow.MlflowClient`` ``client`` (None: no
+    tracking server to ask, so only the first two)."""
     if target == "benchmark":
         target = "benchmark_scores"
     if re.fullmatch(r"[a-z_]+", target):
@@ -261,6 +262,8 @@ def resolve_target(instance: dg.DagsterInstance, target: str, client: Any) -> dg
         if not found:
             raise LineageError(f"{target} has not been materialized")
         return found[0]
+    if client is None:
+        raise LineageError(f"{target}: names an MLflow run or model, and MLflow cannot be reached")
     import mlflow
 
     try:

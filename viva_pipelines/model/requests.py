@@ -84,9 +84,16 @@ def resolve_model(
     if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
         import mlflow
 
+        from viva_pipelines.tracking import TrackingServerUnreachable, check_reachable
+
         if tracking_uri:  # models:/ URIs resolve through the registry, which follows this
             mlflow.set_tracking_uri(tracking_uri)
             mlflow.set_registry_uri(tracking_uri)
+        if text.startswith(("models:/", "runs:/")):  # else a store URI, no server involved
+            try:  # MLflow's own client would retry for minutes before failing
+                check_reachable(mlflow.get_tracking_uri())
+            except TrackingServerUnreachable as exc:
+                raise TrackingServerUnreachable(f"{text}: cannot fetch the model: {exc}") from None
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=text)
         except mlflow.exceptions.MlflowException as exc:
