@@ -392,7 +392,8 @@ def _edit(args: argparse.Namespace) -> int:
     except av.FFmpegError as exc:
         # A source that stops decoding is an EditRequestError by now: what is left is FFmpeg
         # failing on the output (an encoder or muxer error).
-        print(f"viva edit: {args.video} -> {args.out}: FFmpeg failed ({exc})", file=sys.stderr)
+        where = "" if args.batch else f"{args.video} -> {args.out}: "
+        print(f"viva edit: {where}FFmpeg failed ({exc})", file=sys.stderr)
         return 2
     print(
         f"wrote {edited.path}: {edited.frames} frames of {edited.width}x{edited.height} at"
