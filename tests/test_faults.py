@@ -413,6 +413,50 @@ def test_mlflow_down_the_commands_that_read_it_answer_in_seconds_naming_the_serv
     assert down in by_asset.stderr and "qc_dataset has not been materialized" in by_asset.stderr
 
 
+def test_an_object_store_root_that_cannot_be_used_stops_ingest_and_materialize_in_one_line(
+    project, tmp_path
+):
+    """A dead S3 endpoint was a 150-line stack trace from the first registry read."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import write_conf
+
+    endpoint = f"http://127.0.0.1:{_closed_loopback_port()}"
+    write_conf(
+        project,
+        "base",
+        "storage.yaml",
+        {
+            "storage": {"root": "s3://viva-bucket/demo", "s3": {"endpoint_url": endpoint}},
+            "sources": {"raw_videos": {"uri": str(tmp_path / "videos")}},
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        },
+    )
+    env = {
+        **os.environ,
+        "VIVA_CONF_DIR": str(project / "conf"),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    env.pop("VIVA_ENV", None)
+    viva = str(Path(sys.executable).parent / "viva")
+    for command in (["ingest"], ["materialize", "qc_dataset"]):
+        done = subprocess.run(
+            [viva, *command], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 1, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith(
+            f"viva {command[0]}: storage s3://viva-bucket/demo cannot be used: Could not connect"
+            f' to the endpoint URL: "{endpoint}/viva-bucket?'
+        ), done.stderr
+    assert not (tmp_path / "home").exists()  # refused before any Dagster run
+
+
 def test_an_answering_tracking_server_is_reachable_whatever_it_answers(monkeypatch):
     """Any HTTP answer (here 404 from a plain web server) counts as reachable; a server
     that accepts but never answers fails after the probe's timeout."""

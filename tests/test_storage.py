@@ -170,3 +170,28 @@ def test_storage_outages_are_told_apart_from_bad_files():
         assert is_storage_outage(outage), outage
     for bad_file in (ValueError("bad"), VideoRejected("not a video"), KeyError("x"), OSError(5)):
         assert not is_storage_outage(bad_file), bad_file
+
+
+def test_an_object_store_that_cannot_be_used_is_named_with_why(s3_endpoint, s3_bucket, tmp_path):
+    """A missing bucket read as "no such file" everywhere (a typo in storage.root ingested
+    nothing, quietly); a dead endpoint failed the first read after seconds of retries, in a
+    stack trace. check_reachable says which, naming the root."""
+    import socket
+
+    from viva_pipelines.storage import StorageUnreachable
+
+    Storage(f"s3://{s3_bucket}/new/prefix", endpoint_url=s3_endpoint).check_reachable()
+    Storage(str(tmp_path / "not-yet")).check_reachable()  # local: created when written
+    missing = Storage("s3://no-such-bucket-here/demo", endpoint_url=s3_endpoint)
+    assert not missing.exists("registry.parquet")  # what the first read sees
+    with pytest.raises(
+        StorageUnreachable,
+        match=r"^storage s3://no-such-bucket-here/demo cannot be used: .*bucket does not exist",
+    ):
+        missing.check_reachable()
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dead = Storage(f"s3://{s3_bucket}/demo", endpoint_url=f"http://127.0.0.1:{port}")
+    with pytest.raises(StorageUnreachable, match="Could not connect to the endpoint URL"):
+        dead.check_reachable()

@@ -164,6 +164,8 @@ def _ingest(args: argparse.Namespace) -> int:
     settings, defs = _definitions()
     storage = defs.resources["storage"].get()
     source = defs.resources["video_source"].get()
+    storage.check_reachable()
+    source.check_reachable()
     s3_client = defs.resources["s3"].get_client() if source.is_remote else None
     registry, new = scan_and_register(
         storage,
@@ -235,6 +237,7 @@ def _materialize(args: argparse.Namespace) -> int:
     if refused:
         print(f"viva materialize: {refused}", file=sys.stderr)
         return 2
+    defs.resources["storage"].get().check_reachable()
     instance = _dagster_instance()
     selection = [dg.AssetKey(name) for name in args.assets]
     job = defs.resolve_implicit_global_asset_job_def().with_logger_defs({"console": console_logger})
@@ -716,11 +719,16 @@ def main(argv: list[str] | None = None) -> int:
         "clean", help="fail runs whose worker died and free the pool slots they hold"
     ).set_defaults(handler=_runs_clean)
     args = parser.parse_args(argv)
+    from viva_pipelines.storage import StorageUnreachable
+
     try:
         return args.handler(args)
     except ConfigError as exc:
         print(f"viva: {exc}", file=sys.stderr)
         return 2
+    except StorageUnreachable as exc:
+        print(f"viva {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 def run() -> None:

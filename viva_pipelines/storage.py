@@ -34,6 +34,11 @@ class PathEscapeError(ValueError):
     """A key that would resolve outside the storage root."""
 
 
+class StorageUnreachable(OSError):
+    """An object-store root that cannot be used: its endpoint does not answer, its bucket does
+    not exist, or its credentials are missing or refused."""
+
+
 def normalise_key(key: str | PurePosixPath) -> str:
     """Clean a relative key (``a/./b`` → ``a/b``) and refuse anything that leaves the root."""
     text = str(key)
@@ -102,6 +107,23 @@ class Storage:
         if not uri.startswith(prefix):
             raise PathEscapeError(f"{uri!r} is not under the storage root {self.root_uri}")
         return normalise_key(uri[len(prefix) :].replace(os.sep, "/"))
+
+    def check_reachable(self) -> None:
+        """Raise :class:`StorageUnreachable` naming the root and why when an object-store root
+        cannot be listed (one request, a listing of the root's own prefix, which is what a
+        prefix-scoped policy allows); a local root needs no check. Run before work whose first
+        read or write would otherwise fail deep in a stack trace, after seconds of retries,
+        or, for a missing bucket, not at all: reads there answer "no such file"."""
+        if not self.is_remote:
+            return
+        bucket, _, prefix = self.fs._strip_protocol(self.root_uri).partition("/")
+        try:
+            self.fs.call_s3(
+                "list_objects_v2", Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1
+            )
+        except Exception as exc:  # botocore's and s3fs's connection, bucket and access errors
+            reason = str(exc).strip() or type(exc).__name__
+            raise StorageUnreachable(f"storage {self.root_uri} cannot be used: {reason}") from None
 
     def _fs_path(self, key: str) -> str:
         return self.uri(key) if not self.is_remote else self.fs._strip_protocol(self.uri(key))
