@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,6 +33,18 @@ def project(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "conf" / "base", tmp_path / "conf" / "base")
     shutil.copytree(REPO / "conf" / "prod", tmp_path / "conf" / "prod")
     return tmp_path
+
+
+def run_viva(
+    args: list[str], project: Path, home: Path, *, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``viva <args>`` as a user runs it, with the project's conf/ and the Dagster home
+    ``home`` (plus ``env``)."""
+    variables = {**os.environ, "VIVA_CONF_DIR": str(project / "conf"), "DAGSTER_HOME": str(home)}
+    variables.pop("VIVA_ENV", None)
+    variables.update(env or {})
+    viva = str(Path(sys.executable).parent / "viva")
+    return subprocess.run([viva, *args], env=variables, capture_output=True, text=True, timeout=300)
 
 
 def write_conf(project: Path, env: str, name: str, doc: dict) -> Path:

@@ -5,7 +5,6 @@ import io
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import write_conf
+from tests.conftest import run_viva, write_conf
 from viva_pipelines import cli
 from viva_pipelines.defs.lineage import nodes_by_asset
 from viva_pipelines.ingest.raw_videos import manifest_key
@@ -26,12 +25,7 @@ from viva_pipelines.storage import Storage
 from viva_pipelines.video.io import read_video
 
 VIVA = str(Path(sys.executable).parent / "viva")
-
-
-def run(args: list[str], project: Path, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "VIVA_CONF_DIR": str(project / "conf"), "DAGSTER_HOME": str(home)}
-    env.pop("VIVA_ENV", None)
-    return subprocess.run([VIVA, *args], env=env, capture_output=True, text=True, timeout=300)
+run = run_viva
 
 
 @pytest.mark.slow

@@ -375,40 +375,33 @@ def test_mlflow_down_the_commands_that_read_it_answer_in_seconds_naming_the_serv
 ):
     """`viva edit --model models:/…` and `viva lineage` waited minutes on MLflow's retries
     (`viva lineage` once per run of the tree) before a stack trace or a "not found"."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import write_conf
+    from tests.conftest import run_viva, write_conf
     from tests.video_fixtures import good_video
 
     uri = f"http://127.0.0.1:{_closed_loopback_port()}"
     write_conf(project, "base", "mlflow.yaml", {"mlflow": {"tracking_uri": uri}})
-    env = {**os.environ, "VIVA_CONF_DIR": str(project / "conf"), "DAGSTER_HOME": str(tmp_path)}
-    env.pop("VIVA_ENV", None)
-    viva = str(Path(sys.executable).parent / "viva")
     video = good_video(tmp_path / "in.mp4")
     down = f"MLflow tracking server at {uri} is not reachable"
 
-    def viva_run(*args: str) -> subprocess.CompletedProcess:
+    def viva(*args: str):
         started = time.monotonic()
-        done = subprocess.run([viva, *args], env=env, capture_output=True, text=True, timeout=120)
+        done = run_viva(list(args), project, tmp_path / "home")
         assert time.monotonic() - started < 30, (args, done.stderr)
         return done
 
-    edit = viva_run(
+    edit = viva(
         *("edit", "--model", "models:/viva-sft/1", "--video", str(video)),
         *("--instruction", "Remove the ball.", "--out", str(tmp_path / "out.mp4")),
     )
     assert edit.returncode == 2, edit.stderr
     assert f"viva edit: models:/viva-sft/1: cannot fetch the model: {down}" in edit.stderr
     assert "Traceback" not in edit.stderr
-    by_model = viva_run("lineage", "models:/viva-sft/1")
+    by_model = viva("lineage", "models:/viva-sft/1")
     assert by_model.returncode == 2 and down in by_model.stderr, by_model.stderr
     assert "models:/viva-sft/1: names an MLflow run or model, and MLflow cannot be reached" in (
         by_model.stderr
     )
-    by_asset = viva_run("lineage", "qc_dataset")  # answered from Dagster alone
+    by_asset = viva("lineage", "qc_dataset")  # answered from Dagster alone
     assert by_asset.returncode == 2, by_asset.stderr
     assert down in by_asset.stderr and "qc_dataset has not been materialized" in by_asset.stderr
 
@@ -417,11 +410,7 @@ def test_an_object_store_root_that_cannot_be_used_stops_ingest_and_materialize_i
     project, tmp_path
 ):
     """A dead S3 endpoint was a 150-line stack trace from the first registry read."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import write_conf
+    from tests.conftest import run_viva, write_conf
 
     endpoint = f"http://127.0.0.1:{_closed_loopback_port()}"
     write_conf(
@@ -434,19 +423,9 @@ def test_an_object_store_root_that_cannot_be_used_stops_ingest_and_materialize_i
             "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
         },
     )
-    env = {
-        **os.environ,
-        "VIVA_CONF_DIR": str(project / "conf"),
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }
-    env.pop("VIVA_ENV", None)
-    viva = str(Path(sys.executable).parent / "viva")
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     for command in (["ingest"], ["materialize", "qc_dataset"]):
-        done = subprocess.run(
-            [viva, *command], env=env, capture_output=True, text=True, timeout=120
-        )
+        done = run_viva(command, project, tmp_path / "home", env=credentials)
         assert done.returncode == 1, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1, done.stderr
