@@ -1,7 +1,7 @@
 """Resources built from ``conf/``: storage roots, S3 client, MLflow tracking."""
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -12,7 +12,6 @@ from viva_pipelines.config.schema import VlmSettings
 from viva_pipelines.storage import Storage
 from viva_pipelines.tracking import (
     TrackingServerUnreachable,
-    check_reachable,
     lineage_tags,
     tracked_run,
     use_s3_endpoint,
@@ -69,19 +68,20 @@ class MlflowResource(dg.ConfigurableResource):
             upstream_data_versions=upstream_data_versions,
         )
         name = run_name or "-".join(filter(None, [asset_key.to_user_string(), partition]))
-        try:
-            check_reachable(self.tracking_uri)
-        except TrackingServerUnreachable as exc:
-            # The environment's fault, not the code's: its one line (the step's retry policy
-            # still applies: the server may be back by then), not a stack trace.
-            raise dg.Failure(str(exc)) from None
-        with tracked_run(
+        opened = tracked_run(
             self.tracking_uri,
             self.experiment,
             artifact_location=self.artifact_location,
             run_name=name,
             tags=tags,
-        ) as run:
+        )
+        with ExitStack() as stack:
+            try:  # tracked_run probes the server before opening the run
+                run = stack.enter_context(opened)
+            except TrackingServerUnreachable as exc:
+                # The environment's fault, not the code's: its one line (the step's retry
+                # policy still applies: the server may be back by then), not a stack trace.
+                raise dg.Failure(str(exc)) from None
             context.add_output_metadata(
                 {
                     "mlflow_run_id": run.info.run_id,
